@@ -1,0 +1,109 @@
+// The one schema of every setting: its type, default, unit and meaning.
+// docs/configuration.md is generated from it (src/config/docs.ts) and a test keeps the two in step.
+import { z } from 'zod';
+
+const deviceIdPattern = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+const hostPort = /^[^\s:]+:\d{1,5}$/;
+
+const seconds = (description: string, min: number, max: number, dflt: number) =>
+  z.number().min(min).max(max).default(dflt).meta({ description, unit: 's' });
+const milliseconds = (description: string, min: number, max: number, dflt: number) =>
+  z.number().int().min(min).max(max).default(dflt).meta({ description, unit: 'ms' });
+
+export const logLevels = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+
+export const configSchema = z.strictObject({
+  deviceId: z
+    .string()
+    .regex(deviceIdPattern, 'a device id: 1-64 letters, digits, "-" or "_", starting with a letter or digit')
+    .optional()
+    .meta({
+      description:
+        'Device id, used in the MQTT topic root and as the MQTT client id. Default: "bwc-" and the first 12 characters of /etc/machine-id (else the host name).',
+      env: 'BWC_DEVICE_ID',
+    }),
+  stateDir: z.string().min(1).optional().meta({
+    description:
+      'Folder for the database, keys and control socket. Default: $STATE_DIRECTORY (set by systemd), else ./var under the working directory.',
+    env: 'BWC_STATE_DIR',
+  }),
+  log: z
+    .strictObject({
+      level: z.enum(logLevels).default('info').meta({ description: 'Lowest log level written.', env: 'BWC_LOG_LEVEL' }),
+      pretty: z.boolean().default(false).meta({ description: 'Human-readable coloured logs (the demo); JSON lines otherwise, for journald.' }),
+    })
+    .prefault({}),
+  mqtt: z
+    .strictObject({
+      url: z
+        .string()
+        .regex(/^(mqtt|mqtts|ws|wss):\/\/[^\s]+$/, 'a broker URL such as mqtt://host:1883 or mqtts://host:8883')
+        .default('mqtt://127.0.0.1:1883')
+        .meta({ description: 'Broker URL (mqtt:, mqtts:, ws:, wss:).', env: 'BWC_MQTT_URL' }),
+      topicRoot: z
+        .string()
+        .regex(/^[^#+\s]+[^/#+\s]$/, 'a topic prefix without wildcards or a trailing "/"')
+        .default('bwc/v1')
+        .meta({ description: 'Topic prefix; the device publishes under <topicRoot>/<deviceId>/.' }),
+      clientId: z.string().min(1).max(64).optional().meta({ description: 'MQTT client id. Default: the device id (fixed, so the broker keeps the session).' }),
+      username: z.string().optional().meta({ description: 'Broker user name.' }),
+      passwordFile: z.string().optional().meta({ description: 'File holding the broker password (kept out of the config file).' }),
+      tls: z
+        .strictObject({
+          caFile: z.string().optional().meta({ description: 'PEM file of the CA(s) that sign the broker certificate.' }),
+          certFile: z.string().optional().meta({ description: 'PEM client certificate for mutual TLS.' }),
+          keyFile: z.string().optional().meta({ description: 'PEM private key of the client certificate.' }),
+          rejectUnauthorized: z.boolean().default(true).meta({ description: 'Refuse a broker whose certificate does not verify.' }),
+        })
+        .prefault({}),
+      keepalive: seconds('MQTT keep-alive interval.', 5, 600, 30),
+      sessionExpiry: seconds('How long the broker keeps the session (subscriptions, queued QoS 1) while the device is away.', 60, 4_294_967, 86_400),
+      connectTimeout: milliseconds('Time allowed for one connection attempt.', 1000, 120_000, 10_000),
+      reconnectMinDelay: milliseconds('First reconnect delay; doubles on each failure, with jitter.', 100, 60_000, 1000),
+      reconnectMaxDelay: milliseconds('Cap of the reconnect delay.', 1000, 600_000, 30_000),
+      maxInflight: z.number().int().min(1).max(65_535).default(100).meta({
+        description: 'Most outbox messages awaiting the broker acknowledgement at once (lowered to the broker Receive Maximum).',
+      }),
+    })
+    .prefault({}),
+  outbox: z
+    .strictObject({
+      maxMessages: z.number().int().min(1000).max(10_000_000).default(500_000).meta({
+        description: 'Outbox size above which GPS fixes are thinned (events and audit entries are never dropped).',
+      }),
+    })
+    .prefault({}),
+  gps: z
+    .strictObject({
+      gpsd: z
+        .string()
+        .regex(hostPort, 'host:port, e.g. 127.0.0.1:2947')
+        .default('127.0.0.1:2947')
+        .meta({ description: 'gpsd address (its JSON protocol over TCP).', env: 'BWC_GPSD' }),
+      recordingInterval: seconds('Position publication interval while recording.', 1, 3600, 10),
+      idleInterval: seconds('Position publication interval while not recording.', 1, 86_400, 60),
+    })
+    .prefault({}),
+  health: z
+    .strictObject({
+      interval: seconds('Health sampling and state refresh interval.', 5, 3600, 60),
+      storageLowPercent: z.number().min(0).max(100).default(10).meta({ description: 'Free storage below which a storage_low event is raised.', unit: '%' }),
+      thermalZone: z.string().default('/sys/class/thermal/thermal_zone0/temp').meta({ description: 'Where the CPU temperature is read (millidegrees C); absent on boards without one.' }),
+    })
+    .prefault({}),
+});
+
+export type AgentConfigInput = z.input<typeof configSchema>;
+export type ParsedConfig = z.output<typeof configSchema>;
+
+/** The settings after defaults that depend on the machine have been filled in. */
+export type AgentConfig = Omit<ParsedConfig, 'deviceId' | 'stateDir'> & { deviceId: string; stateDir: string };
+
+/** Environment overrides: variable -> dotted key. */
+export const envOverrides = {
+  BWC_DEVICE_ID: 'deviceId',
+  BWC_STATE_DIR: 'stateDir',
+  BWC_MQTT_URL: 'mqtt.url',
+  BWC_GPSD: 'gps.gpsd',
+  BWC_LOG_LEVEL: 'log.level',
+} as const;

@@ -1,0 +1,144 @@
+// The device's side of the fleet contract over MQTT (docs/protocol.md): the topic tree under
+// <topicRoot>/<deviceId>/, the retained `state` with its Last Will, and the outbox-backed
+// `gps`, `event` and `audit` channels.
+import type { Logger } from 'pino';
+import type { AgentConfig } from '../config/schema.ts';
+import type { DeviceStateDoc } from '../state/device-state.ts';
+import { MqttSession } from './mqtt-session.ts';
+import { NonReplayingStore, OutboxDrain } from './outbox-drain.ts';
+import type { MessageClass, Outbox } from './outbox.ts';
+
+/** Channels that go through the outbox, and whether they may be thinned when it is full. */
+export const outboxChannels = { gps: 'thinnable', event: 'durable', audit: 'durable' } as const satisfies Record<string, MessageClass>;
+export type OutboxChannel = keyof typeof outboxChannels;
+
+export interface FleetLinkOptions {
+  config: AgentConfig;
+  outbox: Outbox;
+  logger: Logger;
+  /** The offline document for the Last Will and a clean shutdown. */
+  offlineState: (reason: string) => object;
+}
+
+export interface LinkStatusReport {
+  connected: boolean;
+  reconnects: number;
+  lastError: string | undefined;
+  outbox: { queued: number; inflight: number; delivered: number; refused: number; thinned: Record<string, number> };
+}
+
+export class FleetLink {
+  readonly #session: MqttSession;
+  readonly #drain: OutboxDrain;
+  readonly #outbox: Outbox;
+  readonly #logger: Logger;
+  readonly #root: string;
+  readonly #offlineState: (reason: string) => object;
+  #latestState: string | undefined;
+  #disconnectedAt: number | undefined;
+
+  constructor(options: FleetLinkOptions) {
+    const { config } = options;
+    this.#outbox = options.outbox;
+    this.#logger = options.logger.child({ module: 'link' });
+    this.#root = `${config.mqtt.topicRoot}/${config.deviceId}`;
+    this.#offlineState = options.offlineState;
+    this.#session = new MqttSession({
+      url: config.mqtt.url,
+      clientId: config.mqtt.clientId ?? config.deviceId,
+      keepaliveS: config.mqtt.keepalive,
+      sessionExpiryS: config.mqtt.sessionExpiry,
+      connectTimeoutMs: config.mqtt.connectTimeout,
+      reconnectMinDelayMs: config.mqtt.reconnectMinDelay,
+      reconnectMaxDelayMs: config.mqtt.reconnectMaxDelay,
+      username: config.mqtt.username,
+      passwordFile: config.mqtt.passwordFile,
+      tls: config.mqtt.tls,
+      will: { topic: this.topic('state'), payload: () => JSON.stringify(this.#offlineState('connection lost')) },
+      outgoingStore: new NonReplayingStore(),
+      logger: options.logger,
+    });
+    this.#drain = new OutboxDrain({
+      outbox: this.#outbox,
+      session: this.#session,
+      topicFor: (channel) => this.topic(channel),
+      maxInflight: config.mqtt.maxInflight,
+      logger: options.logger,
+    });
+    this.#session.on('connected', (info) => {
+      // State first: a map that sees the camera come back should not wait for the backlog.
+      if (this.#latestState !== undefined) this.#publishRetained('state', this.#latestState);
+      this.#drain.resume(info.receiveMaximum);
+      if (this.#disconnectedAt !== undefined) {
+        const outageS = Math.round((Date.now() - this.#disconnectedAt) / 100) / 10;
+        this.#disconnectedAt = undefined;
+        this.send('event', { type: 'link.restored', time: new Date().toISOString(), outageS, backlog: this.#outbox.size });
+      }
+    });
+    this.#session.on('disconnected', () => {
+      this.#disconnectedAt = Date.now();
+      this.#drain.pause();
+    });
+  }
+
+  topic(channel: string): string {
+    return `${this.#root}/${channel}`;
+  }
+
+  get session(): MqttSession {
+    return this.#session;
+  }
+
+  start(): void {
+    this.#session.start();
+  }
+
+  /** The retained state: sent now when connected, and again on every reconnect. */
+  publishState(doc: DeviceStateDoc): void {
+    this.#latestState = JSON.stringify(doc);
+    if (this.#session.connected) this.#publishRetained('state', this.#latestState);
+  }
+
+  /** Queues a message durably on an outbox channel; returns its sequence number. */
+  send(channel: OutboxChannel, body: object): number {
+    return this.#outbox.enqueue(channel, body, outboxChannels[channel]);
+  }
+
+  status(): LinkStatusReport {
+    return {
+      connected: this.#session.connected,
+      reconnects: this.#session.reconnects,
+      lastError: this.#session.lastError,
+      outbox: {
+        queued: this.#outbox.size,
+        inflight: this.#drain.inflight,
+        delivered: this.#drain.delivered,
+        refused: this.#drain.refused,
+        thinned: this.#outbox.thinnedCounts(),
+      },
+    };
+  }
+
+  health(): { healthy: boolean; reason?: string } {
+    return this.#session.health();
+  }
+
+  /** Publishes the retained offline state, then disconnects cleanly (no Last Will). */
+  async stop(reason: string, drainTimeoutMs = 2000): Promise<void> {
+    // Give queued messages (the shutdown event among them) a moment to leave; what does not
+    // stays in the outbox for the next start.
+    const deadline = Date.now() + drainTimeoutMs;
+    while (this.#session.connected && this.#outbox.size > 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    this.#drain.stop();
+    await this.#session.stop([{ topic: this.topic('state'), payload: JSON.stringify(this.#offlineState(reason)) }]);
+    this.#logger.info({ reason }, 'link stopped');
+  }
+
+  #publishRetained(channel: string, payload: string): void {
+    this.#session.publish(this.topic(channel), payload, { qos: 1, retain: true }, (err) => {
+      if (err) this.#logger.warn({ channel, err: err.message }, 'retained publish not acknowledged');
+    });
+  }
+}

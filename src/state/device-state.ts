@@ -1,0 +1,66 @@
+// The device's retained `state` document: what fleet ops see on the map and the camera list.
+// Modules set their part; listeners (the MQTT link, `ctl status`) read the whole.
+import { EventEmitter } from 'node:events';
+import type { GpsReport } from '../telemetry/gps-reporter.ts';
+import type { HealthSample } from '../telemetry/health.ts';
+
+export interface LinkStatus {
+  connected: boolean;
+  reconnects: number;
+  outboxQueued: number;
+  outboxThinned: Record<string, number>;
+}
+
+export interface DeviceStateDoc {
+  online: boolean;
+  deviceId: string;
+  agentVersion: string;
+  /** Recording state; the capture issue adds buffering/recording. */
+  recording: boolean;
+  streaming: { sessions: number };
+  battery: { percent: number | null; charging: boolean | null };
+  devicePublicKey: string | null;
+  gps: Pick<GpsReport, 'fix' | 'lat' | 'lon' | 'accuracyM' | 'gpsTime'> & { gpsd: GpsReport['gpsd'] } | null;
+  health: HealthSample | null;
+  link: LinkStatus;
+  startedAt: string;
+  time: string;
+}
+
+type Part = Omit<DeviceStateDoc, 'time'>;
+
+export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
+  #doc: Part;
+
+  constructor(initial: Pick<Part, 'deviceId' | 'agentVersion'>) {
+    super();
+    this.#doc = {
+      online: true,
+      deviceId: initial.deviceId,
+      agentVersion: initial.agentVersion,
+      recording: false,
+      streaming: { sessions: 0 },
+      battery: { percent: null, charging: null },
+      devicePublicKey: null,
+      gps: null,
+      health: null,
+      link: { connected: false, reconnects: 0, outboxQueued: 0, outboxThinned: {} },
+      startedAt: new Date().toISOString(),
+    };
+  }
+
+  snapshot(): DeviceStateDoc {
+    return { ...this.#doc, time: new Date().toISOString() };
+  }
+
+  /** Merges a change; `silent` updates what `ctl status` shows without republishing the retained state. */
+  update(change: Partial<Part>, options: { silent?: boolean } = {}): void {
+    this.#doc = { ...this.#doc, ...change };
+    if (!options.silent) this.emit('changed', this.snapshot());
+  }
+
+  /** The document the Last Will and a clean shutdown publish. */
+  offline(reason: string): DeviceStateDoc & { reason: string } {
+    return { ...this.snapshot(), online: false, streaming: { sessions: 0 }, reason };
+  }
+}

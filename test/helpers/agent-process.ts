@@ -1,0 +1,68 @@
+// Runs the built agent (bin/bwc-agent, as a field engineer would) as a child process.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
+export const agentBin = path.join(repoRoot, 'bin', 'bwc-agent');
+
+export interface AgentProcess {
+  child: ChildProcess;
+  readonly output: string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  waitForOutput(pattern: RegExp, timeoutMs: number): Promise<void>;
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export async function tempStateDir(prefix = 'bwc-state-'): Promise<string> {
+  return mkdtemp(path.join(os.tmpdir(), prefix));
+}
+
+export function spawnAgent(args: string[], env: Record<string, string>): AgentProcess {
+  const child = spawn(agentBin, args, {
+    env: { ...process.env, BWC_LOG_LEVEL: 'debug', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  const listeners = new Set<() => void>();
+  const collect = (d: Buffer) => {
+    output += d.toString('utf8');
+    for (const l of listeners) l();
+  };
+  child.stdout?.on('data', collect);
+  child.stderr?.on('data', collect);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
+  const proc: AgentProcess = {
+    child,
+    get output() {
+      return output;
+    },
+    exited,
+    waitForOutput(pattern, timeoutMs) {
+      return new Promise<void>((resolve, reject) => {
+        const check = () => {
+          if (pattern.test(output)) {
+            clearTimeout(timer);
+            listeners.delete(check);
+            resolve();
+          }
+        };
+        const timer = setTimeout(() => {
+          listeners.delete(check);
+          reject(new Error(`agent output did not match ${pattern} within ${timeoutMs} ms; output:\n${output.slice(-3000)}`));
+        }, timeoutMs);
+        listeners.add(check);
+        check();
+      });
+    },
+    async stop(signal = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+  return proc;
+}
