@@ -22,8 +22,10 @@ export interface OutboxOptions {
   db: Db;
   maxMessages: number;
   logger: Logger;
-  /** Acknowledged ids are deleted in one transaction once this many have gathered (or on the next tick). */
+  /** Acknowledged ids are deleted in one transaction once this many have gathered... */
   ackBatch?: number;
+  /** ...or once the oldest has waited this long. */
+  ackDelayMs?: number;
 }
 
 export interface ThinningReport {
@@ -44,7 +46,8 @@ export class Outbox extends EventEmitter<OutboxEvents> {
   readonly #ackBatch: number;
   #size: number;
   #pendingAcks: number[] = [];
-  #flushScheduled = false;
+  #flushTimer: NodeJS.Timeout | undefined;
+  readonly #ackDelayMs: number;
   readonly #insert;
   readonly #nextSeq;
   readonly #bumpSeq;
@@ -58,6 +61,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     this.#logger = options.logger.child({ module: 'outbox' });
     this.#maxMessages = options.maxMessages;
     this.#ackBatch = options.ackBatch ?? 256;
+    this.#ackDelayMs = options.ackDelayMs ?? 25;
     const db = this.#db;
     this.#insert = db.prepare<[string, MessageClass, number, Buffer, number]>(
       'INSERT INTO outbox (channel, class, seq, payload, created) VALUES (?, ?, ?, ?, ?)',
@@ -100,18 +104,20 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     return this.#select.all(afterId, limit);
   }
 
-  /** The broker has the message: delete it (batched, so a fast drain is not one fsync per message). */
+  /**
+   * The broker has the message: delete it. Deletes are batched by count and by a short delay,
+   * because each commit is an fsync, and on a camera's SD card or eMMC an fsync costs
+   * milliseconds and wears the flash. A crash before the flush only re-sends (at-least-once).
+   */
   acknowledge(id: number): void {
     this.#pendingAcks.push(id);
     if (this.#pendingAcks.length >= this.#ackBatch) this.flush();
-    else if (!this.#flushScheduled) {
-      this.#flushScheduled = true;
-      setImmediate(() => this.flush());
-    }
+    else this.#flushTimer ??= setTimeout(() => this.flush(), this.#ackDelayMs);
   }
 
   flush(): void {
-    this.#flushScheduled = false;
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
     if (this.#pendingAcks.length === 0) return;
     const ids = this.#pendingAcks;
     this.#pendingAcks = [];

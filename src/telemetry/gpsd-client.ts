@@ -140,8 +140,11 @@ export class GpsdClient extends EventEmitter<GpsdClientEvents> {
       const wasConnected = this.#connected;
       this.#connected = false;
       if (wasConnected) {
-        this.#logger.warn({ reason: closeReason }, 'disconnected from gpsd');
+        this.#logger[this.#stopped ? 'info' : 'warn']({ reason: closeReason }, 'disconnected from gpsd');
         this.emit('disconnected', closeReason);
+      } else if (this.#failedAttempts === 0) {
+        // Once per streak: an operator must see that gpsd is missing, without a line per retry.
+        this.#logger.warn({ reason: closeReason, address: `${this.#host}:${this.#port}` }, 'cannot connect to gpsd; retrying with back-off');
       } else {
         this.#logger.debug({ reason: closeReason }, 'could not connect to gpsd');
       }

@@ -1,0 +1,105 @@
+// Runs every benchmark, each in its own Node process (so one's heap and handles do not colour the
+// next), then writes bench/results/summary.md with their tables.
+//
+// Usage: node bench/run-all.ts [--runs N] [--messages N] [--configs 20:100,200:200] [--cpu-prof | --no-prof]
+// (flags are passed on to the benchmark that knows them)
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, statSync, writeFileSync, mkdirSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { parseFlags, repoRoot, resultsDir } from './lib/common.ts';
+
+interface Bench {
+  name: string;
+  file: string;
+  flags: string[];
+}
+
+const benches: Bench[] = [
+  { name: 'startup', file: 'bench/startup.ts', flags: ['runs'] },
+  { name: 'outbox-drain', file: 'bench/outbox-drain.ts', flags: ['messages', 'configs', 'timeout-s', 'cpu-prof', 'no-prof'] },
+];
+
+function run(file: string, args: string[]): Promise<number | null> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [path.join(repoRoot, file), ...args], { cwd: repoRoot, stdio: ['ignore', 'inherit', 'inherit'] });
+    const forward = (sig: NodeJS.Signals) => child.kill(sig);
+    process.once('SIGINT', forward);
+    process.once('SIGTERM', forward);
+    child.once('exit', (code) => {
+      process.off('SIGINT', forward);
+      process.off('SIGTERM', forward);
+      resolve(code);
+    });
+  });
+}
+
+/** Warns when dist/ is older than src/: the agent benchmarks run the built agent. */
+function staleBuild(): string | undefined {
+  const main = path.join(repoRoot, 'dist', 'src', 'cli', 'main.js');
+  if (!existsSync(main)) return 'dist/ is missing: run `make build` first';
+  const built = statSync(main).mtimeMs;
+  const newer: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (p.endsWith('.ts') && statSync(p).mtimeMs > built) newer.push(path.relative(repoRoot, p));
+    }
+  };
+  walk(path.join(repoRoot, 'src'));
+  return newer.length ? `src changed after the last build (${newer.slice(0, 5).join(', ')}): the figures are for the old dist/` : undefined;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const flags = parseFlags(argv);
+  const started = performance.now();
+  const stale = staleBuild();
+  if (stale?.startsWith('dist/ is missing')) {
+    process.stderr.write(`run-all: ${stale}\n`);
+    return 2;
+  }
+  if (stale) process.stderr.write(`run-all: warning: ${stale}\n`);
+  mkdirSync(resultsDir, { recursive: true });
+  const sections: string[] = [];
+  let failed = 0;
+  for (const bench of benches) {
+    const args = bench.flags.flatMap((f) => {
+      const v = flags.get(f);
+      if (v === undefined) return [];
+      return v === 'true' ? [`--${f}`] : [`--${f}`, v];
+    });
+    process.stderr.write(`\n== ${bench.name} ==\n`);
+    const t0 = performance.now();
+    const code = await run(bench.file, args);
+    const seconds = ((performance.now() - t0) / 1000).toFixed(1);
+    const resultFile = path.join(resultsDir, `${bench.name}.json`);
+    if (code !== 0) {
+      failed += 1;
+      sections.push(`## ${bench.name}\n\nFAILED (exit ${String(code)}) after ${seconds} s; see the console output.`);
+      continue;
+    }
+    const result = JSON.parse(readFileSync(resultFile, 'utf8')) as { markdown: string };
+    sections.push(`## ${bench.name} (${seconds} s)\n\n${result.markdown.replace(/^### /, '#### ')}\n\nRaw figures: bench/results/${bench.name}.json`);
+  }
+  const totalS = ((performance.now() - started) / 1000).toFixed(1);
+  const summary = [
+    '# bwc-agent benchmarks',
+    '',
+    `Written by \`scripts/bench.sh\` (bench/run-all.ts) on ${new Date().toISOString()}; total ${totalS} s.` +
+      (stale ? ` Warning: ${stale}.` : ''),
+    'Benchmarks measure and report; nothing here passes or fails on timing.',
+    '',
+    ...sections.flatMap((s) => [s, '']),
+  ].join('\n');
+  writeFileSync(path.join(resultsDir, 'summary.md'), summary);
+  process.stdout.write(`\nrun-all: wrote bench/results/summary.md (${totalS} s)\n`);
+  return failed === 0 ? 0 : 1;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`run-all failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,16 @@
+// Writes a config file for an agent under test: short intervals so a test sees traffic quickly.
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { stringify } from 'yaml';
+
+export async function writeAgentConfig(stateDir: string, overrides: Record<string, unknown> = {}): Promise<string> {
+  const config = {
+    gps: { recordingInterval: 1, idleInterval: 1 },
+    mqtt: { reconnectMinDelay: 200, reconnectMaxDelay: 2000, keepalive: 5 },
+    health: { interval: 5 },
+    ...overrides,
+  };
+  const file = path.join(stateDir, 'config.yaml');
+  await writeFile(file, stringify(config));
+  return file;
+}

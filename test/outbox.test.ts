@@ -1,0 +1,82 @@
+import os from 'node:os';
+import path from 'node:path';
+import { mkdtemp } from 'node:fs/promises';
+import pino from 'pino';
+import t from 'tap';
+import { Outbox } from '../src/link/outbox.ts';
+import { openDatabase, schemaVersion } from '../src/store/database.ts';
+import { migrations } from '../src/store/migrations.ts';
+
+const logger = pino({ level: 'silent' });
+const payloadOf = (m: { payload: Buffer }) => JSON.parse(m.payload.toString()) as { seq: number; n?: number };
+
+t.test('per-channel sequence numbers, in order, surviving a reopen', async (t) => {
+  const stateDir = await mkdtemp(path.join(os.tmpdir(), 'bwc-outbox-'));
+  let db = openDatabase({ stateDir });
+  t.equal(schemaVersion(db), migrations.at(-1)!.version);
+  t.equal(db.pragma('journal_mode', { simple: true }), 'wal');
+  t.equal(db.pragma('synchronous', { simple: true }), 2, 'synchronous=FULL');
+  let outbox = new Outbox({ db, maxMessages: 1000, logger });
+  t.same([outbox.enqueue('gps', { n: 1 }, 'thinnable'), outbox.enqueue('gps', { n: 2 }, 'thinnable'), outbox.enqueue('event', { n: 3 }, 'durable')], [1, 2, 1]);
+  db.close();
+
+  db = openDatabase({ stateDir });
+  outbox = new Outbox({ db, maxMessages: 1000, logger });
+  t.equal(outbox.size, 3, 'queued messages survive a restart');
+  t.equal(outbox.enqueue('gps', { n: 4 }, 'thinnable'), 3, 'sequence continues after a restart');
+  const all = outbox.next(0, 100);
+  t.same(all.map((m) => [m.channel, m.seq]), [['gps', 1], ['gps', 2], ['event', 1], ['gps', 3]]);
+  t.same(all.map((m) => payloadOf(m).seq), [1, 2, 1, 3], 'seq is in the payload');
+  t.same(outbox.next(all[1]!.id, 1).map((m) => m.seq), [1], 'next() continues after the cursor');
+
+  outbox.acknowledge(all[0]!.id);
+  outbox.acknowledge(all[2]!.id);
+  outbox.flush();
+  t.equal(outbox.size, 2);
+  db.close();
+  db = openDatabase({ stateDir });
+  outbox = new Outbox({ db, maxMessages: 1000, logger });
+  t.same(outbox.next(0, 100).map((m) => [m.channel, m.seq]), [['gps', 2], ['gps', 3]], 'acknowledged messages are gone for good');
+  db.close();
+});
+
+t.test('a full outbox thins GPS fixes, never events, and counts what it thinned', async (t) => {
+  const stateDir = await mkdtemp(path.join(os.tmpdir(), 'bwc-outbox-'));
+  const db = openDatabase({ stateDir });
+  const outbox = new Outbox({ db, maxMessages: 1000, logger });
+  const reports: { channel: string; dropped: number }[] = [];
+  outbox.on('thinned', (r) => reports.push(r));
+  for (let i = 0; i < 1500; i += 1) {
+    outbox.enqueue('gps', { n: i }, 'thinnable');
+    if (i % 10 === 0) outbox.enqueue('event', { n: i }, 'durable');
+  }
+  t.ok(outbox.size <= 1000, `bounded (${outbox.size})`);
+  const left = outbox.next(0, 10_000);
+  t.equal(left.filter((m) => m.channel === 'event').length, 150, 'every event kept');
+  const gpsSeqs = left.filter((m) => m.channel === 'gps').map((m) => m.seq);
+  t.equal(gpsSeqs.at(-1), 1500, 'the newest fix is kept');
+  t.ok(gpsSeqs.every((s, i) => i === 0 || s > gpsSeqs[i - 1]!), 'still in order');
+  const dropped = reports.reduce((n, r) => n + r.dropped, 0);
+  t.equal(dropped, 1500 - gpsSeqs.length, 'every thinned fix is reported');
+  t.same(outbox.thinnedCounts(), { gps: dropped }, 'and counted durably');
+  t.notOk(reports.some((r) => r.channel === 'event'));
+  db.close();
+});
+
+t.test('over the bound with nothing thinnable: nothing is dropped', async (t) => {
+  const stateDir = await mkdtemp(path.join(os.tmpdir(), 'bwc-outbox-'));
+  const db = openDatabase({ stateDir });
+  const outbox = new Outbox({ db, maxMessages: 1000, logger });
+  for (let i = 0; i < 1100; i += 1) outbox.enqueue('audit', { n: i }, 'durable');
+  t.equal(outbox.size, 1100);
+  t.same(outbox.thinnedCounts(), {});
+  db.close();
+});
+
+t.test('a database from a newer agent is refused, not corrupted', async (t) => {
+  const stateDir = await mkdtemp(path.join(os.tmpdir(), 'bwc-outbox-'));
+  const db = openDatabase({ stateDir });
+  db.pragma('user_version = 999');
+  db.close();
+  t.throws(() => openDatabase({ stateDir }), /schema version 999 is newer than this agent understands/);
+});
