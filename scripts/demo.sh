@@ -30,6 +30,7 @@ trap cleanup EXIT
 trap 'cleanup; exit 0' INT TERM
 
 cat > "$demo/mosquitto.conf" <<CONF
+user $(id -un)
 listener $mqtt_port 127.0.0.1
 allow_anonymous true
 persistence true

@@ -123,3 +123,8 @@ t.test('the daemon exits 2 naming the key for a broken file and a bad environmen
   t.match(c.output, /Unknown option '--bogus'/);
   t.ok(agentBin.endsWith('bin/bwc-agent'));
 });
+
+t.test('the shipped example config (systemd/config.example.yaml) is valid', async (t) => {
+  const c = loadConfig({ ...base, file: path.join(repoRoot, 'systemd', 'config.example.yaml') });
+  t.match(c.mqtt.url, /^mqtts:/);
+});

@@ -29,9 +29,8 @@ t.test('storage crossing the threshold raises storage.low, then storage.ok', asy
   const link = {
     send: (channel: 'gps' | 'event' | 'audit', body: object) => {
       sent.push({ channel, body: body as Record<string, unknown> });
-      return sent.length;
     },
-    status: () => ({ connected: true, reconnects: 0, lastError: undefined, outbox: { queued: 0, inflight: 0, delivered: 0, refused: 0, thinned: {} } }),
+    summary: () => ({ connected: true, reconnects: 0, outboxQueued: 0, outboxThinned: {}, outboxHeldInMemory: 0, outboxWriteError: null }),
   };
   const state = new DeviceState({ deviceId: 'cam-h', agentVersion: 'test' });
   const low = new HealthExtension({ intervalS: 3600, storageLowPercent: 100, storagePath: dir, thermalZone: '/nonexistent', link, state, logger });

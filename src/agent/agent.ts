@@ -76,12 +76,11 @@ export class Agent {
     this.#outbox.on('thinned', (report) => this.#link.send('event', { type: 'outbox.thinned', time: new Date().toISOString(), ...report }));
     this.#state.on('changed', () => this.#scheduleStatePublish());
     this.#control.handle('status', () => this.status());
-    const refreshLink = () => {
-      const link = this.#link.status();
-      this.#state.update({ link: { connected: link.connected, reconnects: link.reconnects, outboxQueued: link.outbox.queued, outboxThinned: link.outbox.thinned } });
-    };
+    const refreshLink = () => this.#state.update({ link: this.#link.summary() });
     this.#link.session.on('connected', refreshLink);
     this.#link.session.on('disconnected', refreshLink);
+    this.#link.writer.on('failing', refreshLink);
+    this.#link.writer.on('recovered', refreshLink);
   }
 
   status(): object {

@@ -3,10 +3,11 @@
 // `gps`, `event` and `audit` channels.
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/schema.ts';
-import type { DeviceStateDoc } from '../state/device-state.ts';
+import type { DeviceStateDoc, LinkStatus } from '../state/device-state.ts';
 import { MqttSession } from './mqtt-session.ts';
 import { NonReplayingStore, OutboxDrain } from './outbox-drain.ts';
 import type { MessageClass, Outbox } from './outbox.ts';
+import { OutboxWriter, type OutboxWriterStatus } from './outbox-writer.ts';
 
 /** Channels that go through the outbox, and whether they may be thinned when it is full. */
 export const outboxChannels = { gps: 'thinnable', event: 'durable', audit: 'durable' } as const satisfies Record<string, MessageClass>;
@@ -24,13 +25,14 @@ export interface LinkStatusReport {
   connected: boolean;
   reconnects: number;
   lastError: string | undefined;
-  outbox: { queued: number; inflight: number; delivered: number; refused: number; thinned: Record<string, number> };
+  outbox: { queued: number; inflight: number; delivered: number; refused: number; thinned: Record<string, number> } & OutboxWriterStatus;
 }
 
 export class FleetLink {
   readonly #session: MqttSession;
   readonly #drain: OutboxDrain;
   readonly #outbox: Outbox;
+  readonly #writer: OutboxWriter;
   readonly #logger: Logger;
   readonly #root: string;
   readonly #offlineState: (reason: string) => object;
@@ -40,6 +42,7 @@ export class FleetLink {
   constructor(options: FleetLinkOptions) {
     const { config } = options;
     this.#outbox = options.outbox;
+    this.#writer = new OutboxWriter({ outbox: options.outbox, logger: options.logger });
     this.#logger = options.logger.child({ module: 'link' });
     this.#root = `${config.mqtt.topicRoot}/${config.deviceId}`;
     this.#offlineState = options.offlineState;
@@ -99,9 +102,13 @@ export class FleetLink {
     if (this.#session.connected) this.#publishRetained('state', this.#latestState);
   }
 
-  /** Queues a message durably on an outbox channel; returns its sequence number. */
-  send(channel: OutboxChannel, body: object): number {
-    return this.#outbox.enqueue(channel, body, outboxChannels[channel]);
+  /** Queues a message durably on an outbox channel (in memory while the outbox cannot be written). */
+  send(channel: OutboxChannel, body: object): void {
+    this.#writer.write(channel, body, outboxChannels[channel]);
+  }
+
+  get writer(): OutboxWriter {
+    return this.#writer;
   }
 
   status(): LinkStatusReport {
@@ -115,7 +122,21 @@ export class FleetLink {
         delivered: this.#drain.delivered,
         refused: this.#drain.refused,
         thinned: this.#outbox.thinnedCounts(),
+        ...this.#writer.status(),
       },
+    };
+  }
+
+  /** The part of the retained state that describes the link. */
+  summary(): LinkStatus {
+    const s = this.status();
+    return {
+      connected: s.connected,
+      reconnects: s.reconnects,
+      outboxQueued: s.outbox.queued,
+      outboxThinned: s.outbox.thinned,
+      outboxHeldInMemory: s.outbox.held,
+      outboxWriteError: s.outbox.writeError ?? null,
     };
   }
 
@@ -132,6 +153,7 @@ export class FleetLink {
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
     this.#drain.stop();
+    this.#writer.stop();
     await this.#session.stop([{ topic: this.topic('state'), payload: JSON.stringify(this.#offlineState(reason)) }]);
     this.#logger.info({ reason }, 'link stopped');
   }

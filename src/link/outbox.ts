@@ -123,9 +123,18 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     this.#pendingAcks = [];
     // Counted by rows really deleted: an in-flight message may have been thinned meanwhile.
     let deleted = 0;
-    this.#db.transaction(() => {
-      for (const id of ids) deleted += this.#delete.run(id).changes;
-    })();
+    try {
+      this.#db.transaction(() => {
+        for (const id of ids) deleted += this.#delete.run(id).changes;
+      })();
+    } catch (err) {
+      // A delete needs WAL space too: on a full disk keep the ids and try again later. The
+      // messages are delivered already; at worst they are sent again after a restart.
+      this.#pendingAcks = ids.concat(this.#pendingAcks);
+      this.#logger.warn({ err: (err as Error).message, pending: this.#pendingAcks.length }, 'cannot delete acknowledged messages yet; will retry');
+      this.#flushTimer = setTimeout(() => this.flush(), 1000);
+      return;
+    }
     this.#size -= deleted;
   }
 

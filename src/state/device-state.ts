@@ -9,6 +9,10 @@ export interface LinkStatus {
   reconnects: number;
   outboxQueued: number;
   outboxThinned: Record<string, number>;
+  /** Messages held in memory because the outbox (the disk) cannot be written. */
+  outboxHeldInMemory: number;
+  /** Why the outbox cannot be written (a full disk, say), or null. */
+  outboxWriteError: string | null;
 }
 
 export interface DeviceStateDoc {
@@ -44,7 +48,7 @@ export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
       devicePublicKey: null,
       gps: null,
       health: null,
-      link: { connected: false, reconnects: 0, outboxQueued: 0, outboxThinned: {} },
+      link: { connected: false, reconnects: 0, outboxQueued: 0, outboxThinned: {}, outboxHeldInMemory: 0, outboxWriteError: null },
       startedAt: new Date().toISOString(),
     };
   }

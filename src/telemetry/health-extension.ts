@@ -10,7 +10,7 @@ export interface HealthExtensionOptions {
   storageLowPercent: number;
   storagePath: string;
   thermalZone: string;
-  link: Pick<FleetLink, 'send' | 'status'>;
+  link: Pick<FleetLink, 'send' | 'summary'>;
   state: DeviceState;
   logger: Logger;
 }
@@ -54,10 +54,6 @@ export class HealthExtension {
       this.#logger[low ? 'warn' : 'info']({ freePercent: health.storage.freePercent, threshold: this.#options.storageLowPercent }, type);
       this.#options.link.send('event', { type, time: new Date().toISOString(), freeBytes: health.storage.freeBytes, freePercent: health.storage.freePercent, thresholdPercent: this.#options.storageLowPercent });
     }
-    const link = this.#options.link.status();
-    this.#options.state.update({
-      health,
-      link: { connected: link.connected, reconnects: link.reconnects, outboxQueued: link.outbox.queued, outboxThinned: link.outbox.thinned },
-    });
+    this.#options.state.update({ health, link: this.#options.link.summary() });
   }
 }

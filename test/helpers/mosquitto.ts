@@ -22,6 +22,8 @@ export interface Broker {
 export interface BrokerOptions {
   /** mosquitto's max_inflight_messages, advertised as MQTT 5 Receive Maximum (default 20). */
   maxInflight?: number;
+  /** Lines added to the listener (TLS settings, for example). */
+  listenerLines?: string[];
 }
 
 export async function startBroker(options: BrokerOptions = {}): Promise<Broker> {
@@ -31,7 +33,11 @@ export async function startBroker(options: BrokerOptions = {}): Promise<Broker> 
   await writeFile(
     conf,
     [
+      // Run as ourselves: started as root, mosquitto would otherwise switch to its own user and
+      // could not read our key files or write its persistence file in our temp folder.
+      `user ${os.userInfo().username}`,
       `listener ${port} 127.0.0.1`,
+      ...(options.listenerLines ?? []),
       'allow_anonymous true',
       'persistence true',
       `persistence_location ${dir}/`,
@@ -48,7 +54,7 @@ export async function startBroker(options: BrokerOptions = {}): Promise<Broker> 
   let log = '';
   const broker: Broker = {
     port,
-    url: `mqtt://127.0.0.1:${port}`,
+    url: `${options.listenerLines?.some((l) => l.startsWith('certfile')) ? 'mqtts' : 'mqtt'}://127.0.0.1:${port}`,
     get log() {
       return log;
     },

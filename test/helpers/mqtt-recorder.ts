@@ -1,6 +1,6 @@
 // A fleet-side subscriber that records what the broker delivers. It uses a persistent session,
 // so messages published while it is reconnecting (after a broker restart) are queued for it.
-import mqtt, { type MqttClient } from 'mqtt';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 
 export interface Received {
   topic: string;
@@ -29,8 +29,14 @@ export class MqttRecorder {
     });
   }
 
-  static async connect(url: string, topic: string, clientId = `recorder-${process.pid}-${Math.random().toString(16).slice(2)}`): Promise<MqttRecorder> {
+  static async connect(
+    url: string,
+    topic: string,
+    clientId = `recorder-${process.pid}-${Math.random().toString(16).slice(2)}`,
+    extra: IClientOptions = {},
+  ): Promise<MqttRecorder> {
     const client = mqtt.connect(url, {
+      ...extra,
       protocolVersion: 5,
       clientId,
       clean: false,
