@@ -53,7 +53,7 @@ t.test('disk full under the state folder', { skip: process.getuid?.() !== 0 ? 'm
     BWC_GPSD: `127.0.0.1:${gps.port}`,
   });
   t.teardown(async () => {
-    await agent.stop('SIGKILL');
+    await agent.stop('SIGTERM');
     await recorder.close();
     await gps.stop();
     await broker.dispose();

@@ -116,4 +116,13 @@ t.test('broker outage, agent restart, kill -9', async (t) => {
   t.equal(late.messages[0]!.retain, true);
   t.equal(late.messages[0]!.json?.online, false);
   await late.close();
+
+  // 4. After kill -9 the outbox and its sequence numbers carry on where they were.
+  agent = spawnAgent(['run', '--config', config], env);
+  await recorder.waitFor(() => recorder.on('event').filter((m) => m.json?.type === 'agent.started').length >= 3, 30_000, 'third agent.started');
+  await recorder.waitFor(() => recorder.on('gps').length >= gpsCount + 3, 30_000, 'fixes after the restart');
+  assertContiguous(t, recorder.on('gps'), 'gps after kill -9 and restart');
+  assertContiguous(t, recorder.on('event'), 'event after kill -9 and restart');
+  await recorder.waitFor(() => recorder.on('state').at(-1)?.json?.online === true, 10_000, 'online again');
+  t.equal((await agent.stop('SIGTERM')).code, 0);
 });

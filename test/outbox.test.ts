@@ -4,6 +4,7 @@ import { mkdtemp } from 'node:fs/promises';
 import pino from 'pino';
 import t from 'tap';
 import { Outbox } from '../src/link/outbox.ts';
+import { OutboxWriter } from '../src/link/outbox-writer.ts';
 import { openDatabase, schemaVersion } from '../src/store/database.ts';
 import { migrations } from '../src/store/migrations.ts';
 
@@ -79,4 +80,30 @@ t.test('a database from a newer agent is refused, not corrupted', async (t) => {
   db.pragma('user_version = 999');
   db.close();
   t.throws(() => openDatabase({ stateDir }), /schema version 999 is newer than this agent understands/);
+});
+
+t.test('the writer holds messages in order while the outbox fails, bounded by dropping held GPS fixes only', async (t) => {
+  const stored: { channel: string; n: number }[] = [];
+  let failing = true;
+  const outbox = {
+    enqueue(channel: string, body: { n: number }) {
+      if (failing) throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+      stored.push({ channel, n: body.n });
+      return stored.length;
+    },
+  } as unknown as Outbox;
+  const writer = new OutboxWriter({ outbox, logger, maxHeld: 10, retryMs: 20 });
+  const seen: string[] = [];
+  writer.on('failing', (why) => seen.push(`failing ${why}`));
+  writer.on('recovered', ({ written }) => seen.push(`recovered ${written}`));
+  for (let n = 0; n < 12; n += 1) writer.write(n % 4 === 0 ? 'event' : 'gps', { n }, n % 4 === 0 ? 'durable' : 'thinnable');
+  t.same(writer.status(), { held: 10, droppedFromMemory: 2, writeError: 'SQLITE_FULL: database or disk is full' });
+  failing = false;
+  await new Promise((r) => setTimeout(r, 100));
+  t.same(seen, ['failing SQLITE_FULL: database or disk is full', 'recovered 10']);
+  t.same(stored.map((s) => s.n), [0, 3, 4, 5, 6, 7, 8, 9, 10, 11], 'oldest GPS fixes dropped, every event kept, order kept');
+  t.same(writer.status(), { held: 0, droppedFromMemory: 2, writeError: undefined });
+  writer.write('event', { n: 12 }, 'durable');
+  t.equal(stored.at(-1)?.n, 12, 'writes straight through when healthy');
+  writer.stop();
 });
