@@ -17,6 +17,8 @@ interface Bench {
 const benches: Bench[] = [
   { name: 'startup', file: 'bench/startup.ts', flags: ['runs'] },
   { name: 'outbox-drain', file: 'bench/outbox-drain.ts', flags: ['messages', 'configs', 'timeout-s', 'cpu-prof', 'no-prof'] },
+  { name: 'command-verify', file: 'bench/command-verify.ts', flags: [] },
+  { name: 'command-roundtrip', file: 'bench/command-roundtrip.ts', flags: ['runs'] },
 ];
 
 function run(file: string, args: string[]): Promise<number | null> {

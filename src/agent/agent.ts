@@ -1,9 +1,19 @@
 // The controller: builds the long-lived parts (store, outbox, link, state), then starts the
 // extensions in order and stops them in reverse. Each extension does one job and talks to the
 // others only through the link, the device state and the calls it is given.
+import { createHash } from 'node:crypto';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { AuditLog } from '../audit/audit-log.ts';
+import { CommandHandler, type ActionExecutor } from '../command/command-handler.ts';
+import { SystemClock, type CommandClock } from '../command/clock.ts';
+import { ReplayCache } from '../command/replay-cache.ts';
+import { TrustStore } from '../command/trust-store.ts';
+import type { CommandAction } from '../command/types.ts';
+import { CommandVerifier } from '../command/verifier.ts';
+import { ConfigError } from '../config/load.ts';
 import type { AgentConfig } from '../config/schema.ts';
+import { loadOrCreateDeviceKey, type DeviceKey } from '../keys/device-key.ts';
 import { ControlServer } from '../control/control-socket.ts';
 import { FleetLink } from '../link/fleet-link.ts';
 import { Outbox } from '../link/outbox.ts';
@@ -24,6 +34,12 @@ export interface AgentOptions {
   config: AgentConfig;
   logger: Logger;
   env?: NodeJS.ProcessEnv;
+  clock?: CommandClock;
+}
+
+interface AgentParts {
+  deviceKey: DeviceKey;
+  trustStore: TrustStore;
 }
 
 /** Coalesces bursts of state changes into one retained publish. */
@@ -39,13 +55,32 @@ export class Agent {
   readonly #control: ControlServer;
   readonly #notifier: ServiceNotifier;
   readonly #extensions: Extension[];
+  readonly #audit: AuditLog;
+  readonly #deviceKey: DeviceKey;
   #started: Extension[] = [];
   #statePublishTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
 
-  constructor(options: AgentOptions) {
+  /** Loads what needs I/O first (device key, trust store); a bad trust store is a config error. */
+  static async create(options: AgentOptions): Promise<Agent> {
+    const { config } = options;
+    const deviceKey = await loadOrCreateDeviceKey(config.stateDir);
+    let trustStore: TrustStore;
+    try {
+      trustStore = config.commands.trustStore
+        ? TrustStore.load(config.commands.trustStore, config.commands.revokedKeys)
+        : TrustStore.fromJwks({ keys: [] }, config.commands.revokedKeys, '(no commands.trustStore configured)');
+    } catch (err) {
+      throw new ConfigError([`commands.trustStore: ${(err as Error).message}`]);
+    }
+    if (!config.commands.trustStore) options.logger.warn('no commands.trustStore configured: every command will be refused (unknown_key)');
+    return new Agent(options, { deviceKey, trustStore });
+  }
+
+  private constructor(options: AgentOptions, parts: AgentParts) {
     const { config, logger } = options;
     this.config = config;
+    this.#deviceKey = parts.deviceKey;
     this.#logger = logger;
     this.#db = openDatabase({ stateDir: config.stateDir });
     this.#outbox = new Outbox({ db: this.#db, maxMessages: config.outbox.maxMessages, logger });
@@ -71,7 +106,41 @@ export class Agent {
       state: this.#state,
       logger,
     });
-    this.#extensions = [health, gps];
+    this.#audit = new AuditLog({
+      db: this.#db,
+      deviceId: config.deviceId,
+      deviceKey: parts.deviceKey,
+      publish: (message) => this.#link.send('audit', message),
+      checkpointEvery: config.audit.checkpointEvery,
+      checkpointIntervalMs: config.audit.checkpointInterval * 1000,
+      logger,
+    });
+    const verifier = new CommandVerifier({
+      deviceId: config.deviceId,
+      trustStore: parts.trustStore,
+      policy: {
+        allowedReasons: config.commands.reasons,
+        maxTokenLifetimeS: config.commands.maxTokenLifetime,
+        maxStreamDurationS: config.commands.maxStreamDuration,
+        clockSkewS: config.commands.clockSkew,
+        maxConcurrentStreams: config.commands.maxConcurrentStreams,
+        unsynchronisedClock: config.commands.unsynchronisedClock,
+        maxPayloadBytes: config.commands.maxPayloadBytes,
+      },
+      replayCache: new ReplayCache(this.#db),
+      clock: options.clock ?? new SystemClock(),
+      activeStreams: () => this.#state.snapshot().streaming.sessions,
+      logger,
+    });
+    const commands = new CommandHandler({
+      topic: this.#link.topic('cmd'),
+      session: this.#link.session,
+      verifier,
+      audit: this.#audit,
+      executors: notYetAvailable,
+      logger,
+    });
+    this.#extensions = [health, gps, commands];
 
     this.#outbox.on('thinned', (report) => this.#link.send('event', { type: 'outbox.thinned', time: new Date().toISOString(), ...report }));
     this.#state.on('changed', () => this.#scheduleStatePublish());
@@ -90,6 +159,8 @@ export class Agent {
   async start(): Promise<void> {
     this.#logger.info({ version: agentVersion, stateDir: this.config.stateDir, broker: this.config.mqtt.url }, 'bwc-agent starting');
     await this.#control.start();
+    this.#state.update({ devicePublicKey: this.#deviceKey.publicJwk }, { silent: true });
+    this.#auditStart();
     this.#link.publishState(this.#state.snapshot());
     this.#link.start();
     for (const extension of this.#extensions) {
@@ -121,12 +192,26 @@ export class Agent {
       }
     }
     this.#started = [];
+    this.#audit.append({ type: 'agent.stop', detail: { reason } });
+    this.#audit.stop();
     this.#link.send('event', { type: 'agent.stopping', time: new Date().toISOString(), reason });
     await this.#link.stop(reason);
     await this.#control.stop();
     this.#outbox.flush();
     this.#db.close();
     this.#logger.info('bwc-agent stopped');
+  }
+
+  /** Audits the start, and a configuration change when the effective settings differ from last time. */
+  #auditStart(): void {
+    const configDigest = createHash('sha256').update(JSON.stringify(this.config)).digest('base64url');
+    const last = this.#db
+      .prepare("SELECT json_extract(entry, '$.detail.configDigest') AS digest FROM audit_entry WHERE json_extract(entry, '$.type') = 'agent.start' ORDER BY seq DESC LIMIT 1")
+      .get() as { digest: string | null } | undefined;
+    if (last && last.digest !== configDigest) {
+      this.#audit.append({ type: 'config.change', detail: { previousDigest: last.digest, configDigest } });
+    }
+    this.#audit.append({ type: 'agent.start', detail: { version: agentVersion, configDigest, deviceKid: this.#deviceKey.kid } });
   }
 
   #scheduleStatePublish(): void {
@@ -137,3 +222,14 @@ export class Agent {
     }, statePublishDelayMs);
   }
 }
+
+/**
+ * Executors for actions whose modules are not in this build yet: record.* are accepted, audited
+ * and answered (the capture work will act on them); stream.* are refused as unavailable.
+ */
+const notYetAvailable: Record<CommandAction, ActionExecutor> = {
+  'record.start': () => ({ ok: true, applied: false, message: 'recording is not available in this build yet; the command was accepted and audited' }),
+  'record.stop': () => ({ ok: true, applied: false, message: 'recording is not available in this build yet; the command was accepted and audited' }),
+  'stream.start': () => ({ ok: false, code: 'unavailable', message: 'live view is not available in this build yet' }),
+  'stream.stop': (command) => ({ ok: false, code: 'unknown_session', message: `no live session ${command.sid ?? ''}` }),
+};

@@ -1,10 +1,14 @@
 // bwc-agent's command line: `run` starts the daemon, `ctl` talks to a running one.
-// Exit codes: 0 done, 1 runtime failure, 2 bad usage or configuration, 3 agent not reachable.
+// Exit codes: 0 done, 1 runtime failure (or: a command was refused, an audit chain is broken),
+// 2 bad usage or configuration, 3 the agent or the device did not answer.
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import path from 'node:path';
 import { Agent } from '../agent/agent.ts';
 import { ConfigError, loadConfig, resolveStateDir } from '../config/load.ts';
 import { ControlClientError, controlRequest } from '../control/control-socket.ts';
+import { auditVerifyCommand } from '../audit/cli.ts';
+import { generateIssuerKeys, sendCommand, signCommand, ToolError } from './fleet-tools.ts';
 import { createLogger } from '../log.ts';
 import { agentVersion } from '../version.ts';
 
@@ -13,9 +17,17 @@ const usage = `bwc-agent ${agentVersion}
 Usage:
   bwc-agent run [--config FILE]                 start the daemon (no FILE: embedded defaults)
   bwc-agent ctl status [--state-dir DIR]        print the running agent's state as JSON
+  bwc-agent audit verify [--state-dir DIR | --file CAPTURE] [--public-key JWK_FILE]
+                                                check the audit chain (exit 1 naming the first bad entry)
   bwc-agent --version
 
-Environment overrides: BWC_DEVICE_ID, BWC_MQTT_URL, BWC_STATE_DIR, BWC_GPSD, BWC_LOG_LEVEL.
+Fleet-side tools (for a backend's operators and tests; see docs/protocol.md):
+  bwc-agent keys generate --out DIR [--actions LIST]
+  bwc-agent command sign --key FILE --device ID --action ACT --reason CODE [--operator ID]
+                         [--issuer ISS] [--ttl S] [--max-s S] [--offer FILE] [--sid SID]
+  bwc-agent command send --url MQTT_URL <the sign options>      (prints the device's reply)
+
+Environment overrides: BWC_DEVICE_ID, BWC_MQTT_URL, BWC_STATE_DIR, BWC_GPSD, BWC_LOG_LEVEL, BWC_TRUST_STORE.
 Configuration reference: docs/configuration.md`;
 
 export class UsageError extends Error {}
@@ -24,7 +36,7 @@ async function run(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } }, strict: true });
   const config = loadConfig({ file: values.config, env: process.env, cwd: process.cwd() });
   const logger = createLogger({ level: config.log.level, pretty: config.log.pretty, deviceId: config.deviceId });
-  const agent = new Agent({ config, logger });
+  const agent = await Agent.create({ config, logger });
   let exitCode = 0;
   const shutdown = (signal: string) => {
     void agent.stop(signal).then(
@@ -59,6 +71,80 @@ async function ctl(argv: string[]): Promise<number> {
   return 0;
 }
 
+async function audit(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { 'state-dir': { type: 'string' }, file: { type: 'string' }, 'public-key': { type: 'string' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (positionals[0] !== 'verify') throw new UsageError('audit needs the verb "verify"');
+  const stateDir = values.file === undefined ? resolveStateDir(values['state-dir'], process.env, process.cwd()) : undefined;
+  return auditVerifyCommand({ stateDir, file: values.file, publicKeyFile: values['public-key'] }, process.stdout, process.stderr);
+}
+
+async function keys(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options: { out: { type: 'string' }, actions: { type: 'string' } }, allowPositionals: true, strict: true });
+  if (positionals[0] !== 'generate') throw new UsageError('keys needs the verb "generate"');
+  if (!values.out) throw new UsageError('keys generate needs --out DIR');
+  const actions = (values.actions ?? 'record.start,record.stop,stream.start,stream.stop').split(',').map((a) => a.trim()).filter(Boolean);
+  const made = await generateIssuerKeys(values.out, actions);
+  process.stdout.write(`issuer key ${made.kid}\n  private: ${made.privateJwkFile} (keep it on the fleet side)\n  trust store: ${made.trustStoreFile} (the device's commands.trustStore)\n`);
+  return 0;
+}
+
+const signOptions = {
+  key: { type: 'string' },
+  device: { type: 'string' },
+  action: { type: 'string' },
+  reason: { type: 'string' },
+  operator: { type: 'string' },
+  issuer: { type: 'string' },
+  ttl: { type: 'string' },
+  'max-s': { type: 'string' },
+  offer: { type: 'string' },
+  sid: { type: 'string' },
+  url: { type: 'string' },
+  'topic-root': { type: 'string' },
+} as const;
+
+function positiveInt(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`--${name} expects a whole number of seconds, got "${value}"`);
+  return n;
+}
+
+async function commandTool(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options: signOptions, allowPositionals: true, strict: true });
+  const verb = positionals[0];
+  if (verb !== 'sign' && verb !== 'send') throw new UsageError('command needs the verb "sign" or "send"');
+  for (const required of ['key', 'device', 'action'] as const) {
+    if (!values[required]) throw new UsageError(`command ${verb} needs --${required}`);
+  }
+  const offer = values.offer === undefined ? undefined : readFileSync(values.offer, 'utf8');
+  const token = await signCommand({
+    keyFile: values.key!,
+    device: values.device!,
+    action: values.action!,
+    reason: values.reason,
+    operator: values.operator,
+    issuer: values.issuer,
+    ttlS: positiveInt('ttl', values.ttl),
+    maxS: positiveInt('max-s', values['max-s']),
+    offer,
+    sid: values.sid,
+  });
+  if (verb === 'sign') {
+    process.stdout.write(`${token}\n`);
+    return 0;
+  }
+  if (!values.url) throw new UsageError('command send needs --url mqtt://BROKER:PORT');
+  const reply = await sendCommand({ url: values.url, device: values.device!, token, offer, topicRoot: values['topic-root'] ?? 'bwc/v1' });
+  process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
+  return reply.ok === true ? 0 : 1;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   try {
@@ -67,6 +153,12 @@ export async function main(argv: string[]): Promise<number> {
         return await run(rest);
       case 'ctl':
         return await ctl(rest);
+      case 'audit':
+        return await audit(rest);
+      case 'keys':
+        return await keys(rest);
+      case 'command':
+        return await commandTool(rest);
       case '--version':
       case 'version':
         process.stdout.write(`${agentVersion}\n`);
@@ -87,6 +179,10 @@ export async function main(argv: string[]): Promise<number> {
     if (err instanceof UsageError || (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`bwc-agent: ${(err as Error).message}\n\n${usage}\n`);
       return 2;
+    }
+    if (err instanceof ToolError) {
+      process.stderr.write(`bwc-agent: ${err.message}\n`);
+      return err.exitCode;
     }
     if (err instanceof ControlClientError) {
       process.stderr.write(`bwc-agent: ${err.message}\n`);

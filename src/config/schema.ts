@@ -1,6 +1,7 @@
 // The one schema of every setting: its type, default, unit and meaning.
 // docs/configuration.md is generated from it (src/config/docs.ts) and a test keeps the two in step.
 import { z } from 'zod';
+import { defaultReasonCodes } from '../command/types.ts';
 
 const deviceIdPattern = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 const hostPort = /^[^\s:]+:\d{1,5}$/;
@@ -91,6 +92,35 @@ export const configSchema = z.strictObject({
       thermalZone: z.string().default('/sys/class/thermal/thermal_zone0/temp').meta({ description: 'Where the CPU temperature is read (millidegrees C); absent on boards without one.' }),
     })
     .prefault({}),
+  commands: z
+    .strictObject({
+      trustStore: z.string().min(1).optional().meta({
+        description: 'JWKS file of the issuers whose signed commands are accepted; each key lists its actions in `bwc_actions`. Without one every command is refused (unknown_key).',
+        env: 'BWC_TRUST_STORE',
+      }),
+      revokedKeys: z.array(z.string().min(1)).default([]).meta({ description: 'Key ids (kid) no longer trusted, whatever the trust store says.' }),
+      reasons: z
+        .array(z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/, 'a reason code: lower-case letters, digits and "-"'))
+        .min(1)
+        .default([...defaultReasonCodes])
+        .meta({ description: 'Reason codes a command may give (`reason` claim).' }),
+      maxTokenLifetime: seconds('Longest accepted token lifetime (exp - iat).', 10, 3600, 300),
+      maxStreamDuration: seconds('Longest live view a stream.start may ask for (max_s).', 10, 14_400, 1800),
+      clockSkew: seconds('Clock difference allowed between issuer and device.', 0, 300, 30),
+      maxConcurrentStreams: z.number().int().min(0).max(8).default(2).meta({ description: 'Live views at once; one more gets `busy`.' }),
+      unsynchronisedClock: z.enum(['reject', 'accept']).default('reject').meta({
+        description:
+          'When the device clock is not known to be synchronised (no systemd-timesyncd sync flag): refuse commands (clock_unsynchronised), or accept them with the fact in the audit.',
+      }),
+      maxPayloadBytes: z.number().int().min(1024).max(1_048_576).default(65_536).meta({ description: 'Largest command payload considered (token and SDP offer).', unit: 'bytes' }),
+    })
+    .prefault({}),
+  audit: z
+    .strictObject({
+      checkpointEvery: z.number().int().min(1).max(100_000).default(100).meta({ description: 'A signed checkpoint after this many audit entries...' }),
+      checkpointInterval: seconds('...and at least this often while entries are being added.', 10, 86_400, 600),
+    })
+    .prefault({}),
 });
 
 export type AgentConfigInput = z.input<typeof configSchema>;
@@ -106,4 +136,5 @@ export const envOverrides = {
   BWC_MQTT_URL: 'mqtt.url',
   BWC_GPSD: 'gps.gpsd',
   BWC_LOG_LEVEL: 'log.level',
+  BWC_TRUST_STORE: 'commands.trustStore',
 } as const;

@@ -1,6 +1,7 @@
 // The device's retained `state` document: what fleet ops see on the map and the camera list.
 // Modules set their part; listeners (the MQTT link, `ctl status`) read the whole.
 import { EventEmitter } from 'node:events';
+import type { JWK } from 'jose';
 import type { GpsReport } from '../telemetry/gps-reporter.ts';
 import type { HealthSample } from '../telemetry/health.ts';
 
@@ -23,7 +24,8 @@ export interface DeviceStateDoc {
   recording: boolean;
   streaming: { sessions: number };
   battery: { percent: number | null; charging: boolean | null };
-  devicePublicKey: string | null;
+  /** The device's Ed25519 public key (JWK with its kid): checks audit checkpoints and manifests. */
+  devicePublicKey: JWK | null;
   gps: Pick<GpsReport, 'fix' | 'lat' | 'lon' | 'accuracyM' | 'gpsTime'> & { gpsd: GpsReport['gpsd'] } | null;
   health: HealthSample | null;
   link: LinkStatus;

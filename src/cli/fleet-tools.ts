@@ -1,0 +1,130 @@
+// Fleet-side tools in the agent's CLI, for a backend's operators and for tests: make an issuer
+// key and the device trust store, sign a command, and send one over MQTT 5 request/response.
+// They implement the issuer's half of docs/protocol.md ("Commands"); the agent never runs them.
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import mqtt from 'mqtt';
+import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose';
+import { commandActions, commandTokenType, type CommandAction } from '../command/types.ts';
+
+/** exitCode 2: the request is wrong (bad option, unreadable key); 3: the fleet side did not answer. */
+export class ToolError extends Error {
+  readonly exitCode: 2 | 3;
+  constructor(message: string, exitCode: 2 | 3 = 2) {
+    super(message);
+    this.exitCode = exitCode;
+  }
+}
+
+export interface GeneratedIssuer {
+  privateJwkFile: string;
+  trustStoreFile: string;
+  kid: string;
+}
+
+export async function generateIssuerKeys(outDir: string, actions: readonly string[]): Promise<GeneratedIssuer> {
+  for (const a of actions) {
+    if (!(commandActions as readonly string[]).includes(a)) throw new ToolError(`unknown action "${a}" (known: ${commandActions.join(', ')})`);
+  }
+  const { privateKey, publicKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
+  const publicJwk = await exportJWK(publicKey);
+  const kid = await calculateJwkThumbprint(publicJwk, 'sha256');
+  const privateJwk = { ...(await exportJWK(privateKey)), kid, alg: 'EdDSA' };
+  mkdirSync(outDir, { recursive: true });
+  const privateJwkFile = path.join(outDir, 'issuer.private.jwk.json');
+  const trustStoreFile = path.join(outDir, 'trust.jwks.json');
+  writeFileSync(privateJwkFile, `${JSON.stringify(privateJwk, null, 2)}\n`, { mode: 0o600 });
+  writeFileSync(trustStoreFile, `${JSON.stringify({ keys: [{ ...publicJwk, kid, alg: 'EdDSA', use: 'sig', bwc_actions: [...actions] }] }, null, 2)}\n`);
+  return { privateJwkFile, trustStoreFile, kid };
+}
+
+export interface SignOptions {
+  keyFile: string;
+  device: string;
+  action: string;
+  reason?: string | undefined;
+  operator?: string | undefined;
+  issuer?: string | undefined;
+  ttlS?: number | undefined;
+  maxS?: number | undefined;
+  offer?: string | undefined;
+  sid?: string | undefined;
+}
+
+export function offerSha256(offer: string): string {
+  return createHash('sha256').update(offer, 'utf8').digest('base64url');
+}
+
+export async function signCommand(o: SignOptions): Promise<string> {
+  if (!(commandActions as readonly string[]).includes(o.action)) throw new ToolError(`unknown action "${o.action}" (known: ${commandActions.join(', ')})`);
+  const action = o.action as CommandAction;
+  let jwk: JWK;
+  try {
+    jwk = JSON.parse(readFileSync(o.keyFile, 'utf8')) as JWK;
+  } catch (err) {
+    throw new ToolError(`cannot read the issuer key ${o.keyFile}: ${(err as Error).message}`);
+  }
+  if (!jwk.kid || !jwk.d) throw new ToolError(`${o.keyFile} is not a private JWK with a kid (make one with: bwc-agent keys generate --out DIR)`);
+  const key = await importJWK(jwk, 'EdDSA');
+  const now = Math.floor(Date.now() / 1000);
+  const claims: Record<string, unknown> = { act: action, jti: randomUUID() };
+  if (o.reason !== undefined) claims.reason = o.reason;
+  if (action === 'stream.start') {
+    if (o.offer === undefined) throw new ToolError('stream.start needs --offer FILE (the viewer SDP offer)');
+    claims.max_s = o.maxS ?? 300;
+    claims.offer_sha256 = offerSha256(o.offer);
+  }
+  if (action === 'stream.stop') {
+    if (!o.sid) throw new ToolError('stream.stop needs --sid SID');
+    claims.sid = o.sid;
+  }
+  return new SignJWT(claims)
+    .setProtectedHeader({ alg: 'EdDSA', kid: jwk.kid, typ: commandTokenType })
+    .setIssuer(o.issuer ?? 'bwc-fleet')
+    .setSubject(o.operator ?? process.env.USER ?? 'operator')
+    .setAudience(o.device)
+    .setIssuedAt(now)
+    .setExpirationTime(now + (o.ttlS ?? 60))
+    .sign(key);
+}
+
+export interface SendOptions {
+  url: string;
+  device: string;
+  token: string;
+  offer?: string | undefined;
+  topicRoot?: string;
+  timeoutMs?: number;
+}
+
+/** Publishes a command with a Response Topic and waits for the device's reply. */
+export async function sendCommand(o: SendOptions): Promise<Record<string, unknown>> {
+  const responseTopic = `bwc-fleet/replies/${randomUUID()}`;
+  const correlationData = randomBytes(16);
+  const client = mqtt.connect(o.url, { protocolVersion: 5, clean: true, reconnectPeriod: 0, connectTimeout: 10_000 });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      client.once('connect', () => resolve());
+      client.once('error', (err) => reject(new ToolError(`cannot connect to ${o.url}: ${err.message}`, 3)));
+    });
+    const reply = new Promise<Record<string, unknown>>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new ToolError(`no reply from ${o.device} within ${o.timeoutMs ?? 10_000} ms (is it online?)`, 3)), o.timeoutMs ?? 10_000);
+      client.on('message', (topic, payload, packet) => {
+        if (topic !== responseTopic || !packet.properties?.correlationData?.equals(correlationData)) return;
+        clearTimeout(timer);
+        try {
+          resolve(JSON.parse(payload.toString('utf8')) as Record<string, unknown>);
+        } catch {
+          reject(new ToolError(`unreadable reply: ${payload.toString('utf8').slice(0, 200)}`, 3));
+        }
+      });
+    });
+    await client.subscribeAsync(responseTopic, { qos: 1 });
+    const body = JSON.stringify(o.offer === undefined ? { token: o.token } : { token: o.token, offer: o.offer });
+    await client.publishAsync(`${o.topicRoot ?? 'bwc/v1'}/${o.device}/cmd`, body, { qos: 1, properties: { responseTopic, correlationData } });
+    return await reply;
+  } finally {
+    await client.endAsync(true);
+  }
+}

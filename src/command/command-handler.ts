@@ -1,0 +1,149 @@
+// Receives commands on `<root>/<deviceId>/cmd`, has them verified, writes the decision to the
+// audit trail BEFORE anything acts on it, runs the authorised ones and answers each on the MQTT 5
+// Response Topic with the requester's Correlation Data. Commands are handled one at a time, so
+// the replay cache and the concurrent-stream count see a consistent picture.
+import type { IPublishPacket } from 'mqtt';
+import type { Logger } from 'pino';
+import type { AuditLog } from '../audit/audit-log.ts';
+import type { MqttSession } from '../link/mqtt-session.ts';
+import type { AuthorisedCommand } from './authorised-command.ts';
+import type { CommandAction } from './types.ts';
+import type { CommandVerifier } from './verifier.ts';
+
+/** What an action returns: merged into the `{"ok": true}` reply, or a refusal with its code. */
+export type ActionResult = { ok: true; [member: string]: unknown } | { ok: false; code: string; message: string };
+
+export type ActionExecutor = (command: AuthorisedCommand) => Promise<ActionResult> | ActionResult;
+
+export interface CommandHandlerOptions {
+  topic: string;
+  session: Pick<MqttSession, 'subscribe' | 'publish' | 'on' | 'off' | 'connected'>;
+  verifier: Pick<CommandVerifier, 'verify'>;
+  audit: Pick<AuditLog, 'append'>;
+  executors: Record<CommandAction, ActionExecutor>;
+  logger: Logger;
+}
+
+export class CommandHandler {
+  readonly name = 'commands';
+  readonly #options: CommandHandlerOptions;
+  readonly #logger: Logger;
+  #queue: Promise<void> = Promise.resolve();
+  #handled = 0;
+  readonly #onMessage = (topic: string, payload: Buffer, packet: IPublishPacket) => {
+    if (topic !== this.#options.topic) return;
+    this.#queue = this.#queue.then(() => this.#handle(payload, packet)).catch((err: unknown) => {
+      this.#logger.error({ err }, 'command handling failed');
+    });
+  };
+  readonly #onConnected = () => {
+    // A persistent session keeps the subscription, but a broker that lost its state would not:
+    // subscribing again is harmless.
+    this.#options.session.subscribe(this.#options.topic, 1).catch((err: unknown) => {
+      this.#logger.error({ err, topic: this.#options.topic }, 'cannot subscribe to the command topic');
+    });
+  };
+
+  constructor(options: CommandHandlerOptions) {
+    this.#options = options;
+    this.#logger = options.logger.child({ module: 'commands' });
+  }
+
+  get handled(): number {
+    return this.#handled;
+  }
+
+  start(): void {
+    this.#options.session.on('message', this.#onMessage);
+    this.#options.session.on('connected', this.#onConnected);
+    // mqtt.js queues a subscription made while (re)connecting, so this covers a link that
+    // connected before this handler started.
+    this.#onConnected();
+  }
+
+  async stop(): Promise<void> {
+    this.#options.session.off('message', this.#onMessage);
+    this.#options.session.off('connected', this.#onConnected);
+    await this.#queue;
+  }
+
+  /** Exposed for tests and `ctl`: the same path as a message from the broker. */
+  async #handle(payload: Buffer, packet: Pick<IPublishPacket, 'properties'>): Promise<void> {
+    this.#handled += 1;
+    const responseTopic = packet.properties?.responseTopic;
+    const correlationData = packet.properties?.correlationData;
+    const verdict = await this.#options.verifier.verify(payload);
+
+    if (!verdict.ok) {
+      const a = verdict.audit;
+      this.#options.audit.append({
+        type: 'command.decision',
+        operator: a.operator ?? null,
+        action: a.action ?? null,
+        reason: a.reason ?? null,
+        decision: 'rejected',
+        code: verdict.code,
+        tokenDigest: verdict.tokenDigest ?? null,
+        // Only signature-verified claims are recorded as claims; header fields of a token that did
+        // not verify are kept apart, marked as the attacker-controlled values they are.
+        detail: {
+          verified: a.verified,
+          issuer: a.issuer ?? null,
+          jti: a.jti ?? null,
+          kid: a.kid ?? null,
+          unverifiedHeader: a.unverified ?? null,
+          message: verdict.message,
+          bytes: payload.length,
+        },
+      });
+      this.#logger.warn({ code: verdict.code, reason: verdict.message, operator: a.operator, action: a.action }, 'command rejected');
+      this.#reply(responseTopic, correlationData, { ok: false, code: verdict.code, message: verdict.message });
+      return;
+    }
+
+    const command = verdict.command;
+    this.#options.audit.append({
+      type: 'command.decision',
+      operator: command.operator,
+      action: command.action,
+      reason: command.reason,
+      decision: 'accepted',
+      code: null,
+      tokenDigest: command.tokenDigest,
+      detail: { issuer: command.issuer, jti: command.jti, kid: command.kid, expiresAt: command.expiresAt },
+    });
+    this.#logger.info({ action: command.action, operator: command.operator, reason: command.reason, jti: command.jti }, 'command accepted');
+
+    let result: ActionResult;
+    try {
+      result = await this.#options.executors[command.action](command);
+    } catch (err) {
+      result = { ok: false, code: 'internal_error', message: (err as Error).message };
+    }
+    if (!result.ok) {
+      this.#options.audit.append({
+        type: 'command.result',
+        operator: command.operator,
+        action: command.action,
+        reason: command.reason,
+        decision: null,
+        code: result.code,
+        tokenDigest: command.tokenDigest,
+        detail: { message: result.message },
+      });
+      this.#logger.warn({ action: command.action, code: result.code, reason: result.message }, 'authorised command could not be carried out');
+    }
+    this.#reply(responseTopic, correlationData, result);
+  }
+
+  #reply(topic: string | undefined, correlationData: Buffer | undefined, body: object): void {
+    if (!topic) {
+      this.#logger.warn('command without a Response Topic: decision audited, no reply sent');
+      return;
+    }
+    const properties = correlationData ? { correlationData } : {};
+    this.#options.session.publish(topic, JSON.stringify(body), { qos: 1, properties }, (err) => {
+      if (err) this.#logger.warn({ err: err.message, topic }, 'command reply not delivered');
+    });
+  }
+}

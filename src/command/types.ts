@@ -1,0 +1,81 @@
+// The shared vocabulary of signed commands (docs/protocol.md, "Commands"): actions, the stable
+// rejection codes in the order they are checked, and the envelope that arrives on `cmd`.
+
+export const commandActions = ['record.start', 'record.stop', 'stream.start', 'stream.stop'] as const;
+export type CommandAction = (typeof commandActions)[number];
+
+/** Rejection codes, in the order the verifier checks them: the first that applies is reported. */
+export const rejectionCodes = [
+  'too_large',
+  'malformed',
+  'unsupported_alg',
+  'wrong_type',
+  'unknown_key',
+  'revoked_key',
+  'bad_signature',
+  'wrong_device',
+  'clock_unsynchronised',
+  'not_yet_valid',
+  'expired',
+  'too_long_lived',
+  'action_not_permitted',
+  'reason_missing',
+  'reason_not_allowed',
+  'duration_exceeds_policy',
+  'offer_missing',
+  'offer_mismatch',
+  'replayed',
+  'busy',
+] as const;
+export type RejectionCode = (typeof rejectionCodes)[number];
+
+export const defaultReasonCodes = [
+  'officer-safety',
+  'public-safety',
+  'major-incident',
+  'evidence-preservation',
+  'welfare-check',
+  'officer-request',
+] as const;
+
+/** `typ` header every command token must carry. */
+export const commandTokenType = 'bwc-cmd+jwt';
+
+/** The JSON published to `bwc/v1/<deviceId>/cmd`. */
+export interface CommandEnvelope {
+  token: string;
+  /** The viewer's SDP offer, for stream.start only. */
+  offer?: string;
+}
+
+/** What the verifier needs to decide; all from config except the live parts. */
+export interface CommandPolicy {
+  allowedReasons: readonly string[];
+  /** Longest accepted exp - iat, seconds. */
+  maxTokenLifetimeS: number;
+  /** Longest accepted max_s of a stream.start, seconds. */
+  maxStreamDurationS: number;
+  /** Allowed difference between the issuer's clock and ours, seconds. */
+  clockSkewS: number;
+  maxConcurrentStreams: number;
+  /** What to do when the device clock is not known to be synchronised. */
+  unsynchronisedClock: 'reject' | 'accept';
+  /** Largest MQTT payload considered, bytes. */
+  maxPayloadBytes: number;
+}
+
+/** The claims of a command token that are known to be well-typed (some may be absent). */
+export interface CommandClaims {
+  iss: string;
+  sub: string;
+  aud: string;
+  iat: number;
+  exp: number;
+  nbf?: number;
+  jti: string;
+  act: CommandAction;
+  reason?: string;
+  max_s?: number;
+  offer_sha256?: string;
+  sid?: string;
+}
