@@ -38,6 +38,9 @@ async function main(): Promise<void> {
     await new Promise((r) => setTimeout(r, 1000));
     // One fleet-side client for all samples: the figure is publish -> reply, not connection set-up.
     const client = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
+    // As the agent does (src/link/mqtt-session.ts): without it, this client's PUBACK for one reply
+    // and its next PUBLISH meet Nagle's algorithm and the broker's delayed ACK (~40 ms).
+    (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
     const responseTopic = 'bench/replies';
     await client.subscribeAsync(responseTopic, { qos: 1 });
     const waiting = new Map<string, (reply: Record<string, unknown>) => void>();

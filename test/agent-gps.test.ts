@@ -48,10 +48,10 @@ t.test('bu353s4.log (SiRF-IV, Hamilton NZ): positions near 37.78 S, 175.31 E', a
   t.ok(state.json?.health, 'health in state');
   // A console that subscribes later gets the state at once: it is retained.
   const late = await MqttRecorder.connect(broker.url, 'bwc/v1/cam-gps-fix/state');
+  t.teardown(() => late.close());
   await late.waitFor(() => late.messages.length > 0, 10_000, 'retained state');
   t.equal(late.messages[0]!.retain, true, 'state is retained');
   t.equal(late.messages[0]!.json?.online, true);
-  await late.close();
 });
 
 t.test('bu303-nofix.log (binary SiRF, no fix): "no-fix", never a position', async (t) => {

@@ -112,10 +112,10 @@ t.test('broker outage, agent restart, kill -9', async (t) => {
 
   // The Last Will is retained: a console that connects later still sees the camera offline.
   const late = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/state`);
+  t.teardown(() => late.close());
   await late.waitFor(() => late.messages.length > 0, 10_000, 'retained state');
   t.equal(late.messages[0]!.retain, true);
   t.equal(late.messages[0]!.json?.online, false);
-  await late.close();
 
   // 4. After kill -9 the outbox and its sequence numbers carry on where they were.
   agent = spawnAgent(['run', '--config', config], env);

@@ -2,8 +2,9 @@
 // code units, JavaScript's default sort), no whitespace, strings and numbers exactly as
 // JSON.stringify writes them. For values that came out of JSON.parse this is the JSON
 // Canonicalization Scheme (RFC 8785), so a verifier in another language can use any RFC 8785
-// library. It is written here rather than taken from the `canonicalize` package only until that
-// dependency is added to package.json; swapping it in must not change a single byte.
+// library. Written here rather than taken from the `canonicalize` package because that package,
+// like JSON.stringify, silently drops or nulls values JSON cannot carry; here they throw, since
+// what is hashed must be exactly what is sent, and the whole function is thirty lines.
 //
 // Values JSON cannot carry (undefined at the top level, functions, symbols, bigint, NaN,
 // Infinity) throw instead of being silently dropped or turned into null: what is hashed must be

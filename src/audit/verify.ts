@@ -271,8 +271,10 @@ export function verifyAuditMessages(messages: AuditMessage[], opts: AuditVerifyO
 
 function finish(items: ChainItem[], cps: CheckpointItem[], opts: AuditVerifyOptions, malformed: Malformed | undefined, signaturesChecked: boolean): AuditVerifyResult {
   const entryProblem = checkEntries(items);
-  const { problem: checkpointProblem, kid, lastGood } = checkCheckpoints(items, cps, opts, entryProblem?.seq ?? Number.POSITIVE_INFINITY);
-  // Checkpoint problems are only looked for below the first entry problem, so one found is earlier.
+  // Checkpoint problems are only looked for below the first entry problem (and below an
+  // unreadable entry, where the readable part ends), so one found is the earlier.
+  const below = Math.min(entryProblem?.seq ?? Number.POSITIVE_INFINITY, malformed?.seq ?? Number.POSITIVE_INFINITY);
+  const { problem: checkpointProblem, kid, lastGood } = checkCheckpoints(items, cps, opts, below);
   let firstProblem = checkpointProblem ?? entryProblem;
   if (!firstProblem && malformed) firstProblem = { seq: malformed.seq, kind: 'malformed', message: malformed.message, ...(malformed.line === undefined ? {} : { line: malformed.line }) };
   const last = items.at(-1);
@@ -313,10 +315,15 @@ function checkEntries(items: ChainItem[]): AuditProblem | undefined {
         if (first.hash === it.hash && canonicalJson(first.fields) === canonicalJson(it.fields)) {
           return { seq: p, kind: 'inserted', message: `${it.where} is a second copy of entry ${it.seq} (${first.where})` };
         }
+        // The genuine one is the one the next entry chains to, when the next entry says.
+        const next = items[p];
+        const intruder = next?.prevHash === it.hash ? first : next?.prevHash === first.hash ? it : undefined;
         return {
           seq: it.seq,
           kind: 'inserted',
-          message: `two different entries claim seq ${it.seq} (${first.where} and ${it.where}): one was inserted; the genuine one is the one entry ${it.seq + 1} chains to`,
+          message:
+            `two different entries claim seq ${it.seq} (${first.where} and ${it.where}): ` +
+            (intruder ? `${intruder.where} was inserted (entry ${it.seq + 1} chains to the other)` : `one was inserted; the genuine one is the one entry ${it.seq + 1} chains to`),
         };
       }
       if (!linked) {

@@ -120,6 +120,7 @@ export async function sendCommand(o: SendOptions): Promise<Record<string, unknow
         }
       });
     });
+    (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
     await client.subscribeAsync(responseTopic, { qos: 1 });
     const body = JSON.stringify(o.offer === undefined ? { token: o.token } : { token: o.token, offer: o.offer });
     await client.publishAsync(`${o.topicRoot ?? 'bwc/v1'}/${o.device}/cmd`, body, { qos: 1, properties: { responseTopic, correlationData } });

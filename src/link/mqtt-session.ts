@@ -111,6 +111,9 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
     this.#client = client;
     this.#lastActivity = Date.now();
     client.on('connect', (connack) => {
+      // Small packets (a PUBACK, then a command reply) written back to back would otherwise wait
+      // for the broker's delayed ACK under Nagle's algorithm: ~40 ms each on Linux.
+      (client.stream as { setNoDelay?: (noDelay: boolean) => void }).setNoDelay?.(true);
       if (this.#everConnected) this.#reconnects += 1;
       this.#everConnected = true;
       this.#attempt = 0;

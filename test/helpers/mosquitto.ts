@@ -42,6 +42,7 @@ export async function startBroker(options: BrokerOptions = {}): Promise<Broker> 
       'persistence true',
       `persistence_location ${dir}/`,
       'max_queued_messages 1000000',
+      'set_tcp_nodelay true',
       `max_inflight_messages ${options.maxInflight ?? 20}`,
       'log_dest stderr',
       'log_type error',

@@ -47,8 +47,10 @@ export class MqttRecorder {
       client.once('connect', () => resolve());
       client.once('error', reject);
     });
+    // Listen before subscribing: the retained messages can arrive in the same read as the SUBACK.
+    const recorder = new MqttRecorder(client);
     await client.subscribeAsync(topic, { qos: 1 });
-    return new MqttRecorder(client);
+    return recorder;
   }
 
   on(topicSuffix: string): Received[] {
