@@ -96,7 +96,8 @@ export interface AuditLogOptions {
   now?: () => Date;
 }
 
-interface EntryRow {
+/** A row of audit_entry (migration 2). */
+export interface EntryRow {
   seq: number;
   time: string;
   entry: string;
@@ -104,7 +105,8 @@ interface EntryRow {
   hash: string;
 }
 
-interface CheckpointRow {
+/** A row of audit_checkpoint (migration 2). */
+export interface CheckpointRow {
   seq: number;
   head_hash: string;
   time: string;

@@ -39,7 +39,7 @@ import type { JWK } from 'jose';
 import { verifyDeviceSignature } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
 import { canonicalJson } from './canonical-json.ts';
-import { checkpointSigningInput, entryFields, entryHash, genesisHash, type AuditMessage } from './audit-log.ts';
+import { checkpointSigningInput, entryFields, entryHash, genesisHash, type AuditMessage, type CheckpointRow, type EntryRow } from './audit-log.ts';
 
 export type AuditProblemKind = 'edited' | 'removed' | 'inserted' | 'reordered' | 'bad_checkpoint' | 'truncated' | 'malformed';
 
@@ -114,21 +114,6 @@ interface Malformed {
 
 // ---- the database ---------------------------------------------------------------------------
 
-interface EntryRow {
-  seq: number;
-  time: string;
-  entry: string;
-  prev_hash: string;
-  hash: string;
-}
-
-interface CheckpointRow {
-  seq: number;
-  head_hash: string;
-  time: string;
-  kid: string;
-  signature: string;
-}
 
 export function verifyAuditDatabase(db: Db, opts: AuditVerifyOptions = {}): AuditVerifyResult {
   const tables = db.prepare<[], { name: string }>("SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('audit_entry', 'audit_checkpoint')").all();
