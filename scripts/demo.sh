@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-demo="$root/.demo"
+demo="${DEMO_DIR:-$root/.demo}"
 mkdir -p "$demo"
 export PATH="$root/.runtime/node/bin:$PATH"
 
@@ -54,10 +54,22 @@ INFO
 BWC_DEVICE_ID=$device_id BWC_MQTT_URL="mqtt://127.0.0.1:$mqtt_port" BWC_GPSD="127.0.0.1:$gpsd_port" BWC_STATE_DIR="$demo/state" \
   bin/bwc-agent run > >(node node_modules/pino-pretty/bin.js --colorize --translateTime SYS:HH:MM:ss.l --ignore pid,hostname) 2>&1 &
 agent_pid=$!
-# `wait` (not a foreground sleep) so Ctrl-C is handled at once.
+# `wait` (not a foreground sleep) so Ctrl-C is handled at once; an agent that stops ends the demo
+# with its exit status.
 if [ -n "${DEMO_SECONDS:-}" ]; then
   sleep "$DEMO_SECONDS" &
-  wait $!
+  timer=$!
+  status=0
+  wait -n "$agent_pid" "$timer" || status=$?
+  if ! kill -0 "$agent_pid" 2>/dev/null; then
+    wait "$agent_pid" || status=$?
+    echo "demo: the agent stopped (exit $status)" >&2
+    agent_pid=""
+    exit "$status"
+  fi
 else
-  wait "$agent_pid"
+  status=0
+  wait "$agent_pid" || status=$?
+  agent_pid=""
+  exit "$status"
 fi

@@ -2,7 +2,7 @@
 // public key published in `state`. It signs audit checkpoints and (with capture) evidence
 // manifests, so an auditor can check them without trusting the camera's storage.
 import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
-import { chmodSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 
@@ -17,6 +17,7 @@ export interface DeviceKey {
 export const deviceKeyFile = 'device-key.private.pem';
 
 export async function loadOrCreateDeviceKey(stateDir: string): Promise<DeviceKey> {
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const file = path.join(stateDir, deviceKeyFile);
   let privateKey: KeyObject;
   if (existsSync(file)) {
