@@ -19,6 +19,7 @@ const benches: Bench[] = [
   { name: 'outbox-drain', file: 'bench/outbox-drain.ts', flags: ['messages', 'configs', 'timeout-s', 'cpu-prof', 'no-prof'] },
   { name: 'command-verify', file: 'bench/command-verify.ts', flags: [] },
   { name: 'command-roundtrip', file: 'bench/command-roundtrip.ts', flags: ['runs'] },
+  { name: 'capture', file: 'bench/capture.ts', flags: [] },
 ];
 
 function run(file: string, args: string[]): Promise<number | null> {

@@ -5,6 +5,9 @@ import { createHash } from 'node:crypto';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { AuditLog } from '../audit/audit-log.ts';
+import { CaptureSupervisor, type CaptureHealth } from '../capture/supervisor.ts';
+import { bufferDirOf, evidenceDirOf } from '../recording/layout.ts';
+import { Recorder, type RecordResult } from '../recording/recorder.ts';
 import { CommandHandler, type ActionExecutor } from '../command/command-handler.ts';
 import { SystemClock, type CommandClock } from '../command/clock.ts';
 import { ReplayCache } from '../command/replay-cache.ts';
@@ -17,7 +20,7 @@ import { loadOrCreateDeviceKey, type DeviceKey } from '../keys/device-key.ts';
 import { ControlServer } from '../control/control-socket.ts';
 import { FleetLink } from '../link/fleet-link.ts';
 import { Outbox } from '../link/outbox.ts';
-import { DeviceState } from '../state/device-state.ts';
+import { DeviceState, type CaptureState } from '../state/device-state.ts';
 import { openDatabase, type Db } from '../store/database.ts';
 import { ServiceNotifier } from '../systemd/service-notifier.ts';
 import { GpsExtension } from '../telemetry/gps-extension.ts';
@@ -57,6 +60,8 @@ export class Agent {
   readonly #extensions: Extension[];
   readonly #audit: AuditLog;
   readonly #deviceKey: DeviceKey;
+  readonly #capture: CaptureSupervisor;
+  readonly #recorder: Recorder;
   #started: Extension[] = [];
   #statePublishTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
@@ -132,15 +137,69 @@ export class Agent {
       activeStreams: () => this.#state.snapshot().streaming.sessions,
       logger,
     });
+    // Capture always runs (the pre-event buffer); recording keeps what it writes.
+    const evidenceDir = evidenceDirOf(config.stateDir);
+    this.#capture = new CaptureSupervisor({ settings: config.capture, segmentDir: bufferDirOf(evidenceDir), logger });
+    this.#recorder = new Recorder({
+      db: this.#db,
+      evidenceDir,
+      deviceId: config.deviceId,
+      deviceKey: parts.deviceKey,
+      source: this.#capture,
+      audit: this.#audit,
+      link: this.#link,
+      state: this.#state,
+      position: () => {
+        const g = this.#state.snapshot().gps;
+        return g && g.lat !== null && g.lon !== null ? { lat: g.lat, lon: g.lon } : null;
+      },
+      preEventS: config.recording.preEvent,
+      preEventAudio: config.recording.preEventAudio && config.capture.audio,
+      logger,
+    });
+    this.#recorder.on('state', (s) => gps.setRecording(s.recording));
+    this.#capture.on('state', (h) => {
+      this.#recorder.captureRunning(h.status === 'running');
+      this.#state.update({ capture: captureSummary(h) });
+    });
+    this.#capture.on('fault', (f) => {
+      const time = new Date().toISOString();
+      this.#link.send('event', { type: 'capture.fault', time, reason: f.reason, restartInMs: f.restartInMs });
+      try {
+        this.#audit.append({ type: 'capture.fault', detail: { reason: f.reason, restartInMs: f.restartInMs } });
+      } catch (err) {
+        logger.error({ err: (err as Error).message }, 'cannot audit a capture fault');
+      }
+    });
+    const captureExtension: Extension = {
+      name: 'capture',
+      start: () => this.#capture.start(),
+      stop: async () => {
+        await this.#capture.stop();
+        await this.#recorder.close();
+      },
+    };
+    const recordReply = (r: RecordResult) => (r.ok ? { ok: true as const, recordingId: r.recordingId, already: r.already ?? false } : r);
     const commands = new CommandHandler({
       topic: this.#link.topic('cmd'),
       session: this.#link.session,
       verifier,
       audit: this.#audit,
-      executors: notYetAvailable,
+      executors: {
+        'record.start': (command) => recordReply(this.#recorder.start({ kind: 'command', command })),
+        'record.stop': (command) => recordReply(this.#recorder.stop({ kind: 'command', command })),
+        'stream.start': notYetAvailable['stream.start'],
+        'stream.stop': notYetAvailable['stream.stop'],
+      },
       logger,
     });
-    this.#extensions = [health, gps, commands];
+    this.#control.handle('record', (args) => {
+      const verb = Array.isArray(args) ? args[0] : undefined;
+      if (verb === 'start') return this.#recorder.start({ kind: 'ctl' });
+      if (verb === 'stop') return this.#recorder.stop({ kind: 'ctl' });
+      throw new Error('record needs "start" or "stop"');
+    });
+    this.#extensions = [health, gps, captureExtension, commands];
 
     this.#outbox.on('thinned', (report) => this.#link.send('event', { type: 'outbox.thinned', time: new Date().toISOString(), ...report }));
     this.#state.on('changed', () => this.#scheduleStatePublish());
@@ -223,13 +282,12 @@ export class Agent {
   }
 }
 
-/**
- * Executors for actions whose modules are not in this build yet: record.* are accepted, audited
- * and answered (the capture work will act on them); stream.* are refused as unavailable.
- */
-const notYetAvailable: Record<CommandAction, ActionExecutor> = {
-  'record.start': () => ({ ok: true, applied: false, message: 'recording is not available in this build yet; the command was accepted and audited' }),
-  'record.stop': () => ({ ok: true, applied: false, message: 'recording is not available in this build yet; the command was accepted and audited' }),
+/** The live view is not in this build yet: stream.* are authorised, audited, then refused. */
+const notYetAvailable: Pick<Record<CommandAction, ActionExecutor>, 'stream.start' | 'stream.stop'> = {
   'stream.start': () => ({ ok: false, code: 'unavailable', message: 'live view is not available in this build yet' }),
   'stream.stop': (command) => ({ ok: false, code: 'unknown_session', message: `no live session ${command.sid ?? ''}` }),
 };
+
+function captureSummary(h: CaptureHealth): CaptureState {
+  return { status: h.status, restarts: h.restarts, lastFault: h.lastFault ?? null, live: h.live, pid: h.pid ?? null };
+}

@@ -8,6 +8,7 @@ import { Agent } from '../agent/agent.ts';
 import { ConfigError, loadConfig, resolveStateDir } from '../config/load.ts';
 import { ControlClientError, controlRequest } from '../control/control-socket.ts';
 import { auditVerifyCommand } from '../audit/cli.ts';
+import { evidenceVerifyCommand } from '../recording/cli.ts';
 import { generateIssuerKeys, sendCommand, signCommand, ToolError } from './fleet-tools.ts';
 import { createLogger } from '../log.ts';
 import { agentVersion } from '../version.ts';
@@ -17,6 +18,8 @@ const usage = `bwc-agent ${agentVersion}
 Usage:
   bwc-agent run [--config FILE]                 start the daemon (no FILE: embedded defaults)
   bwc-agent ctl status [--state-dir DIR]        print the running agent's state as JSON
+  bwc-agent ctl record start|stop [--state-dir DIR]
+  bwc-agent evidence verify [--state-dir DIR]   check every evidence file against the index and the signed manifests
   bwc-agent audit verify [--state-dir DIR | --file CAPTURE] [--public-key JWK_FILE]
                                                 check the audit chain (exit 1 naming the first bad entry)
   bwc-agent --version
@@ -27,7 +30,7 @@ Fleet-side tools (for a backend's operators and tests; see docs/protocol.md):
                          [--issuer ISS] [--ttl S] [--max-s S] [--offer FILE] [--sid SID]
   bwc-agent command send --url MQTT_URL <the sign options>      (prints the device's reply)
 
-Environment overrides: BWC_DEVICE_ID, BWC_MQTT_URL, BWC_STATE_DIR, BWC_GPSD, BWC_LOG_LEVEL, BWC_TRUST_STORE.
+Environment overrides: BWC_DEVICE_ID, BWC_MQTT_URL, BWC_STATE_DIR, BWC_GPSD, BWC_LOG_LEVEL, BWC_TRUST_STORE, BWC_CAMERA.
 Configuration reference: docs/configuration.md`;
 
 export class UsageError extends Error {}
@@ -64,7 +67,8 @@ async function run(argv: string[]): Promise<number> {
 async function ctl(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, options: { 'state-dir': { type: 'string' } }, allowPositionals: true, strict: true });
   const [verb, ...rest] = positionals;
-  if (verb !== 'status') throw new UsageError(verb ? `unknown ctl verb "${verb}" (known: status)` : 'ctl needs a verb (status)');
+  if (verb !== 'status' && verb !== 'record') throw new UsageError(verb ? `unknown ctl verb "${verb}" (known: status, record)` : 'ctl needs a verb (status, record)');
+  if (verb === 'record' && rest[0] !== 'start' && rest[0] !== 'stop') throw new UsageError('ctl record needs "start" or "stop"');
   const stateDir = resolveStateDir(values['state-dir'], process.env, process.cwd());
   const result = await controlRequest(path.join(stateDir, 'control.sock'), verb, rest.length ? rest : undefined);
   process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
@@ -81,6 +85,12 @@ async function audit(argv: string[]): Promise<number> {
   if (positionals[0] !== 'verify') throw new UsageError('audit needs the verb "verify"');
   const stateDir = values.file === undefined ? resolveStateDir(values['state-dir'], process.env, process.cwd()) : undefined;
   return auditVerifyCommand({ stateDir, file: values.file, publicKeyFile: values['public-key'] }, process.stdout, process.stderr);
+}
+
+async function evidence(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options: { 'state-dir': { type: 'string' } }, allowPositionals: true, strict: true });
+  if (positionals[0] !== 'verify') throw new UsageError('evidence needs the verb "verify"');
+  return evidenceVerifyCommand({ stateDir: resolveStateDir(values['state-dir'], process.env, process.cwd()) }, process.stdout, process.stderr);
 }
 
 async function keys(argv: string[]): Promise<number> {
@@ -157,6 +167,8 @@ export async function main(argv: string[]): Promise<number> {
         return await audit(rest);
       case 'keys':
         return await keys(rest);
+      case 'evidence':
+        return await evidence(rest);
       case 'command':
         return await commandTool(rest);
       case '--version':

@@ -1,6 +1,7 @@
 // The one schema of every setting: its type, default, unit and meaning.
 // docs/configuration.md is generated from it (src/config/docs.ts) and a test keeps the two in step.
 import { z } from 'zod';
+import { captureConfigSchema } from '../capture/config.ts';
 import { defaultReasonCodes } from '../command/types.ts';
 
 const deviceIdPattern = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -115,6 +116,13 @@ export const configSchema = z.strictObject({
       maxPayloadBytes: z.number().int().min(1024).max(1_048_576).default(65_536).meta({ description: 'Largest command payload considered (token and SDP offer).', unit: 'bytes' }),
     })
     .prefault({}),
+  capture: captureConfigSchema,
+  recording: z
+    .strictObject({
+      preEvent: seconds('Seconds of buffered video that become the start of a recording (the pre-event buffer).', 0, 120, 30),
+      preEventAudio: z.boolean().default(false).meta({ description: 'Whether the pre-event buffer keeps audio (needs capture.audio); off by default, as the market leader does.' }),
+    })
+    .prefault({}),
   audit: z
     .strictObject({
       checkpointEvery: z.number().int().min(1).max(100_000).default(100).meta({ description: 'A signed checkpoint after this many audit entries...' }),
@@ -137,4 +145,5 @@ export const envOverrides = {
   BWC_GPSD: 'gps.gpsd',
   BWC_LOG_LEVEL: 'log.level',
   BWC_TRUST_STORE: 'commands.trustStore',
+  BWC_CAMERA: 'capture.preset',
 } as const;

@@ -16,12 +16,23 @@ export interface LinkStatus {
   outboxWriteError: string | null;
 }
 
+/** Capture health for the fleet: is the camera producing evidence? */
+export interface CaptureState {
+  status: 'starting' | 'running' | 'restarting' | 'failed' | 'stopped';
+  restarts: number;
+  lastFault: { reason: string; at: string } | null;
+  live: boolean;
+  /** The capture worker's process id, for diagnosis. */
+  pid: number | null;
+}
+
 export interface DeviceStateDoc {
   online: boolean;
   deviceId: string;
   agentVersion: string;
   /** Recording state; the capture issue adds buffering/recording. */
   recording: boolean;
+  capture: CaptureState | null;
   streaming: { sessions: number };
   battery: { percent: number | null; charging: boolean | null };
   /** The device's Ed25519 public key (JWK with its kid): checks audit checkpoints and manifests. */
@@ -45,6 +56,7 @@ export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
       deviceId: initial.deviceId,
       agentVersion: initial.agentVersion,
       recording: false,
+      capture: null,
       streaming: { sessions: 0 },
       battery: { percent: null, charging: null },
       devicePublicKey: null,

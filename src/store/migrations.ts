@@ -63,4 +63,44 @@ export const migrations: readonly Migration[] = [
       CREATE INDEX command_replay_expires ON command_replay (expires);
     `,
   },
+  {
+    version: 4,
+    description: 'evidence recordings and their hash-chained segment index',
+    sql: `
+      CREATE TABLE recording (
+        id               TEXT    PRIMARY KEY,  -- also the folder name under evidence/recordings/
+        started_at       TEXT    NOT NULL,     -- ISO 8601, when start was asked (before the pre-event)
+        stopped_at       TEXT,                 -- when stop was asked; for an interrupted one, its last segment's end
+        status           TEXT    NOT NULL CHECK (status IN ('recording', 'closed', 'interrupted')),
+        resumed_from     TEXT    REFERENCES recording (id),  -- the interrupted recording this one continues
+        trigger          TEXT    NOT NULL CHECK (trigger IN ('ctl', 'button', 'command', 'resume')),
+        operator         TEXT,                 -- command triggers only
+        reason           TEXT,
+        stop_trigger     TEXT    CHECK (stop_trigger IS NULL OR stop_trigger IN ('ctl', 'button', 'command')),
+        stop_operator    TEXT,
+        stop_reason      TEXT,
+        pre_event_s      REAL    NOT NULL,
+        pre_event_audio  INTEGER NOT NULL DEFAULT 0,
+        manifest         TEXT,                 -- canonical JSON, exactly the signed bytes (manifest.json)
+        manifest_sig     TEXT,                 -- Ed25519 over manifest, base64url (manifest.sig)
+        kid              TEXT                  -- device key that signed it
+      );
+      CREATE INDEX recording_status ON recording (status);
+      CREATE TABLE evidence_segment (
+        recording_id  TEXT    NOT NULL REFERENCES recording (id),
+        idx           INTEGER NOT NULL,        -- 0, 1, 2... within the recording
+        file          TEXT    NOT NULL UNIQUE, -- relative to the evidence folder, '/' separated
+        started_at    TEXT    NOT NULL,
+        ended_at      TEXT    NOT NULL,
+        duration_s    REAL    NOT NULL,
+        lat           REAL,                    -- position at the segment's start; null without a fix
+        lon           REAL,
+        sha256        TEXT    NOT NULL,        -- hex, of the file's bytes
+        prev_sha256   TEXT    NOT NULL,        -- previous segment's sha256 in this recording; 64 zeros for idx 0
+        bytes         INTEGER NOT NULL,
+        recovered     INTEGER NOT NULL DEFAULT 0,  -- indexed at startup after a crash, times from the file
+        PRIMARY KEY (recording_id, idx)
+      );
+    `,
+  },
 ];

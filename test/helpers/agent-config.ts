@@ -8,6 +8,9 @@ export async function writeAgentConfig(stateDir: string, overrides: Record<strin
     gps: { recordingInterval: 1, idleInterval: 1 },
     mqtt: { reconnectMinDelay: 200, reconnectMaxDelay: 2000, keepalive: 5 },
     health: { interval: 5 },
+    // A small picture: every agent under test runs a real x264 pipeline, two test files at a time
+    // on two cores. Tests about capture itself set their own.
+    capture: { width: 320, height: 240, framerate: 10, bitrateKbps: 300 },
     ...overrides,
   };
   const file = path.join(stateDir, 'config.yaml');

@@ -1,0 +1,101 @@
+// Capture cost and keyframe latency: the test preset at 1280x720@30, 2000 kbit/s under the
+// CaptureSupervisor for --seconds (default 20): CPU% and RSS of the worker and of this (supervising)
+// process; then, live open, the time from requestKeyframe() to the first RTP packet of the IDR, over
+// --requests (default 30). Writes bench/results/capture.json and prints a markdown table.
+import { mkdtemp } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pino from 'pino';
+import { captureConfigSchema } from '../src/capture/config.ts';
+import { CaptureSupervisor } from '../src/capture/supervisor.ts';
+import { installCleanup, intFlag, markdownTable, parseFlags, removeDir, round, sleep, summarise, trackDir, writeResult } from './lib/common.ts';
+import { cpuMs } from './lib/proc.ts';
+
+function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? round(Number(m[1]) / 1024) : NaN;
+}
+
+function isIdrStart(p: Buffer): boolean {
+  const nal = p[12]! & 0x1f;
+  if (nal === 5 || nal === 7) return true;
+  if (nal === 24) return [5, 7].includes(p[15]! & 0x1f);
+  if (nal === 28) return (p[13]! & 0x80) !== 0 && (p[13]! & 0x1f) === 5;
+  return false;
+}
+
+installCleanup();
+const flags = parseFlags(process.argv.slice(2));
+const seconds = intFlag(flags, 'seconds', 20);
+const requests = intFlag(flags, 'requests', 30);
+const dir = trackDir(await mkdtemp(path.join(os.tmpdir(), 'bwc-capture-bench-')));
+
+let waitingSince: number | undefined;
+let resolveIdr: ((ms: number) => void) | undefined;
+const sup = new CaptureSupervisor({
+  // keyframeIntervalS = segmentSeconds = 10 so that the periodic keyframes rarely land inside a measurement.
+  settings: captureConfigSchema.parse({ width: 1280, height: 720, framerate: 30, bitrateKbps: 2000, keyframeIntervalS: 10, segmentSeconds: 10 }),
+  segmentDir: dir,
+  logger: pino({ level: 'warn' }),
+  keyframeMinIntervalMs: 1,
+  onRtp: (p) => {
+    if (waitingSince !== undefined && isIdrStart(p)) {
+      const ms = performance.now() - waitingSince;
+      waitingSince = undefined;
+      resolveIdr?.(ms);
+    }
+  },
+});
+await sup.start();
+while (sup.health().status !== 'running') await sleep(50);
+await sleep(2000);
+const pid = sup.health().pid!;
+const w0 = cpuMs(pid)!;
+const m0 = process.cpuUsage();
+await sleep(seconds * 1000);
+const workerCpu = ((cpuMs(pid)! - w0) / (seconds * 1000)) * 100;
+const mu = process.cpuUsage(m0);
+const mainCpu = ((mu.user + mu.system) / 1000 / (seconds * 1000)) * 100;
+const workerRss = rssMiB(pid);
+const mainRss = rssMiB(process.pid);
+
+sup.setLive(true);
+await sleep(1500);
+const latencies: number[] = [];
+for (let i = 0; i < requests; i++) {
+  const got = new Promise<number>((resolve) => (resolveIdr = resolve));
+  waitingSince = performance.now();
+  sup.requestKeyframe();
+  latencies.push(await got);
+  await sleep(300 + Math.random() * 200);
+}
+sup.setLive(false);
+await sup.stop();
+removeDir(dir);
+
+const k = summarise(latencies);
+const result = {
+  preset: 'test 1280x720@30 2000 kbit/s (x264enc ultrafast zerolatency, videotestsrc ball)',
+  seconds,
+  workerCpuPct: round(workerCpu),
+  workerRssMiB: workerRss,
+  mainCpuPct: round(mainCpu),
+  mainRssMiB: mainRss,
+  keyframeLatencyMs: { ...k, p50: round(k.p50), p95: round(k.p95), min: round(k.min), max: round(k.max), mean: round(k.mean) },
+  cores: os.cpus().length,
+  cpu: os.cpus()[0]?.model,
+};
+writeResult('capture', result);
+console.log(
+  markdownTable(
+    ['what', 'value'],
+    [
+      ['worker CPU % (one core = 100)', result.workerCpuPct],
+      ['worker RSS MiB', result.workerRssMiB],
+      ['main (supervisor) CPU %', result.mainCpuPct],
+      ['main RSS MiB', result.mainRssMiB],
+      [`keyframe latency p50 / p95 ms (n=${k.n})`, `${result.keyframeLatencyMs.p50} / ${result.keyframeLatencyMs.p95}`],
+    ],
+  ),
+);

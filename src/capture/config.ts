@@ -1,0 +1,67 @@
+// Settings of the capture pipeline; mounted as `capture:` in the main configuration schema.
+import { z } from 'zod';
+
+export const capturePresets = ['test', 'rpi', 'v4l2'] as const;
+export type CapturePreset = (typeof capturePresets)[number];
+
+const int = (description: string, unit: string | undefined, min: number, max: number, dflt: number) =>
+  z
+    .number()
+    .int()
+    .min(min)
+    .max(max)
+    .default(dflt)
+    .meta(unit === undefined ? { description } : { description, unit });
+
+export const captureConfigSchema = z
+  .strictObject({
+    preset: z.enum(capturePresets).default('test').meta({
+      description:
+        'Pipeline preset: "test" (videotestsrc + x264enc, runs anywhere), "rpi" (libcamerasrc + the Pi hardware encoder), "v4l2" (a USB UVC camera).',
+      env: 'BWC_CAMERA',
+    }),
+    width: int('Frame width.', 'px', 160, 3840, 1280),
+    height: int('Frame height.', 'px', 120, 2160, 720),
+    framerate: int('Frames per second.', 'fps', 1, 120, 30),
+    bitrateKbps: int('Target video bitrate.', 'kbit/s', 100, 50_000, 2000),
+    keyframeIntervalS: z.number().min(0.1).max(10).default(1).meta({
+      description: 'Seconds between keyframes; kept no longer than segmentSeconds so every segment starts with one.',
+      unit: 's',
+    }),
+    segmentSeconds: z.number().min(1).max(60).default(2).meta({
+      description: 'Length of one evidence segment file: a power cut loses at most the segment being written.',
+      unit: 's',
+    }),
+    v4l2: z
+      .strictObject({
+        device: z.string().min(1).default('/dev/video0').meta({ description: 'V4L2 device of the "v4l2" preset.' }),
+        h264Passthrough: z.boolean().default(false).meta({
+          description: 'Take H.264 straight from the camera (UVC cameras that encode) instead of encoding raw frames.',
+        }),
+      })
+      .prefault({}),
+    audio: z.boolean().default(false).meta({
+      description: 'Record audio into the segments (Opus in MPEG-TS; audiotestsrc for "test", alsasrc otherwise).',
+    }),
+    audioDevice: z.string().min(1).default('default').meta({ description: 'ALSA device of the microphone (presets "rpi" and "v4l2").' }),
+    workerLauncher: z.array(z.string().min(1)).default([]).meta({
+      description: 'Command prefix for the capture worker, e.g. ["chrt", "-f", "10"] to give it real-time priority.',
+    }),
+    stallTimeoutS: z.number().min(1).max(600).default(10).meta({
+      description: 'A worker whose pipeline produces no data for this long is killed and restarted.',
+      unit: 's',
+    }),
+    restartMinDelayMs: int('First restart delay after a capture fault; doubles per consecutive fault.', 'ms', 10, 600_000, 500),
+    restartMaxDelayMs: int('Cap of the capture restart delay.', 'ms', 10, 3_600_000, 30_000),
+  })
+  .refine((c) => c.keyframeIntervalS <= c.segmentSeconds, {
+    message: 'keyframeIntervalS must not exceed segmentSeconds (each segment must begin with a keyframe)',
+    path: ['keyframeIntervalS'],
+  })
+  .refine((c) => c.restartMinDelayMs <= c.restartMaxDelayMs, {
+    message: 'restartMinDelayMs must not exceed restartMaxDelayMs',
+    path: ['restartMinDelayMs'],
+  })
+  .prefault({});
+
+export type CaptureConfig = z.infer<typeof captureConfigSchema>;

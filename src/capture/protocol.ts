@@ -1,0 +1,35 @@
+// Messages between the capture supervisor (main process) and the capture worker, over Node IPC.
+import type { CaptureSettings } from './presets.ts';
+
+export interface SegmentInfo {
+  /** Absolute path of the MPEG-TS file. */
+  file: string;
+  /** Wall-clock start (ISO 8601), taken when splitmuxsink opened the file. */
+  startedAt: string;
+  /** Wall-clock end (ISO 8601): startedAt plus the pipeline running time the segment covers. */
+  endedAt: string;
+  /** Seconds of media in the file, from the pipeline running time. */
+  durationS: number;
+}
+
+export type ParentMessage =
+  | { type: 'start'; settings: CaptureSettings; live: boolean; statsIntervalMs: number; startTimeoutMs: number }
+  | { type: 'keyframe' }
+  | { type: 'live'; open: boolean }
+  | { type: 'stop' };
+
+export type WorkerMessage =
+  | { type: 'ready'; pid: number }
+  | { type: 'segment-opened'; file: string; startedAt: string }
+  | ({ type: 'segment-closed' } & SegmentInfo)
+  | { type: 'stats'; frames: number; bytes: number }
+  | { type: 'error'; message: string; debug?: string }
+  | { type: 'eos' };
+
+export function isWorkerMessage(value: unknown): value is WorkerMessage {
+  return typeof value === 'object' && value !== null && typeof (value as { type?: unknown }).type === 'string';
+}
+
+export function isParentMessage(value: unknown): value is ParentMessage {
+  return typeof value === 'object' && value !== null && typeof (value as { type?: unknown }).type === 'string';
+}

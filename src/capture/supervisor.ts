@@ -1,0 +1,336 @@
+// Runs the capture worker (worker.ts) as a child process and keeps it running: restarts it with
+// capped exponential back-off after an exit, a pipeline error or a stall, relays segment events,
+// and receives the live RTP on a loopback UDP socket (udpsink in the worker; see bench/capture-transport.ts
+// for why not appsink + IPC). Nothing here throws after construction: faults become events.
+import { spawn, type ChildProcess } from 'node:child_process';
+import dgram from 'node:dgram';
+import { EventEmitter } from 'node:events';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
+import type { CaptureConfig } from './config.ts';
+import type { CaptureSettings } from './presets.ts';
+import { isWorkerMessage, type ParentMessage, type SegmentInfo, type WorkerMessage } from './protocol.ts';
+
+export type { SegmentInfo } from './protocol.ts';
+
+export type CaptureStatus = 'starting' | 'running' | 'restarting' | 'failed' | 'stopped';
+
+export interface CaptureFault {
+  reason: string;
+  /** ISO 8601 wall-clock time of the fault. */
+  at: string;
+}
+
+export interface CaptureHealth {
+  /** `failed`: failedAfterFaults faults in a row without a closed segment between them; restarts continue. */
+  status: CaptureStatus;
+  /** Worker restarts since start(). */
+  restarts: number;
+  /** Faults in a row, reset by the first closed segment of a worker. */
+  consecutiveFaults: number;
+  lastFault: CaptureFault | undefined;
+  /** pid of the running worker, if any. */
+  pid: number | undefined;
+  live: boolean;
+  /** Frames the current worker encoded (its last stats report). */
+  frames: number;
+}
+
+export interface CaptureSupervisorEvents {
+  state: [CaptureHealth];
+  'segment-opened': [{ file: string; startedAt: string }];
+  segment: [SegmentInfo];
+  fault: [{ reason: string; restartInMs: number }];
+}
+
+export interface CaptureSupervisorOptions {
+  settings: CaptureConfig;
+  /** Where segment files go, and their name prefix (files are <prefix>-%06d.ts). */
+  segmentDir: string;
+  segmentPrefix?: string;
+  logger: Logger;
+  /** Live RTP packets, only while setLive(true). The Buffer is the datagram itself, not a copy. */
+  onRtp?: (packet: Buffer) => void;
+  /** Worker entry point; default worker.ts/worker.js next to this module. */
+  workerPath?: string;
+  /** How often the worker reports frame counts. */
+  statsIntervalMs?: number;
+  /** Time allowed for EOS and segment finalisation on stop() before SIGKILL. */
+  stopTimeoutMs?: number;
+  /** Shortest gap between two keyframe requests reaching the encoder. */
+  keyframeMinIntervalMs?: number;
+  failedAfterFaults?: number;
+  /** A worker whose pipeline is not PLAYING this long after launch reports a fault (missing device...). */
+  startTimeoutMs?: number;
+}
+
+function defaultWorkerPath(): string {
+  // Under type stripping this module is worker.ts's sibling; built, it is dist/src/capture/supervisor.js.
+  const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+  return fileURLToPath(new URL(`./worker.${ext}`, import.meta.url));
+}
+
+interface WorkerRun {
+  child: ChildProcess;
+  /** The first reason this run went wrong; later symptoms (exit after error) do not overwrite it. */
+  fault: string | undefined;
+  ended: boolean;
+  sawSegment: boolean;
+  lastFrames: number;
+  lastProgressAt: number;
+}
+
+export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
+  readonly #opts: Required<Omit<CaptureSupervisorOptions, 'onRtp' | 'workerPath'>> & { workerPath: string };
+  readonly #onRtp: ((packet: Buffer) => void) | undefined;
+  readonly #log: Logger;
+  #socket: dgram.Socket | undefined;
+  #run: WorkerRun | undefined;
+  #status: CaptureStatus = 'stopped';
+  #restarts = 0;
+  #consecutiveFaults = 0;
+  #lastFault: CaptureFault | undefined;
+  #live = false;
+  #frames = 0;
+  #restartTimer: NodeJS.Timeout | undefined;
+  #stallTimer: NodeJS.Timeout | undefined;
+  #lastKeyframeAt = 0;
+  #keyframeTimer: NodeJS.Timeout | undefined;
+  #stopping: Promise<void> | undefined;
+  #started = false;
+
+  constructor(options: CaptureSupervisorOptions) {
+    super();
+    this.#log = options.logger;
+    this.#onRtp = options.onRtp;
+    this.#opts = {
+      settings: options.settings,
+      segmentDir: options.segmentDir,
+      segmentPrefix: options.segmentPrefix ?? 'segment',
+      logger: options.logger,
+      workerPath: options.workerPath ?? defaultWorkerPath(),
+      statsIntervalMs: options.statsIntervalMs ?? 1000,
+      stopTimeoutMs: options.stopTimeoutMs ?? 10_000,
+      keyframeMinIntervalMs: options.keyframeMinIntervalMs ?? 200,
+      failedAfterFaults: options.failedAfterFaults ?? 5,
+      startTimeoutMs: options.startTimeoutMs ?? 5000,
+    };
+  }
+
+  health(): CaptureHealth {
+    return {
+      status: this.#status,
+      restarts: this.#restarts,
+      consecutiveFaults: this.#consecutiveFaults,
+      lastFault: this.#lastFault,
+      pid: this.#run && !this.#run.ended ? this.#run.child.pid : undefined,
+      live: this.#live,
+      frames: this.#frames,
+    };
+  }
+
+  /** Binds the RTP socket and launches the first worker; later trouble is reported by events. */
+  async start(): Promise<void> {
+    if (this.#started) return;
+    this.#started = true;
+    const socket = dgram.createSocket('udp4');
+    socket.on('message', (packet, remote) => {
+      // Only the worker's udpsink on loopback; and nothing at all while nobody watches.
+      if (this.#live && this.#onRtp && remote.address === '127.0.0.1') this.#onRtp(packet);
+    });
+    socket.on('error', (err) => this.#log.error({ err }, 'capture RTP socket error'));
+    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+    try {
+      // A keyframe at 2 Mbit/s is ~100 RTP packets in a burst; the default buffer can drop some.
+      socket.setRecvBufferSize(1 << 20);
+    } catch (err) {
+      this.#log.debug({ err }, 'could not enlarge the RTP receive buffer');
+    }
+    this.#socket = socket;
+    this.#stallTimer = setInterval(() => this.#checkStall(), this.#opts.statsIntervalMs);
+    this.#launch('starting');
+  }
+
+  /** Asks the encoder for an IDR (viewer connect, PLI). Bursts collapse into one per keyframeMinIntervalMs. */
+  requestKeyframe(): void {
+    if (this.#keyframeTimer) return;
+    const wait = this.#lastKeyframeAt + this.#opts.keyframeMinIntervalMs - Date.now();
+    if (wait <= 0) {
+      this.#sendKeyframe();
+      return;
+    }
+    this.#keyframeTimer = setTimeout(() => {
+      this.#keyframeTimer = undefined;
+      this.#sendKeyframe();
+    }, wait);
+  }
+
+  setLive(open: boolean): void {
+    if (this.#live === open) return;
+    this.#live = open;
+    this.#send({ type: 'live', open });
+    if (open) this.requestKeyframe();
+    this.#emitState();
+  }
+
+  /** EOS through the pipeline so the open segment is finalised; SIGKILL if that takes longer than stopTimeoutMs. */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  async #stop(): Promise<void> {
+    if (this.#restartTimer) clearTimeout(this.#restartTimer);
+    if (this.#stallTimer) clearInterval(this.#stallTimer);
+    if (this.#keyframeTimer) clearTimeout(this.#keyframeTimer);
+    this.#restartTimer = this.#stallTimer = this.#keyframeTimer = undefined;
+    const run = this.#run;
+    if (run && !run.ended) {
+      const exited = new Promise<void>((resolve) => run.child.once('exit', () => resolve()));
+      this.#send({ type: 'stop' });
+      const timer = setTimeout(() => {
+        this.#log.warn({ pid: run.child.pid }, 'capture worker did not stop in time; killing it');
+        run.child.kill('SIGKILL');
+      }, this.#opts.stopTimeoutMs);
+      await exited;
+      clearTimeout(timer);
+    }
+    this.#socket?.close();
+    this.#socket = undefined;
+    this.#status = 'stopped';
+    this.#emitState();
+  }
+
+  #sendKeyframe(): void {
+    this.#lastKeyframeAt = Date.now();
+    this.#send({ type: 'keyframe' });
+  }
+
+  #send(message: ParentMessage): void {
+    const child = this.#run?.child;
+    if (!child || this.#run?.ended || !child.connected) return;
+    child.send(message, (err) => {
+      if (err) this.#log.debug({ err, type: message.type }, 'capture worker message not delivered');
+    });
+  }
+
+  #launch(status: CaptureStatus): void {
+    if (this.#stopping) return;
+    const settings: CaptureSettings = {
+      ...this.#opts.settings,
+      segmentDir: this.#opts.segmentDir,
+      segmentPrefix: `${this.#opts.segmentPrefix}-${Date.now()}`,
+      rtpPort: (this.#socket?.address().port ?? 0) as number,
+    };
+    const launcher = this.#opts.settings.workerLauncher;
+    const argv = [...launcher, process.execPath, this.#opts.workerPath];
+    let child: ChildProcess;
+    try {
+      child = spawn(argv[0]!, argv.slice(1), {
+        stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+        // Each pollBus and appsink pull parks a pool thread for good; 4 would leave too few for fs/dns.
+        env: { ...process.env, UV_THREADPOOL_SIZE: '8' },
+      });
+    } catch (err) {
+      // spawn throws synchronously only for bad arguments; treat like a failed start.
+      this.#fault(`cannot start the capture worker: ${(err as Error).message}`);
+      return;
+    }
+    const run: WorkerRun = { child, fault: undefined, ended: false, sawSegment: false, lastFrames: 0, lastProgressAt: Date.now() };
+    this.#run = run;
+    this.#frames = 0;
+    this.#status = status === 'starting' || this.#status !== 'failed' ? status : 'failed';
+    this.#log.info({ pid: child.pid, preset: settings.preset, launcher }, 'capture worker starting');
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => this.#log.debug({ pid: child.pid, out: d.trimEnd() }, 'capture worker output'));
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => this.#log.warn({ pid: child.pid, out: d.trimEnd() }, 'capture worker stderr'));
+    child.on('message', (m) => {
+      if (isWorkerMessage(m)) this.#onMessage(run, m);
+    });
+    child.on('error', (err) => {
+      // Launcher missing (ENOENT) and the like: no exit event may follow.
+      run.fault ??= `capture worker failed: ${err.message}`;
+      this.#ended(run, null, null);
+    });
+    child.on('exit', (code, signal) => this.#ended(run, code, signal));
+    this.#emitState();
+    this.#send({ type: 'start', settings, live: this.#live, statsIntervalMs: this.#opts.statsIntervalMs, startTimeoutMs: this.#opts.startTimeoutMs });
+  }
+
+  #onMessage(run: WorkerRun, m: WorkerMessage): void {
+    if (run !== this.#run) return;
+    switch (m.type) {
+      case 'ready':
+        if (this.#status !== 'failed' || run.sawSegment) this.#status = 'running';
+        this.#log.info({ pid: m.pid }, 'capture pipeline running');
+        this.#emitState();
+        return;
+      case 'segment-opened':
+        this.emit('segment-opened', { file: m.file, startedAt: m.startedAt });
+        return;
+      case 'segment-closed': {
+        const { type: _type, ...info } = m;
+        if (!run.sawSegment) {
+          run.sawSegment = true;
+          if (this.#consecutiveFaults > 0 || this.#status !== 'running') {
+            this.#consecutiveFaults = 0;
+            this.#status = 'running';
+            this.#emitState();
+          }
+        }
+        this.emit('segment', info);
+        return;
+      }
+      case 'stats':
+        if (m.frames > run.lastFrames) {
+          run.lastFrames = m.frames;
+          run.lastProgressAt = Date.now();
+        }
+        this.#frames = m.frames;
+        return;
+      case 'error':
+        run.fault ??= m.message;
+        this.#log.error({ pid: run.child.pid, message: m.message, debug: m.debug }, 'capture pipeline error');
+        return;
+      case 'eos':
+        return;
+    }
+  }
+
+  #checkStall(): void {
+    const run = this.#run;
+    if (!run || run.ended || this.#stopping) return;
+    const silentMs = Date.now() - run.lastProgressAt;
+    if (silentMs < this.#opts.settings.stallTimeoutS * 1000) return;
+    run.fault ??= `capture stalled: no frames for ${Math.round(silentMs / 1000)} s`;
+    this.#log.warn({ pid: run.child.pid, silentMs }, 'capture stalled; killing the worker');
+    run.child.kill('SIGKILL');
+  }
+
+  #ended(run: WorkerRun, code: number | null, signal: NodeJS.Signals | null): void {
+    if (run.ended) return;
+    run.ended = true;
+    if (run !== this.#run || this.#stopping) return;
+    const reason = run.fault ?? `capture worker exited (${signal ? `signal ${signal}` : `code ${code}`})`;
+    this.#fault(reason);
+  }
+
+  #fault(reason: string): void {
+    this.#consecutiveFaults++;
+    this.#lastFault = { reason, at: new Date().toISOString() };
+    const { restartMinDelayMs, restartMaxDelayMs } = this.#opts.settings;
+    const restartInMs = Math.min(restartMaxDelayMs, restartMinDelayMs * 2 ** Math.min(30, this.#consecutiveFaults - 1));
+    this.#status = this.#consecutiveFaults >= this.#opts.failedAfterFaults ? 'failed' : 'restarting';
+    this.#log.warn({ reason, restartInMs, consecutiveFaults: this.#consecutiveFaults }, 'capture fault');
+    this.emit('fault', { reason, restartInMs });
+    this.#emitState();
+    this.#restartTimer = setTimeout(() => {
+      this.#restartTimer = undefined;
+      this.#restarts++;
+      this.#launch(this.#status === 'failed' ? 'failed' : 'restarting');
+    }, restartInMs);
+  }
+
+  #emitState(): void {
+    this.emit('state', this.health());
+  }
+}

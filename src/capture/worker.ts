@@ -1,0 +1,250 @@
+// The capture worker: a child process that owns ONE GStreamer pipeline for its whole life.
+// gstreamer-superficial never frees a pipeline, parks a libuv pool thread per pollBus/pull, and a
+// GStreamer crash cannot be caught; isolating the pipeline here turns each of those into a restart.
+// The supervisor (supervisor.ts) starts it with an IPC channel and drives it with protocol.ts messages.
+import { statSync, unlinkSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { buildPipeline, type PipelineElements } from './presets.ts';
+import { isParentMessage, type ParentMessage, type WorkerMessage } from './protocol.ts';
+
+interface GstElement {
+  [property: string]: unknown;
+  pull?: (cb: (buf: Buffer | null, caps: Record<string, unknown>) => void) => void;
+}
+
+interface BusMessage {
+  type: string;
+  name?: string;
+  message?: string;
+  _src_element_name?: string;
+  location?: string;
+  'running-time'?: string;
+  'new-state'?: string;
+  [field: string]: unknown;
+}
+
+interface GstPipeline {
+  play(): void;
+  stop(): void;
+  sendEOS(): void;
+  forceKeyUnit(element: string, count: number): boolean;
+  findChild(name: string): GstElement | undefined;
+  pollBus(cb: (msg: BusMessage) => void): void;
+}
+
+interface GstModule {
+  Pipeline: new (description: string) => GstPipeline;
+}
+
+// Time the pipeline gets to push EOS through and finalise the open segment before we give up on it.
+const eosTimeoutMs = 5000;
+
+let pipeline: GstPipeline | undefined;
+let names: PipelineElements | undefined;
+let liveValve: GstElement | undefined;
+let frames = 0;
+let bytes = 0;
+let statsTimer: NodeJS.Timeout | undefined;
+let shuttingDown = false;
+let playing = false;
+let eosSeen: (() => void) | undefined;
+const openSegments = new Map<string, { startedAtMs: number; runningTimeNs: bigint }>();
+
+function send(message: WorkerMessage): Promise<void> {
+  return new Promise((resolve) => {
+    if (!process.connected || !process.send) return resolve();
+    process.send(message, undefined, {}, () => resolve());
+  });
+}
+
+/**
+ * On EOS splitmuxsink may open one more fragment and close it with nothing in it; an empty file is
+ * not evidence of anything and would only confuse the index, so it is neither reported nor kept.
+ */
+function isEmpty(file: string): boolean {
+  try {
+    if (statSync(file).size > 0) return false;
+    unlinkSync(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function runningTime(msg: BusMessage): bigint {
+  try {
+    return BigInt(String(msg['running-time'] ?? '0'));
+  } catch {
+    return 0n;
+  }
+}
+
+function onBus(msg: BusMessage): void {
+  switch (msg.type) {
+    case 'element':
+      if (msg._src_element_name !== names?.segments || typeof msg.location !== 'string') return;
+      if (msg.name === 'splitmuxsink-fragment-opened') {
+        const startedAtMs = Date.now();
+        openSegments.set(msg.location, { startedAtMs, runningTimeNs: runningTime(msg) });
+        void send({ type: 'segment-opened', file: msg.location, startedAt: new Date(startedAtMs).toISOString() });
+      } else if (msg.name === 'splitmuxsink-fragment-closed') {
+        const opened = openSegments.get(msg.location);
+        openSegments.delete(msg.location);
+        if (isEmpty(msg.location)) return;
+        const startedAtMs = opened?.startedAtMs ?? Date.now();
+        const durationNs = opened ? runningTime(msg) - opened.runningTimeNs : 0n;
+        const durationS = Number(durationNs) / 1e9;
+        void send({
+          type: 'segment-closed',
+          file: msg.location,
+          startedAt: new Date(startedAtMs).toISOString(),
+          endedAt: new Date(startedAtMs + Math.round(durationS * 1000)).toISOString(),
+          durationS,
+        });
+      }
+      return;
+    case 'state-changed':
+      // Only the top-level bin's transition means the whole pipeline runs.
+      if (/^pipeline\d*$/.test(msg._src_element_name ?? '') && msg['new-state'] === 'GST_STATE_PLAYING') {
+        playing = true;
+        void send({ type: 'ready', pid: process.pid });
+      }
+      return;
+    case 'error':
+      void fail(msg.message ?? 'pipeline error', msg.name ?? msg._src_element_name);
+      return;
+    case 'warning':
+      process.stderr.write(`capture worker: GStreamer warning from ${msg._src_element_name ?? '?'}\n`);
+      return;
+    case 'eos':
+      if (eosSeen) eosSeen();
+      else if (!shuttingDown) void fail('unexpected end of stream from the camera pipeline');
+      return;
+    default:
+      return;
+  }
+}
+
+function startMeter(meter: GstElement | undefined): void {
+  if (!meter?.pull) return;
+  const pull = meter.pull.bind(meter);
+  const onSample = (buf: Buffer | null): void => {
+    if (!buf) return; // EOS or flushing: the pipeline is going down
+    frames++;
+    bytes += buf.length;
+    pull(onSample);
+  };
+  pull(onSample);
+}
+
+function start(message: Extract<ParentMessage, { type: 'start' }>): void {
+  if (pipeline) return;
+  const built = buildPipeline(message.settings);
+  names = built.elements;
+  const gst = createRequire(import.meta.url)('gstreamer-superficial') as GstModule;
+  try {
+    pipeline = new gst.Pipeline(built.description);
+  } catch (err) {
+    void send({ type: 'error', message: `pipeline does not parse: ${(err as Error).message}`, debug: built.description }).then(() =>
+      process.exit(1),
+    );
+    return;
+  }
+  liveValve = pipeline.findChild(names.live);
+  if (liveValve) liveValve.drop = !message.live;
+  pipeline.pollBus(onBus);
+  pipeline.play();
+  startMeter(pipeline.findChild(names.meter));
+  setTimeout(() => notStarted(message.startTimeoutMs), message.startTimeoutMs).unref();
+  statsTimer = setInterval(() => void send({ type: 'stats', frames, bytes }), message.statsIntervalMs);
+}
+
+/**
+ * The binding stops polling the bus once the pipeline is back in NULL, which is exactly where a
+ * failed start (missing device, refused caps) leaves it: the error stays queued on the bus. So a
+ * pipeline that has not reached PLAYING in time is treated as failed, and the bus is read a few
+ * more times to name the cause.
+ */
+function notStarted(timeoutMs: number): void {
+  if (playing || shuttingDown || !pipeline) return;
+  const p = pipeline;
+  let reason = `pipeline did not reach PLAYING within ${timeoutMs} ms`;
+  let debug: string | undefined;
+  let left = 32;
+  const drain = (msg: BusMessage): void => {
+    if (msg.type === 'error' && debug === undefined) {
+      reason = msg.message ?? reason;
+      debug = msg.name ?? msg._src_element_name;
+      void fail(reason, debug);
+    } else if (msg.type === 'state-changed' && msg['new-state'] === 'GST_STATE_PLAYING' && /^pipeline\d*$/.test(msg._src_element_name ?? '')) {
+      onBus(msg); // slow, not broken
+    } else if (--left > 0 && !shuttingDown) {
+      p.pollBus(drain);
+    }
+  };
+  p.pollBus(drain);
+  // An empty bus blocks that read for good: give up on naming the cause after a moment.
+  setTimeout(() => void fail(reason, debug), 500).unref();
+}
+
+async function fail(message: string, debug?: string): Promise<void> {
+  if (shuttingDown) return;
+  shuttingDown = true;
+  await send(debug === undefined ? { type: 'error', message } : { type: 'error', message, debug });
+  finish(1);
+}
+
+function finish(code: number): never {
+  if (statsTimer) clearInterval(statsTimer);
+  // process.exit waits on the pool threads the binding parks in the bus; NULL state releases them.
+  pipeline?.stop();
+  process.exit(code);
+}
+
+/** EOS first so splitmuxsink closes the open segment cleanly, then tear down. */
+async function shutdown(): Promise<void> {
+  if (shuttingDown) return;
+  shuttingDown = true;
+  if (pipeline) {
+    const p = pipeline;
+    const gotEos = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), eosTimeoutMs);
+      eosSeen = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      p.sendEOS();
+    });
+    if (!gotEos) process.stderr.write('capture worker: no EOS in time, stopping anyway\n');
+  }
+  await send({ type: 'eos' });
+  finish(0);
+}
+
+function onParentMessage(raw: unknown): void {
+  if (!isParentMessage(raw)) return;
+  switch (raw.type) {
+    case 'start':
+      start(raw);
+      return;
+    case 'keyframe':
+      if (pipeline && names && !shuttingDown) pipeline.forceKeyUnit(names.keyframe, 1);
+      return;
+    case 'live':
+      if (liveValve) liveValve.drop = !raw.open;
+      return;
+    case 'stop':
+      void shutdown();
+      return;
+  }
+}
+
+if (!process.send) {
+  process.stderr.write('capture worker: must be started by the capture supervisor (needs an IPC channel)\n');
+  process.exit(2);
+}
+process.on('message', onParentMessage);
+// The parent died or dropped us: finalise the open segment rather than leave an orphan pipeline.
+process.on('disconnect', () => void shutdown());
+process.on('SIGTERM', () => void shutdown());
+process.on('SIGINT', () => void shutdown());

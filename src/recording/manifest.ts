@@ -1,0 +1,134 @@
+// A recording's manifest: what the device signs when a recording closes (or is found interrupted
+// after a crash). It is built from the evidence index, serialised as canonical JSON, and those
+// exact bytes are stored in the database and written as manifest.json; manifest.sig holds the
+// Ed25519 signature over them (base64url). The segments and the chain head let a verifier spot a
+// removed, added or altered index row even after the chain itself was rewritten consistently.
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import type { Db } from '../store/database.ts';
+
+export const genesisSha256 = '0'.repeat(64);
+
+export type TriggerKind = 'ctl' | 'button' | 'command' | 'resume';
+
+export interface ManifestTrigger {
+  kind: TriggerKind;
+  operator: string | null;
+  reason: string | null;
+}
+
+export interface ManifestSegment {
+  index: number;
+  file: string;
+  startedAt: string;
+  endedAt: string;
+  durationS: number;
+  lat: number | null;
+  lon: number | null;
+  sha256: string;
+  prevSha256: string;
+  bytes: number;
+  recovered: boolean;
+}
+
+export interface Manifest {
+  version: 1;
+  recordingId: string;
+  deviceId: string;
+  status: 'closed' | 'interrupted';
+  startedAt: string;
+  stoppedAt: string | null;
+  trigger: ManifestTrigger;
+  stopTrigger: ManifestTrigger | null;
+  preEventS: number;
+  preEventAudio: boolean;
+  resumedFrom: string | null;
+  segments: ManifestSegment[];
+  /** The last segment's sha256 (64 zeros for an empty recording). */
+  chainHead: string;
+  kid: string;
+}
+
+export interface RecordingRow {
+  id: string;
+  started_at: string;
+  stopped_at: string | null;
+  status: 'recording' | 'closed' | 'interrupted';
+  resumed_from: string | null;
+  trigger: TriggerKind;
+  operator: string | null;
+  reason: string | null;
+  stop_trigger: 'ctl' | 'button' | 'command' | null;
+  stop_operator: string | null;
+  stop_reason: string | null;
+  pre_event_s: number;
+  pre_event_audio: number;
+  manifest: string | null;
+  manifest_sig: string | null;
+  kid: string | null;
+}
+
+export interface SegmentRow {
+  recording_id: string;
+  idx: number;
+  file: string;
+  started_at: string;
+  ended_at: string;
+  duration_s: number;
+  lat: number | null;
+  lon: number | null;
+  sha256: string;
+  prev_sha256: string;
+  bytes: number;
+  recovered: number;
+}
+
+export function segmentRows(db: Db, recordingId: string): SegmentRow[] {
+  return db.prepare<[string], SegmentRow>('SELECT * FROM evidence_segment WHERE recording_id = ? ORDER BY idx').all(recordingId);
+}
+
+export function manifestSegment(r: SegmentRow): ManifestSegment {
+  return {
+    index: r.idx,
+    file: r.file,
+    startedAt: r.started_at,
+    endedAt: r.ended_at,
+    durationS: r.duration_s,
+    lat: r.lat,
+    lon: r.lon,
+    sha256: r.sha256,
+    prevSha256: r.prev_sha256,
+    bytes: r.bytes,
+    recovered: r.recovered !== 0,
+  };
+}
+
+export function buildManifest(rec: RecordingRow, status: Manifest['status'], stoppedAt: string | null, segments: SegmentRow[], deviceId: string, kid: string): Manifest {
+  return {
+    version: 1,
+    recordingId: rec.id,
+    deviceId,
+    status,
+    startedAt: rec.started_at,
+    stoppedAt,
+    trigger: { kind: rec.trigger, operator: rec.operator, reason: rec.reason },
+    stopTrigger: rec.stop_trigger === null ? null : { kind: rec.stop_trigger, operator: rec.stop_operator, reason: rec.stop_reason },
+    preEventS: rec.pre_event_s,
+    preEventAudio: rec.pre_event_audio !== 0,
+    resumedFrom: rec.resumed_from,
+    segments: segments.map(manifestSegment),
+    chainHead: segments.at(-1)?.sha256 ?? genesisSha256,
+    kid,
+  };
+}
+
+/** SHA-256 (hex) and length of a file, read as a stream so a large segment never blocks the loop. */
+export async function hashFile(file: string): Promise<{ sha256: string; bytes: number }> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  for await (const chunk of createReadStream(file, { highWaterMark: 256 * 1024 })) {
+    hash.update(chunk as Buffer);
+    bytes += (chunk as Buffer).length;
+  }
+  return { sha256: hash.digest('hex'), bytes };
+}

@@ -1,0 +1,609 @@
+// The recording state machine and the evidence index.
+//
+// States: idle (capture not running) -> buffering (capture running, nobody records) -> recording
+// -> buffering. The capture worker writes every segment, recording or not, into the buffer
+// folder; recording means keeping them. A segment joins a recording by rename(2) into the
+// recording's folder, is hashed there (streamed), and gets an index row chained to the previous
+// segment's hash. Only buffer segments are ever deleted, and only segments this process was told
+// about and did not give to a recording.
+//
+// Decisions:
+// - Pre-event at segment granularity: on start, every buffered segment that overlaps the window
+//   [now - preEventS, now] joins, so the evidence covers at least preEventS (up to one segment
+//   more). Rotation while buffering deletes a segment once it ends before now - preEventS, the
+//   same rule, so whatever a start can select is still there.
+// - Stop: the segment being written at stop time belongs to the recording. stop() answers at once
+//   (state recording: false, audit, event); the recording is "closing" until the next segment
+//   that started before the stop arrives, then it is closed and its manifest signed. A segment
+//   that started at or after the stop, capture stopping, or stopGraceMs without a segment close
+//   it without waiting further.
+// - Position "at the start" of a segment is the position sampled when the previous segment closed
+//   (the moment this one started); for the first segment after capture starts, the one sampled on
+//   its arrival.
+// - Every segment is handled in arrival order on one queue (decisions are taken synchronously on
+//   arrival, the file work follows), so the chain is never raced.
+// - After a crash a 'recording' row becomes 'interrupted': files in its folder that are not
+//   indexed (the crash fell between rename and insert) and segments the capture left in the buffer
+//   folder are indexed with recovered = 1, a manifest is signed with status 'interrupted', and a
+//   new recording linked by resumed_from starts as soon as capture runs. A recording whose stop
+//   had already been asked is not resumed.
+// - A worker that dies mid-segment never closes it: the recorder remembers files reported by
+//   'segment-opened' and, when told capture stopped (captureRunning(false)), treats each one never
+//   closed as a partial segment (end time from the file's mtime, indexed with recovered = 1).
+// - Wiring: construct the Recorder before capture starts (it takes stock of the buffer folder
+//   left by the previous process), point the supervisor's segmentDir at recorder.bufferDir, and
+//   call captureRunning() on each supervisor status change.
+// - Recording never stops for storage: a segment that cannot be moved, hashed or indexed is an
+//   event (recording.segment_failed) and the next one is tried. The low-space warning is the
+//   health extension's storage.low event. If the audit entry for a start cannot be committed the
+//   recording starts anyway (losing evidence is worse) and the failure is logged and an event.
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { mkdir, open, rename, unlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { AuditRecord } from '../audit/audit-log.ts';
+import { canonicalJson } from '../audit/canonical-json.ts';
+import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authorised-command.ts';
+import type { DeviceKey } from '../keys/device-key.ts';
+import type { Db } from '../store/database.ts';
+import { bufferDirOf, isManifestName, manifestFile, newRecordingId, parseSegmentFileName, recordingsDirOf, segmentFileName, segmentRelPath, signatureFile } from './layout.ts';
+import { buildManifest, genesisSha256, hashFile, segmentRows, type Manifest, type RecordingRow } from './manifest.ts';
+
+/** What the capture supervisor reports for each closed segment. */
+export interface SegmentInfo {
+  /** Absolute path, inside the recorder's bufferDir. */
+  file: string;
+  startedAt: string;
+  endedAt: string;
+  durationS: number;
+}
+
+export interface OpenedSegment {
+  file: string;
+  startedAt: string;
+}
+
+/**
+ * The capture side, as the recorder sees it (CaptureSupervisor fits). 'segment-opened' lets the
+ * recorder keep a segment whose worker died before closing it: when capture stops (see
+ * captureRunning), an opened file never reported closed is handled as a partial segment.
+ */
+export interface SegmentSource {
+  on(event: 'segment', listener: (s: SegmentInfo) => void): unknown;
+  on(event: 'segment-opened', listener: (s: OpenedSegment) => void): unknown;
+  off(event: 'segment', listener: (s: SegmentInfo) => void): unknown;
+  off(event: 'segment-opened', listener: (s: OpenedSegment) => void): unknown;
+}
+
+export type RecordTrigger = { kind: 'ctl' | 'button' } | { kind: 'command'; command: AuthorisedCommand };
+
+export type RecorderStateName = 'idle' | 'buffering' | 'recording';
+
+export interface RecorderStatus {
+  state: RecorderStateName;
+  recording: boolean;
+  recordingId: string | null;
+  /** A stopped recording still waiting for the segment that was open at stop. */
+  closingId: string | null;
+  preEventS: number;
+  preEventAudio: boolean;
+}
+
+export type RecordResult = { ok: true; recordingId: string; already?: boolean } | { ok: false; code: 'not_recording'; message: string };
+
+export interface RecorderOptions {
+  db: Db;
+  /** The evidence folder (layout.ts: `<stateDir>/evidence`); buffer/ and recordings/ go inside. */
+  evidenceDir: string;
+  deviceId: string;
+  deviceKey: DeviceKey;
+  source: SegmentSource;
+  audit: { append(record: AuditRecord): unknown };
+  link: { send(channel: 'event', body: object): void };
+  /** Receives `recording` at once on every change (DeviceState.update fits). */
+  state?: { update(change: { recording: boolean }): void };
+  position?: () => { lat: number; lon: number } | null;
+  /** Seconds of buffer that become the start of a recording: 0-120, default 30. */
+  preEventS?: number;
+  /** Whether the pre-event buffer carries audio (the capture side decides; recorded in the manifest). */
+  preEventAudio?: boolean;
+  /** How long a stopped recording waits for the segment open at stop; default 10 s. */
+  stopGraceMs?: number;
+  logger: Logger;
+  now?: () => Date;
+}
+
+interface Buffered {
+  info: SegmentInfo;
+  endMs: number;
+  position: { lat: number; lon: number } | null;
+}
+
+interface Active {
+  id: string;
+  dir: string;
+  preEventS: number;
+  nextIdx: number;
+  head: string;
+  stopAtMs?: number;
+  closeTimer?: NodeJS.Timeout;
+}
+
+type TriggerColumns = { kind: 'ctl' | 'button' | 'command'; operator: string | null; reason: string | null; detail: Record<string, unknown> };
+
+export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
+  readonly bufferDir: string;
+  readonly recordingsDir: string;
+  readonly #o: RecorderOptions;
+  readonly #log: Logger;
+  readonly #now: () => Date;
+  readonly #preEventS: number;
+  readonly #preEventAudio: boolean;
+  readonly #stopGraceMs: number;
+  #captureRunning = false;
+  #state: RecorderStateName = 'idle';
+  #buffer: Buffered[] = [];
+  #active: Active | undefined;
+  #closing: Active[] = [];
+  #resumeFrom: string | undefined;
+  #nextStartPosition: { lat: number; lon: number } | null | undefined;
+  #queue: Promise<void> = Promise.resolve();
+  #closed = false;
+  #emittedRecording = false;
+  readonly #onSegment = (s: SegmentInfo) => this.#segment(s);
+  readonly #onOpened = (s: OpenedSegment) => this.#opened(s);
+  /** Opened by the capture and not yet reported closed. */
+  #openFiles = new Map<string, string>();
+
+  constructor(o: RecorderOptions) {
+    super();
+    this.#o = o;
+    this.#log = o.logger.child({ module: 'recorder' });
+    this.#now = o.now ?? (() => new Date());
+    this.#preEventS = o.preEventS ?? 30;
+    if (!(this.#preEventS >= 0 && this.#preEventS <= 120)) throw new RangeError(`preEventS must be 0-120 seconds (got ${this.#preEventS})`);
+    this.#preEventAudio = o.preEventAudio ?? false;
+    this.#stopGraceMs = o.stopGraceMs ?? 10_000;
+    this.bufferDir = bufferDirOf(o.evidenceDir);
+    this.recordingsDir = recordingsDirOf(o.evidenceDir);
+    mkdirSync(this.bufferDir, { recursive: true, mode: 0o700 });
+    mkdirSync(this.recordingsDir, { recursive: true, mode: 0o700 });
+    this.#recoverAfterCrash();
+    o.source.on('segment', this.#onSegment);
+    o.source.on('segment-opened', this.#onOpened);
+  }
+
+  status(): RecorderStatus {
+    return {
+      state: this.#state,
+      recording: this.#active !== undefined,
+      recordingId: this.#active?.id ?? null,
+      closingId: this.#closing.at(-1)?.id ?? null,
+      preEventS: this.#preEventS,
+      preEventAudio: this.#preEventAudio,
+    };
+  }
+
+  /**
+   * Starts a recording (a no-op answering the current id if one runs). A command trigger must be
+   * an AuthorisedCommand made by the verifier for record.start: anything else throws.
+   */
+  start(trigger: RecordTrigger): RecordResult {
+    const t = this.#trigger(trigger, 'record.start');
+    if (this.#active) return { ok: true, recordingId: this.#active.id, already: true };
+    const id = this.#begin(t, null);
+    return { ok: true, recordingId: id };
+  }
+
+  /** Stops the recording: state at once, the manifest once the segment open now has closed. */
+  stop(trigger: RecordTrigger): RecordResult {
+    const t = this.#trigger(trigger, 'record.stop');
+    const rec = this.#active;
+    if (!rec) return { ok: false, code: 'not_recording', message: 'no recording is running' };
+    const stopAt = this.#now();
+    rec.stopAtMs = stopAt.getTime();
+    this.#o.db
+      .prepare('UPDATE recording SET stopped_at = ?, stop_trigger = ?, stop_operator = ?, stop_reason = ? WHERE id = ?')
+      .run(stopAt.toISOString(), t.kind, t.operator, t.reason, rec.id);
+    this.#active = undefined;
+    this.#closing.push(rec);
+    this.#refreshState();
+    this.#auditAndEvent(
+      { type: 'recording.stop', operator: t.operator, reason: t.reason, action: 'record.stop', detail: { recordingId: rec.id, preEventS: rec.preEventS, trigger: t.kind, ...t.detail } },
+      { type: 'recording.stopped', time: stopAt.toISOString(), recordingId: rec.id, trigger: t.kind, operator: t.operator, reason: t.reason },
+    );
+    if (!this.#captureRunning) this.#close(rec);
+    else {
+      rec.closeTimer = setTimeout(() => this.#close(rec), this.#stopGraceMs);
+      rec.closeTimer.unref();
+    }
+    return { ok: true, recordingId: rec.id };
+  }
+
+  /** Resolves when every segment, recovery and manifest queued so far is done. */
+  async flush(): Promise<void> {
+    let seen: Promise<void>;
+    do {
+      seen = this.#queue;
+      await seen;
+    } while (seen !== this.#queue);
+  }
+
+  /**
+   * Stops listening and waits for queued work. A running recording is left 'recording': the next
+   * start finds it, marks it interrupted and resumes (a shutdown does not end evidence).
+   */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#o.source.off('segment', this.#onSegment);
+    this.#o.source.off('segment-opened', this.#onOpened);
+    for (const rec of this.#closing) clearTimeout(rec.closeTimer);
+    await this.flush();
+  }
+
+  // ---- triggers and transitions -------------------------------------------------------------
+
+  #trigger(trigger: RecordTrigger, action: 'record.start' | 'record.stop'): TriggerColumns {
+    if (trigger.kind === 'ctl' || trigger.kind === 'button') return { kind: trigger.kind, operator: null, reason: null, detail: {} };
+    if (trigger.kind === 'command') {
+      const c: unknown = trigger.command;
+      // Static types can be cast around; only the verifier's own instances carry authority.
+      if (!isAuthorisedCommand(c)) throw new TypeError('a command trigger needs an AuthorisedCommand from the command verifier');
+      if (c.action !== action) throw new TypeError(`an AuthorisedCommand for ${c.action} cannot ${action}`);
+      return { kind: 'command', operator: c.operator, reason: c.reason, detail: { issuer: c.issuer, jti: c.jti, tokenDigest: c.tokenDigest } };
+    }
+    throw new TypeError(`unknown recording trigger ${String((trigger as { kind?: unknown }).kind)}`);
+  }
+
+  #begin(t: TriggerColumns | { kind: 'resume'; operator: null; reason: null; detail: Record<string, unknown> }, resumedFrom: string | null): string {
+    const now = this.#now();
+    const id = newRecordingId(now, randomBytes(4).toString('hex'));
+    const dir = path.join(this.recordingsDir, id);
+    this.#o.db
+      .prepare(
+        `INSERT INTO recording (id, started_at, status, resumed_from, trigger, operator, reason, pre_event_s, pre_event_audio)
+         VALUES (?, ?, 'recording', ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(id, now.toISOString(), resumedFrom, t.kind, t.operator, t.reason, this.#preEventS, this.#preEventAudio ? 1 : 0);
+    const rec: Active = { id, dir, preEventS: this.#preEventS, nextIdx: 0, head: genesisSha256 };
+    this.#active = rec;
+    // Taken now, in order: the segments overlapping the window become the recording's first.
+    const fromMs = now.getTime() - this.#preEventS * 1000;
+    const pre = this.#buffer.filter((b) => b.endMs > fromMs);
+    const expired = this.#buffer.filter((b) => b.endMs <= fromMs);
+    this.#buffer = [];
+    this.#refreshState();
+    const detail = { recordingId: id, preEventS: this.#preEventS, preEventAudio: this.#preEventAudio, trigger: t.kind, preEventSegments: pre.length, resumedFrom, ...t.detail };
+    this.#auditAndEvent(
+      { type: 'recording.start', operator: t.operator, reason: t.reason, action: 'record.start', detail },
+      { type: 'recording.started', time: now.toISOString(), recordingId: id, trigger: t.kind, operator: t.operator, reason: t.reason, preEventS: this.#preEventS, preEventAudio: this.#preEventAudio, resumedFrom },
+    );
+    this.#enqueue(async () => {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await fsyncDir(this.recordingsDir);
+    });
+    for (const b of pre) this.#enqueue(() => this.#join(rec, b.info, b.position));
+    this.#enqueue(() => this.#deleteBuffered(expired.map((b) => b.info.file)));
+    return id;
+  }
+
+  /**
+   * Whether the capture pipeline runs (the supervisor's status is 'running'). A segment arriving
+   * also counts as running. When it stops, a segment it opened and never closed (the worker died)
+   * is kept as a partial segment: it joins the recording it belongs to, or the buffer.
+   */
+  captureRunning(running: boolean): void {
+    this.#running(running);
+  }
+
+  #running(running: boolean): void {
+    if (this.#closed) return;
+    this.#captureRunning = running;
+    if (running) {
+      this.#refreshState();
+      this.#maybeResume();
+      return;
+    }
+    const nowMs = this.#now().getTime();
+    for (const [file, startedAt] of this.#openFiles) {
+      const durationS = Math.max(0, (nowMs - Date.parse(startedAt)) / 1000);
+      this.#route({ file, startedAt, endedAt: new Date(nowMs).toISOString(), durationS }, true);
+    }
+    this.#openFiles.clear();
+    this.#nextStartPosition = undefined;
+    this.#refreshState();
+    // Nothing more will come for a recording waiting on its last segment.
+    for (const rec of [...this.#closing]) this.#close(rec);
+  }
+
+  #maybeResume(): void {
+    if (this.#resumeFrom === undefined || this.#active) return;
+    const from = this.#resumeFrom;
+    this.#resumeFrom = undefined;
+    this.#begin({ kind: 'resume', operator: null, reason: null, detail: {} }, from);
+  }
+
+  #opened(s: OpenedSegment): void {
+    if (this.#closed) return;
+    if (!this.#captureRunning) this.#running(true);
+    this.#openFiles.set(s.file, s.startedAt);
+  }
+
+  #segment(s: SegmentInfo): void {
+    if (this.#closed) return;
+    // A segment proves capture runs, whether or not that was reported.
+    if (!this.#captureRunning) this.#running(true);
+    this.#openFiles.delete(s.file);
+    this.#route(s, false);
+  }
+
+  /** Decides now, in arrival order, where a closed (or partial) segment goes; the file work is queued. */
+  #route(s: SegmentInfo, partial: boolean): void {
+    const position = this.#nextStartPosition !== undefined ? this.#nextStartPosition : this.#position();
+    this.#nextStartPosition = this.#position();
+    const startMs = Date.parse(s.startedAt);
+    // The oldest closing recording claims a segment that was open when it was stopped.
+    while (this.#closing.length > 0) {
+      const rec = this.#closing[0]!;
+      if (startMs < rec.stopAtMs!) {
+        this.#enqueue(() => this.#join(rec, s, position, partial));
+        this.#close(rec);
+        return;
+      }
+      this.#close(rec);
+    }
+    if (this.#active) {
+      const rec = this.#active;
+      this.#enqueue(() => this.#join(rec, s, position, partial));
+      return;
+    }
+    this.#buffer.push({ info: s, endMs: Date.parse(s.endedAt), position });
+    const fromMs = this.#now().getTime() - this.#preEventS * 1000;
+    const expired = this.#buffer.filter((b) => b.endMs <= fromMs);
+    if (expired.length > 0) {
+      this.#buffer = this.#buffer.filter((b) => b.endMs > fromMs);
+      this.#enqueue(() => this.#deleteBuffered(expired.map((b) => b.info.file)));
+    }
+  }
+
+  #close(rec: Active): void {
+    const i = this.#closing.indexOf(rec);
+    if (i < 0) return;
+    this.#closing.splice(i, 1);
+    clearTimeout(rec.closeTimer);
+    this.#emitState();
+    this.#enqueue(() => this.#seal(rec.id, 'closed'));
+  }
+
+  // ---- file work (on the queue) -------------------------------------------------------------
+
+  async #join(rec: Active, info: SegmentInfo, position: { lat: number; lon: number } | null, partial = false): Promise<void> {
+    let s = info;
+    if (partial) {
+      // Its real end is when the dead worker last wrote it.
+      const st = statSync(s.file, { throwIfNoEntry: false });
+      if (!st) {
+        this.#log.info({ file: s.file }, 'a segment opened by a worker that died was never written');
+        return;
+      }
+      const endMs = Math.max(Date.parse(s.startedAt), st.mtimeMs);
+      s = { ...s, endedAt: new Date(endMs).toISOString(), durationS: (endMs - Date.parse(s.startedAt)) / 1000 };
+    }
+    const name = segmentFileName(rec.nextIdx, s.startedAt, s.durationS, path.extname(s.file));
+    const dest = path.join(rec.dir, name);
+    try {
+      // Moved first: from here on the file is out of the buffer's reach whatever happens next.
+      await rename(s.file, dest);
+      await fsyncDir(rec.dir);
+      await this.#index(rec, name, s, position, partial);
+    } catch (err) {
+      this.#log.error({ err: (err as Error).message, file: s.file, recordingId: rec.id }, 'segment could not join the recording');
+      this.#event({ type: 'recording.segment_failed', time: this.#now().toISOString(), recordingId: rec.id, file: s.file, error: (err as Error).message });
+    }
+  }
+
+  async #index(rec: Active, name: string, s: SegmentInfo, position: { lat: number; lon: number } | null, recovered: boolean): Promise<void> {
+    const { sha256, bytes } = await hashFile(path.join(rec.dir, name));
+    this.#o.db
+      .prepare(
+        `INSERT INTO evidence_segment (recording_id, idx, file, started_at, ended_at, duration_s, lat, lon, sha256, prev_sha256, bytes, recovered)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(rec.id, rec.nextIdx, segmentRelPath(rec.id, name), s.startedAt, s.endedAt, s.durationS, position?.lat ?? null, position?.lon ?? null, sha256, rec.head, bytes, recovered ? 1 : 0);
+    rec.head = sha256;
+    rec.nextIdx += 1;
+  }
+
+  async #deleteBuffered(files: string[]): Promise<void> {
+    for (const file of files) {
+      try {
+        await unlink(file);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.#log.warn({ err: (err as Error).message, file }, 'buffer segment could not be deleted');
+      }
+    }
+  }
+
+  /** Builds the manifest from the index, signs it, stores it, writes manifest.json/.sig. */
+  async #seal(id: string, status: Manifest['status']): Promise<void> {
+    try {
+      const db = this.#o.db;
+      const row = db.prepare<[string], RecordingRow>('SELECT * FROM recording WHERE id = ?').get(id)!;
+      const segments = segmentRows(db, id);
+      const stoppedAt = status === 'closed' ? row.stopped_at : (segments.at(-1)?.ended_at ?? row.started_at);
+      const manifest = buildManifest(row, status, stoppedAt, segments, this.#o.deviceId, this.#o.deviceKey.kid);
+      const text = canonicalJson(manifest);
+      const sig = this.#o.deviceKey.sign(text);
+      db.prepare('UPDATE recording SET status = ?, stopped_at = ?, manifest = ?, manifest_sig = ?, kid = ? WHERE id = ?').run(status, stoppedAt, text, sig, this.#o.deviceKey.kid, id);
+      await this.#writeManifestFiles(path.join(this.recordingsDir, id), text, sig);
+      const durationS = segments.reduce((sum, s) => sum + s.duration_s, 0);
+      this.#event({ type: status === 'closed' ? 'recording.closed' : 'recording.sealed_interrupted', time: this.#now().toISOString(), recordingId: id, segments: segments.length, durationS, chainHead: manifest.chainHead });
+    } catch (err) {
+      this.#log.error({ err: (err as Error).message, recordingId: id }, 'recording manifest could not be written');
+      this.#event({ type: 'recording.manifest_failed', time: this.#now().toISOString(), recordingId: id, error: (err as Error).message });
+    }
+  }
+
+  async #writeManifestFiles(dir: string, text: string, sig: string): Promise<void> {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    for (const [name, content] of [[manifestFile, text], [signatureFile, `${sig}\n`]] as const) {
+      const tmp = path.join(dir, `.${name}.tmp`);
+      await writeFile(tmp, content, { mode: 0o600, flush: true });
+      await rename(tmp, path.join(dir, name));
+    }
+    await fsyncDir(dir);
+  }
+
+  // ---- crash recovery -----------------------------------------------------------------------
+
+  #recoverAfterCrash(): void {
+    const db = this.#o.db;
+    // Taken before capture can add anything: what the buffer held when the last process died.
+    const leftovers = readdirSync(this.bufferDir)
+      .filter((n) => !n.startsWith('.'))
+      .map((n) => path.join(this.bufferDir, n))
+      .filter((f) => statSync(f, { throwIfNoEntry: false })?.isFile() === true);
+    const open = db.prepare<[], RecordingRow>("SELECT * FROM recording WHERE status = 'recording' ORDER BY started_at").all();
+    let adoptedBy: RecordingRow | undefined;
+    for (const row of open) {
+      const stopped = row.stop_trigger !== null;
+      this.#auditAndEvent(
+        { type: 'recording.interrupted', detail: { recordingId: row.id, stopRequested: stopped } },
+        { type: 'recording.interrupted', time: this.#now().toISOString(), recordingId: row.id, resumes: !stopped },
+      );
+      // The newest running one is the one whose segments the buffer may still hold, and the one
+      // to continue unless its stop had been asked.
+      if (row === open.at(-1)) {
+        adoptedBy = row;
+        if (!stopped) this.#resumeFrom = row.id;
+      }
+      this.#enqueue(() => this.#recoverRecording(row, row === adoptedBy ? leftovers : []));
+    }
+    if (!adoptedBy && leftovers.length > 0) this.#enqueue(() => this.#deleteBuffered(leftovers));
+    // A manifest committed but whose files a crash prevented.
+    for (const row of db.prepare<[], RecordingRow>('SELECT * FROM recording WHERE manifest IS NOT NULL').all()) {
+      const dir = path.join(this.recordingsDir, row.id);
+      if (!existsSync(path.join(dir, manifestFile)) || !existsSync(path.join(dir, signatureFile))) {
+        this.#enqueue(() => this.#writeManifestFiles(dir, row.manifest!, row.manifest_sig!));
+      }
+    }
+  }
+
+  async #recoverRecording(row: RecordingRow, bufferLeftovers: string[]): Promise<void> {
+    const db = this.#o.db;
+    const dir = path.join(this.recordingsDir, row.id);
+    const indexed = segmentRows(db, row.id);
+    const rec: Active = { id: row.id, dir, preEventS: row.pre_event_s, nextIdx: (indexed.at(-1)?.idx ?? -1) + 1, head: indexed.at(-1)?.sha256 ?? genesisSha256 };
+    const known = new Set(indexed.map((r) => r.file));
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      const strays = readdirSync(dir)
+        .filter((n) => !isManifestName(n) && !known.has(segmentRelPath(row.id, n)))
+        .sort();
+      for (const name of strays) {
+        const parsed = parseSegmentFileName(name);
+        const st = statSync(path.join(dir, name));
+        if (!st.isFile()) continue;
+        const info = parsed
+          ? { file: name, startedAt: parsed.startedAt, durationS: parsed.durationS, endedAt: new Date(Date.parse(parsed.startedAt) + parsed.durationS * 1000).toISOString() }
+          : timesFromStat(name, st);
+        // Renamed to its place in the chain: the name must carry the index it is indexed at.
+        const target = segmentFileName(rec.nextIdx, info.startedAt, info.durationS, path.extname(name));
+        if (target !== name) await rename(path.join(dir, name), path.join(dir, target));
+        await this.#index(rec, target, info, null, true);
+        this.#log.warn({ recordingId: row.id, file: target }, 'unindexed segment found after a crash: indexed as recovered');
+      }
+      // Segments the capture closed (or was writing) when the process died, still in the buffer.
+      const fromMs = Date.parse(row.started_at) - row.pre_event_s * 1000;
+      for (const file of bufferLeftovers.map((f) => ({ f, st: statSync(f, { throwIfNoEntry: false }) })).sort((a, b) => (a.st?.mtimeMs ?? 0) - (b.st?.mtimeMs ?? 0))) {
+        if (!file.st) continue;
+        if (file.st.mtimeMs < fromMs) {
+          await this.#deleteBuffered([file.f]);
+          continue;
+        }
+        const info = timesFromStat(file.f, file.st);
+        const name = segmentFileName(rec.nextIdx, info.startedAt, info.durationS, path.extname(file.f));
+        await rename(file.f, path.join(dir, name));
+        await this.#index(rec, name, info, null, true);
+        this.#log.warn({ recordingId: row.id, file: name }, 'buffer segment left by a crash joined the interrupted recording as recovered');
+      }
+      await fsyncDir(dir);
+    } catch (err) {
+      this.#log.error({ err: (err as Error).message, recordingId: row.id }, 'recovery of an interrupted recording failed');
+      this.#event({ type: 'recording.recovery_failed', time: this.#now().toISOString(), recordingId: row.id, error: (err as Error).message });
+    }
+    await this.#seal(row.id, 'interrupted');
+  }
+
+  // ---- plumbing -----------------------------------------------------------------------------
+
+  #enqueue(job: () => Promise<void>): void {
+    this.#queue = this.#queue.then(job).catch((err: unknown) => {
+      this.#log.error({ err: (err as Error).message }, 'recording job failed');
+    });
+  }
+
+  #position(): { lat: number; lon: number } | null {
+    try {
+      return this.#o.position?.() ?? null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** idle while capture is down; otherwise recording or buffering. */
+  #refreshState(): void {
+    const before = this.#state;
+    const state: RecorderStateName = !this.#captureRunning ? 'idle' : this.#active ? 'recording' : 'buffering';
+    this.#state = state;
+    if (before !== state || this.#emittedRecording !== (this.#active !== undefined)) this.#emitState();
+  }
+
+  #emitState(): void {
+    const s = this.status();
+    this.#emittedRecording = s.recording;
+    try {
+      this.#o.state?.update({ recording: s.recording });
+    } catch (err) {
+      this.#log.error({ err: (err as Error).message }, 'state update failed');
+    }
+    this.emit('state', s);
+  }
+
+  #auditAndEvent(record: AuditRecord, event: Record<string, unknown>): void {
+    try {
+      this.#o.audit.append(record);
+    } catch (err) {
+      this.#log.error({ err: (err as Error).message, type: record.type }, 'recording audit entry could not be committed; recording goes on');
+      this.#event({ type: 'recording.audit_failed', time: this.#now().toISOString(), auditType: record.type, error: (err as Error).message });
+    }
+    this.#event(event);
+  }
+
+  #event(body: Record<string, unknown>): void {
+    try {
+      this.#o.link.send('event', body);
+    } catch (err) {
+      this.#log.error({ err: (err as Error).message, type: body.type }, 'recording event could not be queued');
+    }
+  }
+}
+
+function timesFromStat(file: string, st: { mtimeMs: number; birthtimeMs: number }): SegmentInfo {
+  const end = st.mtimeMs;
+  // birthtime is 0 or later than mtime where the filesystem does not keep it.
+  const start = st.birthtimeMs > 0 && st.birthtimeMs <= end ? st.birthtimeMs : end;
+  return { file, startedAt: new Date(start).toISOString(), endedAt: new Date(end).toISOString(), durationS: (end - start) / 1000 };
+}
+
+/** A rename is durable only once its directory is synced. */
+async function fsyncDir(dir: string): Promise<void> {
+  const fd = await open(dir, 'r');
+  try {
+    await fd.sync();
+  } finally {
+    await fd.close();
+  }
+}

@@ -1,0 +1,326 @@
+// Capture: presets, the real `test` pipeline in a supervised worker (segments, kill -9, stop,
+// live RTP, keyframes), a pipeline that cannot start, and the supervisor's stall and rate limits.
+import { execFile, spawnSync } from 'node:child_process';
+import { once, type EventEmitter } from 'node:events';
+import { statSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import pino from 'pino';
+import t from 'tap';
+import { captureConfigSchema, type CaptureConfig } from '../src/capture/config.ts';
+import { buildPipeline, h264Level, type CaptureSettings } from '../src/capture/presets.ts';
+import { CaptureSupervisor, type CaptureHealth, type SegmentInfo } from '../src/capture/supervisor.ts';
+
+const run = promisify(execFile);
+const logger = pino({ level: 'silent' });
+const fakeWorker = fileURLToPath(new URL('./helpers/capture-fake-worker.ts', import.meta.url));
+const gstAvailable = spawnSync('gst-inspect-1.0', ['x264enc'], { stdio: 'ignore' }).status === 0;
+
+// Deadlines only stop a test that would otherwise hang; nothing asserts how fast things are.
+const DEADLINE_MS = 30_000;
+
+function config(overrides: Record<string, unknown>): CaptureConfig {
+  return captureConfigSchema.parse(overrides);
+}
+
+function settings(overrides: Record<string, unknown>): CaptureSettings {
+  return { ...config(overrides), segmentDir: '/tmp/seg dir', segmentPrefix: 'p', rtpPort: 5004 };
+}
+
+/** Resolves with the first event of `name` whose arguments satisfy `match`. */
+function waitFor<A extends unknown[]>(emitter: EventEmitter, name: string, match: (...args: A) => boolean = () => true): Promise<A> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      emitter.off(name, listener);
+      reject(new Error(`no matching "${name}" event within ${DEADLINE_MS} ms`));
+    }, DEADLINE_MS);
+    const listener = (...args: unknown[]) => {
+      if (!match(...(args as A))) return;
+      clearTimeout(timer);
+      emitter.off(name, listener);
+      resolve(args as A);
+    };
+    emitter.on(name, listener);
+  });
+}
+
+function sizeOf(file: string): number {
+  try {
+    return statSync(file).size;
+  } catch {
+    return 0;
+  }
+}
+
+async function until(check: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + DEADLINE_MS;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** gst-discoverer-1.0 sees an H.264 stream. (Its Duration reads 0 for TS files under ~64 KB, as the
+ * ball pattern makes them, so the duration is checked by decoding instead.) */
+async function discoversH264(file: string): Promise<boolean> {
+  const { stdout } = await run('gst-discoverer-1.0', [file]);
+  return /video #\d+: H\.264/.test(stdout);
+}
+
+/** Decoded frames, or -1 when decoding fails; avdec_h264 (gstreamer1.0-libav) is not installed here, openh264dec is. */
+async function decodedFrames(file: string): Promise<number> {
+  const decoder = spawnSync('gst-inspect-1.0', ['avdec_h264'], { stdio: 'ignore' }).status === 0 ? 'avdec_h264' : 'openh264dec';
+  try {
+    const { stdout } = await run(
+      'gst-launch-1.0',
+      ['-v', 'filesrc', `location=${file}`, '!', 'tsdemux', '!', 'h264parse', '!', decoder, '!', 'fakesink', 'silent=false'],
+      { maxBuffer: 64 << 20 },
+    );
+    return stdout.split('\n').filter((l) => /fakesink0: last-message = chain/.test(l)).length;
+  } catch {
+    return -1;
+  }
+}
+
+t.test('settings: defaults, refusals', async (t) => {
+  const c = config({});
+  t.match(c, { preset: 'test', width: 1280, height: 720, framerate: 30, bitrateKbps: 2000, keyframeIntervalS: 1, segmentSeconds: 2, audio: false });
+  t.same(c.workerLauncher, []);
+  t.equal(captureConfigSchema.parse(undefined).preset, 'test');
+  t.throws(() => config({ keyframeIntervalS: 4, segmentSeconds: 2 }), /keyframeIntervalS/);
+  t.throws(() => config({ preset: 'gopro' }));
+  t.throws(() => config({ colour: 'red' }));
+  t.throws(() => config({ restartMinDelayMs: 5000, restartMaxDelayMs: 1000 }), /restartMinDelayMs/);
+});
+
+t.test('presets: element names, caps and the shared tee', async (t) => {
+  const test = buildPipeline(settings({ bitrateKbps: 1500, keyframeIntervalS: 0.5, segmentSeconds: 3 }));
+  t.same(test.elements, { encoder: 'enc', keyframe: 'kf', segments: 'segments', live: 'live', meter: 'meter', rtpSink: 'rtpsink' });
+  t.match(test.description, /videotestsrc is-live=true pattern=ball/);
+  t.match(test.description, /format=I420,width=1280,height=720,framerate=30\/1/);
+  t.match(test.description, /x264enc name=enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bitrate=1500/);
+  t.match(test.description, /capsfilter name=kf caps="video\/x-h264,profile=\(string\)constrained-baseline"/);
+  t.match(test.description, /splitmuxsink name=segments muxer=mpegtsmux sink="filesink buffer-mode=unbuffered" send-keyframe-requests=true max-size-time=3000000000 location="\/tmp\/seg dir\/p-%06d.ts"/);
+  t.match(test.description, /valve name=live drop=true .*rtph264pay config-interval=-1 mtu=1200 pt=96 aggregate-mode=zero-latency ! udpsink name=rtpsink host=127.0.0.1 port=5004/);
+  t.equal(test.description.match(/x264enc/g)?.length, 1, 'one encoder feeds every branch');
+  t.notMatch(test.description, /audiotestsrc/);
+  t.match(buildPipeline(settings({ audio: true })).description, /audiotestsrc .* opusenc .* segments\.audio_0/);
+
+  const rpi = buildPipeline(settings({ preset: 'rpi', audio: true, audioDevice: 'hw:1' }));
+  t.match(rpi.description, /^libcamerasrc ! video\/x-raw,format=NV12,width=1280,height=720,framerate=30\/1 ! v4l2h264enc name=enc/);
+  t.match(rpi.description, /extra-controls="controls,repeat_sequence_header=1,video_bitrate=2000000,h264_i_frame_period=30"/);
+  t.match(rpi.description, /capsfilter name=kf caps="video\/x-h264,profile=\(string\)constrained-baseline,level=\(string\)3.1"/);
+  t.match(rpi.description, /alsasrc device="hw:1"/);
+  t.equal(h264Level({ width: 1920, height: 1080, framerate: 30 }), '4');
+  t.equal(h264Level({ width: 1920, height: 1080, framerate: 60 }), '4.2');
+
+  const uvc = buildPipeline(settings({ preset: 'v4l2', v4l2: { device: '/dev/video2' } }));
+  t.match(uvc.description, /^v4l2src device="\/dev\/video2" do-timestamp=true ! video\/x-raw,.* ! videoconvert ! video\/x-raw,format=I420 ! x264enc name=enc/);
+  const pass = buildPipeline(settings({ preset: 'v4l2', v4l2: { device: '/dev/video2', h264Passthrough: true } }));
+  t.match(pass.description, /^v4l2src name=enc device="\/dev\/video2" do-timestamp=true ! video\/x-h264,width=1280,height=720,framerate=30\/1 ! capsfilter name=kf/);
+  t.notMatch(pass.description, /x264enc/);
+});
+
+t.test('presets parse with the real GStreamer', { skip: !gstAvailable && 'GStreamer not installed' }, async (t) => {
+  // libcamerasrc and v4l2h264enc exist only on the Pi: the rpi pipeline is parsed with stand-ins for
+  // those two elements, which checks everything around them (caps, tee, branches, element names).
+  const rpi = buildPipeline(settings({ preset: 'rpi', audio: true }))
+    .description.replace('libcamerasrc', 'videotestsrc')
+    .replace(/v4l2h264enc name=enc extra-controls="[^"]*"/, 'x264enc name=enc')
+    .replace(/alsasrc device="[^"]*"/, 'audiotestsrc');
+  const descriptions = {
+    test: buildPipeline(settings({ audio: true })).description,
+    v4l2: buildPipeline(settings({ preset: 'v4l2' })).description,
+    v4l2Passthrough: buildPipeline(settings({ preset: 'v4l2', v4l2: { h264Passthrough: true } })).description,
+    rpi,
+  };
+  // In a child: the binding never frees a pipeline, and this process should not load GStreamer.
+  const script = `
+    const gst = require('gstreamer-superficial');
+    const names = ['enc', 'kf', 'segments', 'live', 'meter', 'rtpsink'];
+    const out = {};
+    for (const [k, d] of Object.entries(JSON.parse(process.argv[1]))) {
+      try { const p = new gst.Pipeline(d); out[k] = names.filter((n) => p.findChild(n) === undefined); }
+      catch (e) { out[k] = String(e.message); }
+    }
+    console.log(JSON.stringify(out));`;
+  const { stdout } = await run(process.execPath, ['-e', script, JSON.stringify(descriptions)], { cwd: fileURLToPath(new URL('..', import.meta.url)) });
+  const result = JSON.parse(stdout) as Record<string, unknown>;
+  for (const key of Object.keys(descriptions)) t.same(result[key], [], `${key} parses and has every named element`);
+});
+
+t.test('the test preset under the supervisor', { skip: !gstAvailable && 'GStreamer not installed' }, async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bwc-capture-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const packets: Buffer[] = [];
+  const sup = new CaptureSupervisor({
+    settings: config({ width: 640, height: 360, segmentSeconds: 2, keyframeIntervalS: 1, bitrateKbps: 800, restartMinDelayMs: 100 }),
+    segmentDir: dir,
+    logger,
+    onRtp: (p) => packets.push(p),
+  });
+  const segments: SegmentInfo[] = [];
+  const opened: string[] = [];
+  const faults: { reason: string; restartInMs: number }[] = [];
+  sup.on('segment', (s) => segments.push(s));
+  sup.on('segment-opened', (s) => opened.push(s.file));
+  sup.on('fault', (f) => faults.push(f));
+  t.teardown(() => sup.stop());
+  await sup.start();
+  await waitFor<[CaptureHealth]>(sup, 'state', (h) => h.status === 'running');
+  t.ok(sup.health().pid, 'worker pid exposed');
+
+  await t.test('segments are H.264 MPEG-TS of about segmentSeconds', async (t) => {
+    await until(() => segments.length >= 3, 'three closed segments');
+    for (const s of segments.slice(0, 3)) {
+      t.ok(path.isAbsolute(s.file) && s.file.startsWith(dir) && s.file.endsWith('.ts'), s.file);
+      t.ok(Math.abs(s.durationS - 2) < 0.5, `reported duration ${s.durationS}`);
+      t.equal(Date.parse(s.endedAt) - Date.parse(s.startedAt), Math.round(s.durationS * 1000));
+      t.ok(await discoversH264(s.file), 'gst-discoverer sees H.264');
+      const frames = await decodedFrames(s.file);
+      t.ok(Math.abs(frames / 30 - 2) < 0.5, `${frames} frames decode, at 30 fps about 2 s`);
+    }
+  });
+
+  await t.test('live RTP only while open, IDR after a keyframe request', async (t) => {
+    await new Promise((r) => setTimeout(r, 300));
+    t.equal(packets.length, 0, 'nothing flows while the valve is closed');
+    sup.setLive(true);
+    await until(() => packets.length > 50, 'RTP packets');
+    const p = packets[0]!;
+    t.equal(p[0]! >> 6, 2, 'RTP version 2');
+    t.equal(p[1]! & 0x7f, 96, 'payload type 96');
+    t.ok(packets.some((q) => (q[1]! & 0x80) !== 0), 'marker bits end access units');
+    t.ok(packets.every((q) => q.length <= 1200), 'MTU 1200');
+    const before = packets.length;
+    sup.requestKeyframe();
+    const idrAt = () => packets.slice(before).findIndex(isIdrStart);
+    await until(() => idrAt() >= 0, 'an IDR after the request');
+    t.pass(`IDR arrived ${idrAt()} packets after the request`);
+    sup.setLive(false);
+    await new Promise((r) => setTimeout(r, 300)); // packets already in flight on loopback
+    const stopped = packets.length;
+    await new Promise((r) => setTimeout(r, 1000));
+    t.equal(packets.length, stopped, 'no packets after setLive(false)');
+  });
+
+  await t.test('kill -9: fault, restart, and the interrupted segment still decodes', async (t) => {
+    const pid = sup.health().pid!;
+    const interrupted = opened.at(-1)!;
+    // Something of it on disk first (splitmuxsink writes a GOP at a time), or there is nothing to play.
+    await until(() => sizeOf(interrupted) > 0, 'the open segment on disk');
+    const closedBefore = segments.length;
+    const fault = waitFor(sup, 'fault');
+    process.kill(pid, 'SIGKILL');
+    const [f] = (await fault) as [{ reason: string; restartInMs: number }];
+    t.match(f.reason, /SIGKILL/);
+    t.equal(f.restartInMs, 100);
+    await waitFor<[CaptureHealth]>(sup, 'state', (h) => h.status === 'running' && h.pid !== pid);
+    t.equal(sup.health().restarts, 1);
+    await until(() => segments.length >= closedBefore + 2, 'segments from the new worker');
+    t.notOk(segments.some((s) => s.file === interrupted), 'the killed segment never reported closed');
+    t.ok(await discoversH264(interrupted), 'gst-discoverer reads the interrupted segment');
+    t.ok((await decodedFrames(interrupted)) > 0, 'the interrupted segment decodes');
+    t.equal(sup.health().consecutiveFaults, 0, 'a closed segment clears the fault run');
+  });
+
+  await t.test('stop() finalises the open segment', async (t) => {
+    const last = opened.at(-1)!;
+    await sup.stop();
+    t.equal(sup.health().status, 'stopped');
+    t.equal(sup.health().pid, undefined);
+    const final = segments.find((s) => s.file === last);
+    t.ok(final, 'the open segment was reported closed');
+    t.ok((await decodedFrames(last)) > 0, 'and decodes');
+    t.equal(faults.length, 1, 'only the kill was a fault');
+  });
+});
+
+/** First packet of an IDR access unit: SPS in a STAP-A, an IDR slice, or an FU-A start of one. */
+function isIdrStart(p: Buffer): boolean {
+  const nal = p[12]! & 0x1f;
+  if (nal === 5 || nal === 7) return true;
+  if (nal === 24) return (p[15]! & 0x1f) === 7 || (p[15]! & 0x1f) === 5;
+  if (nal === 28) return (p[13]! & 0x80) !== 0 && (p[13]! & 0x1f) === 5;
+  return false;
+}
+
+t.test('a pipeline that cannot start: faults with growing back-off, never a throw', { skip: !gstAvailable && 'GStreamer not installed' }, async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bwc-capture-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const sup = new CaptureSupervisor({
+    settings: config({ preset: 'v4l2', v4l2: { device: '/dev/video-missing' }, restartMinDelayMs: 50, restartMaxDelayMs: 200 }),
+    segmentDir: dir,
+    logger,
+    failedAfterFaults: 3,
+    startTimeoutMs: 1000,
+  });
+  t.teardown(() => sup.stop());
+  const faults: { reason: string; restartInMs: number }[] = [];
+  sup.on('fault', (f) => faults.push(f));
+  await sup.start();
+  await until(() => faults.length >= 4, 'four faults');
+  await sup.stop();
+  t.same(
+    faults.slice(0, 4).map((f) => f.restartInMs),
+    [50, 100, 200, 200],
+    'back-off doubles up to the cap',
+  );
+  t.match(faults[0]!.reason, /video-missing|Cannot identify|not exist|open/i);
+  t.ok(sup.health().restarts >= 3);
+  t.equal(sup.health().lastFault?.reason, faults.at(-1)!.reason);
+});
+
+t.test('status failed after repeated faults; launcher that does not exist', async (t) => {
+  const sup = new CaptureSupervisor({
+    settings: config({ workerLauncher: ['/nonexistent/launcher'], restartMinDelayMs: 10, restartMaxDelayMs: 20 }),
+    segmentDir: os.tmpdir(),
+    logger,
+    failedAfterFaults: 2,
+  });
+  const states: CaptureHealth[] = [];
+  sup.on('state', (h) => states.push(h));
+  await sup.start();
+  await waitFor<[CaptureHealth]>(sup, 'state', (h) => h.status === 'failed');
+  await sup.stop();
+  t.match(sup.health().lastFault?.reason, /ENOENT/);
+  t.ok(states.some((s) => s.status === 'restarting'));
+});
+
+t.test('stall: no frame progress for stallTimeoutS kills and restarts the worker', async (t) => {
+  const sup = new CaptureSupervisor({
+    settings: config({ workerLauncher: ['env', 'FAKE_MODE=stall'], stallTimeoutS: 1, restartMinDelayMs: 10 }),
+    segmentDir: os.tmpdir(),
+    logger,
+    workerPath: fakeWorker,
+    statsIntervalMs: 100,
+  });
+  t.teardown(() => sup.stop());
+  await sup.start();
+  const [f] = (await waitFor(sup, 'fault')) as [{ reason: string }];
+  t.match(f.reason, /stalled/);
+  await waitFor<[CaptureHealth]>(sup, 'state', (h) => h.status === 'running' && h.restarts === 1);
+  await sup.stop();
+  t.equal(sup.health().status, 'stopped');
+});
+
+t.test('keyframe requests are rate limited, the last one of a burst is kept', async (t) => {
+  const sup = new CaptureSupervisor({
+    settings: config({ workerLauncher: ['env', 'FAKE_MODE=count'] }),
+    segmentDir: os.tmpdir(),
+    logger,
+    workerPath: fakeWorker,
+    keyframeMinIntervalMs: 200,
+  });
+  t.teardown(() => sup.stop());
+  await sup.start();
+  await waitFor<[CaptureHealth]>(sup, 'state', (h) => h.status === 'running');
+  for (let i = 0; i < 10; i++) sup.requestKeyframe();
+  await until(() => sup.health().frames === 2, 'the immediate and the trailing request');
+  await new Promise((r) => setTimeout(r, 400));
+  t.equal(sup.health().frames, 2, 'ten requests in a burst reach the worker as two');
+  await sup.stop();
+});
