@@ -86,16 +86,19 @@ const result = {
   cores: os.cpus().length,
   cpu: os.cpus()[0]?.model,
 };
-writeResult('capture', result);
-console.log(
+const markdown = [
+  `### Capture: ${result.preset}, ${seconds} s; keyframe requests with the live valve open`,
+  '',
   markdownTable(
     ['what', 'value'],
     [
-      ['worker CPU % (one core = 100)', result.workerCpuPct],
-      ['worker RSS MiB', result.workerRssMiB],
-      ['main (supervisor) CPU %', result.mainCpuPct],
-      ['main RSS MiB', result.mainRssMiB],
-      [`keyframe latency p50 / p95 ms (n=${k.n})`, `${result.keyframeLatencyMs.p50} / ${result.keyframeLatencyMs.p95}`],
+      ['capture worker CPU % (one core = 100)', result.workerCpuPct],
+      ['capture worker RSS MiB', result.workerRssMiB],
+      ['supervising process CPU % (valve closed)', result.mainCpuPct],
+      ['supervising process RSS MiB (the whole Node process)', result.mainRssMiB],
+      [`requestKeyframe() -> first RTP packet of the IDR, p50 / p95 ms (n=${k.n})`, `${result.keyframeLatencyMs.p50} / ${result.keyframeLatencyMs.p95}`],
     ],
   ),
-);
+].join('\n');
+writeResult('capture', { ...result, markdown });
+console.log(markdown);

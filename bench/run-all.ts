@@ -81,7 +81,12 @@ async function main(argv: string[]): Promise<number> {
       sections.push(`## ${bench.name}\n\nFAILED (exit ${String(code)}) after ${seconds} s; see the console output.`);
       continue;
     }
-    const result = JSON.parse(readFileSync(resultFile, 'utf8')) as { markdown: string };
+    const result = JSON.parse(readFileSync(resultFile, 'utf8')) as { markdown?: string };
+    if (typeof result.markdown !== 'string') {
+      failed += 1;
+      sections.push(`## ${bench.name}\n\nFAILED: ${resultFile} has no markdown table.`);
+      continue;
+    }
     sections.push(`## ${bench.name} (${seconds} s)\n\n${result.markdown.replace(/^### /, '#### ')}\n\nRaw figures: bench/results/${bench.name}.json`);
   }
   const totalS = ((performance.now() - started) / 1000).toFixed(1);
