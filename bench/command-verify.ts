@@ -38,6 +38,7 @@ import {
   summarise,
   trackDir,
   writeResult,
+  runIfMain,
   type Summary,
 } from './lib/common.ts';
 
@@ -176,12 +177,4 @@ async function main(argv: string[]): Promise<void> {
   process.stdout.write(`${md}\n\n(results: ${path.relative(repoRoot, file)})\n`);
 }
 
-if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(import.meta.filename)) {
-  main(process.argv.slice(2)).then(
-    () => process.exit(0),
-    (err: unknown) => {
-      process.stderr.write(`command-verify failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-      process.exit(1);
-    },
-  );
-}
+runIfMain('command-verify', import.meta.filename, main);

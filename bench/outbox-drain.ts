@@ -43,6 +43,7 @@ import {
   trackChild,
   trackDir,
   writeResult,
+  runIfMain,
 } from './lib/common.ts';
 import { topFrames, type Frame } from './lib/cpuprofile.ts';
 import { backlogCounts, backlogItem, eventEvery } from './lib/payloads.ts';
@@ -459,12 +460,4 @@ export async function main(argv: string[]): Promise<void> {
   process.stdout.write(`${md}\n\n(results: ${path.relative(repoRoot, file)})\n`);
 }
 
-if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(import.meta.filename)) {
-  main(process.argv.slice(2)).then(
-    () => process.exit(0),
-    (err: unknown) => {
-      process.stderr.write(`outbox-drain failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-      process.exit(1);
-    },
-  );
-}
+runIfMain('outbox-drain', import.meta.filename, main);

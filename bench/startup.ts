@@ -27,6 +27,7 @@ import {
   trackChild,
   trackDir,
   writeResult,
+  runIfMain,
   type Summary,
 } from './lib/common.ts';
 
@@ -186,12 +187,4 @@ export async function main(argv: string[]): Promise<void> {
   process.stdout.write(`${md}\n\n(results: ${path.relative(repoRoot, file)})\n`);
 }
 
-if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(import.meta.filename)) {
-  main(process.argv.slice(2)).then(
-    () => process.exit(0),
-    (err: unknown) => {
-      process.stderr.write(`startup failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-      process.exit(1);
-    },
-  );
-}
+runIfMain('startup', import.meta.filename, main);

@@ -175,3 +175,15 @@ export function logRecord(output: string, msg: string): Record<string, unknown> 
   }
   return undefined;
 }
+
+/** Runs a benchmark's main() when its file is the entry point; exit 0, or 1 naming the failure. */
+export function runIfMain(name: string, moduleFile: string, main: (argv: string[]) => Promise<unknown>): void {
+  if (!process.argv[1] || path.resolve(process.argv[1]) !== path.resolve(moduleFile)) return;
+  main(process.argv.slice(2)).then(
+    () => process.exit(0),
+    (err: unknown) => {
+      process.stderr.write(`${name} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}
