@@ -6,6 +6,8 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { AuditLog } from '../audit/audit-log.ts';
 import { CaptureSupervisor, type CaptureHealth } from '../capture/supervisor.ts';
+import { createFirmwareBridge, SimBackend } from '../firmware/create-bridge.ts';
+import { FirmwareExtension } from '../firmware/firmware-extension.ts';
 import { bufferDirOf, evidenceDirOf } from '../recording/layout.ts';
 import { Recorder, type RecordResult } from '../recording/recorder.ts';
 import { CommandHandler, type ActionExecutor } from '../command/command-handler.ts';
@@ -193,13 +195,40 @@ export class Agent {
       },
       logger,
     });
+    const bridge = createFirmwareBridge(config.firmware, logger);
+    const firmware = new FirmwareExtension({
+      bridge,
+      recorder: this.#recorder,
+      state: this.#state,
+      sendEvent: (body) => this.#link.send('event', body),
+      reminderIntervalS: config.firmware.reminderInterval,
+      logger,
+    });
+    // Simulated hardware input, for the demo and tests: only the sim backend takes it.
+    const simulated = () => {
+      if (!(bridge instanceof SimBackend)) throw new Error(`the ${bridge.kind} firmware backend takes no simulated input (firmware.backend is "${bridge.kind}")`);
+      return bridge;
+    };
+    this.#control.handle('button', (args) => {
+      const [button, press = 'press'] = Array.isArray(args) ? (args as string[]) : [];
+      if ((button !== 'record' && button !== 'function') || (press !== 'press' && press !== 'long')) throw new Error('button needs "record|function" and "press|long"');
+      simulated().pressButton(button, press);
+      return { button, press };
+    });
+    this.#control.handle('battery', (args) => {
+      const [value, charging] = Array.isArray(args) ? (args as string[]) : [];
+      const percent = Number(value);
+      if (!Number.isFinite(percent) || percent < 0 || percent > 100) throw new Error('battery needs a percentage from 0 to 100');
+      simulated().setBattery(percent, charging === 'charging');
+      return { percent, charging: charging === 'charging' };
+    });
     this.#control.handle('record', (args) => {
       const verb = Array.isArray(args) ? args[0] : undefined;
       if (verb === 'start') return this.#recorder.start({ kind: 'ctl' });
       if (verb === 'stop') return this.#recorder.stop({ kind: 'ctl' });
       throw new Error('record needs "start" or "stop"');
     });
-    this.#extensions = [health, gps, captureExtension, commands];
+    this.#extensions = [health, gps, firmware, captureExtension, commands];
 
     this.#outbox.on('thinned', (report) => this.#link.send('event', { type: 'outbox.thinned', time: new Date().toISOString(), ...report }));
     this.#state.on('changed', () => this.#scheduleStatePublish());

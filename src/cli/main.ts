@@ -19,6 +19,8 @@ Usage:
   bwc-agent run [--config FILE]                 start the daemon (no FILE: embedded defaults)
   bwc-agent ctl status [--state-dir DIR]        print the running agent's state as JSON
   bwc-agent ctl record start|stop [--state-dir DIR]
+  bwc-agent ctl button record|function press|long   simulated firmware (firmware.backend: sim)
+  bwc-agent ctl battery PERCENT [charging]          simulated firmware
   bwc-agent evidence verify [--state-dir DIR]   check every evidence file against the index and the signed manifests
   bwc-agent audit verify [--state-dir DIR | --file CAPTURE] [--public-key JWK_FILE]
                                                 check the audit chain (exit 1 naming the first bad entry)
@@ -30,7 +32,7 @@ Fleet-side tools (for a backend's operators and tests; see docs/protocol.md):
                          [--issuer ISS] [--ttl S] [--max-s S] [--offer FILE] [--sid SID]
   bwc-agent command send --url MQTT_URL <the sign options>      (prints the device's reply)
 
-Environment overrides: BWC_DEVICE_ID, BWC_MQTT_URL, BWC_STATE_DIR, BWC_GPSD, BWC_LOG_LEVEL, BWC_TRUST_STORE, BWC_CAMERA.
+Environment overrides: BWC_DEVICE_ID, BWC_MQTT_URL, BWC_STATE_DIR, BWC_GPSD, BWC_LOG_LEVEL, BWC_TRUST_STORE, BWC_CAMERA, BWC_FIRMWARE.
 Configuration reference: docs/configuration.md`;
 
 export class UsageError extends Error {}
@@ -67,7 +69,8 @@ async function run(argv: string[]): Promise<number> {
 async function ctl(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, options: { 'state-dir': { type: 'string' } }, allowPositionals: true, strict: true });
   const [verb, ...rest] = positionals;
-  if (verb !== 'status' && verb !== 'record') throw new UsageError(verb ? `unknown ctl verb "${verb}" (known: status, record)` : 'ctl needs a verb (status, record)');
+  const verbs = ['status', 'record', 'button', 'battery'];
+  if (!verb || !verbs.includes(verb)) throw new UsageError(verb ? `unknown ctl verb "${verb}" (known: ${verbs.join(', ')})` : `ctl needs a verb (${verbs.join(', ')})`);
   if (verb === 'record' && rest[0] !== 'start' && rest[0] !== 'stop') throw new UsageError('ctl record needs "start" or "stop"');
   const stateDir = resolveStateDir(values['state-dir'], process.env, process.cwd());
   const result = await controlRequest(path.join(stateDir, 'control.sock'), verb, rest.length ? rest : undefined);

@@ -1,6 +1,7 @@
 // The one schema of every setting: its type, default, unit and meaning.
 // docs/configuration.md is generated from it (src/config/docs.ts) and a test keeps the two in step.
 import { z } from 'zod';
+import { gpioConfigSchema } from '../../firmware-bridge/src/gpio-config.ts';
 import { captureConfigSchema } from '../capture/config.ts';
 import { defaultReasonCodes } from '../command/types.ts';
 
@@ -123,6 +124,22 @@ export const configSchema = z.strictObject({
       preEventAudio: z.boolean().default(false).meta({ description: 'Whether the pre-event buffer keeps audio (needs capture.audio); off by default, as the market leader does.' }),
     })
     .prefault({}),
+  firmware: z
+    .strictObject({
+      backend: z.enum(['sim', 'serial', 'gpio']).default('sim').meta({
+        description: 'How the buttons, haptics, LEDs and battery are reached: the camera MCU over a UART ("serial"), the Raspberry Pi rig\'s GPIO pins ("gpio"), or the in-process simulator ("sim", driven by `bwc-agent ctl button|battery`).',
+        env: 'BWC_FIRMWARE',
+      }),
+      serial: z
+        .strictObject({
+          path: z.string().min(1).default('/dev/ttyAMA0').meta({ description: 'UART device of the camera MCU (firmware-bridge/PROTOCOL.md).' }),
+          baudRate: z.number().int().min(1200).max(4_000_000).default(115_200).meta({ description: 'UART speed.', unit: 'baud' }),
+        })
+        .prefault({}),
+      gpio: gpioConfigSchema,
+      reminderInterval: seconds('Reminder vibration while recording; 0 turns it off.', 0, 3600, 120),
+    })
+    .prefault({}),
   audit: z
     .strictObject({
       checkpointEvery: z.number().int().min(1).max(100_000).default(100).meta({ description: 'A signed checkpoint after this many audit entries...' }),
@@ -146,4 +163,5 @@ export const envOverrides = {
   BWC_LOG_LEVEL: 'log.level',
   BWC_TRUST_STORE: 'commands.trustStore',
   BWC_CAMERA: 'capture.preset',
+  BWC_FIRMWARE: 'firmware.backend',
 } as const;

@@ -26,6 +26,15 @@ export interface CaptureState {
   pid: number | null;
 }
 
+/** The firmware bridge: the MCU link (or the Pi rig's GPIO), and what the wearer was last told. */
+export interface FirmwareState {
+  backend: 'sim' | 'serial' | 'gpio';
+  linkUp: boolean;
+  firmwareVersion: string | null;
+  lastPattern: string | null;
+  lastError: string | null;
+}
+
 export interface DeviceStateDoc {
   online: boolean;
   deviceId: string;
@@ -35,6 +44,7 @@ export interface DeviceStateDoc {
   capture: CaptureState | null;
   streaming: { sessions: number };
   battery: { percent: number | null; charging: boolean | null };
+  firmware: FirmwareState | null;
   /** The device's Ed25519 public key (JWK with its kid): checks audit checkpoints and manifests. */
   devicePublicKey: JWK | null;
   gps: Pick<GpsReport, 'fix' | 'lat' | 'lon' | 'accuracyM' | 'gpsTime'> & { gpsd: GpsReport['gpsd'] } | null;
@@ -59,6 +69,7 @@ export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
       capture: null,
       streaming: { sessions: 0 },
       battery: { percent: null, charging: null },
+      firmware: null,
       devicePublicKey: null,
       gps: null,
       health: null,

@@ -1,0 +1,371 @@
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import { SerialPort } from 'serialport';
+import type {
+  BatteryStatus,
+  FirmwareBridge,
+  FirmwareBridgeEvents,
+  FirmwareBridgeStatus,
+  LedState,
+  NotificationPattern,
+} from '../interface.ts';
+import { UNKNOWN_BATTERY } from '../interface.ts';
+import type { Frame } from './frames.ts';
+import {
+  BUTTON_WIRE_IDS,
+  decodeBattery,
+  decodeHelloPayload,
+  encodeHelloPayload,
+  encodeLeds,
+  MSG,
+  MSG_NAMES,
+  NACK_REASON,
+  PATTERN_IDS,
+  PRESS_WIRE_IDS,
+  PROTOCOL_VERSION,
+} from './frames.ts';
+import type { LinkCounters } from './link.ts';
+import { FrameLink, LinkClosedError, LinkTimeoutError } from './link.ts';
+
+export interface SerialBackendOptions {
+  /** Serial device, e.g. /dev/ttyAMA0 or a stable udev/pty symlink; reopened by path after an unplug. */
+  path: string;
+  logger: Logger;
+  baudRate?: number;
+  /** Per-attempt wait for ACK. Default 200. */
+  ackTimeoutMs?: number;
+  /** Resends after the first attempt. Default 3. */
+  retries?: number;
+  /** PING interval while the link is up; 0 disables. Default 2000. */
+  keepaliveMs?: number;
+  /** Reopen / re-handshake back-off: starts here, doubles, capped at reconnectMaxMs, retried forever. */
+  reconnectInitialMs?: number;
+  reconnectMaxMs?: number;
+  /** Identity sent in our HELLO, for the MCU's logs. */
+  hostIdentity?: string;
+}
+
+export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements FirmwareBridge {
+  readonly kind = 'serial' as const;
+  private readonly opts: Required<Omit<SerialBackendOptions, 'logger'>>;
+  private readonly log: Logger;
+  private readonly link: FrameLink;
+  private port: SerialPort | null = null;
+  private running = false;
+  private linkUp = false;
+  private firmwareVersion: string | null = null;
+  private battery: BatteryStatus = { ...UNKNOWN_BATTERY };
+  private lastPattern: NotificationPattern | null = null;
+  private lastError: string | null = null;
+  private leds: LedState | null = null;
+  private backoffMs: number;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private keepaliveTimer: NodeJS.Timeout | null = null;
+  private handshaking = false;
+  private readonly lastSeqIn = new Map<number, number>();
+  private reconnects = 0;
+  private lastLoggedLoss: string | null = null;
+
+  constructor(options: SerialBackendOptions) {
+    super();
+    this.log = options.logger.child({ component: 'firmware-serial' });
+    this.opts = {
+      path: options.path,
+      baudRate: options.baudRate ?? 115200,
+      ackTimeoutMs: options.ackTimeoutMs ?? 200,
+      retries: options.retries ?? 3,
+      keepaliveMs: options.keepaliveMs ?? 2000,
+      reconnectInitialMs: options.reconnectInitialMs ?? 250,
+      reconnectMaxMs: options.reconnectMaxMs ?? 5000,
+      hostIdentity: options.hostIdentity ?? 'bwc-agent',
+    };
+    this.backoffMs = this.opts.reconnectInitialMs;
+    this.link = new FrameLink({
+      ackTimeoutMs: this.opts.ackTimeoutMs,
+      retries: this.opts.retries,
+      write: (bytes) => this.write(bytes),
+      onFrame: (frame) => this.onFrame(frame),
+    });
+  }
+
+  /** Resolves once the port open has been attempted; the link comes up asynchronously (see the `link` event). */
+  async start(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    this.openPort();
+  }
+
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    this.clearTimers();
+    this.link.failAll(new LinkClosedError('firmware bridge stopped'));
+    const port = this.port;
+    this.port = null;
+    this.markDown('stopped');
+    if (port?.isOpen) {
+      await new Promise<void>((resolve) => port.close(() => resolve()));
+    }
+    port?.removeAllListeners();
+  }
+
+  async notify(pattern: NotificationPattern): Promise<void> {
+    const id = PATTERN_IDS.indexOf(pattern);
+    if (id < 0) throw new Error(`unknown notification pattern: ${String(pattern)}`);
+    await this.reliable(`notify(${pattern})`, MSG.NOTIFY, Buffer.from([id]));
+    this.lastPattern = pattern;
+  }
+
+  /** The state is remembered even when this rejects, and re-sent whenever the link (re)comes up. */
+  async setLeds(state: LedState): Promise<void> {
+    this.leds = { recording: state.recording, streaming: state.streaming, fault: state.fault };
+    await this.reliable('setLeds', MSG.LEDS, encodeLeds(this.leds));
+  }
+
+  status(): FirmwareBridgeStatus {
+    return {
+      linkUp: this.linkUp,
+      firmwareVersion: this.firmwareVersion,
+      battery: { ...this.battery },
+      lastPattern: this.lastPattern,
+      lastError: this.lastError,
+    };
+  }
+
+  /** Protocol counters (dropped frames by cause, retries, timeouts) plus reconnects, for diagnostics. */
+  counters(): LinkCounters & { reconnects: number } {
+    return { ...this.link.counters, reconnects: this.reconnects };
+  }
+
+  private async reliable(what: string, type: number, payload: Buffer): Promise<void> {
+    if (!this.running) throw new Error(`${what}: firmware bridge is not started`);
+    if (!this.linkUp) throw new Error(`${what}: firmware link is down (${this.lastError ?? 'no handshake yet'})`);
+    try {
+      await this.link.request(type, payload);
+    } catch (err) {
+      const message = `${what} failed: ${(err as Error).message}`;
+      this.lastError = message;
+      if (err instanceof LinkTimeoutError) {
+        // Silence after all retries means the MCU is gone or wedged: say so, then keep trying to re-handshake.
+        this.markDown(`mcu not answering: ${(err as Error).message}`);
+        this.scheduleHandshake();
+      }
+      throw new Error(message, { cause: err });
+    }
+  }
+
+  private write(bytes: Buffer): void {
+    const port = this.port;
+    if (port === null || !port.isOpen) throw new Error('serial port not open');
+    port.write(bytes, (err) => {
+      // A pty or USB UART that vanished does not always raise 'close' (no POLLHUP seen); a failed write is
+      // then the first sign, so treat it as the cable being pulled.
+      if (err && this.port === port) this.onPortLost(`serial port write failed: ${err.message}`);
+    });
+  }
+
+  private openPort(): void {
+    if (!this.running) return;
+    const port = new SerialPort({ path: this.opts.path, baudRate: this.opts.baudRate, autoOpen: false });
+    this.port = port;
+    port.on('data', (data: Buffer) => {
+      if (this.port === port) this.link.receive(data);
+    });
+    port.on('error', (err: Error) => {
+      if (this.port === port) this.onPortLost(`serial port error: ${err.message}`);
+    });
+    port.on('close', (err?: Error & { disconnected?: boolean }) => {
+      if (this.port === port) this.onPortLost(err ? `serial port closed: ${err.message}` : 'serial port closed');
+    });
+    port.open((err) => {
+      if (this.port !== port) return;
+      if (err) {
+        this.onPortLost(`cannot open ${this.opts.path}: ${err.message}`);
+        return;
+      }
+      this.log.info({ path: this.opts.path }, 'serial port open; handshaking');
+      this.link.resetStream();
+      this.lastSeqIn.clear();
+      void this.handshake();
+    });
+  }
+
+  private onPortLost(reason: string): void {
+    const port = this.port;
+    this.port = null;
+    this.stopKeepalive();
+    this.lastError = reason;
+    this.link.failAll(new LinkClosedError(reason));
+    this.markDown(reason);
+    if (port !== null) {
+      port.removeAllListeners('data');
+      // Keep a no-op error listener: a late error from a dead port must not become an uncaught exception.
+      port.removeAllListeners('error');
+      port.on('error', () => {});
+      if (port.isOpen) port.close(() => {});
+    }
+    if (!this.running) return;
+    // Reopening forever: log each new reason once, not every attempt, so an unplugged cable cannot flood the log.
+    const level = reason === this.lastLoggedLoss ? 'debug' : 'warn';
+    this.lastLoggedLoss = reason;
+    this.log[level]({ reason, retryInMs: this.backoffMs }, 'firmware serial link lost; reopening');
+    this.scheduleRetry(() => {
+      this.reconnects++;
+      this.openPort();
+    });
+  }
+
+  private scheduleRetry(fn: () => void): void {
+    if (this.retryTimer !== null) return;
+    const delay = this.backoffMs;
+    this.backoffMs = Math.min(this.backoffMs * 2, this.opts.reconnectMaxMs);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      fn();
+    }, delay);
+  }
+
+  private scheduleHandshake(): void {
+    this.scheduleRetry(() => {
+      if (this.port?.isOpen) void this.handshake();
+    });
+  }
+
+  private async handshake(): Promise<void> {
+    if (this.handshaking) return;
+    this.handshaking = true;
+    try {
+      const reply = await this.link.request(MSG.HELLO, encodeHelloPayload(this.opts.hostIdentity));
+      this.onHello(reply, false);
+    } catch (err) {
+      if (err instanceof LinkClosedError) return;
+      this.lastError = `handshake failed: ${(err as Error).message}`;
+      this.log.warn({ err: (err as Error).message }, 'firmware handshake failed; retrying');
+      this.scheduleHandshake();
+    } finally {
+      this.handshaking = false;
+    }
+  }
+
+  /** A HELLO_ACK answering ours, or a HELLO the MCU sends when it (re)boots. */
+  private onHello(frame: Frame, mcuBooted: boolean): void {
+    const hello = decodeHelloPayload(frame.payload);
+    if (hello === null || hello.protocolVersion !== PROTOCOL_VERSION) {
+      this.lastError = `mcu speaks protocol ${hello?.protocolVersion ?? '?'}, agent speaks ${PROTOCOL_VERSION}`;
+      this.markDown(this.lastError);
+      return;
+    }
+    if (mcuBooted) {
+      // The MCU restarted its sequence numbers and forgot its outputs.
+      this.lastSeqIn.clear();
+      if (this.linkUp) this.markDown('mcu reset');
+    }
+    this.firmwareVersion = hello.identity;
+    this.backoffMs = this.opts.reconnectInitialMs;
+    if (this.retryTimer !== null) {
+      clearTimeout(this.retryTimer);
+      this.retryTimer = null;
+    }
+    if (!this.linkUp) {
+      this.linkUp = true;
+      this.lastError = null;
+      this.lastLoggedLoss = null;
+      this.log.info({ firmwareVersion: hello.identity }, 'firmware link up');
+      this.emit('link', { up: true, firmwareVersion: hello.identity });
+      this.startKeepalive();
+      this.restoreLeds();
+    }
+  }
+
+  private restoreLeds(): void {
+    if (this.leds === null) return;
+    this.link.request(MSG.LEDS, encodeLeds(this.leds)).catch((err: unknown) => {
+      this.lastError = `restoring LEDs failed: ${(err as Error).message}`;
+    });
+  }
+
+  private markDown(reason: string): void {
+    this.stopKeepalive();
+    if (!this.linkUp) return;
+    this.linkUp = false;
+    this.log.warn({ reason }, 'firmware link down');
+    this.emit('link', { up: false, reason });
+  }
+
+  private startKeepalive(): void {
+    this.stopKeepalive();
+    if (this.opts.keepaliveMs <= 0) return;
+    this.keepaliveTimer = setInterval(() => {
+      void this.reliable('keepalive', MSG.PING, Buffer.alloc(0)).catch(() => {});
+    }, this.opts.keepaliveMs);
+  }
+
+  private stopKeepalive(): void {
+    if (this.keepaliveTimer !== null) clearInterval(this.keepaliveTimer);
+    this.keepaliveTimer = null;
+  }
+
+  private clearTimers(): void {
+    this.stopKeepalive();
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+  }
+
+  /** True if this reliable frame repeats the last one of its type (our ACK was lost); it is acked again, not re-acted on. */
+  private isDuplicate(frame: Frame): boolean {
+    const dup = this.lastSeqIn.get(frame.type) === frame.seq;
+    this.lastSeqIn.set(frame.type, frame.seq);
+    if (dup) this.link.counters.duplicates++;
+    return dup;
+  }
+
+  private safeSend(type: number, seq: number, payload?: Uint8Array): void {
+    try {
+      this.link.send(type, seq, payload);
+    } catch (err) {
+      this.log.debug({ err: (err as Error).message }, 'reply not sent');
+    }
+  }
+
+  private onFrame(frame: Frame): void {
+    switch (frame.type) {
+      case MSG.HELLO:
+        this.safeSend(MSG.HELLO_ACK, frame.seq, encodeHelloPayload(this.opts.hostIdentity));
+        this.onHello(frame, true);
+        return;
+      case MSG.HELLO_ACK:
+        // A late answer to a HELLO we already gave up on still proves the MCU is there.
+        if (!this.linkUp) this.onHello(frame, false);
+        return;
+      case MSG.BUTTON: {
+        const button = BUTTON_WIRE_IDS[frame.payload[0] ?? -1];
+        const press = PRESS_WIRE_IDS[frame.payload[1] ?? -1];
+        if (frame.payload.length !== 2 || button === undefined || press === undefined) {
+          this.safeSend(MSG.NACK, frame.seq, Buffer.from([NACK_REASON.BAD_PAYLOAD]));
+          return;
+        }
+        this.safeSend(MSG.ACK, frame.seq);
+        if (this.isDuplicate(frame)) return;
+        this.emit('button', { button, press });
+        return;
+      }
+      case MSG.BATTERY: {
+        const battery = decodeBattery(frame.payload);
+        if (battery === null) {
+          this.link.counters.badLength++;
+          return;
+        }
+        this.battery = battery;
+        this.emit('battery', { ...battery });
+        return;
+      }
+      case MSG.PING:
+        this.safeSend(MSG.PONG, frame.seq);
+        return;
+      default:
+        this.link.counters.unknownType++;
+        this.log.debug({ type: MSG_NAMES[frame.type] ?? frame.type }, 'unexpected frame from mcu');
+        this.safeSend(MSG.NACK, frame.seq, Buffer.from([NACK_REASON.UNKNOWN_TYPE]));
+    }
+  }
+}
