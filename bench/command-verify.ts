@@ -21,10 +21,9 @@ import { compactVerify } from 'jose';
 import pino from 'pino';
 import { ReplayCache } from '../src/command/replay-cache.ts';
 import { TrustStore } from '../src/command/trust-store.ts';
-import { defaultReasonCodes, type CommandPolicy } from '../src/command/types.ts';
 import { CommandVerifier } from '../src/command/verifier.ts';
 import { openDatabase } from '../src/store/database.ts';
-import { envelope, flipBit, forgeAlgNone, commandClaims, makeCommand, makeIssuer, sdpOffer, trustStoreJwks } from '../test/helpers/command-tokens.ts';
+import { envelope, flipBit, forgeAlgNone, commandClaims, makeCommand, makeIssuer, sdpOffer, trustStoreJwks, testPolicy } from '../test/helpers/command-tokens.ts';
 import {
   installCleanup,
   intFlag,
@@ -44,15 +43,7 @@ import {
 
 const warmup = 200;
 const deviceId = 'bwc-bench';
-const policy: CommandPolicy = {
-  allowedReasons: defaultReasonCodes,
-  maxTokenLifetimeS: 300,
-  maxStreamDurationS: 900,
-  clockSkewS: 30,
-  maxConcurrentStreams: 1,
-  unsynchronisedClock: 'reject',
-  maxPayloadBytes: 16 * 1024,
-};
+const policy = testPolicy;
 
 interface Row {
   what: string;

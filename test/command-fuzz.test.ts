@@ -10,7 +10,7 @@ import t from 'tap';
 import { isAuthorisedCommand, type AuthorisedCommand } from '../src/command/authorised-command.ts';
 import { ReplayCache } from '../src/command/replay-cache.ts';
 import { TrustStore } from '../src/command/trust-store.ts';
-import { commandTokenType, defaultReasonCodes, rejectionCodes, type CommandAction, type CommandPolicy } from '../src/command/types.ts';
+import { commandTokenType, rejectionCodes, type CommandAction } from '../src/command/types.ts';
 import { CommandVerifier, type Verdict } from '../src/command/verifier.ts';
 import { openDatabase } from '../src/store/database.ts';
 import {
@@ -25,20 +25,13 @@ import {
   sdpOffer,
   signToken,
   trustStoreJwks,
+  testPolicy,
 } from './helpers/command-tokens.ts';
 
 const deviceId = 'bwc-0042';
 const nowMs = Date.UTC(2026, 10, 24, 10, 5, 12);
 const nowS = nowMs / 1000;
-const policy: CommandPolicy = {
-  allowedReasons: defaultReasonCodes,
-  maxTokenLifetimeS: 300,
-  maxStreamDurationS: 900,
-  clockSkewS: 30,
-  maxConcurrentStreams: 1,
-  unsynchronisedClock: 'reject',
-  maxPayloadBytes: 16 * 1024,
-};
+const policy = testPolicy;
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'bwc-cmd-fuzz-'));
 const db = openDatabase({ stateDir: tmp });

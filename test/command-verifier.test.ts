@@ -11,7 +11,7 @@ import t from 'tap';
 import { AuthorisedCommand, isAuthorisedCommand } from '../src/command/authorised-command.ts';
 import { ReplayCache } from '../src/command/replay-cache.ts';
 import { TrustStore, TrustStoreError } from '../src/command/trust-store.ts';
-import { defaultReasonCodes, rejectionCodes, type CommandAction, type CommandPolicy, type RejectionCode } from '../src/command/types.ts';
+import { rejectionCodes, type CommandAction, type CommandPolicy, type RejectionCode } from '../src/command/types.ts';
 import { CommandVerifier, type Verdict, type VerifierOptions } from '../src/command/verifier.ts';
 import { openDatabase, type Db } from '../src/store/database.ts';
 import {
@@ -31,6 +31,7 @@ import {
   writeTrustStore,
   type Issuer,
   type Overrides,
+  testPolicy,
 } from './helpers/command-tokens.ts';
 
 const silent = pino({ level: 'silent' });
@@ -38,15 +39,7 @@ const deviceId = 'bwc-0042';
 // 2026-11-24T10:05:12Z, so messages read like the protocol document's examples.
 const nowMs = Date.UTC(2026, 10, 24, 10, 5, 12);
 const nowS = nowMs / 1000;
-const policy: CommandPolicy = {
-  allowedReasons: defaultReasonCodes,
-  maxTokenLifetimeS: 300,
-  maxStreamDurationS: 900,
-  clockSkewS: 30,
-  maxConcurrentStreams: 1,
-  unsynchronisedClock: 'reject',
-  maxPayloadBytes: 16 * 1024,
-};
+const policy = testPolicy;
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'bwc-cmd-verifier-'));
 t.teardown(() => rmSync(tmp, { recursive: true, force: true }));

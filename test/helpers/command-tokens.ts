@@ -10,7 +10,18 @@ import { createHash, createHmac, KeyObject, randomUUID, sign } from 'node:crypto
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { exportJWK, generateKeyPair, SignJWT, type JWK } from 'jose';
-import { commandActions, commandTokenType, type CommandAction } from '../../src/command/types.ts';
+import { commandActions, commandTokenType, defaultReasonCodes, type CommandAction, type CommandPolicy } from '../../src/command/types.ts';
+
+/** The policy the verifier tests, the fuzzing and the verification benchmark share. */
+export const testPolicy: CommandPolicy = {
+  allowedReasons: defaultReasonCodes,
+  maxTokenLifetimeS: 300,
+  maxStreamDurationS: 900,
+  clockSkewS: 30,
+  maxConcurrentStreams: 1,
+  unsynchronisedClock: 'reject',
+  maxPayloadBytes: 16 * 1024,
+};
 
 export interface Issuer {
   kid: string;
