@@ -27,7 +27,7 @@ function config(overrides: Record<string, unknown>): CaptureConfig {
 }
 
 function settings(overrides: Record<string, unknown>): CaptureSettings {
-  return { ...config(overrides), segmentDir: '/tmp/seg dir', segmentPrefix: 'p', rtpPort: 5004 };
+  return { ...config(overrides), segmentDir: '/tmp/seg dir', segmentPrefix: 'p', rtpPort: 5004, rtpAudioPort: 5006 };
 }
 
 /** Resolves with the first event of `name` whose arguments satisfy `match`. */
@@ -98,7 +98,7 @@ t.test('settings: defaults, refusals', async (t) => {
 
 t.test('presets: element names, caps and the shared tee', async (t) => {
   const test = buildPipeline(settings({ bitrateKbps: 1500, keyframeIntervalS: 0.5, segmentSeconds: 3 }));
-  t.same(test.elements, { encoder: 'enc', keyframe: 'kf', segments: 'segments', live: 'live', meter: 'meter', rtpSink: 'rtpsink' });
+  t.same(test.elements, { encoder: 'enc', keyframe: 'kf', segments: 'segments', live: 'live', meter: 'meter', rtpSink: 'rtpsink', liveAudio: 'liveaudio' });
   t.match(test.description, /videotestsrc is-live=true pattern=ball/);
   t.match(test.description, /format=I420,width=1280,height=720,framerate=30\/1/);
   t.match(test.description, /x264enc name=enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bitrate=1500/);
@@ -107,7 +107,10 @@ t.test('presets: element names, caps and the shared tee', async (t) => {
   t.match(test.description, /valve name=live drop=true .*rtph264pay config-interval=-1 mtu=1200 pt=96 aggregate-mode=zero-latency ! udpsink name=rtpsink host=127.0.0.1 port=5004/);
   t.equal(test.description.match(/x264enc/g)?.length, 1, 'one encoder feeds every branch');
   t.notMatch(test.description, /audiotestsrc/);
-  t.match(buildPipeline(settings({ audio: true })).description, /audiotestsrc .* opusenc .* segments\.audio_0/);
+  const withAudio = buildPipeline(settings({ audio: true })).description;
+  t.match(withAudio, /audiotestsrc .* opusenc bitrate=32000 ! tee name=at .*at\. ! queue max-size-time=1000000000 ! segments\.audio_0/);
+  t.match(withAudio, /at\. ! queue leaky=downstream [^!]* ! valve name=liveaudio drop=true [^!]* ! rtpopuspay pt=111 ! udpsink host=127.0.0.1 port=5006/, 'a closed live audio branch off the same Opus encoder');
+  t.equal(withAudio.match(/opusenc/g)?.length, 1, 'one Opus encoder for segments and live view');
 
   const rpi = buildPipeline(settings({ preset: 'rpi', audio: true, audioDevice: 'hw:1' }));
   t.match(rpi.description, /^libcamerasrc ! video\/x-raw,format=NV12,width=1280,height=720,framerate=30\/1 ! v4l2h264enc name=enc/);

@@ -106,7 +106,12 @@ t.test('commands through a real broker', async (t) => {
   const stream = makeCommand({ issuer: real, deviceId, action: 'stream.start' });
   t.match(await request(envelope(stream.token, sdpOffer().offer)), { ok: false, code: 'offer_mismatch' }, 'swapped offer');
   t.match(await request(envelope(stream.token)), { ok: false, code: 'offer_missing' }, 'no offer');
-  t.match(await request(stream.payload), { ok: false, code: 'unavailable' }, 'a valid stream.start: authorised, but no live view in this build');
+  const accepted = await request(stream.payload);
+  t.match(accepted, { ok: true, sid: /^s-/, answer: /a=sendonly/ }, 'a valid stream.start: authorised and answered (test/stream-e2e.test.ts watches it in Chromium)');
+  const stopUnknown = makeCommand({ issuer: real, deviceId, action: 'stream.stop', overrides: { sid: 's-nonexistent' } });
+  t.match(await request(stopUnknown.payload), { ok: false, code: 'unknown_session' }, 'stream.stop of a session that does not exist');
+  const stopIt = makeCommand({ issuer: real, deviceId, action: 'stream.stop', overrides: { sid: accepted.sid } });
+  t.match(await request(stopIt.payload), { ok: true, sid: accepted.sid }, 'stream.stop of the accepted one');
 
   // 3. Replay, before and after an agent restart (the replay cache is in SQLite).
   const once = makeCommand({ issuer: real, deviceId, action: 'record.stop' });
@@ -129,7 +134,7 @@ t.test('commands through a real broker', async (t) => {
     t.ok(codes.includes(code), `audited: ${code}`);
   }
   t.ok(decisions.some((d) => d!.operator === 'sgt-1234' && d!.decision === 'accepted'), 'the audit names the operator who asked');
-  t.ok(recorder.on('audit').some((m) => (m.json?.entry as { type?: string } | undefined)?.type === 'command.result'), 'the unavailable stream.start is audited as a result');
+  t.ok(recorder.on('audit').some((m) => (m.json?.entry as { type?: string } | undefined)?.type === 'command.result'), 'the stream.stop of an unknown session is audited as a result');
 
   t.equal((await agent.stop('SIGTERM')).code, 0);
   await recorder.waitFor(() => recorder.on('audit').some((m) => m.json?.kind === 'checkpoint'), 10_000, 'a checkpoint (the final one at stop)');

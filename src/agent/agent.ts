@@ -14,7 +14,6 @@ import { CommandHandler, type ActionExecutor } from '../command/command-handler.
 import { SystemClock, type CommandClock } from '../command/clock.ts';
 import { ReplayCache } from '../command/replay-cache.ts';
 import { TrustStore } from '../command/trust-store.ts';
-import type { CommandAction } from '../command/types.ts';
 import { CommandVerifier } from '../command/verifier.ts';
 import { ConfigError } from '../config/load.ts';
 import type { AgentConfig } from '../config/schema.ts';
@@ -27,6 +26,7 @@ import { openDatabase, type Db } from '../store/database.ts';
 import { ServiceNotifier } from '../systemd/service-notifier.ts';
 import { GpsExtension } from '../telemetry/gps-extension.ts';
 import { HealthExtension } from '../telemetry/health-extension.ts';
+import { StreamManager } from '../stream/stream-manager.ts';
 import { agentVersion } from '../version.ts';
 
 export interface Extension {
@@ -122,6 +122,19 @@ export class Agent {
       checkpointIntervalMs: config.audit.checkpointInterval * 1000,
       logger,
     });
+    // Made before the capture and the verifier, which hand it packets and ask its count; its
+    // collaborators are reached through closures so the order of construction does not matter.
+    const stream: StreamManager = new StreamManager({
+      config: config.stream,
+      audio: config.capture.audio,
+      maxSessions: config.commands.maxConcurrentStreams,
+      capture: { setLive: (open) => this.#capture.setLive(open), requestKeyframe: () => this.#capture.requestKeyframe() },
+      audit: { append: (record) => this.#audit.append(record) },
+      sendEvent: (body) => this.#link.send('event', body),
+      state: this.#state,
+      wearer: { streamStarted: () => firmware.streamStarted(), streamStopped: () => firmware.streamStopped(), streaming: (active) => firmware.streaming(active) },
+      logger,
+    });
     const verifier = new CommandVerifier({
       deviceId: config.deviceId,
       trustStore: parts.trustStore,
@@ -136,12 +149,19 @@ export class Agent {
       },
       replayCache: new ReplayCache(this.#db),
       clock: options.clock ?? new SystemClock(),
-      activeStreams: () => this.#state.snapshot().streaming.sessions,
+      activeStreams: () => stream.activeCount,
       logger,
     });
     // Capture always runs (the pre-event buffer); recording keeps what it writes.
     const evidenceDir = evidenceDirOf(config.stateDir);
-    this.#capture = new CaptureSupervisor({ settings: config.capture, segmentDir: bufferDirOf(evidenceDir), logger });
+    this.#capture = new CaptureSupervisor({
+      settings: config.capture,
+      segmentDir: bufferDirOf(evidenceDir),
+      keyframeMinIntervalMs: config.stream.keyframeMinInterval,
+      onRtp: (packet) => stream.onVideo(packet),
+      onAudioRtp: (packet) => stream.onAudio(packet),
+      logger,
+    });
     this.#recorder = new Recorder({
       db: this.#db,
       evidenceDir,
@@ -162,6 +182,7 @@ export class Agent {
     this.#recorder.on('state', (s) => gps.setRecording(s.recording));
     this.#capture.on('state', (h) => {
       this.#recorder.captureRunning(h.status === 'running');
+      stream.captureRunning(h.status === 'running' || h.status === 'starting');
       this.#state.update({ capture: captureSummary(h) });
     });
     this.#capture.on('fault', (f) => {
@@ -190,8 +211,8 @@ export class Agent {
       executors: {
         'record.start': (command) => recordReply(this.#recorder.start({ kind: 'command', command })),
         'record.stop': (command) => recordReply(this.#recorder.stop({ kind: 'command', command })),
-        'stream.start': notYetAvailable['stream.start'],
-        'stream.stop': notYetAvailable['stream.stop'],
+        'stream.start': (command) => stream.startStream(command),
+        'stream.stop': (command) => stream.stopStream(command),
       },
       logger,
     });
@@ -228,7 +249,9 @@ export class Agent {
       if (verb === 'stop') return this.#recorder.stop({ kind: 'ctl' });
       throw new Error('record needs "start" or "stop"');
     });
-    this.#extensions = [health, gps, firmware, captureExtension, commands];
+    // Stopped in reverse: commands first (nothing new), then the live view (audited as agent_shutdown)
+    // while capture and firmware still run, so the wearer feels the stop.
+    this.#extensions = [health, gps, firmware, captureExtension, stream, commands];
 
     this.#outbox.on('thinned', (report) => this.#link.send('event', { type: 'outbox.thinned', time: new Date().toISOString(), ...report }));
     this.#state.on('changed', () => this.#scheduleStatePublish());
@@ -310,12 +333,6 @@ export class Agent {
     }, statePublishDelayMs);
   }
 }
-
-/** The live view is not in this build yet: stream.* are authorised, audited, then refused. */
-const notYetAvailable: Pick<Record<CommandAction, ActionExecutor>, 'stream.start' | 'stream.stop'> = {
-  'stream.start': () => ({ ok: false, code: 'unavailable', message: 'live view is not available in this build yet' }),
-  'stream.stop': (command) => ({ ok: false, code: 'unknown_session', message: `no live session ${command.sid ?? ''}` }),
-};
 
 function captureSummary(h: CaptureHealth): CaptureState {
   return { status: h.status, restarts: h.restarts, lastFault: h.lastFault ?? null, live: h.live, pid: h.pid ?? null };

@@ -14,6 +14,8 @@ export interface CaptureSettings extends CaptureConfig {
   segmentPrefix: string;
   /** Loopback UDP port the main process listens on for the live RTP. */
   rtpPort: number;
+  /** Loopback UDP port for the live audio RTP (Opus), when audio is on. */
+  rtpAudioPort: number;
 }
 
 export interface PipelineElements {
@@ -29,6 +31,8 @@ export interface PipelineElements {
   meter: string;
   /** The element handing RTP to the main process. */
   rtpSink: string;
+  /** valve of the live audio branch (audio only). */
+  liveAudio: string;
 }
 
 export interface BuiltPipeline {
@@ -43,6 +47,7 @@ const elements: PipelineElements = {
   live: 'live',
   meter: 'meter',
   rtpSink: 'rtpsink',
+  liveAudio: 'liveaudio',
 };
 
 /** gst-launch quoting: paths may hold spaces. */
@@ -117,18 +122,21 @@ function videoHead(s: CaptureConfig): string {
   }
 }
 
-function audioBranch(s: CaptureConfig): string {
+// One Opus encoder for the segments and the live view, as for video. The live audio branch is
+// closed like the video one until someone watches.
+function audioBranch(s: CaptureSettings): string[] {
   const source =
     s.preset === 'test' ? 'audiotestsrc is-live=true wave=sine freq=440 volume=0.2' : `alsasrc device=${quote(s.audioDevice)}`;
   return [
-    source,
-    'audioconvert',
-    'audioresample',
-    'audio/x-raw,rate=48000,channels=1',
-    'opusenc bitrate=32000',
-    'queue max-size-time=1000000000',
-    `${elements.segments}.audio_0`,
-  ].join(' ! ');
+    [source, 'audioconvert', 'audioresample', 'audio/x-raw,rate=48000,channels=1', 'opusenc bitrate=32000', 'tee name=at'].join(' ! '),
+    ['at. ! queue max-size-time=1000000000', `${elements.segments}.audio_0`].join(' ! '),
+    [
+      'at. ! queue leaky=downstream max-size-buffers=50 max-size-bytes=0 max-size-time=0',
+      `valve name=${elements.liveAudio} drop=true drop-mode=forward-sticky-events`,
+      'rtpopuspay pt=111',
+      `udpsink host=127.0.0.1 port=${s.rtpAudioPort} sync=false async=false`,
+    ].join(' ! '),
+  ];
 }
 
 export function buildPipeline(s: CaptureSettings): BuiltPipeline {
@@ -156,6 +164,6 @@ export function buildPipeline(s: CaptureSettings): BuiltPipeline {
       `appsink name=${elements.meter} sync=false async=false max-buffers=4 drop=true`,
     ].join(' ! '),
   ];
-  if (s.audio) parts.push(audioBranch(s));
+  if (s.audio) parts.push(...audioBranch(s));
   return { description: parts.join('  '), elements: { ...elements } };
 }

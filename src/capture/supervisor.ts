@@ -51,6 +51,8 @@ export interface CaptureSupervisorOptions {
   logger: Logger;
   /** Live RTP packets, only while setLive(true). The Buffer is the datagram itself, not a copy. */
   onRtp?: (packet: Buffer) => void;
+  /** Live Opus RTP packets (settings.audio only), likewise. */
+  onAudioRtp?: (packet: Buffer) => void;
   /** Worker entry point; default worker.ts/worker.js next to this module. */
   workerPath?: string;
   /** How often the worker reports frame counts. */
@@ -81,8 +83,10 @@ interface WorkerRun {
 }
 
 export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
-  readonly #opts: Required<Omit<CaptureSupervisorOptions, 'onRtp' | 'workerPath'>> & { workerPath: string };
+  readonly #opts: Required<Omit<CaptureSupervisorOptions, 'onRtp' | 'onAudioRtp' | 'workerPath'>> & { workerPath: string };
   readonly #onRtp: ((packet: Buffer) => void) | undefined;
+  readonly #onAudioRtp: ((packet: Buffer) => void) | undefined;
+  #audioSocket: dgram.Socket | undefined;
   readonly #log: Logger;
   #socket: dgram.Socket | undefined;
   #run: WorkerRun | undefined;
@@ -103,6 +107,7 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
     super();
     this.#log = options.logger;
     this.#onRtp = options.onRtp;
+    this.#onAudioRtp = options.onAudioRtp;
     this.#opts = {
       settings: options.settings,
       segmentDir: options.segmentDir,
@@ -133,22 +138,27 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
   async start(): Promise<void> {
     if (this.#started) return;
     this.#started = true;
+    this.#socket = await this.#bindRtpSocket(this.#onRtp, 1 << 20);
+    if (this.#opts.settings.audio) this.#audioSocket = await this.#bindRtpSocket(this.#onAudioRtp, 1 << 16);
+    this.#stallTimer = setInterval(() => this.#checkStall(), this.#opts.statsIntervalMs);
+    this.#launch('starting');
+  }
+
+  async #bindRtpSocket(deliver: ((packet: Buffer) => void) | undefined, receiveBuffer: number): Promise<dgram.Socket> {
     const socket = dgram.createSocket('udp4');
     socket.on('message', (packet, remote) => {
       // Only the worker's udpsink on loopback; and nothing at all while nobody watches.
-      if (this.#live && this.#onRtp && remote.address === '127.0.0.1') this.#onRtp(packet);
+      if (this.#live && deliver && remote.address === '127.0.0.1') deliver(packet);
     });
     socket.on('error', (err) => this.#log.error({ err }, 'capture RTP socket error'));
     await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
     try {
       // A keyframe at 2 Mbit/s is ~100 RTP packets in a burst; the default buffer can drop some.
-      socket.setRecvBufferSize(1 << 20);
+      socket.setRecvBufferSize(receiveBuffer);
     } catch (err) {
       this.#log.debug({ err }, 'could not enlarge the RTP receive buffer');
     }
-    this.#socket = socket;
-    this.#stallTimer = setInterval(() => this.#checkStall(), this.#opts.statsIntervalMs);
-    this.#launch('starting');
+    return socket;
   }
 
   /** Asks the encoder for an IDR (viewer connect, PLI). Bursts collapse into one per keyframeMinIntervalMs. */
@@ -196,7 +206,8 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
       clearTimeout(timer);
     }
     this.#socket?.close();
-    this.#socket = undefined;
+    this.#audioSocket?.close();
+    this.#socket = this.#audioSocket = undefined;
     this.#status = 'stopped';
     this.#emitState();
   }
@@ -221,6 +232,7 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
       segmentDir: this.#opts.segmentDir,
       segmentPrefix: `${this.#opts.segmentPrefix}-${Date.now()}`,
       rtpPort: (this.#socket?.address().port ?? 0) as number,
+      rtpAudioPort: (this.#audioSocket?.address().port ?? 0) as number,
     };
     const launcher = this.#opts.settings.workerLauncher;
     const argv = [...launcher, process.execPath, this.#opts.workerPath];

@@ -42,6 +42,7 @@ const eosTimeoutMs = 5000;
 let pipeline: GstPipeline | undefined;
 let names: PipelineElements | undefined;
 let liveValve: GstElement | undefined;
+let liveAudioValve: GstElement | undefined;
 let frames = 0;
 let bytes = 0;
 let statsTimer: NodeJS.Timeout | undefined;
@@ -151,7 +152,9 @@ function start(message: Extract<ParentMessage, { type: 'start' }>): void {
     return;
   }
   liveValve = pipeline.findChild(names.live);
+  liveAudioValve = pipeline.findChild(names.liveAudio);
   if (liveValve) liveValve.drop = !message.live;
+  if (liveAudioValve) liveAudioValve.drop = !message.live;
   pipeline.pollBus(onBus);
   pipeline.play();
   startMeter(pipeline.findChild(names.meter));
@@ -232,6 +235,7 @@ function onParentMessage(raw: unknown): void {
       return;
     case 'live':
       if (liveValve) liveValve.drop = !raw.open;
+      if (liveAudioValve) liveAudioValve.drop = !raw.open;
       return;
     case 'stop':
       void shutdown();

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { gpioConfigSchema } from '../../firmware-bridge/src/gpio-config.ts';
 import { captureConfigSchema } from '../capture/config.ts';
 import { defaultReasonCodes } from '../command/types.ts';
+import { streamConfigSchema } from '../stream/config.ts';
 
 const deviceIdPattern = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 const hostPort = /^[^\s:]+:\d{1,5}$/;
@@ -118,6 +119,7 @@ export const configSchema = z.strictObject({
     })
     .prefault({}),
   capture: captureConfigSchema,
+  stream: streamConfigSchema,
   recording: z
     .strictObject({
       preEvent: seconds('Seconds of buffered video that become the start of a recording (the pre-event buffer).', 0, 120, 30),

@@ -1,6 +1,7 @@
 // Connects the camera's buttons, haptics, LEDs and battery (through the firmware-bridge, whatever
 // its backend) to the agent: the record button drives recording, every recording change is felt
-// and heard by the wearer, the battery and the MCU link show in `state`.
+// and heard by the wearer, and so is every live view's start and stop (unless covert mode is
+// configured), the battery and the MCU link show in `state`.
 //
 // Record button: a short press starts recording (and, while recording, replays the reminder so the
 // officer can check by touch); stopping needs a deliberate long press, so a knock against the
@@ -83,6 +84,20 @@ export class FirmwareExtension {
   async stop(): Promise<void> {
     clearInterval(this.#reminder);
     await this.#o.bridge.stop().catch((err: unknown) => this.#logger.warn({ err: (err as Error).message }, 'firmware bridge stop failed'));
+  }
+
+  /** The live view's notices to the wearer (src/stream, WearerNotice); the manager skips them in covert mode. */
+  streamStarted(): void {
+    void this.#play('stream-start');
+  }
+
+  streamStopped(): void {
+    void this.#play('stream-stop');
+  }
+
+  streaming(active: boolean): void {
+    this.#leds = { ...this.#leds, streaming: active };
+    this.#o.bridge.setLeds(this.#leds).catch((err: unknown) => this.#failed('LEDs', err));
   }
 
   #onRecording(recording: boolean): void {

@@ -35,6 +35,20 @@ export interface FirmwareState {
   lastError: string | null;
 }
 
+/** One live view as fleet ops see it (never the viewer's SDP or address). */
+export interface StreamSessionState {
+  sid: string;
+  /** Who asked for it (the token's `sub`) and why. */
+  operator: string;
+  reason: string;
+  /** `interrupted`: connected once, the viewer is not heard now (within viewerLostGrace). */
+  state: 'connecting' | 'connected' | 'interrupted';
+  startedAt: string;
+  /** When max_s runs out. */
+  endsBy: string;
+  covert: boolean;
+}
+
 export interface DeviceStateDoc {
   online: boolean;
   deviceId: string;
@@ -42,7 +56,7 @@ export interface DeviceStateDoc {
   /** Recording state; the capture issue adds buffering/recording. */
   recording: boolean;
   capture: CaptureState | null;
-  streaming: { sessions: number };
+  streaming: { sessions: number; list: StreamSessionState[] };
   battery: { percent: number | null; charging: boolean | null };
   firmware: FirmwareState | null;
   /** The device's Ed25519 public key (JWK with its kid): checks audit checkpoints and manifests. */
@@ -67,7 +81,7 @@ export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
       agentVersion: initial.agentVersion,
       recording: false,
       capture: null,
-      streaming: { sessions: 0 },
+      streaming: { sessions: 0, list: [] },
       battery: { percent: null, charging: null },
       firmware: null,
       devicePublicKey: null,
@@ -90,6 +104,6 @@ export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
 
   /** The document the Last Will and a clean shutdown publish. */
   offline(reason: string): DeviceStateDoc & { reason: string } {
-    return { ...this.snapshot(), online: false, streaming: { sessions: 0 }, reason };
+    return { ...this.snapshot(), online: false, streaming: { sessions: 0, list: [] }, reason };
   }
 }

@@ -1,0 +1,62 @@
+// Settings of the live view; mounted as `stream:` in the main configuration schema. The number of
+// views at once is `commands.maxConcurrentStreams` (the verifier refuses one more as `busy`).
+import { z } from 'zod';
+
+const iceServerSchema = z.strictObject({
+  urls: z
+    .union([z.string(), z.array(z.string()).min(1)])
+    .transform((u) => (Array.isArray(u) ? u : [u]))
+    .pipe(z.array(z.string().regex(/^(stun|turn|turns):[^\s]+$/, 'a stun:, turn: or turns: URL, e.g. turn:turn.example.police.uk:3478?transport=udp')))
+    .meta({ description: 'One or more stun:, turn: or turns: URLs.' }),
+  username: z.string().min(1).optional().meta({ description: 'TURN user name (long-term credentials).' }),
+  credentialFile: z.string().min(1).optional().meta({ description: 'File holding the TURN password (kept out of the config file).' }),
+});
+
+export const streamConfigSchema = z
+  .strictObject({
+    ice: z
+      .strictObject({
+        servers: z.array(iceServerSchema).default([]).meta({
+          description:
+            'STUN and TURN servers for the live view. None by default: a police device never uses a public server. Police 4G networks often need TURN over TCP or TLS (turn:host:443?transport=tcp, turns:host:443).',
+        }),
+        transportPolicy: z.enum(['all', 'relay']).default('all').meta({ description: '"relay": only TURN-relayed paths (hides the device address, needs a TURN server).' }),
+        interfaces: z.array(z.string().min(1)).default([]).meta({
+          description:
+            'Network interfaces whose IPv4 addresses are offered as host candidates, e.g. ["wwan0", "wlan0"]; "lo" only for tests on one machine. Empty: every interface but loopback.',
+        }),
+        portRange: z
+          .strictObject({
+            min: z.number().int().min(1024).max(65_534).meta({ description: 'Lowest UDP port.' }),
+            max: z.number().int().min(1025).max(65_535).meta({ description: 'Highest UDP port.' }),
+          })
+          .refine((r) => r.min < r.max, { message: 'min must be below max', path: ['min'] })
+          .optional()
+          .meta({ description: 'UDP ports for ICE (a firewall rule can then name them). Default: any free port.' }),
+      })
+      .prefault({}),
+    viewerLostGrace: z.number().min(1).max(300).default(10).meta({
+      description: 'A viewer not heard from (no RTCP, ICE failed) for this long is gone: the session ends as viewer_lost.',
+      unit: 's',
+    }),
+    connectTimeout: z.number().min(2).max(300).default(20).meta({
+      description: 'An accepted stream whose viewer has not connected by then ends as connect_timeout.',
+      unit: 's',
+    }),
+    captureLossGrace: z.number().min(1).max(600).default(15).meta({
+      description: 'Capture down (restarting, failed) this long ends every live session as capture_failed; recording restarts on its own.',
+      unit: 's',
+    }),
+    keyframeMinInterval: z.number().int().min(50).max(10_000).default(250).meta({
+      description: 'Shortest gap between two keyframes asked of the encoder by viewers (connect, PLI); bursts collapse into one.',
+      unit: 'ms',
+    }),
+    covert: z.boolean().default(false).meta({
+      description:
+        'Covert live view: the wearer is NOT told (no haptic, tone or LED) when a live view starts or stops. Only where the force\'s policy allows it; every stream started under it says so in the audit.',
+    }),
+  })
+  .prefault({});
+
+export type StreamConfig = z.infer<typeof streamConfigSchema>;
+export type IceServerConfig = z.infer<typeof iceServerSchema>;

@@ -1,0 +1,175 @@
+// One live view: one werift RTCPeerConnection, made from an AuthorisedCommand and nothing else.
+// It answers the viewer's receive-only offer with send-only H.264 (and Opus when enabled), hands
+// the capture worker's RTP packets to the sender untouched, and reports what it hears of the
+// viewer (RTCP, ICE) so the stream manager can tell when the viewer has gone.
+//
+// Hot path: sendVideo/sendAudio get the UDP datagram Buffer as the capture socket delivered it and
+// pass it straight to werift's sender, which parses it once per session (RtpPacket.deSerialize) to
+// rewrite SSRC, payload type and sequence for this viewer; nothing here copies or allocates.
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import { MediaStreamTrack, RTCPeerConnection, useH264, useOPUS, type RTCRtpSender } from 'werift';
+import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authorised-command.ts';
+import type { ResolvedIce } from './ice.ts';
+import { inspectOffer, type OfferSummary } from './offer.ts';
+
+/** What the stream manager sees of a session's connection. */
+export type SessionLinkState = 'connecting' | 'connected' | 'failed' | 'closed';
+
+export interface StreamSessionEvents {
+  link: [SessionLinkState];
+  /** The viewer reported picture loss (PLI): it needs a keyframe. */
+  pictureLoss: [];
+}
+
+export interface StreamSessionOptions {
+  sid: string;
+  command: AuthorisedCommand;
+  ice: ResolvedIce;
+  /** Whether the camera sends audio (capture.audio); the viewer must also ask for it. */
+  audio: boolean;
+  /** How long ICE gathering may take before the answer goes out with what it has. */
+  gatherTimeoutMs?: number;
+  logger: Logger;
+}
+
+export interface SessionCounters {
+  videoPackets: number;
+  audioPackets: number;
+}
+
+// Constrained baseline, packetization-mode 1: what every browser decodes and the pipeline makes.
+const h264 = () => useH264({ parameters: 'profile-level-id=42e01f;packetization-mode=1;level-asymmetry-allowed=1' });
+
+export class StreamSession extends EventEmitter<StreamSessionEvents> {
+  readonly sid: string;
+  readonly command: AuthorisedCommand;
+  readonly offer: OfferSummary;
+  readonly audio: boolean;
+  /** Date.now() of the last RTCP packet or ICE connection from the viewer. */
+  lastHeardAt = 0;
+  linkState: SessionLinkState = 'connecting';
+  readonly counters: SessionCounters = { videoPackets: 0, audioPackets: 0 };
+  readonly #pc: RTCPeerConnection;
+  readonly #video: RTCRtpSender;
+  readonly #audio: RTCRtpSender | undefined;
+  readonly #log: Logger;
+  #closed = false;
+  readonly #onSendError = (err: unknown): void => {
+    this.#log.debug({ err: (err as Error).message }, 'RTP not sent');
+  };
+
+  /**
+   * Checks the command and its offer, and only then opens sockets (ICE gathering). Throws an
+   * OfferError (code unsupported_offer) or TypeError before any socket exists.
+   */
+  static async open(o: StreamSessionOptions): Promise<{ session: StreamSession; answer: string }> {
+    // The type says AuthorisedCommand; a cast could say so of anything, so ask the command module.
+    if (!isAuthorisedCommand(o.command) || o.command.action !== 'stream.start' || o.command.offer === undefined) {
+      throw new TypeError('a stream session needs an authorised stream.start command');
+    }
+    const offer = inspectOffer(o.command.offer);
+    const session = new StreamSession(o, offer);
+    try {
+      const answer = await session.#answer(o.command.offer, o.gatherTimeoutMs ?? 5000);
+      return { session, answer };
+    } catch (err) {
+      await session.close();
+      throw err;
+    }
+  }
+
+  private constructor(o: StreamSessionOptions, offer: OfferSummary) {
+    super();
+    this.sid = o.sid;
+    this.command = o.command;
+    this.offer = offer;
+    this.audio = o.audio && offer.audio;
+    this.#log = o.logger.child({ module: 'stream', sid: o.sid });
+    this.#pc = new RTCPeerConnection({
+      codecs: { video: [h264()], audio: this.audio ? [useOPUS()] : [] },
+      // Never werift's default public STUN server: only what the force configured.
+      iceServers: o.ice.servers,
+      iceTransportPolicy: o.ice.transportPolicy,
+      // werift enumerates interfaces itself unless both families are off; the addresses are ours.
+      iceUseIpv4: false,
+      iceUseIpv6: false,
+      iceAdditionalHostAddresses: o.ice.hostAddresses,
+      icePortRange: o.ice.portRange,
+    });
+    // The tracks exist before the offer is applied so werift negotiates their exact codec
+    // (42e01f, not the first H.264 the browser lists) on the transceivers they already have.
+    this.#video = this.#pc.addTransceiver(new MediaStreamTrack({ kind: 'video', codec: h264() }), { direction: 'sendonly' }).sender;
+    this.#audio = this.audio
+      ? this.#pc.addTransceiver(new MediaStreamTrack({ kind: 'audio', codec: useOPUS() }), { direction: 'sendonly' }).sender
+      : undefined;
+    this.#video.onPictureLossIndication.subscribe(() => this.emit('pictureLoss'));
+    const heard = () => {
+      this.lastHeardAt = Date.now();
+    };
+    this.#video.onRtcp.subscribe(heard);
+    this.#audio?.onRtcp.subscribe(heard);
+    this.#pc.connectionStateChange.subscribe((state) => {
+      if (state === 'connected') {
+        heard();
+        this.#setLink('connected');
+      } else if (state === 'failed') this.#setLink('failed');
+      else if (state === 'closed') this.#setLink('closed');
+    });
+    this.#pc.iceConnectionStateChange.subscribe((state) => {
+      this.#log.debug({ ice: state }, 'ICE state');
+      if (state === 'failed' || state === 'disconnected') this.#setLink('failed');
+    });
+  }
+
+  async #answer(offer: string, gatherTimeoutMs: number): Promise<string> {
+    await this.#pc.setRemoteDescription({ type: 'offer', sdp: offer });
+    await this.#pc.setLocalDescription(await this.#pc.createAnswer());
+    // The command carries one SDP each way (no trickle over MQTT): wait for every candidate.
+    await new Promise<void>((resolve) => {
+      if (this.#pc.iceGatheringState === 'complete') return resolve();
+      const timer = setTimeout(resolve, gatherTimeoutMs);
+      this.#pc.iceGatheringStateChange.subscribe((s) => {
+        if (s === 'complete') {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    const sdp = this.#pc.localDescription?.sdp;
+    if (!sdp) throw new Error('werift made no local description');
+    return sdp;
+  }
+
+  sendVideo(packet: Buffer): void {
+    this.counters.videoPackets++;
+    this.#video.sendRtp(packet).catch(this.#onSendError);
+  }
+
+  sendAudio(packet: Buffer): void {
+    if (!this.#audio) return;
+    this.counters.audioPackets++;
+    this.#audio.sendRtp(packet).catch(this.#onSendError);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      await this.#pc.close();
+    } catch (err) {
+      this.#log.warn({ err: (err as Error).message }, 'peer connection did not close cleanly');
+    }
+    this.#setLink('closed');
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  #setLink(state: SessionLinkState): void {
+    if (this.linkState === state || this.linkState === 'closed') return;
+    this.linkState = state;
+    this.emit('link', state);
+  }
+}

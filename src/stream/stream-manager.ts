@@ -1,0 +1,322 @@
+// The live view's policy: which sessions exist, how each one ends, and who is told. It runs the
+// stream.start and stream.stop actions of authorised commands, opens the capture's live valve
+// while someone watches (and closes it when the last viewer goes), asks for keyframes when a
+// viewer connects or reports picture loss, and ends every session on each path: stream.stop,
+// max_s, the viewer gone, a viewer that never connected, capture that does not come back, and
+// agent shutdown. Each start and end is audited with its cause, sent as an event, shown in
+// `state`, and (unless covert mode is configured) felt by the wearer.
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { AuditLog } from '../audit/audit-log.ts';
+import type { AuthorisedCommand } from '../command/authorised-command.ts';
+import type { ActionResult } from '../command/command-handler.ts';
+import type { DeviceState, StreamSessionState } from '../state/device-state.ts';
+import type { StreamConfig } from './config.ts';
+import { IceConfigError, resolveIce, type ResolvedIce } from './ice.ts';
+import { OfferError } from './offer.ts';
+import { StreamSession, type SessionLinkState, type StreamSessionOptions } from './session.ts';
+
+/** Why a session ended: in the audit entry, the event and the log. */
+export type StreamEndCause =
+  | 'stream_stop'
+  | 'max_duration'
+  | 'viewer_lost'
+  | 'viewer_closed'
+  | 'connect_timeout'
+  | 'capture_failed'
+  | 'agent_shutdown'
+  | 'audit_failed';
+
+/** The capture side the live view needs (CaptureSupervisor). */
+export interface LiveSource {
+  setLive(open: boolean): void;
+  requestKeyframe(): void;
+}
+
+/** Tells the wearer (firmware extension); never called in covert mode. */
+export interface WearerNotice {
+  streamStarted(): void;
+  streamStopped(): void;
+  /** Whether any live view is running, for the streaming LED. */
+  streaming(active: boolean): void;
+}
+
+/** The parts of StreamSession the manager uses: lets tests drive it without sockets. */
+export interface LiveSession {
+  readonly sid: string;
+  readonly command: AuthorisedCommand;
+  readonly offer: { fingerprint: string };
+  readonly audio: boolean;
+  lastHeardAt: number;
+  linkState: SessionLinkState;
+  readonly counters: { videoPackets: number; audioPackets: number };
+  on(event: 'link', listener: (s: SessionLinkState) => void): unknown;
+  on(event: 'pictureLoss', listener: () => void): unknown;
+  sendVideo(packet: Buffer): void;
+  sendAudio(packet: Buffer): void;
+  close(): Promise<void>;
+}
+
+export type OpenSession = (o: StreamSessionOptions) => Promise<{ session: LiveSession; answer: string }>;
+
+export interface StreamManagerOptions {
+  config: StreamConfig;
+  /** capture.audio: whether there is audio to send. */
+  audio: boolean;
+  /** commands.maxConcurrentStreams. */
+  maxSessions: number;
+  capture: LiveSource;
+  audit: Pick<AuditLog, 'append'>;
+  sendEvent: (body: Record<string, unknown>) => void;
+  state: Pick<DeviceState, 'update'>;
+  wearer: WearerNotice;
+  logger: Logger;
+  /** Default StreamSession.open; tests pass their own. */
+  openSession?: OpenSession;
+  /** Default resolveIce. */
+  resolveIce?: (ice: StreamConfig['ice']) => Promise<ResolvedIce>;
+  /** How often the viewer-lost and capture checks run. */
+  checkIntervalMs?: number;
+}
+
+interface Running {
+  session: LiveSession;
+  startedAt: number;
+  /** When max_s runs out: the command's arrival plus max_s. */
+  endsBy: number;
+  connectedAt: number | undefined;
+  notified: boolean;
+  maxTimer: NodeJS.Timeout;
+}
+
+export class StreamManager {
+  readonly name = 'stream';
+  readonly #o: StreamManagerOptions;
+  readonly #log: Logger;
+  readonly #open: OpenSession;
+  readonly #resolveIce: (ice: StreamConfig['ice']) => Promise<ResolvedIce>;
+  readonly #sessions = new Map<string, Running>();
+  /** Connected sessions, as an array so the per-packet fan-out allocates nothing. */
+  #receivers: LiveSession[] = [];
+  #checkTimer: NodeJS.Timeout | undefined;
+  #captureDownSince: number | undefined;
+  #stopped = false;
+
+  constructor(options: StreamManagerOptions) {
+    this.#o = options;
+    this.#log = options.logger.child({ module: 'stream' });
+    this.#open = options.openSession ?? StreamSession.open;
+    this.#resolveIce = options.resolveIce ?? resolveIce;
+  }
+
+  /** Sessions accepted and not yet ended (connecting or connected): the verifier's `busy` count. */
+  get activeCount(): number {
+    return this.#sessions.size;
+  }
+
+  start(): void {
+    this.#stopped = false;
+    this.#checkTimer = setInterval(() => this.#check(), this.#o.checkIntervalMs ?? 500);
+    this.#checkTimer.unref();
+    this.#publish();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearInterval(this.#checkTimer);
+    await Promise.all([...this.#sessions.keys()].map((sid) => this.#end(sid, 'agent_shutdown')));
+  }
+
+  /** RTP from the capture worker: to every connected viewer, as it came. */
+  onVideo(packet: Buffer): void {
+    const r = this.#receivers;
+    for (let i = 0; i < r.length; i++) r[i]!.sendVideo(packet);
+  }
+
+  onAudio(packet: Buffer): void {
+    const r = this.#receivers;
+    for (let i = 0; i < r.length; i++) r[i]!.sendAudio(packet);
+  }
+
+  /** Capture health: a live view cannot outlast a camera that does not come back. */
+  captureRunning(running: boolean): void {
+    if (running) this.#captureDownSince = undefined;
+    else this.#captureDownSince ??= Date.now();
+  }
+
+  /** The stream.start action. */
+  async startStream(command: AuthorisedCommand): Promise<ActionResult> {
+    if (this.#stopped) return { ok: false, code: 'unavailable', message: 'the agent is shutting down' };
+    // The verifier refuses `busy` in the same step as the replay check; this guards the invariant
+    // even if a command reaches here some other way.
+    if (this.#sessions.size >= this.#o.maxSessions) {
+      return { ok: false, code: 'busy', message: `already ${this.#sessions.size} live stream(s), the most allowed` };
+    }
+    if (this.#captureDownSince !== undefined) {
+      return { ok: false, code: 'capture_unavailable', message: 'the camera is not capturing (see state.capture); try again when it runs' };
+    }
+    const sid = `s-${randomUUID()}`;
+    let ice: ResolvedIce;
+    let opened: { session: LiveSession; answer: string };
+    try {
+      ice = await this.#resolveIce(this.#o.config.ice);
+      opened = await this.#open({ sid, command, ice, audio: this.#o.audio, logger: this.#o.logger });
+    } catch (err) {
+      const code = err instanceof OfferError || err instanceof IceConfigError ? err.code : 'internal_error';
+      this.#log.warn({ sid, code, reason: (err as Error).message }, 'live view not opened');
+      return { ok: false, code, message: (err as Error).message };
+    }
+    const { session, answer } = opened;
+    const now = Date.now();
+    const endsBy = command.receivedAt + (command.maxDurationS ?? 0) * 1000;
+    const covert = this.#o.config.covert;
+    try {
+      this.#o.audit.append({
+        type: 'stream.start',
+        operator: command.operator,
+        action: command.action,
+        reason: command.reason,
+        tokenDigest: command.tokenDigest,
+        detail: {
+          sid,
+          jti: command.jti,
+          issuer: command.issuer,
+          maxDurationS: command.maxDurationS ?? null,
+          endsBy: new Date(endsBy).toISOString(),
+          viewerFingerprint: session.offer.fingerprint,
+          audio: session.audio,
+          covert,
+          wearerNotified: !covert,
+        },
+      });
+    } catch (err) {
+      // No audit entry, no live view: authority that cannot be accounted for is not used.
+      await session.close();
+      this.#log.error({ sid, err: (err as Error).message }, 'stream.start could not be audited; live view refused');
+      return { ok: false, code: 'audit_failed', message: `the live view could not be audited: ${(err as Error).message}` };
+    }
+    const running: Running = {
+      session,
+      startedAt: now,
+      endsBy,
+      connectedAt: undefined,
+      notified: false,
+      maxTimer: setTimeout(() => void this.#end(sid, 'max_duration'), Math.max(0, endsBy - now)),
+    };
+    this.#sessions.set(sid, running);
+    session.on('link', (s) => this.#onLink(sid, s));
+    session.on('pictureLoss', () => this.#o.capture.requestKeyframe());
+    this.#log.info({ sid, operator: command.operator, reason: command.reason, maxDurationS: command.maxDurationS, covert, audio: session.audio }, 'live view accepted');
+    this.#o.sendEvent({ type: 'stream.started', time: new Date(now).toISOString(), sid, operator: command.operator, reason: command.reason, endsBy: new Date(endsBy).toISOString(), covert });
+    this.#publish();
+    return { ok: true, sid, answer, endsBy: new Date(endsBy).toISOString() };
+  }
+
+  /** The stream.stop action. */
+  async stopStream(command: AuthorisedCommand): Promise<ActionResult> {
+    const sid = command.sid ?? '';
+    if (!this.#sessions.has(sid)) return { ok: false, code: 'unknown_session', message: `no live session ${JSON.stringify(sid)}` };
+    await this.#end(sid, 'stream_stop', command);
+    return { ok: true, sid };
+  }
+
+  #onLink(sid: string, state: SessionLinkState): void {
+    const r = this.#sessions.get(sid);
+    if (!r) return;
+    if (state === 'connected') {
+      if (r.connectedAt === undefined) {
+        r.connectedAt = Date.now();
+        this.#log.info({ sid, afterMs: r.connectedAt - r.startedAt }, 'viewer connected');
+        this.#o.sendEvent({ type: 'stream.connected', time: new Date(r.connectedAt).toISOString(), sid });
+        if (!this.#o.config.covert && !r.notified) {
+          r.notified = true;
+          this.#o.wearer.streamStarted();
+        }
+      }
+      this.#refreshReceivers();
+      // A viewer joining mid-stream sees a picture now, not at the next GOP.
+      this.#o.capture.requestKeyframe();
+    } else if (state === 'closed') {
+      void this.#end(sid, 'viewer_closed');
+    } else {
+      this.#refreshReceivers();
+    }
+    this.#publish();
+  }
+
+  #check(): void {
+    const now = Date.now();
+    const graceMs = this.#o.config.viewerLostGrace * 1000;
+    for (const [sid, r] of this.#sessions) {
+      if (r.connectedAt === undefined) {
+        if (now - r.startedAt > this.#o.config.connectTimeout * 1000) void this.#end(sid, 'connect_timeout');
+      } else if (now - r.session.lastHeardAt > graceMs) {
+        void this.#end(sid, 'viewer_lost');
+      }
+    }
+    if (this.#captureDownSince !== undefined && now - this.#captureDownSince > this.#o.config.captureLossGrace * 1000) {
+      for (const sid of this.#sessions.keys()) void this.#end(sid, 'capture_failed');
+    }
+  }
+
+  async #end(sid: string, cause: StreamEndCause, by?: AuthorisedCommand): Promise<void> {
+    const r = this.#sessions.get(sid);
+    if (!r) return;
+    this.#sessions.delete(sid);
+    clearTimeout(r.maxTimer);
+    this.#refreshReceivers();
+    const now = Date.now();
+    const { session } = r;
+    const detail = {
+      sid,
+      cause,
+      startedBy: session.command.operator,
+      durationS: Math.round((now - r.startedAt) / 100) / 10,
+      connectedS: r.connectedAt === undefined ? null : Math.round((now - r.connectedAt) / 100) / 10,
+      lastHeardS: session.lastHeardAt ? Math.round((now - session.lastHeardAt) / 100) / 10 : null,
+      videoPackets: session.counters.videoPackets,
+      audioPackets: session.counters.audioPackets,
+    };
+    try {
+      this.#o.audit.append({
+        type: 'stream.stop',
+        operator: by?.operator ?? null,
+        action: by?.action ?? null,
+        reason: by?.reason ?? cause,
+        tokenDigest: by?.tokenDigest ?? null,
+        detail,
+      });
+    } catch (err) {
+      this.#log.error({ sid, cause, err: (err as Error).message }, 'stream.stop could not be audited');
+    }
+    this.#log.info(detail, 'live view ended');
+    this.#o.sendEvent({ type: 'stream.stopped', time: new Date(now).toISOString(), ...detail });
+    if (r.notified) this.#o.wearer.streamStopped();
+    this.#publish();
+    await session.close();
+  }
+
+  #refreshReceivers(): void {
+    const next: LiveSession[] = [];
+    for (const r of this.#sessions.values()) if (r.session.linkState === 'connected') next.push(r.session);
+    const was = this.#receivers.length > 0;
+    this.#receivers = next;
+    if (was !== next.length > 0) {
+      this.#o.capture.setLive(next.length > 0);
+      if (!this.#o.config.covert) this.#o.wearer.streaming(next.length > 0);
+    }
+  }
+
+  #publish(): void {
+    const list: StreamSessionState[] = [...this.#sessions.values()].map((r) => ({
+      sid: r.session.sid,
+      operator: r.session.command.operator,
+      reason: r.session.command.reason,
+      state: r.session.linkState === 'connected' ? 'connected' : r.connectedAt === undefined ? 'connecting' : 'interrupted',
+      startedAt: new Date(r.startedAt).toISOString(),
+      endsBy: new Date(r.endsBy).toISOString(),
+      covert: this.#o.config.covert,
+    }));
+    this.#o.state.update({ streaming: { sessions: list.length, list } });
+  }
+}

@@ -1,0 +1,158 @@
+/// <reference lib="dom" />
+// A real remote viewer: Debian's headless Chromium driven by playwright-core. Each Viewer is one
+// page with one RTCPeerConnection that makes a recvonly offer (as the fleet's console would),
+// applies the camera's answer, and reports what it decoded from getStats().
+import { chromium, type Browser, type Page } from 'playwright-core';
+
+export const chromiumPath = process.env.BWC_CHROMIUM ?? '/usr/bin/chromium';
+
+export interface InboundVideo {
+  framesDecoded: number;
+  frameWidth: number;
+  frameHeight: number;
+  packetsReceived: number;
+  packetsLost: number;
+  nackCount: number;
+  pliCount: number;
+  freezeCount: number;
+  totalFreezesDuration: number;
+  bytesReceived: number;
+}
+
+export interface ViewerState {
+  connectionState: string;
+  iceConnectionState: string;
+}
+
+export interface OfferOptions {
+  video?: boolean;
+  audio?: boolean;
+}
+
+export class ChromiumViewers {
+  readonly #browser: Browser;
+
+  private constructor(browser: Browser) {
+    this.#browser = browser;
+  }
+
+  static async launch(): Promise<ChromiumViewers> {
+    const browser = await chromium.launch({
+      executablePath: chromiumPath,
+      headless: true,
+      // No sandbox: tests run as root in CI. No network features that could reach outside loopback.
+      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--autoplay-policy=no-user-gesture-required'],
+    });
+    return new ChromiumViewers(browser);
+  }
+
+  async open(): Promise<Viewer> {
+    const page = await this.#browser.newPage();
+    await page.goto('about:blank');
+    return new Viewer(page);
+  }
+
+  async close(): Promise<void> {
+    await this.#browser.close();
+  }
+}
+
+export class Viewer {
+  readonly page: Page;
+
+  constructor(page: Page) {
+    this.page = page;
+  }
+
+  /** A recvonly offer with every candidate gathered (no trickle: the command carries one SDP). */
+  async createOffer(options: OfferOptions = {}): Promise<string> {
+    const { video = true, audio = false } = options;
+    return this.page.evaluate(
+      async ({ video, audio }) => {
+        const pc = new RTCPeerConnection({ iceServers: [] });
+        (globalThis as unknown as { pc: RTCPeerConnection }).pc = pc;
+        if (video) pc.addTransceiver('video', { direction: 'recvonly' });
+        if (audio) pc.addTransceiver('audio', { direction: 'recvonly' });
+        pc.ontrack = (e: RTCTrackEvent) => {
+          const el = document.createElement(e.track.kind === 'video' ? 'video' : 'audio');
+          el.autoplay = true;
+          el.muted = true;
+          el.srcObject = new MediaStream([e.track]);
+          document.body.appendChild(el);
+        };
+        await pc.setLocalDescription(await pc.createOffer());
+        await new Promise<void>((resolve) => {
+          if (pc.iceGatheringState === 'complete') return resolve();
+          pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && resolve());
+          setTimeout(resolve, 3000);
+        });
+        return pc.localDescription!.sdp;
+      },
+      { video, audio },
+    );
+  }
+
+  async applyAnswer(sdp: string): Promise<void> {
+    await this.page.evaluate(async (sdp) => {
+      const pc = (globalThis as unknown as { pc: RTCPeerConnection }).pc;
+      await pc.setRemoteDescription({ type: 'answer', sdp });
+    }, sdp);
+  }
+
+  async state(): Promise<ViewerState> {
+    return this.page.evaluate(() => {
+      const pc = (globalThis as unknown as { pc: RTCPeerConnection }).pc;
+      return { connectionState: pc.connectionState, iceConnectionState: pc.iceConnectionState };
+    });
+  }
+
+  /** The inbound video stream's counters; zeros before anything arrived. */
+  async inboundVideo(): Promise<InboundVideo> {
+    return this.page.evaluate(async () => {
+      const pc = (globalThis as unknown as { pc: RTCPeerConnection }).pc;
+      const out = {
+        framesDecoded: 0, frameWidth: 0, frameHeight: 0, packetsReceived: 0, packetsLost: 0,
+        nackCount: 0, pliCount: 0, freezeCount: 0, totalFreezesDuration: 0, bytesReceived: 0,
+      };
+      const stats = await pc.getStats();
+      stats.forEach((s: Record<string, unknown>) => {
+        if (s.type !== 'inbound-rtp' || s.kind !== 'video') return;
+        for (const k of Object.keys(out) as (keyof typeof out)[]) if (typeof s[k] === 'number') out[k] = s[k] as number;
+      });
+      return out;
+    });
+  }
+
+  /** Inbound audio packets received (0 without an audio stream). */
+  async inboundAudioPackets(): Promise<number> {
+    return this.page.evaluate(async () => {
+      const pc = (globalThis as unknown as { pc: RTCPeerConnection }).pc;
+      let n = 0;
+      (await pc.getStats()).forEach((s: Record<string, unknown>) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'audio' && typeof s.packetsReceived === 'number') n = s.packetsReceived;
+      });
+      return n;
+    });
+  }
+
+  /** Polls until the predicate holds on the inbound video stats; returns the last sample. */
+  async waitForVideo(predicate: (v: InboundVideo) => boolean, timeoutMs: number, what: string): Promise<InboundVideo> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const v = await this.inboundVideo();
+      if (predicate(v)) return v;
+      if (Date.now() > deadline) throw new Error(`viewer: ${what} not seen within ${timeoutMs} ms (last stats ${JSON.stringify(v)})`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Closes the page without a goodbye: the camera only notices through ICE. */
+  async vanish(): Promise<void> {
+    await this.page.close();
+  }
+
+  /** Closes the peer connection politely (DTLS close alert) but keeps the page. */
+  async hangUp(): Promise<void> {
+    await this.page.evaluate(() => (globalThis as unknown as { pc: RTCPeerConnection }).pc.close());
+  }
+}

@@ -1,0 +1,216 @@
+// The live view end to end: a real headless Chromium is the remote viewer, a real mosquitto
+// carries the signed commands, the agent process runs the real GStreamer pipeline (videotestsrc,
+// x264enc, Opus) and answers with werift. Every way a session can end is driven for real and
+// checked in the reply, `state`, the audit trail and the wearer's notifications.
+import { randomBytes } from 'node:crypto';
+import { readdirSync, readlinkSync, readFileSync } from 'node:fs';
+import mqtt from 'mqtt';
+import t from 'tap';
+import { spawnAgent, tempStateDir, type AgentProcess } from './helpers/agent-process.ts';
+import { writeAgentConfig } from './helpers/agent-config.ts';
+import { ChromiumViewers, type Viewer } from './helpers/chromium-viewer.ts';
+import { makeCommand, makeIssuer, writeTrustStore, type Command } from './helpers/command-tokens.ts';
+import { startBroker } from './helpers/mosquitto.ts';
+import { MqttRecorder } from './helpers/mqtt-recorder.ts';
+
+const deviceId = 'cam-live';
+const width = 640;
+const height = 360;
+
+type Reply = Record<string, unknown> & { ok: boolean; code?: string; sid?: string; answer?: string };
+type AuditEntry = { type: string; operator: string | null; reason: string | null; detail: Record<string, unknown> };
+
+/** The agent's UDP sockets, by inode: /proc/<pid>/fd against /proc/net/udp. */
+function udpSockets(pid: number): Set<string> {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m) inodes.add(m[1]!);
+    } catch {
+      // fd closed meanwhile
+    }
+  }
+  const udp = new Set<string>();
+  for (const table of ['/proc/net/udp', '/proc/net/udp6']) {
+    for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
+      const inode = line.trim().split(/\s+/)[9];
+      if (inode && inodes.has(inode)) udp.add(inode);
+    }
+  }
+  return udp;
+}
+
+t.test('live view through a real broker to a real Chromium', async (t) => {
+  const issuer = await makeIssuer({ iss: 'bwc-fleet' });
+  const stateDir = await tempStateDir();
+  const broker = await startBroker();
+  const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/#`);
+  const config = await writeAgentConfig(stateDir, {
+    commands: { trustStore: writeTrustStore(stateDir, [issuer]), unsynchronisedClock: 'accept', maxConcurrentStreams: 2 },
+    capture: { width, height, framerate: 15, bitrateKbps: 600, audio: true },
+    // One machine: the viewer reaches the camera on loopback. Short grace so the test is quick.
+    stream: { ice: { interfaces: ['lo'] }, viewerLostGrace: 3, connectTimeout: 20 },
+  });
+  const agent: AgentProcess = spawnAgent(['run', '--config', config], {
+    BWC_DEVICE_ID: deviceId,
+    BWC_MQTT_URL: broker.url,
+    BWC_STATE_DIR: stateDir,
+    BWC_GPSD: '127.0.0.1:9',
+  });
+  const viewers = await ChromiumViewers.launch();
+  const fleet = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
+  t.teardown(async () => {
+    await agent.stop('SIGKILL');
+    await viewers.close();
+    await fleet.endAsync(true);
+    await recorder.close();
+    await broker.dispose();
+  });
+  await recorder.waitFor(() => recorder.on('state').some((m) => m.json?.online === true && (m.json?.capture as { status?: string } | null)?.status === 'running'), 60_000, 'online and capturing');
+
+  await fleet.subscribeAsync('fleet/replies', { qos: 1 });
+  const waiting = new Map<string, (r: Reply) => void>();
+  fleet.on('message', (_topic, payload, packet) => waiting.get(packet.properties?.correlationData?.toString('hex') ?? '')?.(JSON.parse(payload.toString()) as Reply));
+  const request = (payload: Buffer) =>
+    new Promise<Reply>((resolve, reject) => {
+      const correlationData = randomBytes(8);
+      const timer = setTimeout(() => reject(new Error('no reply within 20 s')), 20_000);
+      waiting.set(correlationData.toString('hex'), (r) => {
+        clearTimeout(timer);
+        resolve(r);
+      });
+      fleet.publish(`bwc/v1/${deviceId}/cmd`, payload, { qos: 1, properties: { responseTopic: 'fleet/replies', correlationData } });
+    });
+  const startCommand = (offer: string, overrides: Record<string, unknown> = {}): Command =>
+    makeCommand({ issuer, deviceId, action: 'stream.start', offer, overrides: { sub: 'insp-0042', reason: 'public-safety', ...overrides } });
+  const stopCommand = (sid: string) => makeCommand({ issuer, deviceId, action: 'stream.stop', overrides: { sid, sub: 'insp-0042' } });
+  const latestState = () => recorder.on('state').at(-1)?.json as { streaming: { sessions: number; list: { sid: string; state: string; operator: string }[] }; firmware: { lastPattern: string | null } };
+  const auditEntries = () => recorder.on('audit').map((m) => m.json?.entry as AuditEntry | undefined).filter((e): e is AuditEntry => e !== undefined);
+  const stopEntry = (sid: string) => auditEntries().find((e) => e.type === 'stream.stop' && e.detail.sid === sid);
+  const waitForStop = async (sid: string, timeoutMs: number, what: string): Promise<AuditEntry> => {
+    await recorder.waitFor(() => stopEntry(sid) !== undefined, timeoutMs, what);
+    return stopEntry(sid)!;
+  };
+  /** Opens a viewer, has its stream authorised and waits for decoded frames. */
+  const watch = async (overrides: Record<string, unknown> = {}): Promise<{ viewer: Viewer; sid: string; acceptedAt: number }> => {
+    const viewer = await viewers.open();
+    const offer = await viewer.createOffer({ audio: true });
+    const reply = await request(startCommand(offer, overrides).payload);
+    const acceptedAt = Date.now();
+    t.match(reply, { ok: true, sid: /^s-/, answer: /^v=0/ }, 'stream.start accepted with an answer');
+    await viewer.applyAnswer(reply.answer!);
+    await viewer.waitForVideo((v) => v.framesDecoded > 5, 20_000, 'decoded frames');
+    return { viewer, sid: reply.sid!, acceptedAt };
+  };
+
+  await t.test('a viewer decodes the configured picture and audio; stream.stop ends it', async (t) => {
+    const { viewer, sid } = await watch();
+    const answer = auditEntries();
+    t.ok(answer.some((e) => e.type === 'command.decision' && e.operator === 'insp-0042'), 'the decision names the operator');
+    const first = await viewer.waitForVideo((v) => v.framesDecoded > 20, 20_000, 'frames keep coming');
+    t.equal(first.frameWidth, width, `frame width ${first.frameWidth} as configured`);
+    t.equal(first.frameHeight, height, `frame height ${first.frameHeight} as configured`);
+    t.ok((await viewer.inboundAudioPackets()) > 0, 'Opus audio arrives');
+    await recorder.waitFor(() => latestState()?.streaming.list.some((s) => s.sid === sid && s.state === 'connected') ?? false, 10_000, 'state shows the session connected');
+    t.equal(latestState().streaming.list.find((s) => s.sid === sid)?.operator, 'insp-0042', 'state names who is watching');
+    await recorder.waitFor(() => latestState()?.firmware?.lastPattern === 'stream-start', 10_000, 'the wearer was told: stream-start');
+
+    t.match(await request(stopCommand(sid).payload), { ok: true, sid }, 'stream.stop accepted');
+    const stop = await waitForStop(sid, 10_000, 'stream.stop audited');
+    t.match(stop, { operator: 'insp-0042', detail: { cause: 'stream_stop' } }, 'audited as stopped by the operator');
+    t.ok(auditEntries().some((e) => e.type === 'stream.start' && e.detail.sid === sid && e.reason === 'public-safety'), 'the start is audited with its reason');
+    await new Promise((r) => setTimeout(r, 1000));
+    const after = (await viewer.inboundVideo()).framesDecoded;
+    await new Promise((r) => setTimeout(r, 2000));
+    t.equal((await viewer.inboundVideo()).framesDecoded, after, 'frames stop after stream.stop');
+    await recorder.waitFor(() => latestState()?.streaming.sessions === 0, 10_000, 'the session is gone from state');
+    t.same(latestState().streaming.list, [], 'no session listed');
+    await recorder.waitFor(() => latestState()?.firmware?.lastPattern === 'stream-stop', 10_000, 'the wearer was told: stream-stop');
+    t.match(await request(stopCommand(sid).payload), { ok: false, code: 'unknown_session' }, 'a second stop: unknown_session');
+    await viewer.vanish();
+  });
+
+  await t.test('forged or mismatched commands: a reason code, no answer, no socket', async (t) => {
+    const pid = agent.child.pid!;
+    const viewer = await viewers.open();
+    const offer = await viewer.createOffer();
+    const other = await (await viewers.open()).createOffer();
+    const before = udpSockets(pid);
+    const swapped = startCommand(other);
+    const cases: [string, Buffer, string][] = [
+      ['swapped offer', Buffer.from(JSON.stringify({ token: swapped.token, offer })), 'offer_mismatch'],
+      ['wrong device', makeCommand({ issuer, deviceId: 'cam-elsewhere', action: 'stream.start', offer }).payload, 'wrong_device'],
+      ['expired', makeCommand({ issuer, deviceId, action: 'stream.start', offer, nowS: Math.floor(Date.now() / 1000) - 900 }).payload, 'expired'],
+      ['unknown issuer', makeCommand({ issuer: await makeIssuer({ kid: 'stranger' }), deviceId, action: 'stream.start', offer }).payload, 'unknown_key'],
+      ['over the duration policy', startCommand(offer, { max_s: 999_999 }).payload, 'duration_exceeds_policy'],
+    ];
+    for (const [name, payload, code] of cases) {
+      const reply = await request(payload);
+      t.match(reply, { ok: false, code }, `${name} -> ${code}`);
+      t.notOk('answer' in reply, `${name}: no answer`);
+    }
+    const sendrecv = offer.replace(/a=recvonly/g, 'a=sendrecv');
+    t.match(await request(startCommand(sendrecv).payload), { ok: false, code: 'unsupported_offer' }, 'a viewer that would send media: unsupported_offer');
+    t.same([...udpSockets(pid)].sort(), [...before].sort(), 'the agent opened no UDP socket for any of them');
+    await recorder.waitFor(() => auditEntries().filter((e) => e.type === 'command.decision' && (e as { decision?: string } & AuditEntry).decision === 'rejected').length >= 5, 10_000, 'the refusals are audited');
+    t.equal(auditEntries().filter((e) => e.type === 'stream.start').length, 1, 'no stream.start audited beyond the first test');
+    await viewer.vanish();
+  });
+
+  await t.test('two viewers at once both decode; a third gets busy', async (t) => {
+    const a = await watch();
+    const b = await watch({ reason: 'major-incident' });
+    const [va, vb] = [await a.viewer.inboundVideo(), await b.viewer.inboundVideo()];
+    await a.viewer.waitForVideo((v) => v.framesDecoded > va.framesDecoded + 10, 15_000, 'viewer A keeps decoding');
+    await b.viewer.waitForVideo((v) => v.framesDecoded > vb.framesDecoded + 10, 15_000, 'viewer B keeps decoding');
+    t.pass('both decode at once');
+    const third = await viewers.open();
+    const reply = await request(startCommand(await third.createOffer()).payload);
+    t.match(reply, { ok: false, code: 'busy' }, 'the third: busy');
+    t.notOk('answer' in reply, 'no answer for the third');
+    await recorder.waitFor(() => latestState()?.streaming.sessions === 2, 10_000, 'state lists two sessions');
+    // One leaves politely (RTCPeerConnection.close: a DTLS close alert), the other is stopped.
+    await a.viewer.hangUp();
+    await b.viewer.vanish();
+    t.match(await request(stopCommand(b.sid).payload), { ok: true }, 'stream.stop for B');
+    const endA = await waitForStop(a.sid, 20_000, 'A ended');
+    t.ok(['viewer_closed', 'viewer_lost'].includes(endA.detail.cause as string), `A ended as ${endA.detail.cause as string}`);
+    await a.viewer.vanish();
+    await third.vanish();
+    await recorder.waitFor(() => latestState()?.streaming.sessions === 0, 10_000, 'no sessions left');
+  });
+
+  await t.test('viewer loss: a page closed without a goodbye ends the session as viewer_lost', async (t) => {
+    const { viewer, sid } = await watch();
+    const goneAt = Date.now();
+    await viewer.vanish();
+    const stop = await waitForStop(sid, 3_000 + 20_000, 'viewer_lost');
+    t.equal(stop.detail.cause, 'viewer_lost', 'audited as viewer_lost');
+    const lastHeardS = stop.detail.lastHeardS as number;
+    t.ok(lastHeardS >= 3, `the viewer was silent for the whole grace (${lastHeardS} s >= 3 s)`);
+    t.comment(`ended ${((Date.now() - goneAt) / 1000).toFixed(1)} s after the page closed (grace 3 s)`);
+  });
+
+  await t.test('max_s ends a session on time, never before', async (t) => {
+    const { viewer, sid } = await watch({ max_s: 6 });
+    const stop = await waitForStop(sid, 6_000 + 20_000, 'max_duration');
+    t.equal(stop.detail.cause, 'max_duration', 'audited as max_duration');
+    const start = auditEntries().find((e) => e.type === 'stream.start' && e.detail.sid === sid)!;
+    const endsBy = Date.parse(start.detail.endsBy as string);
+    const stoppedAt = Date.parse((stop as AuditEntry & { time: string }).time);
+    t.ok(stoppedAt >= endsBy, `not cut short: stopped at ${new Date(stoppedAt).toISOString()}, max_s ran out at ${start.detail.endsBy as string}`);
+    t.comment(`ended ${stoppedAt - endsBy} ms after max_s ran out`);
+    await viewer.vanish();
+  });
+
+  await t.test('agent shutdown ends a live session, audited', async (t) => {
+    const { sid } = await watch();
+    const exit = await agent.stop('SIGTERM');
+    t.equal(exit.code, 0, 'clean exit');
+    const stop = await waitForStop(sid, 10_000, 'agent_shutdown audited');
+    t.equal(stop.detail.cause, 'agent_shutdown', 'audited as agent_shutdown');
+    const offline = recorder.on('state').at(-1)?.json as { online: boolean; streaming: { sessions: number } };
+    t.match(offline, { online: false, streaming: { sessions: 0 } }, 'offline state shows no live view');
+  });
+});

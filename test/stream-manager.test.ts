@@ -1,0 +1,354 @@
+// The live view's policy without sockets: the manager driven with stand-in sessions (the real
+// StreamSession is exercised against Chromium in stream-e2e.test.ts), real authorised commands
+// from the real verifier, and a real audit log on a real SQLite database.
+import { EventEmitter } from 'node:events';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import pino from 'pino';
+import t from 'tap';
+import type { AuthorisedCommand } from '../src/command/authorised-command.ts';
+import { ReplayCache } from '../src/command/replay-cache.ts';
+import { TrustStore } from '../src/command/trust-store.ts';
+import { CommandVerifier } from '../src/command/verifier.ts';
+import type { StreamConfig } from '../src/stream/config.ts';
+import { streamConfigSchema } from '../src/stream/config.ts';
+import { hostAddresses, IceConfigError, resolveIce } from '../src/stream/ice.ts';
+import { inspectOffer, OfferError } from '../src/stream/offer.ts';
+import { StreamSession, type SessionLinkState } from '../src/stream/session.ts';
+import { StreamManager, type LiveSession, type OpenSession } from '../src/stream/stream-manager.ts';
+import type { DeviceStateDoc } from '../src/state/device-state.ts';
+import { openDatabase } from '../src/store/database.ts';
+import { makeCommand, makeIssuer, sdpOffer, testPolicy, trustStoreJwks } from './helpers/command-tokens.ts';
+
+const logger = pino({ level: 'silent' });
+const deviceId = 'cam-unit';
+
+async function authorised(action: 'stream.start' | 'stream.stop', overrides: Record<string, unknown> = {}): Promise<AuthorisedCommand> {
+  const issuer = await makeIssuer();
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bwc-stream-unit-'));
+  const db = openDatabase({ stateDir: dir });
+  const verifier = new CommandVerifier({
+    deviceId,
+    trustStore: TrustStore.fromJwks(trustStoreJwks([issuer]), [], 'test'),
+    policy: { ...testPolicy, maxConcurrentStreams: 8 },
+    replayCache: new ReplayCache(db),
+    clock: { nowMs: () => Date.now(), synchronised: () => true },
+    activeStreams: () => 0,
+    logger,
+  });
+  const verdict = await verifier.verify(makeCommand({ issuer, deviceId, action, overrides }).payload);
+  db.close();
+  if (!verdict.ok) throw new Error(`test command refused: ${verdict.code} ${verdict.message}`);
+  return verdict.command;
+}
+
+class FakeSession extends EventEmitter implements LiveSession {
+  readonly sid: string;
+  readonly command: AuthorisedCommand;
+  readonly offer = { fingerprint: 'sha-256 AA:BB' };
+  readonly audio = false;
+  /** While true and connected, the viewer is heard now (RTCP arriving). */
+  alive = true;
+  #heard = 0;
+  linkState: SessionLinkState = 'connecting';
+  readonly counters = { videoPackets: 0, audioPackets: 0 };
+  readonly video: Buffer[] = [];
+  get lastHeardAt(): number {
+    return this.alive && this.linkState === 'connected' ? Date.now() : this.#heard;
+  }
+  set lastHeardAt(at: number) {
+    this.#heard = at;
+  }
+  closed = false;
+  constructor(sid: string, command: AuthorisedCommand) {
+    super();
+    this.sid = sid;
+    this.command = command;
+  }
+  link(state: SessionLinkState): void {
+    this.linkState = state;
+    if (state === 'connected') this.lastHeardAt = Date.now();
+    this.emit('link', state);
+  }
+  sendVideo(packet: Buffer): void {
+    this.counters.videoPackets++;
+    this.video.push(packet);
+  }
+  sendAudio(): void {
+    this.counters.audioPackets++;
+  }
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}
+
+interface Rig {
+  manager: StreamManager;
+  sessions: FakeSession[];
+  audit: { type: string; detail?: Record<string, unknown>; operator?: string | null }[];
+  events: Record<string, unknown>[];
+  live: boolean[];
+  keyframes: number;
+  wearer: string[];
+  state: () => DeviceStateDoc['streaming'];
+}
+
+function rig(config: Partial<StreamConfig> = {}, options: { failAudit?: boolean; open?: OpenSession; maxSessions?: number } = {}): Rig {
+  const sessions: FakeSession[] = [];
+  const r: Rig = {
+    sessions,
+    audit: [],
+    events: [],
+    live: [],
+    keyframes: 0,
+    wearer: [],
+    state: () => streaming,
+    manager: undefined as unknown as StreamManager,
+  };
+  let streaming: DeviceStateDoc['streaming'] = { sessions: 0, list: [] };
+  r.manager = new StreamManager({
+    config: { ...streamConfigSchema.parse({}), viewerLostGrace: 1, connectTimeout: 2, captureLossGrace: 1, ...config },
+    audio: false,
+    maxSessions: options.maxSessions ?? 2,
+    capture: { setLive: (open) => r.live.push(open), requestKeyframe: () => r.keyframes++ },
+    audit: {
+      append: (record) => {
+        if (options.failAudit && record.type === 'stream.start') throw new Error('SQLITE_FULL: database or disk is full');
+        r.audit.push(record);
+        return undefined as never;
+      },
+    },
+    sendEvent: (body) => r.events.push(body),
+    state: { update: (change) => (streaming = change.streaming ?? streaming) },
+    wearer: { streamStarted: () => r.wearer.push('start'), streamStopped: () => r.wearer.push('stop'), streaming: (a) => r.wearer.push(a ? 'led-on' : 'led-off') },
+    logger,
+    resolveIce: async () => ({ servers: [], transportPolicy: 'all', hostAddresses: ['127.0.0.1'], portRange: undefined }),
+    openSession:
+      options.open ??
+      (async (o) => {
+        const s = new FakeSession(o.sid, o.command);
+        sessions.push(s);
+        return { session: s, answer: 'v=0\r\n' };
+      }),
+    checkIntervalMs: 50,
+  });
+  r.manager.start();
+  return r;
+}
+
+const until = async (what: string, predicate: () => boolean, timeoutMs = 10_000) => {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`not reached within ${timeoutMs} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+
+t.test('a session: valve, keyframes, wearer, state, audit; stream.stop ends it', async (t) => {
+  const r = rig();
+  const start = await authorised('stream.start', { sub: 'sgt-7' });
+  const reply = await r.manager.startStream(start);
+  t.match(reply, { ok: true, sid: /^s-/, answer: 'v=0\r\n', endsBy: /Z$/ });
+  const sid = (reply as unknown as { sid: string }).sid;
+  t.equal(r.manager.activeCount, 1, 'counted from acceptance (the verifier sees it for busy)');
+  t.same(r.live, [], 'valve still closed while the viewer connects');
+  t.match(r.state(), { sessions: 1, list: [{ sid, operator: 'sgt-7', state: 'connecting', covert: false }] });
+  t.match(r.audit[0], { type: 'stream.start', operator: 'sgt-7', detail: { sid, viewerFingerprint: 'sha-256 AA:BB', covert: false, wearerNotified: true } });
+
+  r.manager.onVideo(Buffer.from('before'));
+  t.equal(r.sessions[0]!.video.length, 0, 'no media before the viewer connects');
+  r.sessions[0]!.link('connected');
+  t.same(r.live, [true], 'valve opens when the first viewer connects');
+  t.ok(r.keyframes >= 1, 'a keyframe for the viewer that just joined');
+  t.same(r.wearer, ['start', 'led-on'], 'the wearer is told');
+  const packet = Buffer.from('rtp');
+  r.manager.onVideo(packet);
+  t.equal(r.sessions[0]!.video[0], packet, 'the very packet, not a copy');
+  const before = r.keyframes;
+  r.sessions[0]!.emit('pictureLoss');
+  t.equal(r.keyframes, before + 1, 'PLI asks the capture for a keyframe');
+  t.match(r.state().list[0], { state: 'connected' });
+
+  const stop = await authorised('stream.stop', { sid, sub: 'insp-1' });
+  t.match(await r.manager.stopStream(stop), { ok: true, sid });
+  t.ok(r.sessions[0]!.closed, 'peer connection closed');
+  t.same(r.live, [true, false], 'valve closes with the last viewer');
+  t.same(r.wearer, ['start', 'led-on', 'led-off', 'stop']);
+  t.match(r.audit.at(-1), { type: 'stream.stop', operator: 'insp-1', detail: { sid, cause: 'stream_stop', startedBy: 'sgt-7', videoPackets: 1 } });
+  t.same(r.state(), { sessions: 0, list: [] });
+  t.match(r.events.map((e) => e.type), ['stream.started', 'stream.connected', 'stream.stopped']);
+  t.match(await r.manager.stopStream(stop), { ok: false, code: 'unknown_session' }, 'the same sid again');
+  await r.manager.stop();
+});
+
+t.test('each way a session ends, audited with its cause', async (t) => {
+  const r = rig();
+  // connect_timeout: a viewer that never connects.
+  const a = await r.manager.startStream(await authorised('stream.start'));
+  await until('connect_timeout', () => r.audit.some((e) => e.type === 'stream.stop' && e.detail?.cause === 'connect_timeout'));
+  t.match(r.audit.find((e) => e.detail?.cause === 'connect_timeout'), { detail: { sid: (a as unknown as { sid: string }).sid, connectedS: null } });
+  t.same(r.wearer, [], 'a view that never connected was never felt, so no stop either');
+
+  // viewer_lost: connected, then not heard for the grace.
+  await r.manager.startStream(await authorised('stream.start'));
+  r.sessions.at(-1)!.link('connected');
+  r.sessions.at(-1)!.alive = false;
+  r.sessions.at(-1)!.link('failed');
+  t.equal(r.state().list[0]?.state, 'interrupted', 'state shows the interruption within the grace');
+  await until('viewer_lost', () => r.audit.some((e) => e.detail?.cause === 'viewer_lost'));
+  t.ok((r.audit.find((e) => e.detail?.cause === 'viewer_lost')!.detail!.lastHeardS as number) >= 1, 'silent for the whole grace');
+
+  // viewer_closed: the viewer's side closed the connection.
+  await r.manager.startStream(await authorised('stream.start'));
+  r.sessions.at(-1)!.link('connected');
+  r.sessions.at(-1)!.link('closed');
+  await until('viewer_closed', () => r.audit.some((e) => e.detail?.cause === 'viewer_closed'));
+
+  // max_duration: max_s from the command's arrival.
+  await r.manager.startStream(await authorised('stream.start', { max_s: 1 }));
+  r.sessions.at(-1)!.link('connected');
+  await until('max_duration', () => r.audit.some((e) => e.detail?.cause === 'max_duration'), 5000);
+
+  // capture_failed: the camera down past captureLossGrace; a new view is refused meanwhile.
+  await r.manager.startStream(await authorised('stream.start'));
+  r.sessions.at(-1)!.link('connected');
+  r.manager.captureRunning(false);
+  t.match(await r.manager.startStream(await authorised('stream.start')), { ok: false, code: 'capture_unavailable' });
+  await until('capture_failed', () => r.audit.some((e) => e.detail?.cause === 'capture_failed'));
+  r.manager.captureRunning(true);
+
+  // A capture that comes back within the grace keeps the view.
+  await r.manager.startStream(await authorised('stream.start'));
+  const survivor = r.sessions.at(-1)!;
+  survivor.link('connected');
+  r.manager.captureRunning(false);
+  r.manager.captureRunning(true);
+  await new Promise((res) => setTimeout(res, 1300));
+  t.equal(r.manager.activeCount, 1, 'a capture restart within the grace does not end the view');
+
+  // agent_shutdown.
+  await r.manager.stop();
+  t.ok(r.audit.some((e) => e.detail?.cause === 'agent_shutdown' && e.detail.sid === survivor.sid), 'agent_shutdown');
+  t.ok(r.sessions.every((s) => s.closed), 'every peer connection closed');
+  t.equal(r.audit.filter((e) => e.type === 'stream.start').length, r.audit.filter((e) => e.type === 'stream.stop').length, 'every start has its stop');
+  t.match(await r.manager.startStream(await authorised('stream.start')), { ok: false, code: 'unavailable' }, 'nothing new while stopping');
+});
+
+t.test('limits: busy at maxSessions, even past the verifier', async (t) => {
+  const r = rig({}, { maxSessions: 1 });
+  t.match(await r.manager.startStream(await authorised('stream.start')), { ok: true });
+  t.match(await r.manager.startStream(await authorised('stream.start')), { ok: false, code: 'busy' });
+  t.equal(r.sessions.length, 1, 'no second peer connection made');
+  await r.manager.stop();
+});
+
+t.test('covert mode: the wearer is not told, and the audit says so', async (t) => {
+  const r = rig({ covert: true });
+  const reply = await r.manager.startStream(await authorised('stream.start'));
+  r.sessions[0]!.link('connected');
+  t.match(r.audit[0], { type: 'stream.start', detail: { covert: true, wearerNotified: false } });
+  t.match(r.events[0], { type: 'stream.started', covert: true });
+  t.match(r.state().list[0], { covert: true });
+  await r.manager.stopStream(await authorised('stream.stop', { sid: (reply as unknown as { sid: string }).sid }));
+  t.same(r.wearer, [], 'no haptic, tone or LED');
+  t.same(r.live, [true, false], 'the valve still follows the viewers');
+  await r.manager.stop();
+});
+
+t.test('a start that cannot be audited is refused and its connection closed', async (t) => {
+  const r = rig({}, { failAudit: true });
+  t.match(await r.manager.startStream(await authorised('stream.start')), { ok: false, code: 'audit_failed', message: /SQLITE_FULL/ });
+  t.ok(r.sessions[0]!.closed);
+  t.equal(r.manager.activeCount, 0);
+  await r.manager.stop();
+});
+
+t.test('offer and network problems are refused with their code', async (t) => {
+  const offerRig = rig({}, { open: StreamSession.open });
+  const sendrecv = await authorised('stream.start', {});
+  // The verifier bound the offer it was given; a real session is asked to open it.
+  t.match(await offerRig.manager.startStream(sendrecv), { ok: true }, 'the helper offer (recvonly H.264 + Opus) is accepted by a real session');
+  await offerRig.manager.stop();
+
+  const noNet = new StreamManager({
+    config: streamConfigSchema.parse({ ice: { interfaces: ['nonexistent0'] } }),
+    audio: false,
+    maxSessions: 2,
+    capture: { setLive: () => {}, requestKeyframe: () => {} },
+    audit: { append: () => undefined as never },
+    sendEvent: () => {},
+    state: { update: () => {} },
+    wearer: { streamStarted: () => {}, streamStopped: () => {}, streaming: () => {} },
+    logger,
+  });
+  t.match(await noNet.startStream(await authorised('stream.start')), { ok: false, code: 'no_network', message: /nonexistent0/ });
+});
+
+t.test('StreamSession.open accepts only an authorised stream.start', async (t) => {
+  const ice = { servers: [], transportPolicy: 'all' as const, hostAddresses: ['127.0.0.1'], portRange: undefined };
+  const real = await authorised('stream.start');
+  const forged = Object.create(Object.getPrototypeOf(real), Object.getOwnPropertyDescriptors(real)) as AuthorisedCommand;
+  await t.rejects(StreamSession.open({ sid: 's-x', command: forged, ice, audio: false, logger }), TypeError, 'a copy of an authorised command is not one');
+  await t.rejects(StreamSession.open({ sid: 's-x', command: await authorised('stream.stop'), ice, audio: false, logger }), TypeError, 'stream.stop is not a start');
+  const { session, answer } = await StreamSession.open({ sid: 's-x', command: real, ice, audio: true, logger });
+  t.match(answer, /a=sendonly/);
+  t.match(answer, /a=fmtp:96 [^\r\n]*profile-level-id=42e01f/, 'constrained baseline, the offer\'s payload type');
+  t.match(answer, /packetization-mode=1/);
+  t.match(answer, /a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 \d+ typ host/, 'a host candidate on the configured address only');
+  t.notMatch(answer, /stun\.l\.google|typ srflx/, 'no public STUN server');
+  t.match(answer, /m=audio [^\r\n]*111[\s\S]*a=rtpmap:111 opus\/48000\/2/, 'Opus answered when audio is on and asked for');
+  t.equal(session.audio, true);
+  await session.close();
+  t.ok(session.closed);
+});
+
+t.test('inspectOffer', async (t) => {
+  const { offer } = sdpOffer('inspect');
+  t.match(inspectOffer(offer), { fingerprint: /^sha-256 7B:8B/, audio: true });
+  const cases: [string, string, RegExp][] = [
+    ['not SDP', 'hello', /not SDP/],
+    ['sendrecv', offer.replace('a=recvonly', 'a=sendrecv'), /video must be recvonly/],
+    ['no video', offer.replace('m=video 9', 'm=video 0'), /exactly one video/],
+    ['VP8 only', offer.replace(/H264\/90000/, 'VP8/90000'), /no H.264 constrained baseline/],
+    ['packetization-mode 0', offer.replace('packetization-mode=1', 'packetization-mode=0'), /no H.264 constrained baseline/],
+    ['high profile', offer.replace('42e01f', '640c1f'), /no H.264 constrained baseline/],
+    ['no fingerprint', offer.replace(/a=fingerprint:[^\r\n]*\r\n/, ''), /no sha-256 DTLS fingerprint/],
+    ['audio sendrecv', offer.replace(/(m=audio[\s\S]*?)a=recvonly/, '$1a=sendrecv'), /audio must be recvonly/],
+  ];
+  for (const [name, sdp, message] of cases) {
+    t.throws(() => inspectOffer(sdp), { constructor: OfferError, code: 'unsupported_offer', message }, name);
+  }
+  t.equal(inspectOffer(offer.replace(/m=audio[\s\S]*$/, '')).audio, false, 'no audio m-line: video only');
+});
+
+t.test('ICE settings', async (t) => {
+  const ifaces = {
+    lo: [{ address: '127.0.0.1', family: 'IPv4', internal: true, netmask: '255.0.0.0', mac: '00', cidr: null }],
+    wwan0: [
+      { address: '10.64.1.2', family: 'IPv4', internal: false, netmask: '255.255.255.0', mac: '00', cidr: null },
+      { address: 'fe80::1', family: 'IPv6', internal: false, netmask: 'ffff::', mac: '00', cidr: null, scopeid: 1 },
+    ],
+    wlan0: [{ address: '192.168.4.7', family: 'IPv4', internal: false, netmask: '255.255.255.0', mac: '00', cidr: null }],
+  } as unknown as ReturnType<typeof os.networkInterfaces>;
+  t.same(hostAddresses([], ifaces), ['10.64.1.2', '192.168.4.7'], 'default: every interface but loopback, IPv4');
+  t.same(hostAddresses(['wwan0'], ifaces), ['10.64.1.2'], 'named interfaces only');
+  t.same(hostAddresses(['lo'], ifaces), ['127.0.0.1'], 'loopback when named');
+
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bwc-ice-'));
+  const secret = path.join(dir, 'turn.secret');
+  await writeFile(secret, 's3cret\n');
+  const ice = streamConfigSchema.parse({
+    ice: { servers: [{ urls: 'turns:turn.example.police.uk:443', username: 'cam', credentialFile: secret }], transportPolicy: 'relay', portRange: { min: 40000, max: 40100 } },
+  }).ice;
+  t.same(await resolveIce(ice, ifaces), {
+    servers: [{ urls: ['turns:turn.example.police.uk:443'], username: 'cam', credential: 's3cret' }],
+    transportPolicy: 'relay',
+    hostAddresses: ['10.64.1.2', '192.168.4.7'],
+    portRange: [40000, 40100],
+  });
+  await t.rejects(resolveIce({ ...ice, servers: [{ urls: ['turn:x:3478'], credentialFile: path.join(dir, 'missing') }] }, ifaces), { constructor: IceConfigError, message: /missing: ENOENT/ });
+  await t.rejects(resolveIce({ ...ice, interfaces: ['eth9'], servers: [] }, ifaces), { code: 'no_network', message: /eth9/ });
+  t.throws(() => streamConfigSchema.parse({ ice: { servers: [{ urls: 'http://stun.example' }] } }), /stun:, turn: or turns: URL/);
+  t.throws(() => streamConfigSchema.parse({ ice: { portRange: { min: 5000, max: 5000 } } }), /min must be below max/);
+});
