@@ -20,6 +20,7 @@ const benches: Bench[] = [
   { name: 'command-verify', file: 'bench/command-verify.ts', flags: [] },
   { name: 'command-roundtrip', file: 'bench/command-roundtrip.ts', flags: ['runs'] },
   { name: 'capture', file: 'bench/capture.ts', flags: [] },
+  { name: 'stream', file: 'bench/stream.ts', flags: ['runs', 'window-s'] },
 ];
 
 function run(file: string, args: string[]): Promise<number | null> {

@@ -204,6 +204,22 @@ t.test('live view through a real broker to a real Chromium', async (t) => {
     await viewer.vanish();
   });
 
+  await t.test('a capture worker crash mid-view: the worker restarts and the same view carries on', async (t) => {
+    const { viewer, sid } = await watch();
+    const capture = () => (recorder.on('state').at(-1)?.json as { capture: { pid: number | null; restarts: number; status: string } }).capture;
+    const { pid, restarts } = capture();
+    t.ok(pid, `capture worker pid ${pid}`);
+    process.kill(pid!, 'SIGKILL');
+    await recorder.waitFor(() => capture().restarts > restarts && capture().status === 'running', 30_000, 'capture restarted');
+    const before = (await viewer.inboundVideo()).framesDecoded;
+    await viewer.waitForVideo((v) => v.framesDecoded > before + 15, 20_000, 'frames from the new worker');
+    t.pass('the viewer decodes the restarted worker\'s stream');
+    t.equal(stopEntry(sid), undefined, 'the session was not ended by a restart within the grace');
+    t.ok(recorder.on('event').some((m) => m.json?.type === 'capture.fault'), 'the crash is reported as capture.fault');
+    t.match(await request(stopCommand(sid).payload), { ok: true });
+    await viewer.vanish();
+  });
+
   await t.test('agent shutdown ends a live session, audited', async (t) => {
     const { sid } = await watch();
     const exit = await agent.stop('SIGTERM');

@@ -78,6 +78,10 @@ class FakeSession extends EventEmitter implements LiveSession {
   sendAudio(): void {
     this.counters.audioPackets++;
   }
+  readonly sourceChanges: string[] = [];
+  sourceChanged(kind: 'video' | 'audio'): void {
+    this.sourceChanges.push(kind);
+  }
   async close(): Promise<void> {
     this.closed = true;
   }
@@ -137,6 +141,14 @@ function rig(config: Partial<StreamConfig> = {}, options: { failAudit?: boolean;
   return r;
 }
 
+/** An RTP header's worth of bytes with this SSRC. */
+function rtp(ssrc: number): Buffer {
+  const b = Buffer.alloc(24);
+  b[0] = 0x80;
+  b.writeUInt32BE(ssrc, 8);
+  return b;
+}
+
 const until = async (what: string, predicate: () => boolean, timeoutMs = 10_000) => {
   const deadline = Date.now() + timeoutMs;
   while (!predicate()) {
@@ -156,15 +168,23 @@ t.test('a session: valve, keyframes, wearer, state, audit; stream.stop ends it',
   t.match(r.state(), { sessions: 1, list: [{ sid, operator: 'sgt-7', state: 'connecting', covert: false }] });
   t.match(r.audit[0], { type: 'stream.start', operator: 'sgt-7', detail: { sid, viewerFingerprint: 'sha-256 AA:BB', covert: false, wearerNotified: true } });
 
-  r.manager.onVideo(Buffer.from('before'));
+  r.manager.onVideo(rtp(1));
   t.equal(r.sessions[0]!.video.length, 0, 'no media before the viewer connects');
   r.sessions[0]!.link('connected');
   t.same(r.live, [true], 'valve opens when the first viewer connects');
   t.ok(r.keyframes >= 1, 'a keyframe for the viewer that just joined');
   t.same(r.wearer, ['start', 'led-on'], 'the wearer is told');
-  const packet = Buffer.from('rtp');
+  const packet = rtp(1);
   r.manager.onVideo(packet);
   t.equal(r.sessions[0]!.video[0], packet, 'the very packet, not a copy');
+  r.manager.onVideo(Buffer.alloc(8));
+  t.equal(r.sessions[0]!.video.length, 1, 'a datagram shorter than an RTP header is dropped');
+  t.same(r.sessions[0]!.sourceChanges, [], 'same SSRC: same source');
+  r.manager.onVideo(rtp(2));
+  t.same(r.sessions[0]!.sourceChanges, ['video'], 'a new SSRC (a restarted worker): the session rebases its stream');
+  r.manager.onAudio(rtp(7));
+  r.manager.onAudio(rtp(8));
+  t.same(r.sessions[0]!.sourceChanges, ['video', 'audio']);
   const before = r.keyframes;
   r.sessions[0]!.emit('pictureLoss');
   t.equal(r.keyframes, before + 1, 'PLI asks the capture for a keyframe');
@@ -175,7 +195,7 @@ t.test('a session: valve, keyframes, wearer, state, audit; stream.stop ends it',
   t.ok(r.sessions[0]!.closed, 'peer connection closed');
   t.same(r.live, [true, false], 'valve closes with the last viewer');
   t.same(r.wearer, ['start', 'led-on', 'led-off', 'stop']);
-  t.match(r.audit.at(-1), { type: 'stream.stop', operator: 'insp-1', detail: { sid, cause: 'stream_stop', startedBy: 'sgt-7', videoPackets: 1 } });
+  t.match(r.audit.at(-1), { type: 'stream.stop', operator: 'insp-1', detail: { sid, cause: 'stream_stop', startedBy: 'sgt-7', videoPackets: 2 } });
   t.same(r.state(), { sessions: 0, list: [] });
   t.match(r.events.map((e) => e.type), ['stream.started', 'stream.connected', 'stream.stopped']);
   t.match(await r.manager.stopStream(stop), { ok: false, code: 'unknown_session' }, 'the same sid again');
@@ -293,6 +313,7 @@ t.test('StreamSession.open accepts only an authorised stream.start', async (t) =
   await t.rejects(StreamSession.open({ sid: 's-x', command: await authorised('stream.stop'), ice, audio: false, logger }), TypeError, 'stream.stop is not a start');
   const { session, answer } = await StreamSession.open({ sid: 's-x', command: real, ice, audio: true, logger });
   t.match(answer, /a=sendonly/);
+  t.match(answer, /a=setup:passive/, 'the camera is the DTLS server (the browser starts the handshake as soon as its ICE check succeeds)');
   t.match(answer, /a=fmtp:96 [^\r\n]*profile-level-id=42e01f/, 'constrained baseline, the offer\'s payload type');
   t.match(answer, /packetization-mode=1/);
   t.match(answer, /a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 \d+ typ host/, 'a host candidate on the configured address only');

@@ -54,6 +54,7 @@ export interface LiveSession {
   on(event: 'pictureLoss', listener: () => void): unknown;
   sendVideo(packet: Buffer): void;
   sendAudio(packet: Buffer): void;
+  sourceChanged(kind: 'video' | 'audio'): void;
   close(): Promise<void>;
 }
 
@@ -100,6 +101,9 @@ export class StreamManager {
   #receivers: LiveSession[] = [];
   #checkTimer: NodeJS.Timeout | undefined;
   #captureDownSince: number | undefined;
+  /** SSRC of the capture worker's RTP: a new one means a new worker (a restart). */
+  #videoSsrc = -1;
+  #audioSsrc = -1;
   #stopped = false;
 
   constructor(options: StreamManagerOptions) {
@@ -129,13 +133,27 @@ export class StreamManager {
 
   /** RTP from the capture worker: to every connected viewer, as it came. */
   onVideo(packet: Buffer): void {
+    if (packet.length < 12) return;
     const r = this.#receivers;
+    const ssrc = packet.readUInt32BE(8);
+    if (ssrc !== this.#videoSsrc) this.#videoSsrc = this.#sourceChanged('video', this.#videoSsrc, ssrc);
     for (let i = 0; i < r.length; i++) r[i]!.sendVideo(packet);
   }
 
   onAudio(packet: Buffer): void {
+    if (packet.length < 12) return;
     const r = this.#receivers;
+    const ssrc = packet.readUInt32BE(8);
+    if (ssrc !== this.#audioSsrc) this.#audioSsrc = this.#sourceChanged('audio', this.#audioSsrc, ssrc);
     for (let i = 0; i < r.length; i++) r[i]!.sendAudio(packet);
+  }
+
+  #sourceChanged(kind: 'video' | 'audio', was: number, now: number): number {
+    if (was !== -1) {
+      this.#log.info({ kind, ssrc: now }, 'capture RTP source changed (worker restarted): rebasing the live streams');
+      for (const r of this.#sessions.values()) r.session.sourceChanged(kind);
+    }
+    return now;
   }
 
   /** Capture health: a live view cannot outlast a camera that does not come back. */

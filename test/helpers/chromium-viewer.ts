@@ -71,6 +71,12 @@ export class Viewer {
       async ({ video, audio }) => {
         const pc = new RTCPeerConnection({ iceServers: [] });
         (globalThis as unknown as { pc: RTCPeerConnection }).pc = pc;
+        // Epoch ms of the milestones, for the first-frame benchmark.
+        const marks: Record<string, number> = {};
+        (globalThis as unknown as { marks: Record<string, number> }).marks = marks;
+        pc.addEventListener('connectionstatechange', () => {
+          if (pc.connectionState === 'connected') marks.connected ??= Date.now();
+        });
         if (video) pc.addTransceiver('video', { direction: 'recvonly' });
         if (audio) pc.addTransceiver('audio', { direction: 'recvonly' });
         pc.ontrack = (e: RTCTrackEvent) => {
@@ -97,6 +103,26 @@ export class Viewer {
       const pc = (globalThis as unknown as { pc: RTCPeerConnection }).pc;
       await pc.setRemoteDescription({ type: 'answer', sdp });
     }, sdp);
+  }
+
+  /**
+   * Polls getStats in the page every 5 ms until the first frame is decoded; returns the epoch ms
+   * (this machine's clock, shared with the test) of DTLS connected and of that first frame.
+   */
+  async firstFrame(timeoutMs: number): Promise<{ connectedAt: number; firstFrameAt: number }> {
+    return this.page.evaluate(async (timeoutMs) => {
+      const g = globalThis as unknown as { pc: RTCPeerConnection; marks: Record<string, number> };
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        let decoded = 0;
+        (await g.pc.getStats()).forEach((s: Record<string, unknown>) => {
+          if (s.type === 'inbound-rtp' && s.kind === 'video' && typeof s.framesDecoded === 'number') decoded = s.framesDecoded;
+        });
+        if (decoded > 0) return { connectedAt: g.marks.connected ?? NaN, firstFrameAt: Date.now() };
+        if (Date.now() > deadline) throw new Error(`no decoded frame within ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    }, timeoutMs);
   }
 
   async state(): Promise<ViewerState> {

@@ -1,0 +1,316 @@
+// The live view, measured against a real headless Chromium through a real mosquitto and the real
+// agent process (test preset, 1280x720@30, 2000 kbit/s):
+//  (a) time to first picture: the fleet publishes a signed stream.start -> the viewer decodes its
+//      first frame, over --runs (20) views one after another; split into publish -> answer,
+//      answer -> DTLS connected and connected -> first decoded frame.
+//  (b) CPU per viewer, side by side with GStreamer's webrtcbin sending the same stream (same
+//      source, encoder settings and payloader, bench/lib/webrtcbin-sender.py) to the same
+//      Chromium: for 0, 1 and 2 viewers, --window-s (15) seconds each. The agent's cost is its
+//      JS (main) thread and its whole process plus the capture worker; webrtcbin's is its process
+//      over its own encoding alone (--encode-only). Per viewer: (cost(N) - cost(0)) / N.
+//  (c) RSS added per viewer, the same way.
+// Writes bench/results/stream.json and a markdown table.
+//
+// Usage: node bench/stream.ts [--runs 20] [--window-s 15]
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import Database from 'better-sqlite3';
+import mqtt from 'mqtt';
+import { spawnAgent, tempStateDir, type AgentProcess } from '../test/helpers/agent-process.ts';
+import { writeAgentConfig } from '../test/helpers/agent-config.ts';
+import { ChromiumViewers, type Viewer } from '../test/helpers/chromium-viewer.ts';
+import { makeCommand, makeIssuer, writeTrustStore } from '../test/helpers/command-tokens.ts';
+import { freeLoopbackPort } from '../test/helpers/gpsfake.ts';
+import { startBroker, type Broker } from '../test/helpers/mosquitto.ts';
+import { installCleanup, intFlag, machineFacts, machineLine, markdownTable, parseFlags, repoRoot, round, sleep, summarise, trackChild, writeResult, type Summary } from './lib/common.ts';
+import { cpuMs, threadCpuMs } from './lib/proc.ts';
+
+const width = 1280;
+const height = 720;
+const fps = 30;
+const bitrateKbps = 2000;
+const deviceId = 'bench-live';
+
+function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) : NaN;
+}
+
+interface Window {
+  viewers: number;
+  /** % of one core over the window. */
+  cpu: Record<string, number>;
+  /** mean RSS over the window, MiB. */
+  rssMiB: Record<string, number>;
+  /** frames the viewers decoded during the window, each. */
+  framesDecoded: number[];
+}
+
+/** Samples CPU and RSS of the named pids (and threads) over windowMs while the viewers play. */
+async function measureWindow(viewers: Viewer[], targets: Record<string, { pid: number; tid?: number; rss?: boolean }>, windowMs: number): Promise<Window> {
+  const cpuNow = (t: { pid: number; tid?: number }) => (t.tid !== undefined ? threadCpuMs(t.pid, t.tid)! : cpuMs(t.pid)!);
+  const start = Object.fromEntries(Object.entries(targets).map(([k, t]) => [k, cpuNow(t)]));
+  const framesBefore = await Promise.all(viewers.map(async (v) => (await v.inboundVideo()).framesDecoded));
+  const rss: Record<string, number[]> = {};
+  const t0 = performance.now();
+  while (performance.now() - t0 < windowMs) {
+    for (const [k, t] of Object.entries(targets)) if (t.rss) (rss[k] ??= []).push(rssKiB(t.pid));
+    await sleep(500);
+  }
+  const elapsed = performance.now() - t0;
+  const cpu = Object.fromEntries(Object.entries(targets).map(([k, t]) => [k, round(((cpuNow(t) - start[k]!) / elapsed) * 100)]));
+  const rssMiB = Object.fromEntries(Object.entries(rss).map(([k, v]) => [k, round(v.reduce((a, b) => a + b, 0) / v.length / 1024)]));
+  const framesAfter = await Promise.all(viewers.map(async (v) => (await v.inboundVideo()).framesDecoded));
+  return { viewers: viewers.length, cpu, rssMiB, framesDecoded: framesAfter.map((f, i) => f - framesBefore[i]!) };
+}
+
+interface Fleet {
+  request(payload: Buffer): Promise<Record<string, unknown>>;
+  close(): Promise<void>;
+}
+
+async function fleetClient(broker: Broker): Promise<Fleet> {
+  const client = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
+  (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+  await client.subscribeAsync('bench/replies', { qos: 1 });
+  const waiting = new Map<string, (r: Record<string, unknown>) => void>();
+  client.on('message', (_t, payload, packet) => waiting.get(packet.properties?.correlationData?.toString('hex') ?? '')?.(JSON.parse(payload.toString()) as Record<string, unknown>));
+  return {
+    request: (payload) =>
+      new Promise((resolve, reject) => {
+        const correlationData = randomBytes(8);
+        const timer = setTimeout(() => reject(new Error('no reply within 20 s')), 20_000);
+        waiting.set(correlationData.toString('hex'), (r) => {
+          clearTimeout(timer);
+          resolve(r);
+        });
+        client.publish(`bwc/v1/${deviceId}/cmd`, payload, { qos: 1, properties: { responseTopic: 'bench/replies', correlationData } });
+      }),
+    close: () => client.endAsync(),
+  };
+}
+
+/** The webrtcbin baseline process and its JSON-lines protocol. */
+class WebrtcbinSender {
+  readonly child: ChildProcess;
+  readonly #waiting = new Map<string, (m: Record<string, unknown>) => void>();
+  readonly ready: Promise<void>;
+
+  constructor(encodeOnly: boolean) {
+    const args = [path.join(repoRoot, 'bench/lib/webrtcbin-sender.py'), '--width', String(width), '--height', String(height), '--fps', String(fps), '--bitrate-kbps', String(bitrateKbps)];
+    if (encodeOnly) args.push('--encode-only');
+    // Debian's python3, which has PyGObject (a pyenv python3 first on PATH would not).
+    this.child = trackChild(spawn('/usr/bin/python3', args, { stdio: ['pipe', 'pipe', 'inherit'] }));
+    let markReady: () => void;
+    this.ready = new Promise((r) => (markReady = r));
+    readline.createInterface({ input: this.child.stdout! }).on('line', (line) => {
+      const m = JSON.parse(line) as Record<string, unknown>;
+      if (m.ready) markReady();
+      else if (typeof m.id === 'string') this.#waiting.get(m.id)?.(m);
+      else if (m.error) process.stderr.write(`webrtcbin-sender: ${String(m.error)}\n`);
+    });
+  }
+
+  answer(id: string, offer: string): Promise<string> {
+    return new Promise((resolve, reject) => {
+      this.#waiting.set(id, (m) => (typeof m.answer === 'string' ? resolve(m.answer) : reject(new Error(`webrtcbin: ${String(m.error)}`))));
+      this.child.stdin!.write(`${JSON.stringify({ id, offer })}\n`);
+    });
+  }
+
+  async stop(): Promise<void> {
+    const exited = new Promise((r) => this.child.once('exit', r));
+    this.child.stdin!.end();
+    await exited;
+  }
+}
+
+async function waitForState(recorderClient: mqtt.MqttClient, predicate: (s: Record<string, unknown>) => boolean, timeoutMs: number): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('state not reached')), timeoutMs);
+    const on = (_t: string, payload: Buffer) => {
+      const s = JSON.parse(payload.toString()) as Record<string, unknown>;
+      if (predicate(s)) {
+        clearTimeout(timer);
+        recorderClient.off('message', on);
+        resolve(s);
+      }
+    };
+    recorderClient.on('message', on);
+  });
+}
+
+async function main(): Promise<void> {
+  installCleanup();
+  const flags = parseFlags(process.argv.slice(2));
+  const runs = intFlag(flags, 'runs', 20);
+  const windowMs = intFlag(flags, 'window-s', 15) * 1000;
+  const issuer = await makeIssuer({ iss: 'bench-fleet' });
+  const stateDir = await tempStateDir('bwc-bench-live-');
+  const broker = await startBroker();
+  const config = await writeAgentConfig(stateDir, {
+    commands: { trustStore: writeTrustStore(stateDir, [issuer]), unsynchronisedClock: 'accept', maxConcurrentStreams: 2 },
+    capture: { width, height, framerate: fps, bitrateKbps },
+    stream: { ice: { interfaces: ['lo'] } },
+  });
+  const agent: AgentProcess = spawnAgent(['run', '--config', config], {
+    BWC_DEVICE_ID: deviceId,
+    BWC_MQTT_URL: broker.url,
+    BWC_STATE_DIR: stateDir,
+    BWC_GPSD: `127.0.0.1:${await freeLoopbackPort()}`,
+    BWC_LOG_LEVEL: 'warn',
+  });
+  trackChild(agent.child);
+  const stateClient = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
+  await stateClient.subscribeAsync(`bwc/v1/${deviceId}/state`, { qos: 1 });
+  const viewers = await ChromiumViewers.launch();
+  const fleet = await fleetClient(broker);
+  try {
+    const ready = await waitForState(stateClient, (s) => s.online === true && (s.capture as { status?: string } | null)?.status === 'running', 60_000);
+    const agentPid = agent.child.pid!;
+    const workerPid = (ready.capture as { pid: number }).pid;
+    await sleep(2000);
+
+    const open = async (): Promise<{ viewer: Viewer; sid: string; timings: { answerMs: number; connectMs: number; frameMs: number; totalMs: number } }> => {
+      const viewer = await viewers.open();
+      const offer = await viewer.createOffer();
+      const command = makeCommand({ issuer, deviceId, action: 'stream.start', offer, overrides: { sub: 'bench', reason: 'officer-safety' } });
+      const publishedAt = Date.now();
+      const reply = await fleet.request(command.payload);
+      const answeredAt = Date.now();
+      if (reply.ok !== true) throw new Error(`stream.start refused: ${JSON.stringify(reply)}`);
+      await viewer.applyAnswer(reply.answer as string);
+      const { connectedAt, firstFrameAt } = await viewer.firstFrame(20_000);
+      return {
+        viewer,
+        sid: reply.sid as string,
+        timings: { answerMs: answeredAt - publishedAt, connectMs: connectedAt - answeredAt, frameMs: firstFrameAt - connectedAt, totalMs: firstFrameAt - publishedAt },
+      };
+    };
+    const close = async (v: { viewer: Viewer; sid: string }) => {
+      const reply = await fleet.request(makeCommand({ issuer, deviceId, action: 'stream.stop', overrides: { sid: v.sid, sub: 'bench' } }).payload);
+      if (reply.ok !== true) throw new Error(`stream.stop refused: ${JSON.stringify(reply)}`);
+      await v.viewer.vanish();
+    };
+
+    // (a) first picture.
+    process.stderr.write(`stream: ${runs} views, stream.start -> first decoded frame\n`);
+    const firsts: { answerMs: number; connectMs: number; frameMs: number; totalMs: number }[] = [];
+    for (let i = 0; i < runs + 1; i++) {
+      const v = await open();
+      if (i > 0) firsts.push(v.timings); // the first warms the JIT, DTLS and Chromium's decoder
+      await close(v);
+      await sleep(300);
+    }
+
+    // (b), (c): 0, 1, 2 viewers on the agent.
+    process.stderr.write('stream: agent CPU and RSS with 0, 1, 2 viewers\n');
+    const agentTargets = { agentJsThread: { pid: agentPid, tid: agentPid }, agentProcess: { pid: agentPid, rss: true }, captureWorker: { pid: workerPid, rss: true } };
+    const agentWindows: Window[] = [await measureWindow([], agentTargets, windowMs)];
+    const watching: Awaited<ReturnType<typeof open>>[] = [];
+    for (let n = 1; n <= 2; n++) {
+      watching.push(await open());
+      await sleep(3000);
+      agentWindows.push(await measureWindow(watching.map((w) => w.viewer), agentTargets, windowMs));
+    }
+    for (const w of watching) await close(w);
+
+    // The same with webrtcbin.
+    process.stderr.write('stream: webrtcbin CPU and RSS, encoding alone, then 1 and 2 viewers\n');
+    const encodeOnly = new WebrtcbinSender(true);
+    await encodeOnly.ready;
+    await sleep(3000);
+    const encodeWindow = await measureWindow([], { webrtcbin: { pid: encodeOnly.child.pid!, rss: true } }, windowMs);
+    await encodeOnly.stop();
+    const sender = new WebrtcbinSender(false);
+    await sender.ready;
+    await sleep(2000);
+    const gstWindows: Window[] = [];
+    const gstViewers: Viewer[] = [];
+    for (let n = 1; n <= 2; n++) {
+      const viewer = await viewers.open();
+      const answer = await sender.answer(`v${n}`, await viewer.createOffer());
+      await viewer.applyAnswer(answer);
+      await viewer.waitForVideo((v) => v.framesDecoded > 0, 20_000, `webrtcbin viewer ${n} decodes`);
+      gstViewers.push(viewer);
+      await sleep(3000);
+      gstWindows.push(await measureWindow(gstViewers, { webrtcbin: { pid: sender.child.pid!, rss: true } }, windowMs));
+    }
+    for (const v of gstViewers) await v.vanish();
+    await sender.stop();
+
+    // Results.
+    const base = agentWindows[0]!;
+    const perViewer = (w: Window) => {
+      const n = w.viewers;
+      const js = (w.cpu.agentJsThread! - base.cpu.agentJsThread!) / n;
+      const whole = (w.cpu.agentProcess! + w.cpu.captureWorker! - base.cpu.agentProcess! - base.cpu.captureWorker!) / n;
+      const gst = gstWindows[n - 1]!;
+      const gstPer = (gst.cpu.webrtcbin! - encodeWindow.cpu.webrtcbin!) / n;
+      return {
+        viewers: n,
+        agentJsThreadPct: round(js),
+        agentProcessPlusWorkerPct: round(whole),
+        webrtcbinOverEncodingPct: round(gstPer),
+        ratioJsThread: round(js / gstPer, 2),
+        ratioWhole: round(whole / gstPer, 2),
+        agentRssAddedMiB: round((w.rssMiB.agentProcess! - base.rssMiB.agentProcess!) / n),
+        webrtcbinRssAddedMiB: round((gst.rssMiB.webrtcbin! - encodeWindow.rssMiB.webrtcbin!) / n),
+      };
+    };
+    const rows = agentWindows.slice(1).map(perViewer);
+    const summary = (k: keyof (typeof firsts)[number]): Summary => {
+      const s = summarise(firsts.map((f) => f[k]));
+      return { ...s, p50: round(s.p50), p95: round(s.p95), min: round(s.min), max: round(s.max), mean: round(s.mean) };
+    };
+    const first = { totalMs: summary('totalMs'), answerMs: summary('answerMs'), connectMs: summary('connectMs'), frameMs: summary('frameMs') };
+    const sqlite = (new Database(':memory:').prepare('select sqlite_version() v').get() as { v: string }).v;
+    const machine = machineFacts(sqlite);
+    const md = [
+      `### Live view: ${width}x${height}@${fps}, ${bitrateKbps} kbit/s, headless Chromium on loopback`,
+      '',
+      `(a) Signed stream.start published -> first frame decoded in Chromium (${first.totalMs.n} views, one after another; the viewer's offer made beforehand):`,
+      '',
+      markdownTable(
+        ['step', 'p50 ms', 'p95 ms', 'min ms', 'max ms'],
+        [
+          ['publish -> answer in the fleet\'s hands (verify, audit, ICE gathering)', first.answerMs.p50, first.answerMs.p95, first.answerMs.min, first.answerMs.max],
+          ['answer -> DTLS connected in Chromium', first.connectMs.p50, first.connectMs.p95, first.connectMs.min, first.connectMs.max],
+          ['connected -> first frame decoded (keyframe on connect)', first.frameMs.p50, first.frameMs.p95, first.frameMs.min, first.frameMs.max],
+          ['**total: publish -> first decoded frame**', first.totalMs.p50, first.totalMs.p95, first.totalMs.min, first.totalMs.max],
+        ],
+      ),
+      '',
+      `(b, c) Cost per viewer, ${windowMs / 1000} s windows, (cost(N) - cost(0)) / N; % of one core. webrtcbin (bench/lib/webrtcbin-sender.py) sends the same source, encoder settings and payloader to the same Chromium; its base is its own encoding alone.`,
+      '',
+      markdownTable(
+        ['viewers', 'agent JS thread %', 'agent process + capture worker %', 'webrtcbin over encoding %', 'ratio JS thread / webrtcbin', 'ratio whole / webrtcbin', 'agent RSS added MiB', 'webrtcbin RSS added MiB'],
+        rows.map((r) => [r.viewers, r.agentJsThreadPct, r.agentProcessPlusWorkerPct, r.webrtcbinOverEncodingPct, r.ratioJsThread, r.ratioWhole, r.agentRssAddedMiB, r.webrtcbinRssAddedMiB]),
+      ),
+      '',
+      `Absolute: agent JS thread ${agentWindows.map((w) => w.cpu.agentJsThread).join(' / ')} %, agent process ${agentWindows.map((w) => w.cpu.agentProcess).join(' / ')} %, capture worker ${agentWindows.map((w) => w.cpu.captureWorker).join(' / ')} %, agent RSS ${agentWindows.map((w) => w.rssMiB.agentProcess).join(' / ')} MiB at 0 / 1 / 2 viewers; webrtcbin ${encodeWindow.cpu.webrtcbin} % encoding alone, ${gstWindows.map((w) => w.cpu.webrtcbin).join(' / ')} % at 1 / 2 viewers, RSS ${encodeWindow.rssMiB.webrtcbin} / ${gstWindows.map((w) => w.rssMiB.webrtcbin).join(' / ')} MiB. Frames decoded per viewer per window: agent ${agentWindows.slice(1).map((w) => w.framesDecoded.join('+')).join(', ')}; webrtcbin ${gstWindows.map((w) => w.framesDecoded.join('+')).join(', ')}.`,
+      '',
+      `Machine: ${machineLine(machine)}. Chromium decodes on the same 2 cores: single runs, expect noise.`,
+    ].join('\n');
+    writeResult('stream', { machine, width, height, fps, bitrateKbps, runs, windowS: windowMs / 1000, firstFrame: first, firstFrameRuns: firsts, agentWindows, webrtcbinEncodeOnly: encodeWindow, webrtcbinWindows: gstWindows, perViewer: rows, markdown: md });
+    process.stdout.write(`${md}\n`);
+  } finally {
+    await fleet.close();
+    await viewers.close();
+    await stateClient.endAsync();
+    await agent.stop('SIGTERM');
+    await broker.dispose();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`stream bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  },
+);
+
