@@ -1,6 +1,7 @@
 // Capture: presets, the real `test` pipeline in a supervised worker (segments, kill -9, stop,
 // live RTP, keyframes), a pipeline that cannot start, and the supervisor's stall and rate limits.
 import { execFile, spawnSync } from 'node:child_process';
+import dgram from 'node:dgram';
 import { once, type EventEmitter } from 'node:events';
 import { statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -208,6 +209,24 @@ t.test('the test preset under the supervisor', { skip: !gstAvailable && 'GStream
     const stopped = packets.length;
     await new Promise((r) => setTimeout(r, 1000));
     t.equal(packets.length, stopped, 'no packets after setLive(false)');
+  });
+
+  await t.test('live RTP from any process but the worker is refused', async (t) => {
+    sup.setLive(true);
+    await until(() => packets.length > 0, 'worker RTP flowing');
+    const marker = Buffer.from('80600001000000010badc0de' + 'ff'.repeat(20), 'hex');
+    const rogue = dgram.createSocket('udp4');
+    await new Promise<void>((r) => rogue.bind(0, '127.0.0.1', r));
+    for (let i = 0; i < 20; i++) {
+      rogue.send(marker, sup.rtpPort!, '127.0.0.1');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const count = packets.length;
+    await until(() => packets.length > count + 30, 'the worker\'s packets still flow');
+    t.notOk(packets.some((p) => p.equals(marker)), 'no injected packet reached the live view');
+    rogue.close();
+    sup.setLive(false);
+    await new Promise((r) => setTimeout(r, 300));
   });
 
   await t.test('kill -9: fault, restart, and the interrupted segment still decodes', async (t) => {

@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import type { CaptureConfig } from './config.ts';
 import type { CaptureSettings } from './presets.ts';
 import { isWorkerMessage, type ParentMessage, type SegmentInfo, type WorkerMessage } from './protocol.ts';
+import { udpPortOwnedBy } from './rtp-source.ts';
 
 export type { SegmentInfo } from './protocol.ts';
 
@@ -72,6 +73,19 @@ function defaultWorkerPath(): string {
   return fileURLToPath(new URL(`./worker.${ext}`, import.meta.url));
 }
 
+/** The worker's sending port as verified for one RTP socket; reset for each worker. */
+interface RtpSource {
+  port: number;
+  /** When a new source port was last checked: rogue senders cannot make us read /proc per packet. */
+  lastCheckAt: number;
+  /** Ports already refused, so each is logged once. */
+  refused: Set<number>;
+}
+
+// A new worker's first packet may be refused if a stranger's packet was checked just before it;
+// the worker sends 30+ packets a second, so the next one after this gap is taken.
+const sourceCheckMinGapMs = 100;
+
 interface WorkerRun {
   child: ChildProcess;
   /** The first reason this run went wrong; later symptoms (exit after error) do not overwrite it. */
@@ -87,6 +101,7 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
   readonly #onRtp: ((packet: Buffer) => void) | undefined;
   readonly #onAudioRtp: ((packet: Buffer) => void) | undefined;
   #audioSocket: dgram.Socket | undefined;
+  readonly #rtpSources: RtpSource[] = [];
   readonly #log: Logger;
   #socket: dgram.Socket | undefined;
   #run: WorkerRun | undefined;
@@ -134,6 +149,11 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
     };
   }
 
+  /** Loopback port the live video RTP is received on (diagnosis, tests). */
+  get rtpPort(): number | undefined {
+    return this.#socket?.address().port;
+  }
+
   /** Binds the RTP socket and launches the first worker; later trouble is reported by events. */
   async start(): Promise<void> {
     if (this.#started) return;
@@ -146,9 +166,13 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
 
   async #bindRtpSocket(deliver: ((packet: Buffer) => void) | undefined, receiveBuffer: number): Promise<dgram.Socket> {
     const socket = dgram.createSocket('udp4');
+    const source: RtpSource = { port: -1, lastCheckAt: -Infinity, refused: new Set() };
+    this.#rtpSources.push(source);
     socket.on('message', (packet, remote) => {
-      // Only the worker's udpsink on loopback; and nothing at all while nobody watches.
-      if (this.#live && deliver && remote.address === '127.0.0.1') deliver(packet);
+      // Nothing at all while nobody watches; then only from the worker's own udpsink on loopback.
+      if (!this.#live || !deliver || remote.address !== '127.0.0.1') return;
+      if (remote.port !== source.port && !this.#admitSource(source, remote.port)) return;
+      deliver(packet);
     });
     socket.on('error', (err) => this.#log.error({ err }, 'capture RTP socket error'));
     await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
@@ -159,6 +183,27 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
       this.#log.debug({ err }, 'could not enlarge the RTP receive buffer');
     }
     return socket;
+  }
+
+  #admitSource(source: RtpSource, port: number): boolean {
+    const now = Date.now();
+    const pid = this.#run && !this.#run.ended ? this.#run.child.pid : undefined;
+    if (pid === undefined || source.refused.has(port) || now - source.lastCheckAt < sourceCheckMinGapMs) return false;
+    source.lastCheckAt = now;
+    let owned: boolean;
+    try {
+      owned = udpPortOwnedBy(pid, port);
+    } catch (err) {
+      this.#log.error({ err: (err as Error).message, port }, 'cannot check who sends the live RTP (/proc unreadable): packets refused');
+      owned = false;
+    }
+    if (owned) {
+      source.port = port;
+      return true;
+    }
+    source.refused.add(port);
+    this.#log.warn({ port, workerPid: pid }, 'live RTP from a process other than the capture worker: refused');
+    return false;
   }
 
   /** Asks the encoder for an IDR (viewer connect, PLI). Bursts collapse into one per keyframeMinIntervalMs. */
@@ -250,6 +295,11 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
     }
     const run: WorkerRun = { child, fault: undefined, ended: false, sawSegment: false, lastFrames: 0, lastProgressAt: Date.now() };
     this.#run = run;
+    for (const source of this.#rtpSources) {
+      source.port = -1;
+      source.lastCheckAt = -Infinity;
+      source.refused.clear();
+    }
     this.#frames = 0;
     this.#status = status === 'starting' || this.#status !== 'failed' ? status : 'failed';
     this.#log.info({ pid: child.pid, preset: settings.preset, launcher }, 'capture worker starting');
