@@ -226,7 +226,7 @@ t.test('live view through a real broker to a real Chromium', async (t) => {
     t.equal(exit.code, 0, 'clean exit');
     const stop = await waitForStop(sid, 10_000, 'agent_shutdown audited');
     t.equal(stop.detail.cause, 'agent_shutdown', 'audited as agent_shutdown');
-    const offline = recorder.on('state').at(-1)?.json as { online: boolean; streaming: { sessions: number } };
-    t.match(offline, { online: false, streaming: { sessions: 0 } }, 'offline state shows no live view');
+    await recorder.waitFor(() => recorder.on('state').at(-1)?.json?.online === false, 10_000, 'the offline state');
+    t.match(recorder.on('state').at(-1)?.json, { online: false, streaming: { sessions: 0, list: [] } }, 'offline state shows no live view');
   });
 });
