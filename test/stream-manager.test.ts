@@ -322,6 +322,11 @@ t.test('StreamSession.open accepts only an authorised stream.start', async (t) =
   t.equal(session.audio, true);
   await session.close();
   t.ok(session.closed);
+
+  const ranged = await StreamSession.open({ sid: 's-y', command: await authorised('stream.start'), ice: { ...ice, portRange: [42_000, 42_100] }, audio: false, logger });
+  const ports = [...ranged.answer.matchAll(/a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 (\d+) typ host/g)].map((m) => Number(m[1]));
+  t.ok(ports.length > 0 && ports.every((p) => p >= 42_000 && p <= 42_100), `candidate ports ${ports.join(', ')} within stream.ice.portRange`);
+  await ranged.session.close();
 });
 
 t.test('inspectOffer', async (t) => {
