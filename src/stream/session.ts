@@ -141,6 +141,13 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
         }
       });
     });
+    // A viewer that hangs up (RTCPeerConnection.close) sends a DTLS close alert; werift closes
+    // the DTLS transport but not the connection, so this is where a goodbye shows.
+    for (const dtls of this.#pc.dtlsTransports) {
+      dtls.onStateChange.subscribe((state) => {
+        if (state === 'closed' && !this.#closed) this.#setLink('closed');
+      });
+    }
     const sdp = this.#pc.localDescription?.sdp;
     if (!sdp) throw new Error('werift made no local description');
     return sdp;
