@@ -122,14 +122,14 @@ export class Agent {
       checkpointIntervalMs: config.audit.checkpointInterval * 1000,
       logger,
     });
-    // Made before the capture and the verifier, which hand it packets and ask its count; its
-    // collaborators are reached through closures so the order of construction does not matter.
+    // Made before the capture and the verifier, which hand it packets and ask its count; the
+    // capture and the firmware it drives are made later, so it reaches them through closures.
     const stream: StreamManager = new StreamManager({
       config: config.stream,
       audio: config.capture.audio,
       maxSessions: config.commands.maxConcurrentStreams,
       capture: { setLive: (open) => this.#capture.setLive(open), requestKeyframe: () => this.#capture.requestKeyframe() },
-      audit: { append: (record) => this.#audit.append(record) },
+      audit: this.#audit,
       sendEvent: (body) => this.#link.send('event', body),
       state: this.#state,
       wearer: { streamStarted: () => firmware.streamStarted(), streamStopped: () => firmware.streamStopped(), streaming: (active) => firmware.streaming(active) },

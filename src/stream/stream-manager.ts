@@ -12,9 +12,8 @@ import type { AuthorisedCommand } from '../command/authorised-command.ts';
 import type { ActionResult } from '../command/command-handler.ts';
 import type { DeviceState, StreamSessionState } from '../state/device-state.ts';
 import type { StreamConfig } from './config.ts';
-import { IceConfigError, resolveIce, type ResolvedIce } from './ice.ts';
-import { OfferError } from './offer.ts';
-import { StreamSession, type SessionLinkState, type StreamSessionOptions } from './session.ts';
+import { resolveIce, type ResolvedIce } from './ice.ts';
+import type { SessionLinkState, StreamSessionOptions } from './session.ts';
 
 /** Why a session ended: in the audit entry, the event and the log. */
 export type StreamEndCause =
@@ -59,6 +58,15 @@ export interface LiveSession {
 }
 
 export type OpenSession = (o: StreamSessionOptions) => Promise<{ session: LiveSession; answer: string }>;
+
+// werift takes ~120 ms to load: not on the way to the first `online` state, but in the background
+// soon after start, and awaited by the first stream.start if that comes sooner.
+let sessionModule: Promise<typeof import('./session.ts')> | undefined;
+const loadSessionModule = () => (sessionModule ??= import('./session.ts'));
+const openStreamSession: OpenSession = async (o) => (await loadSessionModule()).StreamSession.open(o);
+
+/** Codes of the errors StreamSession.open and resolveIce throw for a bad offer or network. */
+const refusalCodes = new Set(['unsupported_offer', 'no_network']);
 
 export interface StreamManagerOptions {
   config: StreamConfig;
@@ -109,7 +117,7 @@ export class StreamManager {
   constructor(options: StreamManagerOptions) {
     this.#o = options;
     this.#log = options.logger.child({ module: 'stream' });
-    this.#open = options.openSession ?? StreamSession.open;
+    this.#open = options.openSession ?? openStreamSession;
     this.#resolveIce = options.resolveIce ?? resolveIce;
   }
 
@@ -123,6 +131,7 @@ export class StreamManager {
     this.#checkTimer = setInterval(() => this.#check(), this.#o.checkIntervalMs ?? 500);
     this.#checkTimer.unref();
     this.#publish();
+    if (!this.#o.openSession) setTimeout(() => void loadSessionModule(), 1000).unref();
   }
 
   async stop(): Promise<void> {
@@ -180,7 +189,8 @@ export class StreamManager {
       ice = await this.#resolveIce(this.#o.config.ice);
       opened = await this.#open({ sid, command, ice, audio: this.#o.audio, logger: this.#o.logger });
     } catch (err) {
-      const code = err instanceof OfferError || err instanceof IceConfigError ? err.code : 'internal_error';
+      const errCode = (err as { code?: unknown }).code;
+      const code = typeof errCode === 'string' && refusalCodes.has(errCode) ? errCode : 'internal_error';
       this.#log.warn({ sid, code, reason: (err as Error).message }, 'live view not opened');
       return { ok: false, code, message: (err as Error).message };
     }
