@@ -218,6 +218,9 @@ async function main(): Promise<void> {
       agentWindows.push(await measureWindow(watching.map((w) => w.viewer), agentTargets, windowMs));
     }
     for (const w of watching) await close(w);
+    // 0 viewers again: what the agent keeps after its viewers left (V8 heap it does not give back).
+    await sleep(3000);
+    const afterWindow = await measureWindow([], agentTargets, windowMs);
 
     // The same with webrtcbin.
     process.stderr.write('stream: webrtcbin CPU and RSS, encoding alone, then 1 and 2 viewers\n');
@@ -294,11 +297,11 @@ async function main(): Promise<void> {
         rows.map((r) => [r.viewers, r.agentJsThreadPct, r.agentProcessPct, r.webrtcbinOverEncodingPct, r.ratioJsThread, r.ratioProcess, r.agentRssAddedMiB, r.webrtcbinRssAddedMiB]),
       ),
       '',
-      `Absolute: agent JS thread ${agentWindows.map((w) => w.cpu.agentJsThread).join(' / ')} %, agent process ${agentWindows.map((w) => w.cpu.agentProcess).join(' / ')} %, capture worker ${agentWindows.map((w) => w.cpu.captureWorker).join(' / ')} %, agent RSS ${agentWindows.map((w) => w.rssMiB.agentProcess).join(' / ')} MiB at 0 / 1 / 2 viewers; webrtcbin ${encodeWindow.cpu.webrtcbin} % encoding alone, ${gstWindows.map((w) => w.cpu.webrtcbin).join(' / ')} % at 1 / 2 viewers, RSS ${encodeWindow.rssMiB.webrtcbin} / ${gstWindows.map((w) => w.rssMiB.webrtcbin).join(' / ')} MiB. Frames decoded per viewer per window: agent ${agentWindows.slice(1).map((w) => w.framesDecoded.join('+')).join(', ')}; webrtcbin ${gstWindows.map((w) => w.framesDecoded.join('+')).join(', ')}.`,
+      `Absolute: agent JS thread ${agentWindows.map((w) => w.cpu.agentJsThread).join(' / ')} %, agent process ${agentWindows.map((w) => w.cpu.agentProcess).join(' / ')} %, capture worker ${agentWindows.map((w) => w.cpu.captureWorker).join(' / ')} %, agent RSS ${agentWindows.map((w) => w.rssMiB.agentProcess).join(' / ')} MiB at 0 / 1 / 2 viewers and ${afterWindow.rssMiB.agentProcess} MiB (CPU ${afterWindow.cpu.agentProcess} %) once they left; webrtcbin ${encodeWindow.cpu.webrtcbin} % encoding alone, ${gstWindows.map((w) => w.cpu.webrtcbin).join(' / ')} % at 1 / 2 viewers, RSS ${encodeWindow.rssMiB.webrtcbin} / ${gstWindows.map((w) => w.rssMiB.webrtcbin).join(' / ')} MiB. Frames decoded per viewer per window: agent ${agentWindows.slice(1).map((w) => w.framesDecoded.join('+')).join(', ')}; webrtcbin ${gstWindows.map((w) => w.framesDecoded.join('+')).join(', ')}.`,
       '',
       `Machine: ${machineLine(machine)}. Chromium decodes on the same 2 cores: single runs, expect noise.`,
     ].join('\n');
-    writeResult('stream', { machine, width, height, fps, bitrateKbps, runs, windowS: windowMs / 1000, firstFrame: first, firstFrameRuns: firsts, agentWindows, webrtcbinEncodeOnly: encodeWindow, webrtcbinWindows: gstWindows, perViewer: rows, markdown: md });
+    writeResult('stream', { machine, width, height, fps, bitrateKbps, runs, windowS: windowMs / 1000, firstFrame: first, firstFrameRuns: firsts, agentWindows, agentAfterViewers: afterWindow, webrtcbinEncodeOnly: encodeWindow, webrtcbinWindows: gstWindows, perViewer: rows, markdown: md });
     process.stdout.write(`${md}\n`);
   } finally {
     await fleet.close();
