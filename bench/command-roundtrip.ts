@@ -8,12 +8,11 @@ import { mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { randomBytes } from 'node:crypto';
-import mqtt from 'mqtt';
 import { generateIssuerKeys, signCommand } from '../src/cli/fleet-tools.ts';
 import { spawnAgent, tempStateDir } from '../test/helpers/agent-process.ts';
 import { writeAgentConfig } from '../test/helpers/agent-config.ts';
 import { freeLoopbackPort } from '../test/helpers/gpsfake.ts';
+import { FleetClient } from '../test/helpers/fleet-client.ts';
 import { startBroker } from '../test/helpers/mosquitto.ts';
 import { installCleanup, intFlag, machineFacts, machineLine, markdownTable, parseFlags, round, summarise, writeResult } from './lib/common.ts';
 
@@ -37,27 +36,8 @@ async function main(): Promise<void> {
     await agent.waitForOutput(/"msg":"connected to the broker"|bwc-agent running/, 30_000).catch(() => undefined);
     await new Promise((r) => setTimeout(r, 1000));
     // One fleet-side client for all samples: the figure is publish -> reply, not connection set-up.
-    const client = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
-    // As the agent does (src/link/mqtt-session.ts): without it, this client's PUBACK for one reply
-    // and its next PUBLISH meet Nagle's algorithm and the broker's delayed ACK (~40 ms).
-    (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
-    const responseTopic = 'bench/replies';
-    await client.subscribeAsync(responseTopic, { qos: 1 });
-    const waiting = new Map<string, (reply: Record<string, unknown>) => void>();
-    client.on('message', (_topic, payload, packet) => {
-      const id = packet.properties?.correlationData?.toString('hex');
-      if (id) waiting.get(id)?.(JSON.parse(payload.toString()) as Record<string, unknown>);
-    });
-    const request = (token: string) =>
-      new Promise<Record<string, unknown>>((resolve, reject) => {
-        const correlationData = randomBytes(8);
-        const timer = setTimeout(() => reject(new Error('no reply within 10 s')), 10_000);
-        waiting.set(correlationData.toString('hex'), (reply) => {
-          clearTimeout(timer);
-          resolve(reply);
-        });
-        client.publish(`bwc/v1/${deviceId}/cmd`, JSON.stringify({ token }), { qos: 1, properties: { responseTopic, correlationData } });
-      });
+    const client = await FleetClient.connect(broker.url, 'bench/replies');
+    const request = (token: string) => client.request(deviceId, JSON.stringify({ token }), 10_000);
     const measure = async (keyFile: string, expectOk: boolean) => {
       const samples: number[] = [];
       for (let i = 0; i < runs + 2; i += 1) {
@@ -72,7 +52,7 @@ async function main(): Promise<void> {
     };
     const accepted = await measure(trusted.privateJwkFile, true);
     const rejected = await measure(stranger.privateJwkFile, false);
-    await client.endAsync();
+    await client.close();
     const sqlite = (new Database(':memory:').prepare('select sqlite_version() v').get() as { v: string }).v;
     const machine = machineFacts(sqlite);
     const row = (name: string, s: ReturnType<typeof summarise>) => [name, round(s.min), round(s.p50), round(s.p95), round(s.max)];

@@ -14,7 +14,6 @@
 //
 // Usage: node bench/stream.ts [--runs 20] [--window-s 15]
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -25,7 +24,8 @@ import { writeAgentConfig } from '../test/helpers/agent-config.ts';
 import { ChromiumViewers, type Viewer } from '../test/helpers/chromium-viewer.ts';
 import { makeCommand, makeIssuer, writeTrustStore } from '../test/helpers/command-tokens.ts';
 import { freeLoopbackPort } from '../test/helpers/gpsfake.ts';
-import { startBroker, type Broker } from '../test/helpers/mosquitto.ts';
+import { FleetClient } from '../test/helpers/fleet-client.ts';
+import { startBroker } from '../test/helpers/mosquitto.ts';
 import { installCleanup, intFlag, machineFacts, machineLine, markdownTable, parseFlags, repoRoot, round, sleep, summarise, trackChild, writeResult, type Summary } from './lib/common.ts';
 import { cpuMs, threadCpuMs } from './lib/proc.ts';
 
@@ -66,32 +66,6 @@ async function measureWindow(viewers: Viewer[], targets: Record<string, { pid: n
   const rssMiB = Object.fromEntries(Object.entries(rss).map(([k, v]) => [k, round(v.reduce((a, b) => a + b, 0) / v.length / 1024)]));
   const framesAfter = await Promise.all(viewers.map(async (v) => (await v.inboundVideo()).framesDecoded));
   return { viewers: viewers.length, cpu, rssMiB, framesDecoded: framesAfter.map((f, i) => f - framesBefore[i]!) };
-}
-
-interface Fleet {
-  request(payload: Buffer): Promise<Record<string, unknown>>;
-  close(): Promise<void>;
-}
-
-async function fleetClient(broker: Broker): Promise<Fleet> {
-  const client = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
-  (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
-  await client.subscribeAsync('bench/replies', { qos: 1 });
-  const waiting = new Map<string, (r: Record<string, unknown>) => void>();
-  client.on('message', (_t, payload, packet) => waiting.get(packet.properties?.correlationData?.toString('hex') ?? '')?.(JSON.parse(payload.toString()) as Record<string, unknown>));
-  return {
-    request: (payload) =>
-      new Promise((resolve, reject) => {
-        const correlationData = randomBytes(8);
-        const timer = setTimeout(() => reject(new Error('no reply within 20 s')), 20_000);
-        waiting.set(correlationData.toString('hex'), (r) => {
-          clearTimeout(timer);
-          resolve(r);
-        });
-        client.publish(`bwc/v1/${deviceId}/cmd`, payload, { qos: 1, properties: { responseTopic: 'bench/replies', correlationData } });
-      }),
-    close: () => client.endAsync(),
-  };
 }
 
 /** The webrtcbin baseline process and its JSON-lines protocol. */
@@ -168,7 +142,7 @@ async function main(): Promise<void> {
   const stateClient = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
   await stateClient.subscribeAsync(`bwc/v1/${deviceId}/state`, { qos: 1 });
   const viewers = await ChromiumViewers.launch();
-  const fleet = await fleetClient(broker);
+  const fleet = await FleetClient.connect(broker.url);
   try {
     const ready = await waitForState(stateClient, (s) => s.online === true && (s.capture as { status?: string } | null)?.status === 'running', 60_000);
     const agentPid = agent.child.pid!;
@@ -180,7 +154,7 @@ async function main(): Promise<void> {
       const offer = await viewer.createOffer();
       const command = makeCommand({ issuer, deviceId, action: 'stream.start', offer, overrides: { sub: 'bench', reason: 'officer-safety' } });
       const publishedAt = Date.now();
-      const reply = await fleet.request(command.payload);
+      const reply = await fleet.request(deviceId, command.payload);
       const answeredAt = Date.now();
       if (reply.ok !== true) throw new Error(`stream.start refused: ${JSON.stringify(reply)}`);
       await viewer.applyAnswer(reply.answer as string);
@@ -192,7 +166,7 @@ async function main(): Promise<void> {
       };
     };
     const close = async (v: { viewer: Viewer; sid: string }) => {
-      const reply = await fleet.request(makeCommand({ issuer, deviceId, action: 'stream.stop', overrides: { sid: v.sid, sub: 'bench' } }).payload);
+      const reply = await fleet.request(deviceId, makeCommand({ issuer, deviceId, action: 'stream.stop', overrides: { sid: v.sid, sub: 'bench' } }).payload);
       if (reply.ok !== true) throw new Error(`stream.stop refused: ${JSON.stringify(reply)}`);
       await v.viewer.vanish();
     };

@@ -7,13 +7,12 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { randomBytes } from 'node:crypto';
-import mqtt from 'mqtt';
 import t from 'tap';
 import { agentBin, spawnAgent, tempStateDir, type AgentProcess } from './helpers/agent-process.ts';
 import { writeAgentConfig } from './helpers/agent-config.ts';
 import { envelope, makeCommand, makeIssuer, signToken, commandClaims, sdpOffer } from './helpers/command-tokens.ts';
 import { startBroker } from './helpers/mosquitto.ts';
+import { FleetClient } from './helpers/fleet-client.ts';
 import { MqttRecorder } from './helpers/mqtt-recorder.ts';
 
 const run = promisify(execFile);
@@ -45,10 +44,10 @@ t.test('commands through a real broker', async (t) => {
   const config = await writeAgentConfig(stateDir, { commands: { trustStore: path.join(keysDir, 'trust.jwks.json'), unsynchronisedClock: 'accept' } });
   const env = { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: broker.url, BWC_STATE_DIR: stateDir, BWC_GPSD: '127.0.0.1:9' };
   let agent: AgentProcess = spawnAgent(['run', '--config', config], env);
-  const fleet = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
+  const fleet = await FleetClient.connect(broker.url);
   t.teardown(async () => {
     await agent.stop('SIGKILL');
-    await fleet.endAsync(true);
+    await fleet.close();
     await recorder.close();
     await broker.dispose();
   });
@@ -57,19 +56,7 @@ t.test('commands through a real broker', async (t) => {
   t.equal(publicKey?.crv, 'Ed25519', 'the device public key is in state');
 
   // Raw request/response, for payloads the CLI would never make.
-  await fleet.subscribeAsync('fleet/replies', { qos: 1 });
-  const replies = new Map<string, (r: Record<string, unknown>) => void>();
-  fleet.on('message', (_topic, payload, packet) => replies.get(packet.properties?.correlationData?.toString('hex') ?? '')?.(JSON.parse(payload.toString()) as Record<string, unknown>));
-  const request = (payload: Buffer | string) =>
-    new Promise<Record<string, unknown>>((resolve, reject) => {
-      const correlationData = randomBytes(8);
-      const timer = setTimeout(() => reject(new Error('no reply')), 15_000);
-      replies.set(correlationData.toString('hex'), (r) => {
-        clearTimeout(timer);
-        resolve(r);
-      });
-      fleet.publish(`bwc/v1/${deviceId}/cmd`, payload, { qos: 1, properties: { responseTopic: 'fleet/replies', correlationData } });
-    });
+  const request = (payload: Buffer | string) => fleet.request(deviceId, payload, 15_000);
 
   // 1. The CLI's sign + send, accepted.
   const ok = await cli(['command', 'send', '--url', broker.url, '--key', keyFile, '--device', deviceId, '--action', 'record.start', '--reason', 'officer-safety', '--operator', 'sgt-1234']);

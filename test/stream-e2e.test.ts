@@ -2,14 +2,13 @@
 // carries the signed commands, the agent process runs the real GStreamer pipeline (videotestsrc,
 // x264enc, Opus) and answers with werift. Every way a session can end is driven for real and
 // checked in the reply, `state`, the audit trail and the wearer's notifications.
-import { randomBytes } from 'node:crypto';
 import { readdirSync, readlinkSync, readFileSync } from 'node:fs';
-import mqtt from 'mqtt';
 import t from 'tap';
 import { spawnAgent, tempStateDir, type AgentProcess } from './helpers/agent-process.ts';
 import { writeAgentConfig } from './helpers/agent-config.ts';
 import { ChromiumViewers, type Viewer } from './helpers/chromium-viewer.ts';
 import { makeCommand, makeIssuer, writeTrustStore, type Command } from './helpers/command-tokens.ts';
+import { FleetClient } from './helpers/fleet-client.ts';
 import { startBroker } from './helpers/mosquitto.ts';
 import { MqttRecorder } from './helpers/mqtt-recorder.ts';
 
@@ -17,7 +16,6 @@ const deviceId = 'cam-live';
 const width = 640;
 const height = 360;
 
-type Reply = Record<string, unknown> & { ok: boolean; code?: string; sid?: string; answer?: string };
 type AuditEntry = { type: string; operator: string | null; reason: string | null; detail: Record<string, unknown> };
 
 /** The agent's UDP sockets, by inode: /proc/<pid>/fd against /proc/net/udp. */
@@ -59,29 +57,17 @@ t.test('live view through a real broker to a real Chromium', async (t) => {
     BWC_GPSD: '127.0.0.1:9',
   });
   const viewers = await ChromiumViewers.launch();
-  const fleet = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
+  const fleet = await FleetClient.connect(broker.url);
   t.teardown(async () => {
     await agent.stop('SIGKILL');
     await viewers.close();
-    await fleet.endAsync(true);
+    await fleet.close();
     await recorder.close();
     await broker.dispose();
   });
   await recorder.waitFor(() => recorder.on('state').some((m) => m.json?.online === true && (m.json?.capture as { status?: string } | null)?.status === 'running'), 60_000, 'online and capturing');
 
-  await fleet.subscribeAsync('fleet/replies', { qos: 1 });
-  const waiting = new Map<string, (r: Reply) => void>();
-  fleet.on('message', (_topic, payload, packet) => waiting.get(packet.properties?.correlationData?.toString('hex') ?? '')?.(JSON.parse(payload.toString()) as Reply));
-  const request = (payload: Buffer) =>
-    new Promise<Reply>((resolve, reject) => {
-      const correlationData = randomBytes(8);
-      const timer = setTimeout(() => reject(new Error('no reply within 20 s')), 20_000);
-      waiting.set(correlationData.toString('hex'), (r) => {
-        clearTimeout(timer);
-        resolve(r);
-      });
-      fleet.publish(`bwc/v1/${deviceId}/cmd`, payload, { qos: 1, properties: { responseTopic: 'fleet/replies', correlationData } });
-    });
+  const request = (payload: Buffer) => fleet.request(deviceId, payload);
   const startCommand = (offer: string, overrides: Record<string, unknown> = {}): Command =>
     makeCommand({ issuer, deviceId, action: 'stream.start', offer, overrides: { sub: 'insp-0042', reason: 'public-safety', ...overrides } });
   const stopCommand = (sid: string) => makeCommand({ issuer, deviceId, action: 'stream.stop', overrides: { sid, sub: 'insp-0042' } });
