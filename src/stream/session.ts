@@ -119,6 +119,12 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     this.#pc.iceConnectionStateChange.subscribe((state) => {
       this.#log.debug({ ice: state }, 'ICE state');
       if (state === 'failed' || state === 'disconnected') this.#setLink('failed');
+      // ICE back within the grace: werift's connection state never left "connected", so no event
+      // of its own says so.
+      else if ((state === 'connected' || state === 'completed') && this.linkState === 'failed' && this.#pc.connectionState === 'connected') {
+        heard();
+        this.#setLink('connected');
+      }
     });
   }
 
