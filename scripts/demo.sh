@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# make demo: the agent on its embedded defaults (no config file), with what a camera board would
-# have around it, all on loopback: a mosquitto broker, and gpsd replaying a real receiver log
-# (../shared/data/gps/bu353s4.log: Hamilton, New Zealand). Logs are pretty-printed; Ctrl-C stops all.
-# DEMO_SECONDS=N stops the demo by itself after N seconds (used by the tests).
+# make demo: the whole product on one machine, on loopback: a mosquitto broker, two cameras (agent
+# processes on the `test` capture preset with the simulated firmware), each with gpsd replaying a
+# real receiver log from ../shared/data/gps (Hamilton and Dunedin, New Zealand), and the reference
+# ops console (ops-console/) whose URL is printed. Sign in as `demo` / `demo-password` and request
+# a live view. Logs are pretty-printed; Ctrl-C stops all.
+#
+# Each run starts afresh in $DEMO_DIR (default .demo): new device keys, databases and audit chains,
+# so the console sees every camera's chain from its first entry.
+# DEMO_SECONDS=N stops the demo by itself after N seconds (used by the tests);
+# DEMO_CAPTURE=WxH@FPS sets both cameras' picture (default: the embedded 1280x720@30 for camera 1,
+# 640x360@15 for camera 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 demo="${DEMO_DIR:-$root/.demo}"
+rm -rf "$demo/state" "$demo/state-2" "$demo/issuer" "$demo/mosquitto.db" "$demo"/*.yaml "$demo/users.json"
 mkdir -p "$demo"
 export PATH="$root/.runtime/node/bin:$PATH"
 
@@ -15,15 +23,24 @@ pick_port() { local p=$1; while ! port_free "$p"; do p=$((p + 1)); done; echo "$
 
 mqtt_port=$(pick_port 1883)
 gpsd_port=$(pick_port 2947)
+gpsd2_port=$(pick_port $((gpsd_port + 1)))
+console_port=$(pick_port 8080)
 gps_log="${DEMO_GPS_LOG:-$root/../shared/data/gps/bu353s4.log}"
-[ -f "$gps_log" ] || { echo "demo: GPS log $gps_log not found (the repo is expected beside shared/)" >&2; exit 1; }
+gps2_log="$root/../shared/data/gps/ublox-zed-f9p-nmea.log"
+for f in "$gps_log" "$gps2_log"; do
+  [ -f "$f" ] || { echo "demo: GPS log $f not found (the repo is expected beside shared/)" >&2; exit 1; }
+done
 
 pids=()
+agents=()
 cleanup() {
   trap - EXIT INT TERM
   echo; echo "demo: stopping"
-  [ -n "${agent_pid:-}" ] && kill -TERM "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null || true
+  for a in "${agents[@]}"; do kill -TERM "$a" 2>/dev/null || true; done
+  for a in "${agents[@]}"; do wait "$a" 2>/dev/null || true; done
   for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
+  # The DEMO_SECONDS timer too, or the final wait would sit out the rest of it.
+  [ -n "${timer:-}" ] && kill "$timer" 2>/dev/null
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -35,41 +52,83 @@ listener $mqtt_port 127.0.0.1
 allow_anonymous true
 persistence true
 persistence_location $demo/
+set_tcp_nodelay true
 CONF
 setsid mosquitto -c "$demo/mosquitto.conf" >"$demo/mosquitto.log" 2>&1 &
 pids+=($!)
 # gpsfake ignores SIGTERM: timeout -k bounds it, and its own session lets cleanup reach gpsd too.
 setsid timeout -k 3 86400 gpsfake -q -n -P "$gpsd_port" -c 0.2 "$gps_log" >"$demo/gpsfake.log" 2>&1 &
 pids+=($!)
+setsid timeout -k 3 86400 gpsfake -q -n -P "$gpsd2_port" -c 0.2 "$gps2_log" >"$demo/gpsfake-2.log" 2>&1 &
+pids+=($!)
+
+# The fleet side: an issuer key the console signs with, its public half in the cameras' trust
+# store, and one demo operator.
+bin/bwc-agent keys generate --out "$demo/issuer" --actions stream.start,stream.stop,record.start,record.stop >/dev/null
+node ops-console/users.ts add --file "$demo/users.json" --user demo --operator sgt-demo --name "Sgt Demo" --password demo-password >/dev/null
+
+# Everything else on the embedded defaults. The demo machine's clock may not be NTP-synchronised,
+# and its viewer is a browser on this machine (loopback candidates).
+camera_config() { # file [capture]
+  {
+    echo "commands: {trustStore: $demo/issuer/trust.jwks.json, unsynchronisedClock: accept}"
+    echo "stream: {ice: {interfaces: [lo]}}"
+    if [ -n "${2:-}" ]; then echo "capture: $2"; fi
+  } > "$1"
+}
+capture_of() { # WxH@FPS -> YAML flow map
+  local size=${1%@*} fps=${1#*@}
+  echo "{width: ${size%x*}, height: ${size#*x}, framerate: $fps, bitrateKbps: 800}"
+}
+cam1_capture=""; cam2_capture=$(capture_of 640x360@15)
+if [ -n "${DEMO_CAPTURE:-}" ]; then cam1_capture=$(capture_of "$DEMO_CAPTURE"); cam2_capture=$cam1_capture; fi
+camera_config "$demo/camera-1.yaml" "$cam1_capture"
+camera_config "$demo/camera-2.yaml" "$cam2_capture"
 sleep 1
 
+# The console first, so its subscription exists before the cameras publish their first audit
+# entries: it holds each chain from entry 1 and can check it.
+setsid node ops-console/server.ts --broker "mqtt://127.0.0.1:$mqtt_port" --issuer-key "$demo/issuer/issuer.private.jwk.json" \
+  --users "$demo/users.json" --port "$console_port" --client-id "bwc-ops-console-demo-$$" >"$demo/console.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q '^ops-console: http' "$demo/console.log" 2>/dev/null && break; sleep 0.1; done
+grep -q '^ops-console: http' "$demo/console.log" || { echo "demo: the console did not start:" >&2; cat "$demo/console.log" >&2; exit 1; }
+
+pretty() { node node_modules/pino-pretty/bin.js --colorize --translateTime SYS:HH:MM:ss.l --ignore pid,hostname; }
 device_id=${BWC_DEVICE_ID:-demo-cam-1}
+device2_id=${BWC_DEVICE2_ID:-demo-cam-2}
+BWC_DEVICE_ID=$device_id BWC_MQTT_URL="mqtt://127.0.0.1:$mqtt_port" BWC_GPSD="127.0.0.1:$gpsd_port" BWC_STATE_DIR="$demo/state" \
+  bin/bwc-agent run --config "$demo/camera-1.yaml" > >(pretty) 2>&1 &
+agents+=($!)
+BWC_DEVICE_ID=$device2_id BWC_MQTT_URL="mqtt://127.0.0.1:$mqtt_port" BWC_GPSD="127.0.0.1:$gpsd2_port" BWC_STATE_DIR="$demo/state-2" \
+  bin/bwc-agent run --config "$demo/camera-2.yaml" > >(pretty | sed -u 's/^/[cam-2] /') 2>&1 &
+agents+=($!)
 cat <<INFO
 demo: broker   mqtt://127.0.0.1:$mqtt_port   (watch: mosquitto_sub -h 127.0.0.1 -p $mqtt_port -t 'bwc/v1/#' -v)
-demo: gpsd     127.0.0.1:$gpsd_port replaying $(basename "$gps_log")
+demo: gpsd     127.0.0.1:$gpsd_port replaying $(basename "$gps_log"), 127.0.0.1:$gpsd2_port replaying $(basename "$gps2_log")
 demo: agent    device $device_id, state in $demo/state   (status: BWC_STATE_DIR=$demo/state bin/bwc-agent ctl status)
+demo: agent    device $device2_id, state in $demo/state-2
+demo: console  http://127.0.0.1:$console_port/   sign in as demo / demo-password   (log: $demo/console.log)
 demo: Ctrl-C stops everything
 INFO
 
-BWC_DEVICE_ID=$device_id BWC_MQTT_URL="mqtt://127.0.0.1:$mqtt_port" BWC_GPSD="127.0.0.1:$gpsd_port" BWC_STATE_DIR="$demo/state" \
-  bin/bwc-agent run > >(node node_modules/pino-pretty/bin.js --colorize --translateTime SYS:HH:MM:ss.l --ignore pid,hostname) 2>&1 &
-agent_pid=$!
 # `wait` (not a foreground sleep) so Ctrl-C is handled at once; an agent that stops ends the demo
 # with its exit status.
 if [ -n "${DEMO_SECONDS:-}" ]; then
   sleep "$DEMO_SECONDS" &
   timer=$!
   status=0
-  wait -n "$agent_pid" "$timer" || status=$?
-  if ! kill -0 "$agent_pid" 2>/dev/null; then
-    wait "$agent_pid" || status=$?
-    echo "demo: the agent stopped (exit $status)" >&2
-    agent_pid=""
-    exit "$status"
-  fi
+  wait -n "${agents[@]}" "$timer" || status=$?
+  for a in "${agents[@]}"; do
+    if ! kill -0 "$a" 2>/dev/null; then
+      wait "$a" || status=$?
+      echo "demo: an agent stopped (exit $status)" >&2
+      exit "$status"
+    fi
+  done
 else
   status=0
-  wait "$agent_pid" || status=$?
-  agent_pid=""
+  wait -n "${agents[@]}" || status=$?
+  echo "demo: an agent stopped (exit $status)" >&2
   exit "$status"
 fi

@@ -270,7 +270,14 @@ export class Agent {
   async start(): Promise<void> {
     this.#logger.info({ version: agentVersion, stateDir: this.config.stateDir, broker: this.config.mqtt.url }, 'bwc-agent starting');
     await this.#control.start();
-    this.#state.update({ devicePublicKey: this.#deviceKey.publicJwk }, { silent: true });
+    const { commands } = this.config;
+    this.#state.update(
+      {
+        devicePublicKey: this.#deviceKey.publicJwk,
+        commandPolicy: { reasons: [...commands.reasons], maxStreamDurationS: commands.maxStreamDuration, maxConcurrentStreams: commands.maxConcurrentStreams },
+      },
+      { silent: true },
+    );
     this.#auditStart();
     this.#link.publishState(this.#state.snapshot());
     this.#link.start();

@@ -49,6 +49,13 @@ export interface StreamSessionState {
   covert: boolean;
 }
 
+/** What a fleet console needs to offer a live view this camera will accept. */
+export interface CommandPolicyState {
+  reasons: string[];
+  maxStreamDurationS: number;
+  maxConcurrentStreams: number;
+}
+
 export interface DeviceStateDoc {
   online: boolean;
   deviceId: string;
@@ -57,6 +64,7 @@ export interface DeviceStateDoc {
   recording: boolean;
   capture: CaptureState | null;
   streaming: { sessions: number; list: StreamSessionState[] };
+  commandPolicy: CommandPolicyState | null;
   battery: { percent: number | null; charging: boolean | null };
   firmware: FirmwareState | null;
   /** The device's Ed25519 public key (JWK with its kid): checks audit checkpoints and manifests. */
@@ -82,6 +90,7 @@ export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
       recording: false,
       capture: null,
       streaming: { sessions: 0, list: [] },
+      commandPolicy: null,
       battery: { percent: null, charging: null },
       firmware: null,
       devicePublicKey: null,

@@ -1,0 +1,591 @@
+// bwc ops console: the supervisor's page. It signs in, follows every camera's retained state over
+// Server-Sent Events, and asks the server for a live view of one camera at a time. The camera is
+// the authority: it decides every request (reason, duration, concurrency) and audits it, so this
+// page never pre-filters a request and only reports what the camera said.
+//
+// Every string from the server reaches the page through textContent or attributes (the h()/s()
+// helpers), never innerHTML: state documents and audit entries are data, not markup.
+
+const $ = (id) => document.getElementById(id);
+const M_PER_DEG = 6371008.8 * Math.PI / 180; // metres per degree on the mean-radius sphere
+const MIN_SPAN_M = 300; // one camera alone still gets a street-level scale
+const ICE_WAIT_MS = 3000; // no STUN/TURN, so host candidates come at once; never hang on gathering
+const STOP_GRACE_MS = 2000; // see tick()
+const AUDIT_ROWS = 50;
+
+// Words for the causes the agent audits a stream.stop with (src/stream/stream-manager.ts).
+const CAUSES = {
+  stream_stop: 'stopped by an operator', max_duration: 'time limit reached', viewer_lost: 'viewer lost',
+  viewer_closed: 'viewer hung up', connect_timeout: 'viewer never connected', capture_failed: 'camera capture failed',
+  agent_shutdown: 'camera agent shut down', audit_failed: 'audit could not be written',
+};
+const causeWords = (c) => (CAUSES[c] ? `${CAUSES[c]} (${c})` : c);
+const STATUS_WORDS = { offline: 'offline', buffering: 'buffering', recording: 'recording', streaming: 'live view' };
+
+const app = {
+  config: { reasons: [], maxDurationS: 1800 },
+  cameras: new Map(), // deviceId -> { state, receivedAt }
+  selected: null,
+  events: null,
+  view: null, // the one live view this page holds: { deviceId, pc, sid, endsBy, seen, cameraState }
+  ended: null, // { deviceId, sid } of a view that ended without us, to name its cause from the audit
+  auditToken: 0,
+  reasonKey: '',
+};
+
+// ---- Helpers ---------------------------------------------------------------------------------
+
+function build(el, attrs, children) {
+  for (const [k, v] of Object.entries(attrs ?? {})) if (v != null && v !== false) el.setAttribute(k, String(v));
+  for (const c of children.flat()) if (c != null && c !== false) el.append(c instanceof Node ? c : String(c));
+  return el;
+}
+const h = (tag, attrs, ...children) => build(document.createElement(tag), attrs, children);
+const s = (tag, attrs, ...children) => build(document.createElementNS('http://www.w3.org/2000/svg', tag), attrs, children);
+
+const pad = (n) => String(n).padStart(2, '0');
+const parseTime = (iso) => (typeof iso === 'string' && Number.isFinite(Date.parse(iso)) ? Date.parse(iso) : null);
+
+/** Local HH:MM:SS, with the date when it is not today: audit trails span days. */
+function clock(iso) {
+  const t = parseTime(iso);
+  if (t === null) return '—';
+  const d = new Date(t);
+  const hms = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  return d.toDateString() === new Date().toDateString() ? hms : `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${hms}`;
+}
+const timeEl = (iso) => h('time', { datetime: iso, title: iso }, clock(iso));
+
+function ago(ms) {
+  const sec = Math.round((Date.now() - ms) / 1000);
+  if (sec < 5) return 'just now';
+  if (sec < 120) return `${sec} s ago`;
+  return sec < 7200 ? `${Math.round(sec / 60)} min ago` : `${Math.round(sec / 3600)} h ago`;
+}
+/** An age the one-second tick keeps current. */
+const ageEl = (ms) => h('span', { 'data-since': ms }, ago(ms));
+
+function mmss(ms) {
+  const total = Math.max(0, Math.ceil(ms / 1000));
+  return `${pad(Math.floor(total / 60))}:${pad(total % 60)}`;
+}
+
+function show(el, text) {
+  el.textContent = text ?? '';
+  el.hidden = !text;
+}
+const liveSays = (text) => { $('live-status').textContent = text; };
+const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+
+/** Re-rendering replaces nodes; keyboard focus goes back to the same camera's control. */
+function keepingFocus(container, render) {
+  const el = container.contains(document.activeElement) ? document.activeElement : null;
+  const id = el?.getAttribute('data-device');
+  render();
+  if (id) container.querySelector(`${el.localName}[data-device="${CSS.escape(id)}"]`)?.focus();
+}
+
+// ---- Server ----------------------------------------------------------------------------------
+
+class SignedOut extends Error {}
+
+async function request(path, body) {
+  const res = await fetch(path, body === undefined ? { credentials: 'same-origin' } : {
+    method: 'POST', credentials: 'same-origin', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+  });
+  return { status: res.status, data: res.status === 204 ? null : await res.json().catch(() => null) };
+}
+
+/** A signed-out answer anywhere sends the supervisor back to sign-in rather than failing quietly. */
+async function api(path, body) {
+  const { status, data } = await request(path, body);
+  if (status === 401) {
+    signedOut('Your session has ended. Sign in again.');
+    throw new SignedOut('signed out');
+  }
+  if (status >= 400) throw new Error(data?.error ?? `the server answered ${status}`);
+  return data;
+}
+
+// ---- Sign-in ---------------------------------------------------------------------------------
+
+async function boot() {
+  $('login-form').addEventListener('submit', login);
+  $('logout').addEventListener('click', logout);
+  $('live-form').addEventListener('submit', requestLive);
+  $('stop-live').addEventListener('click', () => stopLive());
+  for (const el of [$('cameras'), $('map'), $('no-fix')]) {
+    el.addEventListener('click', (e) => pick(e.target));
+    // Map markers are SVG groups, not buttons: give them the keys a button has.
+    el.addEventListener('keydown', (e) => {
+      if ((e.key === 'Enter' || e.key === ' ') && e.target.closest('g[data-device]')) { e.preventDefault(); pick(e.target); }
+    });
+  }
+  setInterval(tick, 1000);
+  try {
+    const me = await request('/api/me');
+    if (me.status === 200) await signedIn(me.data);
+    else signedOut();
+  } catch (err) {
+    signedOut(`The console server cannot be reached (${err.message}).`);
+  }
+}
+
+async function login(e) {
+  e.preventDefault();
+  const button = e.submitter ?? e.target.querySelector('button');
+  button.disabled = true;
+  show($('login-error'), '');
+  try {
+    const r = await request('/api/login', { user: $('login-user').value, password: $('login-password').value });
+    if (r.status === 200) await signedIn(r.data);
+    else show($('login-error'), r.data?.error ?? `Sign-in failed (the server answered ${r.status}).`);
+  } catch (err) {
+    show($('login-error'), `Sign-in failed: ${err.message}`);
+  } finally {
+    button.disabled = false;
+    $('login-password').value = '';
+  }
+}
+
+async function logout() {
+  await stopLive({ quiet: true });
+  await request('/api/logout', {}).catch(() => {});
+  $('login-user').value = ''; // a shared control-room screen: the next person types their own
+  signedOut();
+}
+
+async function signedIn(me) {
+  $('operator').textContent = me.name ? `${me.name} (${me.operator})` : me.operator;
+  for (const [id, hide] of [['login', true], ['console', false], ['who', false]]) $(id).hidden = hide;
+  app.config = { reasons: [], maxDurationS: 1800, ...(await api('/api/config')) };
+  $('duration').max = String(app.config.maxDurationS);
+  $('duration').value = String(Math.min(300, app.config.maxDurationS));
+  follow();
+  render();
+}
+
+/** Drops everything this page knew: the next operator at this screen starts from nothing. */
+function signedOut(note) {
+  endView(null);
+  app.events?.close();
+  Object.assign(app, { events: null, selected: null, ended: null, reasonKey: '', auditToken: app.auditToken + 1 });
+  app.cameras.clear();
+  render();
+  showAudit(null, 'Select a camera to see its audit trail.', '');
+  liveSays('');
+  show($('live-error'), '');
+  for (const [id, hide] of [['login', false], ['console', true], ['who', true], ['feed', true]]) $(id).hidden = hide;
+  show($('login-note'), note);
+  $('login-user').focus();
+}
+
+// ---- Live state feed -------------------------------------------------------------------------
+
+function follow() {
+  app.events?.close();
+  const es = new EventSource('/api/events');
+  app.events = es;
+  es.addEventListener('open', () => {
+    feed('Live updates connected', 'ok');
+    if (app.selected) loadAudit(app.selected); // audit events sent while the feed was down are lost
+  });
+  es.addEventListener('error', () => {
+    if (es.readyState !== EventSource.CLOSED) return feed('Live updates lost: reconnecting…', 'warn');
+    // EventSource gives up for good on an HTTP error answer, most often an ended session: api()
+    // sends a signed-out supervisor to sign-in (which clears app.events); otherwise try again.
+    feed('Live updates stopped: retrying…', 'bad');
+    setTimeout(() => api('/api/me').catch(() => {}).then(() => { if (app.events === es) follow(); }), 3000);
+  });
+  es.addEventListener('camera', (e) => {
+    const msg = JSON.parse(e.data);
+    app.cameras.set(msg.deviceId, { state: msg.state ?? {}, receivedAt: parseTime(msg.receivedAt) ?? Date.now() });
+    checkView(msg.deviceId);
+    render();
+  });
+  es.addEventListener('audit', (e) => {
+    if (JSON.parse(e.data).deviceId === app.selected) loadAudit(app.selected);
+  });
+}
+
+function feed(text, tone) {
+  Object.assign($('feed'), { textContent: text, className: `feed ${tone}`, hidden: false });
+}
+
+// ---- Cameras ---------------------------------------------------------------------------------
+
+/** What a marker's colour stands for. A live view outranks recording: it is the rarer, more intrusive act. */
+function camStatus(st) {
+  if (!st.online) return 'offline';
+  if ((st.streaming?.sessions ?? 0) > 0) return 'streaming';
+  return st.recording ? 'recording' : 'buffering';
+}
+
+function position(st) {
+  const g = st.gps;
+  return g && Number.isFinite(g.lat) && Number.isFinite(g.lon) && g.fix !== 'no-fix' ? g : null;
+}
+
+const reasonLabel = (code) => app.config.reasons.find((r) => r.code === code)?.label ?? code;
+const sortedCameras = () => [...app.cameras].sort(([a], [b]) => a.localeCompare(b));
+
+function pick(target) {
+  const id = target.closest('[data-device]')?.getAttribute('data-device');
+  if (!id || id === app.selected) return;
+  app.selected = id;
+  render();
+  loadAudit(id);
+}
+
+function render() {
+  renderMap();
+  renderTable();
+  renderLive();
+}
+
+// ---- Map -------------------------------------------------------------------------------------
+
+function renderMap() {
+  const svg = $('map');
+  const W = 600, H = 400, PAD = 48;
+  const placed = [], unplaced = [];
+  for (const [id, cam] of sortedCameras()) (position(cam.state) ? placed : unplaced).push({ id, cam, p: position(cam.state) });
+
+  keepingFocus(svg, () => {
+    svg.replaceChildren(s('rect', { class: 'map-bg', width: W, height: H }));
+    if (placed.length === 0) {
+      svg.append(s('text', { class: 'map-empty', x: W / 2, y: H / 2, 'text-anchor': 'middle' }, 'No camera has reported a position yet.'));
+      return;
+    }
+    // Local equirectangular projection in metres about the centre of the cameras' bounds: over the
+    // few kilometres of one incident it is as good as any map projection, and it needs no tiles.
+    const lats = placed.map((c) => c.p.lat), lons = placed.map((c) => c.p.lon);
+    const lat0 = (Math.min(...lats) + Math.max(...lats)) / 2, lon0 = (Math.min(...lons) + Math.max(...lons)) / 2;
+    const k = Math.cos(lat0 * Math.PI / 180);
+    const toM = (p) => ({ x: (p.lon - lon0) * k * M_PER_DEG, y: (p.lat - lat0) * M_PER_DEG });
+    const spanX = Math.max(MIN_SPAN_M, ...placed.map((c) => 2 * Math.abs(toM(c.p).x)));
+    const spanY = Math.max(MIN_SPAN_M, ...placed.map((c) => 2 * Math.abs(toM(c.p).y)));
+    const pxPerM = Math.min((W - 2 * PAD) / spanX, (H - 2 * PAD) / spanY);
+
+    for (const { id, cam, p } of placed) {
+      const st = camStatus(cam.state);
+      const m = toM(p), x = W / 2 + m.x * pxPerM, y = H / 2 - m.y * pxPerM;
+      const selected = id === app.selected;
+      const words = `${id}, ${STATUS_WORDS[st]}${Number.isFinite(p.accuracyM) ? `, within ${Math.round(p.accuracyM)} m` : ''}`;
+      svg.append(s('g', {
+        class: `marker st-${st}`, 'data-device': id, 'data-testid': `map-camera-${id}`,
+        tabindex: 0, role: 'button', 'aria-pressed': String(selected), 'aria-label': words,
+      },
+      p.accuracyM > 0 ? s('circle', { class: 'accuracy', cx: x, cy: y, r: p.accuracyM * pxPerM }) : null,
+      selected ? s('circle', { class: 'halo', cx: x, cy: y, r: 13 }) : null,
+      s('circle', { class: 'dot', cx: x, cy: y, r: 7 }),
+      s('text', { class: 'label', x: x + 11, y: y - 9 }, id),
+      s('text', { class: 'label sub', x: x + 11, y: y + 6 }, STATUS_WORDS[st]),
+      s('title', {}, words)));
+    }
+    svg.append(scaleBar(pxPerM, H), s('g', { class: 'north', role: 'img', 'aria-label': 'North is up' },
+      s('path', { d: `M${W - 24} 14l7 18h-14z` }), s('text', { x: W - 24, y: 46, 'text-anchor': 'middle' }, 'N')));
+  });
+
+  const list = $('no-fix');
+  list.replaceChildren(...(unplaced.length ? ['No fix: '] : []), ...unplaced.flatMap(({ id, cam }, i) => [
+    i ? ', ' : '',
+    h('button', { type: 'button', class: 'link', 'data-device': id }, id),
+    ` (${!cam.state.gps ? 'no GPS report' : cam.state.gps.gpsd === 'disconnected' ? 'gpsd disconnected' : 'no fix'})`,
+  ]));
+  list.hidden = unplaced.length === 0;
+}
+
+/** The longest 1-2-5 length that fits in a quarter of the map, in the projection's own metres. */
+function scaleBar(pxPerM, H) {
+  const target = 150 / pxPerM;
+  const p10 = 10 ** Math.floor(Math.log10(target));
+  const metres = [5, 2, 1].map((f) => f * p10).find((v) => v <= target);
+  const len = metres * pxPerM, x = 16, y = H - 18;
+  const text = metres >= 1000 ? `${metres / 1000} km` : `${metres} m`;
+  return s('g', { class: 'scale', role: 'img', 'aria-label': `Scale bar: ${text}` },
+    s('path', { d: `M${x} ${y - 6}V${y}H${x + len}V${y - 6}` }),
+    s('text', { x: x + len / 2, y: y - 9, 'text-anchor': 'middle' }, text));
+}
+
+// ---- Camera list -----------------------------------------------------------------------------
+
+function renderTable() {
+  const tbody = $('cameras').tBodies[0];
+  keepingFocus(tbody, () => tbody.replaceChildren(...sortedCameras().map(([id, cam]) => cameraRow(id, cam))));
+  $('no-cameras').hidden = app.cameras.size > 0;
+}
+
+function cameraRow(id, { state: st, receivedAt }) {
+  const selected = id === app.selected;
+  const views = st.streaming?.list ?? [];
+  const count = st.streaming?.sessions ?? views.length;
+  const watchers = [...new Set(views.map((v) => v.operator))].join(', ');
+  const b = st.battery ?? {};
+  const cap = st.capture;
+  return h('tr', { 'data-testid': `camera-${id}`, 'data-device': id, class: selected ? 'selected' : null },
+    h('th', { scope: 'row' }, h('button', { type: 'button', class: 'pick', 'data-device': id, 'aria-pressed': String(selected) }, id)),
+    h('td', {}, st.online ? h('span', { class: 'pill st-buffering' }, 'Online')
+      : [h('span', { class: 'pill st-offline' }, 'Offline'), st.reason ? h('small', {}, ` ${st.reason}`) : null]),
+    h('td', {}, st.recording ? h('span', { class: 'pill st-recording' }, 'Recording') : 'No'),
+    h('td', {}, count ? [h('span', { class: 'pill st-streaming' }, `${count} live`), watchers ? h('small', {}, ` ${watchers}`) : null] : 'None'),
+    h('td', {}, b.percent == null ? 'unknown' : `${b.percent} %${b.charging ? ', charging' : ''}`),
+    h('td', {}, fixCell(st.gps, receivedAt)),
+    h('td', {}, st.agentVersion ?? '—'),
+    h('td', cap?.lastFault ? { class: 'has-tip', title: `Last fault at ${clock(cap.lastFault.at)}: ${cap.lastFault.reason}` } : {},
+      cap ? `${cap.status}${cap.restarts ? ` (${plural(cap.restarts, 'restart')})` : ''}` : '—'));
+}
+
+function fixCell(gps, receivedAt) {
+  if (!gps) return 'no GPS report';
+  if (gps.gpsd === 'disconnected') return 'gpsd disconnected';
+  if (!position({ gps })) return 'no fix';
+  // The receiver's own time says how old the fix is; when it was received here is the fallback.
+  // A GPS time more than a day from the camera's report is a receiver clock problem (or a replayed
+  // log, as in the demo), not a day-old fix: show it as such rather than as an age.
+  const gpsAt = parseTime(gps.gpsTime);
+  const accuracy = Number.isFinite(gps.accuracyM) ? ` · ±${Math.round(gps.accuracyM)} m` : '';
+  if (gpsAt != null && Math.abs(receivedAt - gpsAt) > 86_400_000) {
+    return [gps.fix.toUpperCase(), ' · ', h('span', { class: 'has-tip', title: `GPS time ${gps.gpsTime}` }, 'GPS clock off'), ' · reported ', ageEl(receivedAt), accuracy];
+  }
+  return [gps.fix.toUpperCase(), ' · ', ageEl(gpsAt ?? receivedAt), accuracy];
+}
+
+// ---- Live view -------------------------------------------------------------------------------
+
+function renderLive() {
+  const id = app.selected;
+  const cam = app.cameras.get(id);
+  $('live-form').hidden = !cam;
+  $('live-title').textContent = cam ? `Live view — ${id}` : 'Live view';
+  $('sessions').hidden = true;
+  if (!cam) return show($('live-camera'), 'Select a camera in the list or on the map.');
+  const st = cam.state;
+  fillReasons(id, st.commandPolicy?.reasons);
+  const camMax = st.commandPolicy?.maxStreamDurationS;
+  $('duration-hint').textContent = `Up to ${app.config.maxDurationS} s${camMax ? `; this camera's policy allows ${camMax} s` : ''}.`;
+  $('request-live').disabled = app.view !== null || !st.online;
+  show($('live-camera'), !st.online ? `${id} is offline${st.reason ? ` (${st.reason})` : ''}: it cannot be asked for a live view.`
+    : app.view && app.view.deviceId !== id ? `You are watching ${app.view.deviceId}: stop that view to request another.` : '');
+
+  // Everyone watching this camera, not only this page: a supervisor should know who else is.
+  const list = st.streaming?.list ?? [];
+  $('sessions').hidden = list.length === 0;
+  $('session-list').replaceChildren(...list.map((v) => h('li', {},
+    h('strong', {}, v.operator), ` — ${reasonLabel(v.reason)}, ${v.state}, until `, timeEl(v.endsBy),
+    v.covert ? h('span', { class: 'pill covert' }, 'covert') : null,
+    app.view?.sid === v.sid ? h('small', {}, ' (this page)') : null)));
+}
+
+/**
+ * The camera's own policy first, then every other code in the force's catalogue: a supervisor can
+ * still ask, and the camera refuses and audits it, rather than the console hiding the choice.
+ * Rebuilt only when that set changes, so a state update does not undo the supervisor's choice.
+ */
+function fillReasons(id, policy) {
+  const key = `${id}|${policy?.join(',') ?? '-'}|${app.config.reasons.length}`;
+  if (key === app.reasonKey) return;
+  app.reasonKey = key;
+  const select = $('reason');
+  const previous = select.value;
+  const allowed = policy ?? [];
+  const others = app.config.reasons.map((r) => r.code).filter((c) => !allowed.includes(c));
+  const option = (code) => h('option', { value: code }, reasonLabel(code));
+  select.replaceChildren(...allowed.map(option));
+  if (others.length) {
+    const label = policy ? "Not in this camera's policy" : 'This camera has not published its policy';
+    select.append(h('optgroup', { label }, ...others.map(option)));
+  }
+  if ([...select.options].some((o) => o.value === previous)) select.value = previous;
+}
+
+async function requestLive(e) {
+  e.preventDefault();
+  const deviceId = app.selected;
+  if (!deviceId || app.view) return;
+  const reason = $('reason').value, durationS = Number($('duration').value);
+  show($('live-error'), '');
+  app.ended = null;
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  app.view = { deviceId, pc, sid: null, endsBy: null, seen: false, cameraState: null };
+  renderLive();
+  liveSays(`Asking ${deviceId} for a live view…`);
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  pc.addEventListener('track', (ev) => { $('live-video').srcObject = ev.streams[0] ?? new MediaStream([ev.track]); });
+  pc.addEventListener('connectionstatechange', viewFacts);
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGathered(pc);
+    const r = await api('/api/live', { deviceId, reason, durationS, offer: pc.localDescription.sdp });
+    if (app.view?.pc !== pc) return; // signed out meanwhile
+    if (!r.ok) {
+      endView(null);
+      return show($('live-error'), refusal('Refused', r));
+    }
+    Object.assign(app.view, { sid: r.sid, endsBy: parseTime(r.endsBy) });
+    checkView(deviceId); // the feed can beat this answer: the camera may already list the sid
+    await pc.setRemoteDescription({ type: 'answer', sdp: r.answer });
+    liveSays(`Live view of ${deviceId} accepted (${r.sid}).`);
+    $('viewer').hidden = false;
+    viewFacts();
+    tick();
+  } catch (err) {
+    if (app.view?.pc !== pc) return;
+    const sid = app.view.sid;
+    endView(null);
+    // Accepted by the camera but unusable here: end it there too rather than leave it to time out.
+    if (sid) request('/api/live/stop', { deviceId, sid }).catch(() => {});
+    if (!(err instanceof SignedOut)) show($('live-error'), `The live view could not be opened: ${err.message}`);
+  }
+}
+
+/** Resolves when ICE gathering is complete, or after ICE_WAIT_MS with whatever candidates there are. */
+function iceGathered(pc) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { clearTimeout(timer); pc.removeEventListener('icegatheringstatechange', check); resolve(); };
+    const check = () => { if (pc.iceGatheringState === 'complete') done(); };
+    const timer = setTimeout(done, ICE_WAIT_MS);
+    pc.addEventListener('icegatheringstatechange', check);
+  });
+}
+
+function refusal(prefix, r) {
+  const words = r.words || r.message || 'no reason given';
+  const said = r.message && r.message !== words ? ` (the camera said: “${r.message}”)` : '';
+  return `${prefix} (${r.code ?? 'unknown'}): ${words}${said}`;
+}
+
+async function stopLive({ quiet = false } = {}) {
+  const v = app.view;
+  if (!v) return;
+  // Ask the camera first, so its audit says an operator stopped the view, not that the viewer hung up.
+  $('stop-live').disabled = true;
+  const answer = !v.sid ? { ok: true } : await api('/api/live/stop', { deviceId: v.deviceId, sid: v.sid })
+    .catch((err) => (err instanceof SignedOut ? null : { ok: false, code: 'console_error', words: err.message }));
+  $('stop-live').disabled = false;
+  if (!answer || app.view !== v) return; // signed out, or ended meanwhile
+  endView(quiet ? null : `Live view of ${v.deviceId} stopped.`);
+  if (!answer.ok && !quiet) show($('live-error'), `${refusal('Stop refused', answer)}. This page has hung up; the camera ends the view when it notices.`);
+}
+
+/** Ends the view on this page only: the peer connection, the video, the countdown. */
+function endView(message) {
+  app.view?.pc.close();
+  app.view = null;
+  $('live-video').srcObject = null;
+  $('viewer').hidden = true;
+  $('live-countdown').textContent = '--:--';
+  if (message !== null) liveSays(message);
+  renderLive();
+}
+
+/** The camera's state is the truth about a session: once it stops listing ours, the view is over. */
+function checkView(deviceId) {
+  const v = app.view;
+  if (!v?.sid || v.deviceId !== deviceId) return;
+  const listed = app.cameras.get(deviceId)?.state.streaming?.list?.find((x) => x.sid === v.sid);
+  if (listed) {
+    Object.assign(v, { seen: true, cameraState: listed.state });
+    viewFacts();
+  } else if (v.seen) {
+    app.ended = { deviceId, sid: v.sid };
+    endView(`Live view of ${deviceId} ended by the camera.`);
+    if (app.selected === deviceId) loadAudit(deviceId); // to name the cause
+  }
+}
+
+function viewFacts() {
+  const v = app.view;
+  if (!v) return;
+  $('view-camera').textContent = `${v.deviceId}${v.sid ? ` · ${v.sid}` : ''}`;
+  $('view-state').textContent = `this page: ${v.pc.connectionState}; camera: ${v.cameraState ?? 'not reported yet'}`;
+}
+
+/** Once a second: the ages in the list and the live view's countdown. */
+function tick() {
+  for (const el of document.querySelectorAll('[data-since]')) el.textContent = ago(Number(el.getAttribute('data-since')));
+  const v = app.view;
+  if (!v?.endsBy) return;
+  const left = v.endsBy - Date.now();
+  $('live-countdown').textContent = mmss(left);
+  // The camera ends the view itself at endsBy and audits max_duration. Hanging up first would be
+  // audited as the viewer's hang-up, so give its timer (and clock skew) a moment before closing.
+  if (left <= -STOP_GRACE_MS) {
+    app.ended = { deviceId: v.deviceId, sid: v.sid };
+    endView(`Live view of ${v.deviceId} ended: its time ran out.`);
+  }
+}
+
+// ---- Audit -----------------------------------------------------------------------------------
+
+function showAudit(deviceId, text, tone) {
+  const el = $('audit-status');
+  Object.assign(el, { textContent: text, className: `audit-status ${tone}` });
+  el.dataset.device = deviceId ?? '';
+  $('audit-title').textContent = deviceId ? `Audit trail — ${deviceId}` : 'Audit trail';
+  if (tone === '') $('audit').hidden = $('audit-more').hidden = true;
+}
+
+async function loadAudit(deviceId) {
+  const token = ++app.auditToken; // selections and events race: only the newest request may draw
+  if ($('audit-status').dataset.device !== deviceId) showAudit(deviceId, `Loading the audit trail of ${deviceId}…`, '');
+  let data;
+  try {
+    data = await api(`/api/audit/${encodeURIComponent(deviceId)}`);
+  } catch (err) {
+    if (token === app.auditToken && !(err instanceof SignedOut)) showAudit(deviceId, `Audit trail unavailable: ${err.message}`, 'bad');
+    return;
+  }
+  if (token !== app.auditToken) return;
+  const entries = data.entries ?? [];
+  // ok: null (nothing received yet, or the console joined after entry 1) cannot be checked, which
+  // is not the same as a broken chain: no false alarm for it.
+  const v = data.verification ?? {};
+  const [word, tone] = v.ok === true ? ['Chain verified', 'good'] : v.ok === false ? ['Chain BROKEN', 'bad'] : ['Chain not checked', 'warn'];
+  showAudit(deviceId, `${word} — ${v.summary ?? 'no verification result'}`, tone);
+  const shown = entries.slice(-AUDIT_ROWS).reverse();
+  $('audit').tBodies[0].replaceChildren(...shown.map(auditRow));
+  $('audit').hidden = shown.length === 0;
+  show($('audit-more'), entries.length > shown.length ? `Newest ${shown.length} of ${entries.length} entries shown.`
+    : entries.length ? '' : 'No entries yet.');
+  nameEndCause(deviceId, entries);
+}
+
+function auditRow(e) {
+  const decision = e.decision
+    ? [h('span', { class: `pill ${e.decision === 'accepted' ? 'good' : 'bad'}` }, e.decision), e.code ? ` ${e.code}` : '']
+    : e.code ?? '';
+  return h('tr', { class: e.decision === 'rejected' ? 'rejected' : null },
+    h('td', { class: 'num' }, e.seq),
+    h('td', {}, timeEl(e.time)),
+    h('td', {}, h('code', {}, e.type), e.action && e.action !== e.type ? h('small', {}, ` ${e.action}`) : null),
+    h('td', {}, e.operator ?? '—'),
+    h('td', { title: e.reason ? reasonLabel(e.reason) : null }, e.reason ?? '—'),
+    h('td', {}, decision),
+    h('td', {}, details(e.type, e.detail ?? {})));
+}
+
+/** The few detail fields a reviewer needs at a glance; the rest stays in the stored entry. */
+function details(type, d) {
+  const parts = [d.sid && `session ${d.sid}`];
+  if (type === 'stream.start') parts.push(d.endsBy && `ends by ${clock(d.endsBy)}`, d.covert && 'covert');
+  if (type === 'stream.stop') parts.push(d.cause && causeWords(d.cause), Number.isFinite(d.durationS) && `${d.durationS} s`);
+  if (type.startsWith('recording.')) parts.push(d.recordingId && `recording ${d.recordingId}`, d.trigger);
+  if (type === 'capture.fault' || type === 'agent.stop') parts.push(d.reason);
+  if (type === 'agent.start') parts.push(d.version && `version ${d.version}`);
+  if (type === 'command.result') parts.push(d.message);
+  return parts.filter((p) => typeof p === 'string' && p).join(' · ');
+}
+
+/** "Ended by the camera" is more use with the why, which only the audit entry carries. */
+function nameEndCause(deviceId, entries) {
+  const ended = app.ended;
+  if (ended?.deviceId !== deviceId || app.view) return;
+  const stop = entries.findLast((e) => e.type === 'stream.stop' && e.detail?.sid === ended.sid);
+  if (!stop?.detail?.cause) return;
+  liveSays(`Live view of ${deviceId} ended: ${causeWords(stop.detail.cause)} after ${stop.detail.durationS ?? '?'} s.`);
+  app.ended = null;
+}
+
+boot();
