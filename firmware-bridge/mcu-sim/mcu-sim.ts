@@ -230,6 +230,9 @@ function shutdown(code: number): void {
   shuttingDown = true;
   if (batteryTimer !== null) clearInterval(batteryTimer);
   link.failAll(new Error('shutdown'));
+  // A port whose pty has vanished may never finish closing (serialport keeps polling the dead fd,
+  // seen spinning at 80 % CPU under load): exit regardless after a moment.
+  setTimeout(() => process.exit(code), 1000).unref();
   if (port.isOpen) port.close(() => process.exit(code));
   else process.exit(code);
 }
