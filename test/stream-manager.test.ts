@@ -216,6 +216,9 @@ t.test('each way a session ends, audited with its cause', async (t) => {
   r.sessions.at(-1)!.alive = false;
   r.sessions.at(-1)!.link('failed');
   t.equal(r.state().list[0]?.state, 'interrupted', 'state shows the interruption within the grace');
+  r.sessions.at(-1)!.link('connected');
+  r.sessions.at(-1)!.lastHeardAt = Date.now() - 600;
+  await until('silence alone shown as interrupted', () => r.state().list[0]?.state === 'interrupted');
   await until('viewer_lost', () => r.audit.some((e) => e.detail?.cause === 'viewer_lost'));
   t.ok((r.audit.find((e) => e.detail?.cause === 'viewer_lost')!.detail!.lastHeardS as number) >= 1, 'silent for the whole grace');
 

@@ -95,6 +95,8 @@ interface Running {
   endsBy: number;
   connectedAt: number | undefined;
   notified: boolean;
+  /** Shown in `state`: connected once, and the viewer not heard for a while (or ICE failed). */
+  interrupted: boolean;
   maxTimer: NodeJS.Timeout;
 }
 
@@ -229,6 +231,7 @@ export class StreamManager {
       endsBy,
       connectedAt: undefined,
       notified: false,
+      interrupted: false,
       maxTimer: setTimeout(() => void this.#end(sid, 'max_duration'), Math.max(0, endsBy - now)),
     };
     this.#sessions.set(sid, running);
@@ -275,13 +278,26 @@ export class StreamManager {
   #check(): void {
     const now = Date.now();
     const graceMs = this.#o.config.viewerLostGrace * 1000;
+    // Chromium sends RTCP about once a second: three missed mean trouble worth showing.
+    const quietMs = Math.min(3000, graceMs / 2);
+    let changed = false;
     for (const [sid, r] of this.#sessions) {
       if (r.connectedAt === undefined) {
         if (now - r.startedAt > this.#o.config.connectTimeout * 1000) void this.#end(sid, 'connect_timeout');
-      } else if (now - r.session.lastHeardAt > graceMs) {
+        continue;
+      }
+      const silentMs = now - r.session.lastHeardAt;
+      if (silentMs > graceMs) {
         void this.#end(sid, 'viewer_lost');
+        continue;
+      }
+      const interrupted = r.session.linkState !== 'connected' || silentMs > quietMs;
+      if (interrupted !== r.interrupted) {
+        r.interrupted = interrupted;
+        changed = true;
       }
     }
+    if (changed) this.#publish();
     if (this.#captureDownSince !== undefined && now - this.#captureDownSince > this.#o.config.captureLossGrace * 1000) {
       for (const sid of this.#sessions.keys()) void this.#end(sid, 'capture_failed');
     }
@@ -340,7 +356,7 @@ export class StreamManager {
       sid: r.session.sid,
       operator: r.session.command.operator,
       reason: r.session.command.reason,
-      state: r.session.linkState === 'connected' ? 'connected' : r.connectedAt === undefined ? 'connecting' : 'interrupted',
+      state: r.connectedAt === undefined ? 'connecting' : r.interrupted || r.session.linkState !== 'connected' ? 'interrupted' : 'connected',
       startedAt: new Date(r.startedAt).toISOString(),
       endsBy: new Date(r.endsBy).toISOString(),
       covert: this.#o.config.covert,
