@@ -7,8 +7,6 @@ import { SessionDescription } from 'werift';
 export interface OfferSummary {
   /** sha-256 DTLS fingerprint of the viewer: recorded in the audit so the view names its receiver. */
   fingerprint: string;
-  /** The viewer's m-line index of the video it will receive. */
-  videoMid: string | undefined;
   /** Whether the viewer also asks for (receive-only) Opus audio. */
   audio: boolean;
 }
@@ -65,5 +63,5 @@ export function inspectOffer(sdp: string): OfferSummary {
     }
   }
   const audio = parsed.media.some((m) => m.kind === 'audio' && m.port !== 0 && m.direction === 'recvonly' && m.rtp.codecs.some((c) => c.mimeType.toLowerCase() === 'audio/opus'));
-  return { fingerprint: `sha-256 ${sha256.value}`, videoMid: v.rtp.muxId, audio };
+  return { fingerprint: `sha-256 ${sha256.value}`, audio };
 }

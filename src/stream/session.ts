@@ -28,8 +28,6 @@ export interface StreamSessionOptions {
   ice: ResolvedIce;
   /** Whether the camera sends audio (capture.audio); the viewer must also ask for it. */
   audio: boolean;
-  /** How long ICE gathering may take before the answer goes out with what it has. */
-  gatherTimeoutMs?: number;
   logger: Logger;
 }
 
@@ -37,6 +35,10 @@ export interface SessionCounters {
   videoPackets: number;
   audioPackets: number;
 }
+
+// How long ICE gathering may take before the answer goes out with what it has: host candidates
+// come at once, a STUN server's within werift's own 5 s gather timeout.
+const gatherTimeoutMs = 5000;
 
 // Constrained baseline, packetization-mode 1: what every browser decodes and the pipeline makes.
 const h264 = () => useH264({ parameters: 'profile-level-id=42e01f;packetization-mode=1;level-asymmetry-allowed=1' });
@@ -71,7 +73,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     const offer = inspectOffer(o.command.offer);
     const session = new StreamSession(o, offer);
     try {
-      const answer = await session.#answer(o.command.offer, o.gatherTimeoutMs ?? 5000);
+      const answer = await session.#answer(o.command.offer);
       return { session, answer };
     } catch (err) {
       await session.close();
@@ -128,7 +130,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     });
   }
 
-  async #answer(offer: string, gatherTimeoutMs: number): Promise<string> {
+  async #answer(offer: string): Promise<string> {
     await this.#pc.setRemoteDescription({ type: 'offer', sdp: offer });
     // DTLS server (setup:passive, which RFC 8842 lets the answerer of an "actpass" offer choose, and
     // which werift takes from the local answer): the browser sends its ClientHello as soon as its
