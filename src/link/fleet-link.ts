@@ -145,9 +145,10 @@ export class FleetLink {
   }
 
   /** Publishes the retained offline state, then disconnects cleanly (no Last Will). */
-  async stop(reason: string, drainTimeoutMs = 2000): Promise<void> {
+  async stop(reason: string, drainTimeoutMs = 5000): Promise<void> {
     // Give queued messages (the shutdown event among them) a moment to leave; what does not
-    // stays in the outbox for the next start.
+    // stays in the outbox for the next start. 5 s: 2 s proved too short on a loaded 2-core board
+    // (a full test run), and systemd allows 45 s (TimeoutStopSec).
     const deadline = Date.now() + drainTimeoutMs;
     while (this.#session.connected && this.#outbox.size > 0 && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 20));
