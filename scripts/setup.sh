@@ -27,6 +27,13 @@ setup_apt() {
   wanted=$(cat deps/debian-runtime.txt deps/debian-build.txt deps/debian-dev.txt | sed 's/#.*//' | tr -s ' \n' '\n' | sort -u)
   # A fresh machine may have no npm at all; it is needed once, to fetch the pinned runtime.
   [ -x "$runtime/npm/bin/npm-cli.js" ] || command -v npm >/dev/null || wanted="$wanted"$'\n'npm
+  # coturn is for the tests only (test/helpers/coturn.ts runs its own turnserver on a test
+  # address): its package would otherwise start a system-wide open relay on every interface.
+  if [ ! -L /etc/systemd/system/coturn.service ]; then
+    as_root mkdir -p /etc/systemd/system
+    as_root ln -sfn /dev/null /etc/systemd/system/coturn.service
+    if [ -d /run/systemd/system ]; then as_root systemctl daemon-reload; as_root systemctl stop coturn.service 2>/dev/null || true; fi
+  fi
   for p in $wanted; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done

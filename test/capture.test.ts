@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import pino from 'pino';
 import t from 'tap';
 import { captureConfigSchema, type CaptureConfig } from '../src/capture/config.ts';
-import { buildPipeline, h264Level, type CaptureSettings } from '../src/capture/presets.ts';
+import { buildPipeline, h264Level, liveBitrateProperty, type CaptureSettings } from '../src/capture/presets.ts';
 import { CaptureSupervisor, type CaptureHealth, type SegmentInfo } from '../src/capture/supervisor.ts';
 
 const run = promisify(execFile);
@@ -28,7 +28,7 @@ function config(overrides: Record<string, unknown>): CaptureConfig {
 }
 
 function settings(overrides: Record<string, unknown>): CaptureSettings {
-  return { ...config(overrides), segmentDir: '/tmp/seg dir', segmentPrefix: 'p', rtpPort: 5004, rtpAudioPort: 5006 };
+  return { ...config(overrides), segmentDir: '/tmp/seg dir', segmentPrefix: 'p', rtpPort: 5004, rtpAudioPort: 5006, liveBitrateKbps: 700 };
 }
 
 /** Resolves with the first event of `name` whose arguments satisfy `match`. */
@@ -97,35 +97,61 @@ t.test('settings: defaults, refusals', async (t) => {
   t.throws(() => config({ restartMinDelayMs: 5000, restartMaxDelayMs: 1000 }), /restartMinDelayMs/);
 });
 
-t.test('presets: element names, caps and the shared tee', async (t) => {
+t.test('presets: element names, caps, the recording encoder and the live one', async (t) => {
   const test = buildPipeline(settings({ bitrateKbps: 1500, keyframeIntervalS: 0.5, segmentSeconds: 3 }));
-  t.same(test.elements, { encoder: 'enc', keyframe: 'kf', segments: 'segments', live: 'live', meter: 'meter', rtpSink: 'rtpsink', liveAudio: 'liveaudio' });
-  t.match(test.description, /videotestsrc is-live=true pattern=ball/);
-  t.match(test.description, /format=I420,width=1280,height=720,framerate=30\/1/);
-  t.match(test.description, /x264enc name=enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bitrate=1500/);
-  t.match(test.description, /capsfilter name=kf caps="video\/x-h264,profile=\(string\)constrained-baseline"/);
-  t.match(test.description, /splitmuxsink name=segments muxer=mpegtsmux sink="filesink buffer-mode=unbuffered" send-keyframe-requests=true max-size-time=3000000000 location="\/tmp\/seg dir\/p-%06d.ts"/);
-  t.match(test.description, /valve name=live drop=true .*rtph264pay config-interval=-1 mtu=1200 pt=96 aggregate-mode=zero-latency ! udpsink name=rtpsink host=127.0.0.1 port=5004/);
-  t.equal(test.description.match(/x264enc/g)?.length, 1, 'one encoder feeds every branch');
+  t.same(test.elements, {
+    encoder: 'enc',
+    keyframe: 'kf',
+    segments: 'segments',
+    live: 'live',
+    meter: 'meter',
+    rtpSink: 'rtpsink',
+    liveAudio: 'liveaudio',
+    liveEncoder: 'liveenc',
+    liveKeyframe: 'livekf',
+  });
+  t.equal(test.liveEncoderSeparate, true, 'a live encoder of its own by default');
+  t.match(test.description, /^videotestsrc is-live=true pattern=ball ! video\/x-raw,format=I420,width=1280,height=720,framerate=30\/1 ! tee name=vt/);
+  t.match(test.description, /vt\. ! queue [^!]* ! x264enc name=enc tune=zerolatency speed-preset=ultrafast key-int-max=15 bitrate=1500 ! capsfilter name=kf caps="video\/x-h264,profile=\(string\)constrained-baseline" ! h264parse config-interval=-1 ! tee name=t/);
+  t.match(
+    test.description,
+    /vt\. ! queue leaky=downstream [^!]* ! valve name=live drop=true [^!]* ! x264enc name=liveenc [^!]*bitrate=700 ! capsfilter name=livekf [^!]* ! rtph264pay config-interval=-1 mtu=1200 pt=96 aggregate-mode=zero-latency ! udpsink name=rtpsink host=127.0.0.1 port=5004/,
+    'the live branch: closed valve before its own encoder, at the live bitrate',
+  );
+  t.match(test.description, /t\. ! queue [^!]* ! splitmuxsink name=segments muxer=mpegtsmux sink="filesink buffer-mode=unbuffered" send-keyframe-requests=true max-size-time=3000000000 location="\/tmp\/seg dir\/p-%06d.ts"/);
+  t.notMatch(test.description, /(?<!v)t\. ! queue[^!]*! valve name=live/, 'the live branch does not hang off the recording tee');
+  t.equal(test.description.match(/x264enc/g)?.length, 2);
+  t.same(liveBitrateProperty(settings({}), true, 450), { property: 'bitrate', value: 450 });
   t.notMatch(test.description, /audiotestsrc/);
+
+  const shared = buildPipeline(settings({ liveEncoder: 'shared' }));
+  t.equal(shared.liveEncoderSeparate, false);
+  t.equal(shared.description.match(/x264enc/g)?.length, 1, 'shared: one encoder feeds every branch');
+  t.match(shared.description, /t\. ! queue leaky=downstream [^!]* ! valve name=live drop=true [^!]* ! rtph264pay/);
+  t.match(shared.elements, { liveEncoder: 'enc', liveKeyframe: 'kf' }, 'keyframe requests go to the one encoder');
+  t.equal(liveBitrateProperty(settings({}), false, 450), undefined, 'nothing to adapt when shared');
+
   const withAudio = buildPipeline(settings({ audio: true })).description;
   t.match(withAudio, /audiotestsrc .* opusenc bitrate=32000 ! tee name=at .*at\. ! queue max-size-time=1000000000 ! segments\.audio_0/);
   t.match(withAudio, /at\. ! queue leaky=downstream [^!]* ! valve name=liveaudio drop=true [^!]* ! rtpopuspay pt=111 ! udpsink host=127.0.0.1 port=5006/, 'a closed live audio branch off the same Opus encoder');
   t.equal(withAudio.match(/opusenc/g)?.length, 1, 'one Opus encoder for segments and live view');
 
   const rpi = buildPipeline(settings({ preset: 'rpi', audio: true, audioDevice: 'hw:1' }));
-  t.match(rpi.description, /^libcamerasrc ! video\/x-raw,format=NV12,width=1280,height=720,framerate=30\/1 ! v4l2h264enc name=enc/);
-  t.match(rpi.description, /extra-controls="controls,repeat_sequence_header=1,video_bitrate=2000000,h264_i_frame_period=30"/);
+  t.match(rpi.description, /^libcamerasrc ! video\/x-raw,format=NV12,width=1280,height=720,framerate=30\/1 ! tee name=vt/);
+  t.match(rpi.description, /v4l2h264enc name=enc extra-controls="controls,repeat_sequence_header=1,video_bitrate=2000000,h264_i_frame_period=30"/);
+  t.match(rpi.description, /v4l2h264enc name=liveenc extra-controls="controls,repeat_sequence_header=1,video_bitrate=700000,h264_i_frame_period=30"/);
   t.match(rpi.description, /capsfilter name=kf caps="video\/x-h264,profile=\(string\)constrained-baseline,level=\(string\)3.1"/);
   t.match(rpi.description, /alsasrc device="hw:1"/);
+  t.equal(liveBitrateProperty(settings({ preset: 'rpi' }), true, 450), undefined, 'the Pi encoder keeps its starting live bitrate');
   t.equal(h264Level({ width: 1920, height: 1080, framerate: 30 }), '4');
   t.equal(h264Level({ width: 1920, height: 1080, framerate: 60 }), '4.2');
 
   const uvc = buildPipeline(settings({ preset: 'v4l2', v4l2: { device: '/dev/video2' } }));
-  t.match(uvc.description, /^v4l2src device="\/dev\/video2" do-timestamp=true ! video\/x-raw,.* ! videoconvert ! video\/x-raw,format=I420 ! x264enc name=enc/);
+  t.match(uvc.description, /^v4l2src device="\/dev\/video2" do-timestamp=true ! video\/x-raw,.* ! videoconvert ! video\/x-raw,format=I420 ! tee name=vt .*x264enc name=enc/);
   const pass = buildPipeline(settings({ preset: 'v4l2', v4l2: { device: '/dev/video2', h264Passthrough: true } }));
   t.match(pass.description, /^v4l2src name=enc device="\/dev\/video2" do-timestamp=true ! video\/x-h264,width=1280,height=720,framerate=30\/1 ! capsfilter name=kf/);
   t.notMatch(pass.description, /x264enc/);
+  t.equal(pass.liveEncoderSeparate, false, 'a camera that encodes itself always shares');
 });
 
 t.test('presets parse with the real GStreamer', { skip: !gstAvailable && 'GStreamer not installed' }, async (t) => {
@@ -133,27 +159,54 @@ t.test('presets parse with the real GStreamer', { skip: !gstAvailable && 'GStrea
   // those two elements, which checks everything around them (caps, tee, branches, element names).
   const rpi = buildPipeline(settings({ preset: 'rpi', audio: true }))
     .description.replace('libcamerasrc', 'videotestsrc')
-    .replace(/v4l2h264enc name=enc extra-controls="[^"]*"/, 'x264enc name=enc')
+    .replace(/v4l2h264enc name=(\w+) extra-controls="[^"]*"/g, 'x264enc name=$1')
     .replace(/alsasrc device="[^"]*"/, 'audiotestsrc');
   const descriptions = {
     test: buildPipeline(settings({ audio: true })).description,
     v4l2: buildPipeline(settings({ preset: 'v4l2' })).description,
     v4l2Passthrough: buildPipeline(settings({ preset: 'v4l2', v4l2: { h264Passthrough: true } })).description,
+    testShared: buildPipeline(settings({ liveEncoder: 'shared' })).description,
     rpi,
   };
   // In a child: the binding never frees a pipeline, and this process should not load GStreamer.
   const script = `
     const gst = require('gstreamer-superficial');
     const names = ['enc', 'kf', 'segments', 'live', 'meter', 'rtpsink'];
+    const separate = ['liveenc', 'livekf'];
     const out = {};
     for (const [k, d] of Object.entries(JSON.parse(process.argv[1]))) {
-      try { const p = new gst.Pipeline(d); out[k] = names.filter((n) => p.findChild(n) === undefined); }
+      try { const p = new gst.Pipeline(d); out[k] = [...names, ...(/liveenc/.test(d) ? separate : [])].filter((n) => p.findChild(n) === undefined); }
       catch (e) { out[k] = String(e.message); }
     }
     console.log(JSON.stringify(out));`;
   const { stdout } = await run(process.execPath, ['-e', script, JSON.stringify(descriptions)], { cwd: fileURLToPath(new URL('..', import.meta.url)) });
   const result = JSON.parse(stdout) as Record<string, unknown>;
   for (const key of Object.keys(descriptions)) t.same(result[key], [], `${key} parses and has every named element`);
+});
+
+t.test('the live bitrate changes at run time; the recording encoder keeps its own', { skip: !gstAvailable && 'GStreamer not installed' }, async (t) => {
+  const description = buildPipeline(settings({ width: 320, height: 180, bitrateKbps: 1500 })).description;
+  const x264 = liveBitrateProperty(settings({}), true, 450)!;
+  const script = `
+    const gst = require('gstreamer-superficial');
+    const [d, x] = JSON.parse(process.argv[1]);
+    const p = new gst.Pipeline(d);
+    p.play();
+    setTimeout(() => {
+      const live = p.findChild('liveenc'), rec = p.findChild('enc');
+      live[x.property] = x.value;
+      const out = { live: live.bitrate, recording: rec.bitrate };
+      p.stop();
+      console.log(JSON.stringify(out));
+      process.exit(0);
+    }, 500);`;
+  const { stdout } = await run(process.execPath, ['-e', script, JSON.stringify([description, x264])], {
+    cwd: fileURLToPath(new URL('..', import.meta.url)),
+    timeout: DEADLINE_MS,
+  });
+  const out = JSON.parse(stdout) as { live: number; recording: number };
+  t.equal(out.live, 450, 'the playing live encoder took the new bitrate');
+  t.equal(out.recording, 1500, 'the recording encoder did not change');
 });
 
 t.test('the test preset under the supervisor', { skip: !gstAvailable && 'GStreamer not installed' }, async (t) => {

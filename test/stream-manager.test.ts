@@ -13,7 +13,11 @@ import { TrustStore } from '../src/command/trust-store.ts';
 import { CommandVerifier } from '../src/command/verifier.ts';
 import type { StreamConfig } from '../src/stream/config.ts';
 import { streamConfigSchema } from '../src/stream/config.ts';
-import { hostAddresses, IceConfigError, resolveIce } from '../src/stream/ice.ts';
+import { EncoderRateHysteresis, LinkBitrate, type LinkSample } from '../src/stream/bitrate.ts';
+import { IceSignalling, type IceAnswer } from '../src/stream/ice-signalling.ts';
+import { loadOrCreateDeviceKey } from '../src/keys/device-key.ts';
+import { signIceAnswer, verifyIceOffer } from '../src/cli/fleet-tools.ts';
+import { hostAddresses, IceConfigError, resolveIce, type ResolvedIce } from '../src/stream/ice.ts';
 import { inspectOffer, OfferError } from '../src/stream/offer.ts';
 import { StreamSession, type SessionLinkState } from '../src/stream/session.ts';
 import { StreamManager, type LiveSession, type OpenSession } from '../src/stream/stream-manager.ts';
@@ -52,8 +56,14 @@ class FakeSession extends EventEmitter implements LiveSession {
   alive = true;
   #heard = 0;
   linkState: SessionLinkState = 'connecting';
-  readonly counters = { videoPackets: 0, audioPackets: 0 };
+  readonly counters = { videoPackets: 0, audioPackets: 0, videoBytes: 0 };
   readonly video: Buffer[] = [];
+  /** What sample() reports next (the link as the test scripts it). */
+  nextSample: LinkSample = { sendKbps: 0, lossFraction: undefined, deliveredKbps: undefined, intervalMs: 1000 };
+  rttMs: number | undefined = 42;
+  iceRestarts = 0;
+  readonly restartOffers: ResolvedIce[] = [];
+  readonly restartAnswers: string[] = [];
   get lastHeardAt(): number {
     return this.alive && this.linkState === 'connected' ? Date.now() : this.#heard;
   }
@@ -82,6 +92,18 @@ class FakeSession extends EventEmitter implements LiveSession {
   sourceChanged(kind: 'video' | 'audio'): void {
     this.sourceChanges.push(kind);
   }
+  sample(): LinkSample {
+    return this.nextSample;
+  }
+  async restartIce(ice: ResolvedIce): Promise<string> {
+    this.restartOffers.push(ice);
+    this.linkState = 'failed';
+    return `v=0\r\no=restart ${this.restartOffers.length}\r\n`;
+  }
+  async acceptRestartAnswer(sdp: string): Promise<void> {
+    this.restartAnswers.push(sdp);
+    this.iceRestarts++;
+  }
   async close(): Promise<void> {
     this.closed = true;
   }
@@ -95,6 +117,8 @@ interface Rig {
   live: boolean[];
   keyframes: number;
   wearer: string[];
+  bitrates: number[];
+  restartOffers: { sid: string; generation: number; offer: string; cause: string }[];
   state: () => DeviceStateDoc['streaming'];
 }
 
@@ -107,15 +131,23 @@ function rig(config: Partial<StreamConfig> = {}, options: { failAudit?: boolean;
     live: [],
     keyframes: 0,
     wearer: [],
+    bitrates: [],
+    restartOffers: [],
     state: () => streaming,
     manager: undefined as unknown as StreamManager,
   };
-  let streaming: DeviceStateDoc['streaming'] = { sessions: 0, list: [] };
+  let streaming: DeviceStateDoc['streaming'] = { sessions: 0, bitrateKbps: null, list: [] };
   r.manager = new StreamManager({
     config: { ...streamConfigSchema.parse({}), viewerLostGrace: 1, connectTimeout: 2, captureLossGrace: 1, ...config },
     audio: false,
     maxSessions: options.maxSessions ?? 2,
-    capture: { setLive: (open) => r.live.push(open), requestKeyframe: () => r.keyframes++ },
+    capture: {
+      setLive: (open) => r.live.push(open),
+      requestKeyframe: () => r.keyframes++,
+      setLiveBitrate: (kbps) => r.bitrates.push(kbps),
+      liveBitrateAdjustable: () => true,
+    },
+    publishRestartOffer: (sid, generation, offer, cause) => r.restartOffers.push({ sid, generation, offer, cause }),
     audit: {
       append: (record) => {
         if (options.failAudit && record.type === 'stream.start') throw new Error('SQLITE_FULL: database or disk is full');
@@ -196,7 +228,7 @@ t.test('a session: valve, keyframes, wearer, state, audit; stream.stop ends it',
   t.same(r.live, [true, false], 'valve closes with the last viewer');
   t.same(r.wearer, ['start', 'led-on', 'led-off', 'stop']);
   t.match(r.audit.at(-1), { type: 'stream.stop', operator: 'insp-1', detail: { sid, cause: 'stream_stop', startedBy: 'sgt-7', videoPackets: 2 } });
-  t.same(r.state(), { sessions: 0, list: [] });
+  t.same(r.state(), { sessions: 0, bitrateKbps: null, list: [] });
   t.match(r.events.map((e) => e.type), ['stream.started', 'stream.connected', 'stream.stopped']);
   t.match(await r.manager.stopStream(stop), { ok: false, code: 'unknown_session' }, 'the same sid again');
   await r.manager.stop();
@@ -298,7 +330,7 @@ t.test('offer and network problems are refused with their code', async (t) => {
     config: streamConfigSchema.parse({ ice: { interfaces: ['nonexistent0'] } }),
     audio: false,
     maxSessions: 2,
-    capture: { setLive: () => {}, requestKeyframe: () => {} },
+    capture: { setLive: () => {}, requestKeyframe: () => {}, setLiveBitrate: () => {}, liveBitrateAdjustable: () => false },
     audit: { append: () => undefined as never },
     sendEvent: () => {},
     state: { update: () => {} },
@@ -380,4 +412,190 @@ t.test('ICE settings', async (t) => {
   await t.rejects(resolveIce({ ...ice, interfaces: ['eth9'], servers: [] }, ifaces), { code: 'no_network', message: /eth9/ });
   t.throws(() => streamConfigSchema.parse({ ice: { servers: [{ urls: 'http://stun.example' }] } }), /stun:, turn: or turns: URL/);
   t.throws(() => streamConfigSchema.parse({ ice: { portRange: { min: 5000, max: 5000 } } }), /min must be below max/);
+});
+
+t.test('bandwidth: per-link target, then the encoder at the lowest, with hysteresis', async (t) => {
+  const limits = { minKbps: 150, maxKbps: 2000, startKbps: 800 };
+  const link = new LinkBitrate(limits);
+  const s = (sendKbps: number, lossFraction?: number, deliveredKbps?: number): LinkSample => ({ sendKbps, lossFraction, deliveredKbps, intervalMs: 1000 });
+  t.equal(link.update(s(800, 0.5), 0), 360, 'heavy loss: 90 % of what was delivered');
+  t.equal(link.update(s(360, 0.03), 1000), 360, 'moderate (random) loss: hold');
+  t.equal(link.update(s(360, 0), 2000), 360 * 1.01, 'no loss just under where the link gave way: cautious growth');
+  const after = link.update(s(360, 0), 20_000);
+  t.equal(after, 360 * 1.01 * 1.1, 'once the congestion is forgotten: probing growth');
+  t.equal(link.update(s(100, 0), 21_000), after, 'no growth beyond what the encoder uses');
+  t.equal(link.update(s(400, 0.01, 300), 22_000), 270, 'delivered rate falling behind the send rate: a queue is building');
+  const floor = new LinkBitrate(limits);
+  for (let i = 0; i < 20; i++) floor.update(s(800, 0.9), i * 1000);
+  t.equal(floor.targetKbps, 150, 'never under minKbps');
+  const ceiling = new LinkBitrate(limits);
+  for (let i = 0; i < 40; i++) ceiling.update(s(ceiling.targetKbps, 0), i * 1000);
+  t.equal(ceiling.targetKbps, 2000, 'never over maxKbps');
+
+  const h = new EncoderRateHysteresis(800);
+  t.equal(h.next(790, 0), undefined, 'a small change is not worth reconfiguring the encoder');
+  t.equal(h.next(500, 10), 500, 'a decrease applies at once');
+  t.equal(h.next(600, 20), 600, 'an increase of 10 % or more applies');
+  t.equal(h.next(700, 500), undefined, 'but not twice within a second');
+  t.equal(h.next(700, 1100), 700);
+});
+
+t.test('bandwidth: the manager sets the live encoder from its viewers', async (t) => {
+  const r = rig({ bitrate: { adapt: true, minKbps: 150, maxKbps: 2000, startKbps: 800 } });
+  t.teardown(() => r.manager.stop());
+  await r.manager.startStream(await authorised('stream.start'));
+  const s = r.sessions[0]!;
+  s.link('connected');
+  t.same(r.bitrates, [800], 'the live encoder starts at startKbps when the valve opens');
+  s.nextSample = { sendKbps: 800, lossFraction: 0.5, deliveredKbps: undefined, intervalMs: 1000 };
+  await until('the bitrate down', () => r.bitrates.some((b) => b < 500));
+  t.equal(r.bitrates.at(-1), 360);
+  t.equal(r.state().bitrateKbps, 360, 'state shows the live bitrate');
+  s.nextSample = { sendKbps: 360, lossFraction: 0, deliveredKbps: 360, intervalMs: 1000 };
+  await until('the bitrate back up', () => r.bitrates.at(-1)! > 400, 20_000);
+  t.ok(r.bitrates.every((b) => b >= 150 && b <= 2000), 'within the floor and ceiling');
+  t.match(r.state().list[0], { rttMs: 42, iceRestarts: 0 });
+
+  const fixed = rig();
+  t.teardown(() => fixed.manager.stop());
+  const off = rig({ bitrate: { adapt: false, minKbps: 150, maxKbps: 2000, startKbps: 800 } });
+  t.teardown(() => off.manager.stop());
+  await off.manager.startStream(await authorised('stream.start'));
+  off.sessions[0]!.nextSample = { sendKbps: 800, lossFraction: 0.5, deliveredKbps: undefined, intervalMs: 1000 };
+  off.sessions[0]!.link('connected');
+  await new Promise((res) => setTimeout(res, 1500));
+  t.same(off.bitrates, [], 'adapt: false leaves the live encoder alone');
+  t.equal(off.state().bitrateKbps, null);
+});
+
+const answerSdp = (fingerprint: string) =>
+  ['v=0', 'o=- 1 2 IN IP4 127.0.0.1', 's=-', 't=0 0', `a=fingerprint:sha-256 ${fingerprint}`, 'm=video 9 UDP/TLS/RTP/SAVPF 96', 'c=IN IP4 0.0.0.0', 'a=mid:0', 'a=recvonly', 'a=rtpmap:96 H264/90000', ''].join('\r\n');
+
+t.test('ICE restart: a network change offers one; only the viewer\'s answer to the open restart is taken', async (t) => {
+  const r = rig({ viewerLostGrace: 30 });
+  t.teardown(() => r.manager.stop());
+  const accepted = await r.manager.startStream(await authorised('stream.start'));
+  const sid = (accepted as unknown as { sid: string }).sid;
+  const s = r.sessions[0]!;
+  s.link('connected');
+  r.manager.networkChanged();
+  await until('a restart offer', () => r.restartOffers.length === 1);
+  t.match(r.restartOffers[0], { sid, generation: 1, cause: 'network_changed' });
+  t.equal(s.restartOffers.length, 1, 'the session made the offer on freshly resolved ICE settings');
+  t.match(r.audit.find((e) => e.type === 'stream.ice_restart'), { detail: { sid, generation: 1, cause: 'network_changed' } });
+  const answer = { sid, generation: 1, answer: answerSdp('AA:BB'), operator: 'console', issuer: 'fleet', jti: 'j1', tokenDigest: 'd1' };
+  t.match(await r.manager.acceptRestartAnswer({ ...answer, generation: 7 }), { ok: false, code: 'stale_generation' });
+  t.match(await r.manager.acceptRestartAnswer({ ...answer, answer: answerSdp('CC:DD') }), { ok: false, code: 'wrong_viewer' });
+  t.match(await r.manager.acceptRestartAnswer({ ...answer, sid: 's-nope' }), { ok: false, code: 'unknown_session' });
+  t.same(
+    r.audit.filter((e) => e.type === 'stream.ice_refused').map((e) => e.detail?.code),
+    ['stale_generation', 'wrong_viewer', 'unknown_session'],
+    'each refusal audited',
+  );
+  t.same(s.restartAnswers, [], 'no refused answer reached the peer connection');
+  t.match(await r.manager.acceptRestartAnswer(answer), { ok: true });
+  t.same(s.restartAnswers, [answer.answer]);
+  t.match(r.audit.find((e) => e.type === 'stream.ice_restarted'), { operator: 'console', detail: { sid, generation: 1, cause: 'network_changed' } });
+  t.match(await r.manager.acceptRestartAnswer(answer), { ok: false, code: 'stale_generation' }, 'the same answer again is refused');
+  t.ok(r.events.some((e) => e.type === 'stream.ice_restarted'));
+  s.link('connected');
+  t.equal(r.state().list[0]?.iceRestarts, 1);
+});
+
+t.test('ICE restart: a failed path offers again until answered, and the grace still ends a gone viewer', async (t) => {
+  const r = rig({ viewerLostGrace: 12 });
+  t.teardown(() => r.manager.stop());
+  await r.manager.startStream(await authorised('stream.start'));
+  const s = r.sessions[0]!;
+  s.link('connected');
+  s.alive = false;
+  s.link('failed');
+  await until('a restart offer', () => r.restartOffers.length >= 1);
+  t.equal(r.restartOffers[0]!.cause, 'ice_failed');
+  await until('a second offer after the first went unanswered', () => r.restartOffers.length >= 2, 15_000);
+  t.equal(r.restartOffers[1]!.generation, 2, 'with the next generation');
+  await until('viewer_lost', () => r.audit.some((e) => e.detail?.cause === 'viewer_lost'), 20_000);
+});
+
+t.test('ICE answers: the signalling verifies the token before the manager sees it', async (t) => {
+  const issuer = await makeIssuer();
+  const viewerOnly = await makeIssuer({ actions: ['record.start'] });
+  const outsider = await makeIssuer();
+  const trust = TrustStore.fromJwks(trustStoreJwks([issuer, viewerOnly]), []);
+  const bus = new EventEmitter();
+  const published: { topic: string; payload: string }[] = [];
+  const session = Object.assign(bus, {
+    publish: (topic: string, payload: string | Buffer, _o: unknown, cb?: (e?: Error) => void) => {
+      published.push({ topic, payload: String(payload) });
+      cb?.();
+    },
+    subscribe: async () => {},
+  });
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bwc-ice-'));
+  const deviceKey = await loadOrCreateDeviceKey(dir);
+  const answers: IceAnswer[] = [];
+  const refusals: string[] = [];
+  const signalling = new IceSignalling({
+    session: session as never,
+    topic: (suffix) => `bwc/v1/cam-1/${suffix}`,
+    deviceId: 'cam-1',
+    deviceKey,
+    trustStore: trust,
+    nowMs: () => Date.now(),
+    clockSkewS: 30,
+    maxTokenLifetimeS: 300,
+    maxPayloadBytes: 65_536,
+    onAnswer: async (a) => {
+      answers.push(a);
+      return { ok: true };
+    },
+    onRefused: (r) => refusals.push(r.code),
+    logger,
+  });
+  signalling.start();
+  t.teardown(() => signalling.stop());
+
+  signalling.publishOffer('s-1', 3, answerSdp('AA:BB'), 'network_changed');
+  t.equal(published[0]!.topic, 'bwc/v1/cam-1/stream/s-1/ice-offer');
+  const offerClaims = await verifyIceOffer(JSON.parse(published[0]!.payload), deviceKey.publicJwk);
+  t.match(offerClaims, { sid: 's-1', gen: 3, cause: 'network_changed' }, 'the viewer can check the camera signed its offer');
+  const otherDevice = await loadOrCreateDeviceKey(await mkdtemp(path.join(os.tmpdir(), 'bwc-ice-')));
+  await t.rejects(verifyIceOffer(JSON.parse(published[0]!.payload), otherDevice.publicJwk), /not signed by the camera/);
+  await t.rejects(verifyIceOffer({ ...JSON.parse(published[0]!.payload), offer: 'v=0\r\nother' }, deviceKey.publicJwk), /does not match/);
+
+  const keyFile = async (i: typeof issuer) => {
+    const f = path.join(dir, `${i.kid}.jwk.json`);
+    await writeFile(f, JSON.stringify({ ...i.privateKey.export({ format: 'jwk' }), kid: i.kid, alg: 'EdDSA' }));
+    return f;
+  };
+  const answer = answerSdp('AA:BB');
+  const send = async (sid: string, payload: unknown) => {
+    bus.emit('message', `bwc/v1/cam-1/stream/${sid}/ice-answer`, Buffer.from(typeof payload === 'string' ? payload : JSON.stringify(payload)), {});
+    await new Promise((res) => setTimeout(res, 50));
+  };
+  const good = await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: 's-1', generation: 3, answer, operator: 'sgt-7' });
+  await send('s-1', { token: good, answer });
+  t.match(answers, [{ sid: 's-1', generation: 3, answer, operator: 'sgt-7' }], 'a good answer reaches the manager');
+
+  const cases: [string, unknown, string][] = [
+    ['not JSON', '{', 'malformed'],
+    ['an extra member', { token: good, answer, offer: 'x' }, 'malformed'],
+    ['another answer than signed', { token: good, answer: answerSdp('CC:DD') }, 'answer_mismatch'],
+    ['an outsider key', { token: await signIceAnswer({ keyFile: await keyFile(outsider), device: 'cam-1', sid: 's-1', generation: 3, answer }), answer }, 'unknown_key'],
+    ['a key not trusted for live views', { token: await signIceAnswer({ keyFile: await keyFile(viewerOnly), device: 'cam-1', sid: 's-1', generation: 3, answer }), answer }, 'action_not_permitted'],
+    ['another device', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-2', sid: 's-1', generation: 3, answer }), answer }, 'wrong_device'],
+    ['expired', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: 's-1', generation: 3, answer, ttlS: -120 }), answer }, 'expired'],
+    ['too long-lived', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: 's-1', generation: 3, answer, ttlS: 3600 }), answer }, 'too_long_lived'],
+    ['a command token', { token: await makeCommand({ issuer, deviceId: 'cam-1', action: 'stream.stop', overrides: { sid: 's-1' } }).token, answer }, 'wrong_type'],
+  ];
+  for (const [what, payload, code] of cases) {
+    await send('s-1', payload);
+    t.equal(refusals.at(-1), code, what);
+  }
+  await send('s-2', { token: good, answer });
+  t.equal(refusals.at(-1), 'wrong_session', 'a token for one session published on another\'s topic');
+  const [h, p] = good.split('.');
+  await send('s-1', { token: `${h}.${p}.${Buffer.alloc(64).toString('base64url')}`, answer });
+  t.equal(refusals.at(-1), 'bad_signature', 'a forged signature');
+  t.equal(answers.length, 1, 'nothing refused reached the manager');
 });

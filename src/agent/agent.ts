@@ -8,6 +8,8 @@ import { AuditLog } from '../audit/audit-log.ts';
 import { CaptureSupervisor, type CaptureHealth } from '../capture/supervisor.ts';
 import { createFirmwareBridge, SimBackend } from '../firmware/create-bridge.ts';
 import { FirmwareExtension } from '../firmware/firmware-extension.ts';
+import { NetworkWatcher } from '../net/network-watcher.ts';
+import { IceSignalling } from '../stream/ice-signalling.ts';
 import { bufferDirOf, evidenceDirOf } from '../recording/layout.ts';
 import { Recorder, type RecordResult } from '../recording/recorder.ts';
 import { CommandHandler, type ActionExecutor } from '../command/command-handler.ts';
@@ -128,13 +130,42 @@ export class Agent {
       config: config.stream,
       audio: config.capture.audio,
       maxSessions: config.commands.maxConcurrentStreams,
-      capture: { setLive: (open) => this.#capture.setLive(open), requestKeyframe: () => this.#capture.requestKeyframe() },
+      capture: {
+        setLive: (open) => this.#capture.setLive(open),
+        requestKeyframe: () => this.#capture.requestKeyframe(),
+        setLiveBitrate: (kbps) => this.#capture.setLiveBitrate(kbps),
+        liveBitrateAdjustable: () => this.#capture.liveBitrateAdjustable,
+      },
       audit: this.#audit,
       sendEvent: (body) => this.#link.send('event', body),
       state: this.#state,
       wearer: { streamStarted: () => firmware.streamStarted(), streamStopped: () => firmware.streamStopped(), streaming: (active) => firmware.streaming(active) },
+      publishRestartOffer: (sid, generation, offer, cause) => iceSignalling.publishOffer(sid, generation, offer, cause),
       logger,
     });
+    const clock = options.clock ?? new SystemClock();
+    const iceSignalling = new IceSignalling({
+      session: this.#link.session,
+      topic: (suffix) => this.#link.topic(suffix),
+      deviceId: config.deviceId,
+      deviceKey: parts.deviceKey,
+      trustStore: parts.trustStore,
+      nowMs: () => clock.nowMs(),
+      clockSkewS: config.commands.clockSkew,
+      maxTokenLifetimeS: config.commands.maxTokenLifetime,
+      maxPayloadBytes: config.commands.maxPayloadBytes,
+      onAnswer: (answer) => stream.acceptRestartAnswer(answer),
+      onRefused: (refusal) => stream.restartAnswerRefused(refusal),
+      logger,
+    });
+    // A modem that reconnects comes back on a new address: the broker connection is dead (but
+    // would look alive until keep-alive ran out) and every live view needs a new ICE path.
+    const network = new NetworkWatcher({ interfaces: config.stream.ice.interfaces, logger });
+    network.on('change', () => {
+      this.#link.session.reconnectNow('network addresses changed');
+      stream.networkChanged();
+    });
+    const networkExtension: Extension = { name: 'network', start: () => network.start(), stop: () => network.stop() };
     const verifier = new CommandVerifier({
       deviceId: config.deviceId,
       trustStore: parts.trustStore,
@@ -148,7 +179,7 @@ export class Agent {
         maxPayloadBytes: config.commands.maxPayloadBytes,
       },
       replayCache: new ReplayCache(this.#db),
-      clock: options.clock ?? new SystemClock(),
+      clock,
       activeStreams: () => stream.activeCount,
       logger,
     });
@@ -158,6 +189,7 @@ export class Agent {
       settings: config.capture,
       segmentDir: bufferDirOf(evidenceDir),
       keyframeMinIntervalMs: config.stream.keyframeMinInterval,
+      liveBitrateKbps: config.stream.bitrate.startKbps,
       onRtp: (packet) => stream.onVideo(packet),
       onAudioRtp: (packet) => stream.onAudio(packet),
       logger,
@@ -251,7 +283,7 @@ export class Agent {
     });
     // Stopped in reverse: commands first (nothing new), then the live view (audited as agent_shutdown)
     // while capture and firmware still run, so the wearer feels the stop.
-    this.#extensions = [health, gps, firmware, captureExtension, stream, commands];
+    this.#extensions = [health, gps, firmware, captureExtension, networkExtension, stream, iceSignalling, commands];
 
     this.#outbox.on('thinned', (report) => this.#link.send('event', { type: 'outbox.thinned', time: new Date().toISOString(), ...report }));
     this.#state.on('changed', () => this.#scheduleStatePublish());

@@ -1,10 +1,16 @@
 // The GStreamer pipeline of each capture preset, as one gst-launch description.
-// Every pipeline has the same shape so the worker can drive any of them by element name:
-//   <source + encoder> ! capsfilter name=kf ! h264parse ! tee name=t
-//     t. ! recording: splitmuxsink (MPEG-TS segments; survives a kill -9 up to the last packets written)
-//     t. ! live: valve (closed unless someone watches) ! rtph264pay ! udpsink to the main process
-//     t. ! meter: appsink the worker counts, so the supervisor can tell a stalled camera from a quiet one
-// One encoder feeds everything: a keyframe request serves the viewer and the next segment alike.
+// Every pipeline has the same shape so the worker can drive any of them by element name. With a
+// separate live encoder (capture.liveEncoder, the default):
+//   <source> ! tee name=vt
+//     vt. ! <encoder enc> ! capsfilter name=kf ! h264parse ! tee name=t
+//       t. ! recording: splitmuxsink (MPEG-TS segments; survives a kill -9 up to the last packets written)
+//       t. ! meter: appsink the worker counts, so the supervisor can tell a stalled camera from a quiet one
+//     vt. ! live: valve (closed unless someone watches) ! <encoder liveenc> ! capsfilter name=livekf
+//           ! rtph264pay ! udpsink to the main process
+// The live encoder's bitrate follows the viewer's link while the recording keeps its own, and a
+// viewer's keyframe requests never shorten the recording's GOPs; closed, the valve leaves the live
+// encoder idle. Shared (and always for a camera that encodes itself), the live branch hangs off
+// `t` and the one encoder serves both.
 import type { CaptureConfig } from './config.ts';
 
 export interface CaptureSettings extends CaptureConfig {
@@ -16,6 +22,8 @@ export interface CaptureSettings extends CaptureConfig {
   rtpPort: number;
   /** Loopback UDP port for the live audio RTP (Opus), when audio is on. */
   rtpAudioPort: number;
+  /** Starting bitrate of a separate live encoder (the supervisor keeps the last one set). */
+  liveBitrateKbps: number;
 }
 
 export interface PipelineElements {
@@ -31,6 +39,10 @@ export interface PipelineElements {
   meter: string;
   /** The element handing RTP to the main process. */
   rtpSink: string;
+  /** The encoder of the live branch (the recording's own when shared). */
+  liveEncoder: string;
+  /** Where a viewer's keyframe request is pushed upstream from (kf when shared). */
+  liveKeyframe: string;
   /** valve of the live audio branch (audio only). */
   liveAudio: string;
 }
@@ -38,6 +50,8 @@ export interface PipelineElements {
 export interface BuiltPipeline {
   description: string;
   elements: PipelineElements;
+  /** Whether the live branch has an encoder of its own, whose bitrate can follow the viewer. */
+  liveEncoderSeparate: boolean;
 }
 
 const elements: PipelineElements = {
@@ -48,6 +62,8 @@ const elements: PipelineElements = {
   meter: 'meter',
   rtpSink: 'rtpsink',
   liveAudio: 'liveaudio',
+  liveEncoder: 'liveenc',
+  liveKeyframe: 'livekf',
 };
 
 /** gst-launch quoting: paths may hold spaces. */
@@ -62,11 +78,13 @@ function keyframePeriod(s: CaptureConfig): number {
 // Browsers decode constrained baseline (packetization-mode 1) everywhere; the encoder is held to it.
 const h264Caps = 'video/x-h264,profile=(string)constrained-baseline';
 
-function x264(s: CaptureConfig): string {
-  return [
-    `x264enc name=${elements.encoder} tune=zerolatency speed-preset=ultrafast`,
-    `key-int-max=${keyframePeriod(s)} bitrate=${s.bitrateKbps}`,
-  ].join(' ');
+function x264(s: CaptureConfig, name: string, kbps: number): string {
+  return `x264enc name=${name} tune=zerolatency speed-preset=ultrafast key-int-max=${keyframePeriod(s)} bitrate=${kbps}`;
+}
+
+/** The Pi encoder's controls, set when the pipeline is made. */
+export function v4l2Controls(s: CaptureConfig, kbps: number): string {
+  return ['controls', 'repeat_sequence_header=1', `video_bitrate=${kbps * 1000}`, `h264_i_frame_period=${keyframePeriod(s)}`].join(',');
 }
 
 /** H.264 level for the Pi encoder: without explicit level caps v4l2h264enc picks 1.0 and negotiation fails. */
@@ -77,49 +95,41 @@ export function h264Level(s: Pick<CaptureConfig, 'width' | 'height' | 'framerate
   return '4.2'; // 1920x1080@60, the Pi encoder's ceiling
 }
 
-function videoHead(s: CaptureConfig): string {
+/** Source up to raw frames; undefined for a camera that delivers H.264 itself. */
+function rawSource(s: CaptureConfig): string | undefined {
   const raw = `width=${s.width},height=${s.height},framerate=${s.framerate}/1`;
   switch (s.preset) {
     case 'test':
-      return [
-        'videotestsrc is-live=true pattern=ball',
-        `video/x-raw,format=I420,${raw}`,
-        x264(s),
-        `capsfilter name=${elements.keyframe} caps=${quote(h264Caps)}`,
-      ].join(' ! ');
-    case 'rpi': {
-      const controls = [
-        'controls',
-        'repeat_sequence_header=1',
-        `video_bitrate=${s.bitrateKbps * 1000}`,
-        `h264_i_frame_period=${keyframePeriod(s)}`,
-      ].join(',');
-      return [
-        'libcamerasrc',
-        `video/x-raw,format=NV12,${raw}`,
-        `v4l2h264enc name=${elements.encoder} extra-controls=${quote(controls)}`,
-        `capsfilter name=${elements.keyframe} caps=${quote(`${h264Caps},level=(string)${h264Level(s)}`)}`,
-      ].join(' ! ');
-    }
+      return ['videotestsrc is-live=true pattern=ball', `video/x-raw,format=I420,${raw}`].join(' ! ');
+    case 'rpi':
+      return ['libcamerasrc', `video/x-raw,format=NV12,${raw}`].join(' ! ');
     case 'v4l2':
-      if (s.v4l2.h264Passthrough) {
-        // The camera encodes; keyframe requests reach v4l2src, which most UVC cameras ignore, so the
-        // camera's own GOP bounds the time to the first picture of a new viewer.
-        return [
-          `v4l2src name=${elements.encoder} device=${quote(s.v4l2.device)} do-timestamp=true`,
-          `video/x-h264,${raw}`,
-          `capsfilter name=${elements.keyframe} caps=video/x-h264`,
-        ].join(' ! ');
-      }
-      return [
-        `v4l2src device=${quote(s.v4l2.device)} do-timestamp=true`,
-        `video/x-raw,${raw}`,
-        'videoconvert',
-        'video/x-raw,format=I420',
-        x264(s),
-        `capsfilter name=${elements.keyframe} caps=${quote(h264Caps)}`,
-      ].join(' ! ');
+      if (s.v4l2.h264Passthrough) return undefined;
+      return [`v4l2src device=${quote(s.v4l2.device)} do-timestamp=true`, `video/x-raw,${raw}`, 'videoconvert', 'video/x-raw,format=I420'].join(' ! ');
   }
+}
+
+/** Raw frames to constrained-baseline H.264: the encoder named `name` and its capsfilter `caps`. */
+function encoder(s: CaptureConfig, name: string, caps: string, kbps: number): string {
+  if (s.preset === 'rpi') {
+    return [
+      `v4l2h264enc name=${name} extra-controls=${quote(v4l2Controls(s, kbps))}`,
+      `capsfilter name=${caps} caps=${quote(`${h264Caps},level=(string)${h264Level(s)}`)}`,
+    ].join(' ! ');
+  }
+  return [x264(s, name, kbps), `capsfilter name=${caps} caps=${quote(h264Caps)}`].join(' ! ');
+}
+
+/** The camera that encodes itself (v4l2 passthrough). */
+function passthroughHead(s: CaptureConfig): string {
+  const raw = `width=${s.width},height=${s.height},framerate=${s.framerate}/1`;
+  // Keyframe requests reach v4l2src, which most UVC cameras ignore, so the camera's own GOP bounds
+  // the time to the first picture of a new viewer.
+  return [
+    `v4l2src name=${elements.encoder} device=${quote(s.v4l2.device)} do-timestamp=true`,
+    `video/x-h264,${raw}`,
+    `capsfilter name=${elements.keyframe} caps=video/x-h264`,
+  ].join(' ! ');
 }
 
 // One Opus encoder for the segments and the live view, as for video. The live audio branch is
@@ -139,11 +149,37 @@ function audioBranch(s: CaptureSettings): string[] {
   ];
 }
 
+const rtpPayloader = 'rtph264pay config-interval=-1 mtu=1200 pt=96 aggregate-mode=zero-latency';
+
 export function buildPipeline(s: CaptureSettings): BuiltPipeline {
   const segmentNs = Math.round(s.segmentSeconds * 1e9);
   const location = `${s.segmentDir.replace(/\/+$/, '')}/${s.segmentPrefix}-%06d.ts`;
-  const parts = [
-    `${videoHead(s)} ! h264parse config-interval=-1 ! tee name=t`,
+  const source = rawSource(s);
+  const separate = source !== undefined && s.liveEncoder === 'separate';
+  const liveValve = `valve name=${elements.live} drop=true drop-mode=forward-sticky-events`;
+  const rtpSink = `udpsink name=${elements.rtpSink} host=127.0.0.1 port=${s.rtpPort} sync=false async=false`;
+  const encoded = `${encoder(s, elements.encoder, elements.keyframe, s.bitrateKbps)} ! h264parse config-interval=-1 ! tee name=t`;
+  const parts = separate
+    ? [
+        `${source} ! tee name=vt`,
+        // The recording's queue blocks rather than drop: evidence first. Both queues hold few raw
+        // frames: a camera's buffer pool (libcamera's is small) must not run dry in them.
+        `vt. ! queue max-size-buffers=4 max-size-bytes=0 max-size-time=0 ! ${encoded}`,
+        // A live encoder that falls behind loses the oldest frames, never holds the recording back.
+        [
+          'vt. ! queue leaky=downstream max-size-buffers=2 max-size-bytes=0 max-size-time=0',
+          liveValve,
+          encoder(s, elements.liveEncoder, elements.liveKeyframe, s.liveBitrateKbps),
+          rtpPayloader,
+          rtpSink,
+        ].join(' ! '),
+      ]
+    : [
+        `${source === undefined ? passthroughHead(s) : `${source} ! ${encoder(s, elements.encoder, elements.keyframe, s.bitrateKbps)}`} ! h264parse config-interval=-1 ! tee name=t`,
+        // The live branch never holds recording back: a leaky queue drops for the viewer first.
+        ['t. ! queue leaky=downstream max-size-buffers=60 max-size-bytes=0 max-size-time=0', liveValve, rtpPayloader, rtpSink].join(' ! '),
+      ];
+  parts.push(
     // send-keyframe-requests makes the cut land on max-size-time; the encoder's own keyframe period
     // (<= segmentSeconds) is the fallback for sources that ignore requests. splitmuxsink holds one GOP
     // before muxing it, and filesink would then sit on 64 KiB more (seconds of video at low bitrates):
@@ -152,18 +188,24 @@ export function buildPipeline(s: CaptureSettings): BuiltPipeline {
       't. ! queue max-size-buffers=0 max-size-bytes=0 max-size-time=3000000000',
       `splitmuxsink name=${elements.segments} muxer=mpegtsmux sink=${quote('filesink buffer-mode=unbuffered')} send-keyframe-requests=true max-size-time=${segmentNs} location=${quote(location)}`,
     ].join(' ! '),
-    // The live branch never holds recording back: a leaky queue drops for the viewer first.
-    [
-      't. ! queue leaky=downstream max-size-buffers=60 max-size-bytes=0 max-size-time=0',
-      `valve name=${elements.live} drop=true drop-mode=forward-sticky-events`,
-      'rtph264pay config-interval=-1 mtu=1200 pt=96 aggregate-mode=zero-latency',
-      `udpsink name=${elements.rtpSink} host=127.0.0.1 port=${s.rtpPort} sync=false async=false`,
-    ].join(' ! '),
     [
       't. ! queue leaky=downstream max-size-buffers=30 max-size-bytes=0 max-size-time=0',
       `appsink name=${elements.meter} sync=false async=false max-buffers=4 drop=true`,
     ].join(' ! '),
-  ];
+  );
   if (s.audio) parts.push(...audioBranch(s));
-  return { description: parts.join('  '), elements: { ...elements } };
+  const names = separate ? { ...elements } : { ...elements, liveEncoder: elements.encoder, liveKeyframe: elements.keyframe };
+  return { description: parts.join('  '), elements: names, liveEncoderSeparate: separate };
+}
+
+/**
+ * The property change that sets the live encoder to `kbps`, or undefined where it cannot follow.
+ * x264enc takes kbit/s at run time. The Pi's v4l2h264enc has its bitrate only inside the
+ * extra-controls structure, and gstreamer-superficial sets strings, numbers and booleans only
+ * (tried here: a string set on extra-controls leaves it NULL), so on the Pi the live encoder keeps
+ * its starting bitrate (stream.bitrate.startKbps). Shared with the recording, nothing may change.
+ */
+export function liveBitrateProperty(s: CaptureConfig, separate: boolean, kbps: number): { property: string; value: number } | undefined {
+  if (!separate || s.preset === 'rpi') return undefined;
+  return { property: 'bitrate', value: kbps };
 }

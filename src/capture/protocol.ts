@@ -16,6 +16,7 @@ export type ParentMessage =
   | { type: 'start'; settings: CaptureSettings; live: boolean; statsIntervalMs: number; startTimeoutMs: number }
   | { type: 'keyframe' }
   | { type: 'live'; open: boolean }
+  | { type: 'live-bitrate'; kbps: number }
   | { type: 'stop' };
 
 export type WorkerMessage =

@@ -65,6 +65,8 @@ export interface CaptureSupervisorOptions {
   failedAfterFaults?: number;
   /** A worker whose pipeline is not PLAYING this long after launch reports a fault (missing device...). */
   startTimeoutMs?: number;
+  /** Starting bitrate of a separate live encoder; default settings.bitrateKbps. */
+  liveBitrateKbps?: number;
 }
 
 function defaultWorkerPath(): string {
@@ -97,7 +99,9 @@ interface WorkerRun {
 }
 
 export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
-  readonly #opts: Required<Omit<CaptureSupervisorOptions, 'onRtp' | 'onAudioRtp' | 'workerPath'>> & { workerPath: string };
+  readonly #opts: Required<Omit<CaptureSupervisorOptions, 'onRtp' | 'onAudioRtp' | 'workerPath' | 'liveBitrateKbps'>> & { workerPath: string };
+  /** The live encoder's bitrate now; a restarted worker starts at it. */
+  #liveBitrateKbps: number;
   readonly #onRtp: ((packet: Buffer) => void) | undefined;
   readonly #onAudioRtp: ((packet: Buffer) => void) | undefined;
   #audioSocket: dgram.Socket | undefined;
@@ -135,6 +139,26 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
       failedAfterFaults: options.failedAfterFaults ?? 5,
       startTimeoutMs: options.startTimeoutMs ?? 5000,
     };
+    this.#liveBitrateKbps = options.liveBitrateKbps ?? options.settings.bitrateKbps;
+  }
+
+  /** Whether the live view has an encoder of its own, so setLiveBitrate takes effect. */
+  get liveBitrateAdjustable(): boolean {
+    const s = this.#opts.settings;
+    // The Pi's encoder cannot change its bitrate through the binding (presets.ts liveBitrateProperty).
+    return s.liveEncoder === 'separate' && s.preset !== 'rpi' && !(s.preset === 'v4l2' && s.v4l2.h264Passthrough);
+  }
+
+  get liveBitrateKbps(): number | undefined {
+    return this.liveBitrateAdjustable ? this.#liveBitrateKbps : undefined;
+  }
+
+  /** Sets the live encoder's bitrate (bandwidth adaptation); the recording's stays as configured. */
+  setLiveBitrate(kbps: number): void {
+    const rounded = Math.round(kbps);
+    if (!this.liveBitrateAdjustable || rounded === this.#liveBitrateKbps) return;
+    this.#liveBitrateKbps = rounded;
+    this.#send({ type: 'live-bitrate', kbps: rounded });
   }
 
   health(): CaptureHealth {
@@ -278,6 +302,7 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
       segmentPrefix: `${this.#opts.segmentPrefix}-${Date.now()}`,
       rtpPort: (this.#socket?.address().port ?? 0) as number,
       rtpAudioPort: (this.#audioSocket?.address().port ?? 0) as number,
+      liveBitrateKbps: this.#liveBitrateKbps,
     };
     const launcher = this.#opts.settings.workerLauncher;
     const argv = [...launcher, process.execPath, this.#opts.workerPath];

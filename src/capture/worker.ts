@@ -4,7 +4,7 @@
 // The supervisor (supervisor.ts) starts it with an IPC channel and drives it with protocol.ts messages.
 import { statSync, unlinkSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { buildPipeline, type PipelineElements } from './presets.ts';
+import { buildPipeline, liveBitrateProperty, type CaptureSettings, type PipelineElements } from './presets.ts';
 import { isParentMessage, type ParentMessage, type WorkerMessage } from './protocol.ts';
 
 interface GstElement {
@@ -43,6 +43,9 @@ let pipeline: GstPipeline | undefined;
 let names: PipelineElements | undefined;
 let liveValve: GstElement | undefined;
 let liveAudioValve: GstElement | undefined;
+let liveEncoder: GstElement | undefined;
+let liveSeparate = false;
+let settings: CaptureSettings | undefined;
 let frames = 0;
 let bytes = 0;
 let statsTimer: NodeJS.Timeout | undefined;
@@ -142,6 +145,8 @@ function start(message: Extract<ParentMessage, { type: 'start' }>): void {
   if (pipeline) return;
   const built = buildPipeline(message.settings);
   names = built.elements;
+  settings = message.settings;
+  liveSeparate = built.liveEncoderSeparate;
   const gst = createRequire(import.meta.url)('gstreamer-superficial') as GstModule;
   try {
     pipeline = new gst.Pipeline(built.description);
@@ -153,6 +158,7 @@ function start(message: Extract<ParentMessage, { type: 'start' }>): void {
   }
   liveValve = pipeline.findChild(names.live);
   liveAudioValve = pipeline.findChild(names.liveAudio);
+  liveEncoder = pipeline.findChild(names.liveEncoder);
   if (liveValve) liveValve.drop = !message.live;
   if (liveAudioValve) liveAudioValve.drop = !message.live;
   pipeline.pollBus(onBus);
@@ -231,8 +237,13 @@ function onParentMessage(raw: unknown): void {
       start(raw);
       return;
     case 'keyframe':
-      if (pipeline && names && !shuttingDown) pipeline.forceKeyUnit(names.keyframe, 1);
+      if (pipeline && names && !shuttingDown) pipeline.forceKeyUnit(names.liveKeyframe, 1);
       return;
+    case 'live-bitrate': {
+      const change = settings && liveBitrateProperty(settings, liveSeparate, raw.kbps);
+      if (change && liveEncoder && !shuttingDown) liveEncoder[change.property] = change.value;
+      return;
+    }
     case 'live':
       if (liveValve) liveValve.drop = !raw.open;
       if (liveAudioValve) liveAudioValve.drop = !raw.open;

@@ -5,7 +5,8 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import mqtt from 'mqtt';
-import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose';
+import { calculateJwkThumbprint, compactVerify, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose';
+import { iceAnswerTokenType, iceOfferTokenType } from '../stream/ice-signalling.ts';
 import { commandActions, commandTokenType, type CommandAction } from '../command/types.ts';
 
 /** exitCode 2: the request is wrong (bad option, unreadable key); 3: the fleet side did not answer. */
@@ -128,4 +129,67 @@ export async function sendCommand(o: SendOptions): Promise<Record<string, unknow
   } finally {
     await client.endAsync(true);
   }
+}
+
+export interface IceAnswerSignOptions {
+  keyFile: string;
+  device: string;
+  sid: string;
+  /** The `gen` of the camera's restart offer being answered. */
+  generation: number;
+  answer: string;
+  operator?: string | undefined;
+  issuer?: string | undefined;
+  ttlS?: number | undefined;
+}
+
+/**
+ * The token of a viewer's answer to a camera's ICE restart offer (docs/protocol.md, "ICE restart"):
+ * bound to the device, the session, the restart and the exact answer.
+ */
+export async function signIceAnswer(o: IceAnswerSignOptions): Promise<string> {
+  let jwk: JWK;
+  try {
+    jwk = JSON.parse(readFileSync(o.keyFile, 'utf8')) as JWK;
+  } catch (err) {
+    throw new ToolError(`cannot read the issuer key ${o.keyFile}: ${(err as Error).message}`);
+  }
+  if (!jwk.kid || !jwk.d) throw new ToolError(`${o.keyFile} is not a private JWK with a kid`);
+  const key = await importJWK(jwk, 'EdDSA');
+  const now = Math.floor(Date.now() / 1000);
+  return new SignJWT({ sid: o.sid, gen: o.generation, answer_sha256: offerSha256(o.answer), jti: randomUUID() })
+    .setProtectedHeader({ alg: 'EdDSA', kid: jwk.kid, typ: iceAnswerTokenType })
+    .setIssuer(o.issuer ?? 'bwc-fleet')
+    .setSubject(o.operator ?? process.env.USER ?? 'operator')
+    .setAudience(o.device)
+    .setIssuedAt(now)
+    .setExpirationTime(now + (o.ttlS ?? 60))
+    .sign(key);
+}
+
+export interface IceOfferClaims {
+  sid: string;
+  gen: number;
+  cause: string;
+}
+
+/**
+ * Checks a camera's ICE restart offer message ({"token", "offer"}) against the camera's public key
+ * (its `state.deviceKey`): the viewer must not follow an offer the camera did not make.
+ */
+export async function verifyIceOffer(message: unknown, devicePublicJwk: JWK): Promise<IceOfferClaims & { offer: string }> {
+  const m = message as { token?: unknown; offer?: unknown };
+  if (typeof m?.token !== 'string' || typeof m.offer !== 'string') throw new ToolError('an ICE offer message is {"token", "offer"}');
+  const key = await importJWK(devicePublicJwk, 'EdDSA');
+  let payload: Record<string, unknown>;
+  try {
+    const verified = await compactVerify(m.token, key, { algorithms: ['EdDSA'] });
+    if (verified.protectedHeader.typ !== iceOfferTokenType) throw new Error(`typ is not ${iceOfferTokenType}`);
+    payload = JSON.parse(Buffer.from(verified.payload).toString('utf8')) as Record<string, unknown>;
+  } catch (err) {
+    throw new ToolError(`ICE offer not signed by the camera: ${(err as Error).message}`);
+  }
+  if (payload.offer_sha256 !== offerSha256(m.offer)) throw new ToolError('ICE offer does not match its offer_sha256');
+  if (typeof payload.sid !== 'string' || typeof payload.gen !== 'number' || typeof payload.cause !== 'string') throw new ToolError('ICE offer claims incomplete');
+  return { sid: payload.sid, gen: payload.gen, cause: payload.cause, offer: m.offer };
 }

@@ -158,6 +158,18 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
     }, delay);
   }
 
+  /**
+   * Drops the connection and reconnects at once: after the device's address changed its TCP
+   * connection is dead, but would look alive until keep-alive ran out (1.5 x keepalive).
+   */
+  reconnectNow(reason: string): void {
+    if (this.#stopping || !this.#client || !this.#connected) return;
+    this.#logger.info({ reason }, 'reconnecting to the broker now');
+    this.#lastError = reason;
+    this.#attempt = 0;
+    (this.#client.stream as { destroy?: () => void }).destroy?.();
+  }
+
   publish(topic: string, payload: string | Buffer, options: IClientPublishOptions, callback?: PublishCallback): void {
     const client = this.#client;
     if (!client) throw new Error('MQTT session not started');

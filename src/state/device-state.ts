@@ -47,6 +47,10 @@ export interface StreamSessionState {
   /** When max_s runs out. */
   endsBy: string;
   covert: boolean;
+  /** Round-trip time to the viewer from its receiver reports. */
+  rttMs: number | null;
+  /** ICE restarts so far (network changes, failed paths). */
+  iceRestarts: number;
 }
 
 /** What a fleet console needs to offer a live view this camera will accept. */
@@ -63,7 +67,8 @@ export interface DeviceStateDoc {
   /** Recording state; the capture issue adds buffering/recording. */
   recording: boolean;
   capture: CaptureState | null;
-  streaming: { sessions: number; list: StreamSessionState[] };
+  /** bitrateKbps: the live encoder's bitrate while it follows the viewers' links, else null. */
+  streaming: { sessions: number; bitrateKbps: number | null; list: StreamSessionState[] };
   commandPolicy: CommandPolicyState | null;
   battery: { percent: number | null; charging: boolean | null };
   firmware: FirmwareState | null;
@@ -89,7 +94,7 @@ export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
       agentVersion: initial.agentVersion,
       recording: false,
       capture: null,
-      streaming: { sessions: 0, list: [] },
+      streaming: { sessions: 0, bitrateKbps: null, list: [] },
       commandPolicy: null,
       battery: { percent: null, charging: null },
       firmware: null,
@@ -113,6 +118,6 @@ export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
 
   /** The document the Last Will and a clean shutdown publish. */
   offline(reason: string): DeviceStateDoc & { reason: string } {
-    return { ...this.snapshot(), online: false, streaming: { sessions: 0, list: [] }, reason };
+    return { ...this.snapshot(), online: false, streaming: { sessions: 0, bitrateKbps: null, list: [] }, reason };
   }
 }

@@ -18,7 +18,10 @@ export const streamConfigSchema = z
       .strictObject({
         servers: z.array(iceServerSchema).default([]).meta({
           description:
-            'STUN and TURN servers for the live view. None by default: a police device never uses a public server. Police 4G networks often need TURN over TCP or TLS (turn:host:443?transport=tcp, turns:host:443).',
+            'STUN and TURN servers for the live view. None by default: a police device never uses a public server. Police 4G networks often need TURN over TCP or TLS (turn:host:443?transport=tcp, turns:host:443). werift uses the first stun: and the first turn: URL listed (a turn: over UDP falls back to TCP on its own).',
+        }),
+        turnCaFile: z.string().min(1).optional().meta({
+          description: 'PEM file of the CA a turns: (TLS) server\'s certificate must chain to, when it is not in the system store (a force\'s own PKI).',
         }),
         transportPolicy: z.enum(['all', 'relay']).default('all').meta({ description: '"relay": only TURN-relayed paths (hides the device address, needs a TURN server).' }),
         interfaces: z.array(z.string().min(1)).default([]).meta({
@@ -51,6 +54,24 @@ export const streamConfigSchema = z
       description: 'Shortest gap between two keyframes asked of the encoder by viewers (connect, PLI); bursts collapse into one.',
       unit: 'ms',
     }),
+    bitrate: z
+      .strictObject({
+        adapt: z.boolean().default(true).meta({
+          description:
+            'Follow each viewer\'s link (transport-wide congestion control and loss reports) with the live encoder\'s bitrate, between minKbps and maxKbps. Needs capture.liveEncoder "separate" on an x264 preset; the recording keeps capture.bitrateKbps.',
+        }),
+        minKbps: z.number().int().min(50).max(50_000).default(150).meta({ description: 'Floor of the live bitrate.', unit: 'kbit/s' }),
+        maxKbps: z.number().int().min(50).max(50_000).default(2000).meta({ description: 'Ceiling of the live bitrate.', unit: 'kbit/s' }),
+        startKbps: z.number().int().min(50).max(50_000).default(800).meta({
+          description: 'Live bitrate when a view starts (a cellular uplink rarely has more at once); the Pi encoder stays at it.',
+          unit: 'kbit/s',
+        }),
+      })
+      .refine((b) => b.minKbps <= b.startKbps && b.startKbps <= b.maxKbps, {
+        message: 'needs minKbps <= startKbps <= maxKbps',
+        path: ['startKbps'],
+      })
+      .prefault({}),
     covert: z.boolean().default(false).meta({
       description:
         'Covert live view: the wearer is NOT told (no haptic, tone or LED) when a live view starts or stops. Only where the force\'s policy allows it; every stream started under it says so in the audit.',

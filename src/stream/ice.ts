@@ -11,6 +11,8 @@ export interface ResolvedIce {
   /** IPv4 addresses offered as host candidates. */
   hostAddresses: string[];
   portRange: [number, number] | undefined;
+  /** CA certificate(s) a turns: server's certificate must chain to (stream.ice.turnCaFile). */
+  turnTlsCa?: string;
 }
 
 export class IceConfigError extends Error {
@@ -54,7 +56,16 @@ export async function resolveIce(ice: StreamConfig['ice'], interfaces?: Interfac
       return server;
     }),
   );
+  let turnTlsCa: string | undefined;
+  if (ice.turnCaFile !== undefined) {
+    try {
+      turnTlsCa = await readFile(ice.turnCaFile, 'utf8');
+    } catch (err) {
+      throw new IceConfigError(`stream.ice.turnCaFile ${ice.turnCaFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  }
   return {
+    ...(turnTlsCa === undefined ? {} : { turnTlsCa }),
     servers,
     transportPolicy: ice.transportPolicy,
     hostAddresses: addresses,

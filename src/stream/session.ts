@@ -8,7 +8,20 @@
 // rewrite SSRC, payload type and sequence for this viewer; nothing here copies or allocates.
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import { MediaStreamTrack, RTCPeerConnection, useH264, useOPUS, type RTCRtpSender } from 'werift';
+import {
+  MediaStreamTrack,
+  RTCPeerConnection,
+  RTCRtpCodecParameters,
+  RtcpRrPacket,
+  useH264,
+  useNACK,
+  useOPUS,
+  usePLI,
+  useTransportWideCC,
+  useTWCC,
+  type RTCRtpSender,
+} from 'werift';
+import type { LinkSample } from './bitrate.ts';
 import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authorised-command.ts';
 import type { ResolvedIce } from './ice.ts';
 import { inspectOffer, type OfferSummary } from './offer.ts';
@@ -34,6 +47,7 @@ export interface StreamSessionOptions {
 export interface SessionCounters {
   videoPackets: number;
   audioPackets: number;
+  videoBytes: number;
 }
 
 // How long ICE gathering may take before the answer goes out with what it has: host candidates
@@ -41,7 +55,18 @@ export interface SessionCounters {
 const gatherTimeoutMs = 5000;
 
 // Constrained baseline, packetization-mode 1: what every browser decodes and the pipeline makes.
-const h264 = () => useH264({ parameters: 'profile-level-id=42e01f;packetization-mode=1;level-asymmetry-allowed=1' });
+// Feedback: NACK (werift resends from its history, as RTX when the viewer offers it), PLI (a
+// keyframe), transport-cc (the bandwidth estimate the live bitrate follows).
+const h264PayloadType = 96;
+const h264 = () =>
+  useH264({
+    payloadType: h264PayloadType,
+    parameters: 'profile-level-id=42e01f;packetization-mode=1;level-asymmetry-allowed=1',
+    rtcpFeedback: [useNACK(), usePLI(), useTWCC()],
+  });
+// Retransmissions on their own SSRC and payload type (RFC 4588): the viewer's jitter buffer tells a
+// resent packet from a late one, and its loss statistics stay true.
+const rtx = () => new RTCRtpCodecParameters({ mimeType: 'video/rtx', clockRate: 90_000, payloadType: 97, parameters: `apt=${h264PayloadType}` });
 
 export class StreamSession extends EventEmitter<StreamSessionEvents> {
   readonly sid: string;
@@ -51,7 +76,13 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   /** Date.now() of the last RTCP packet or ICE connection from the viewer. */
   lastHeardAt = 0;
   linkState: SessionLinkState = 'connecting';
-  readonly counters: SessionCounters = { videoPackets: 0, audioPackets: 0 };
+  readonly counters: SessionCounters = { videoPackets: 0, audioPackets: 0, videoBytes: 0 };
+  // The link since the last sample(): bytes sent, werift's delivered-rate estimates, a new loss report.
+  #sampledAt = Date.now();
+  #sampledBytes = 0;
+  #deliveredSumBps = 0;
+  #deliveredCount = 0;
+  #reportedLoss: number | undefined;
   readonly #pc: RTCPeerConnection;
   readonly #video: RTCRtpSender;
   readonly #audio: RTCRtpSender | undefined;
@@ -89,7 +120,8 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     this.audio = o.audio && offer.audio;
     this.#log = o.logger.child({ module: 'stream', sid: o.sid });
     this.#pc = new RTCPeerConnection({
-      codecs: { video: [h264()], audio: this.audio ? [useOPUS()] : [] },
+      codecs: { video: [h264(), rtx()], audio: this.audio ? [useOPUS()] : [] },
+      headerExtensions: { video: [useTransportWideCC()], audio: [] },
       // Never werift's default public STUN server: only what the force configured.
       iceServers: o.ice.servers,
       iceTransportPolicy: o.ice.transportPolicy,
@@ -98,6 +130,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
       iceUseIpv6: false,
       iceAdditionalHostAddresses: o.ice.hostAddresses,
       icePortRange: o.ice.portRange,
+      ...(o.ice.turnTlsCa === undefined ? {} : { turnTlsOptions: { ca: o.ice.turnTlsCa } }),
     });
     // The tracks exist before the offer is applied so werift negotiates their exact codec
     // (42e01f, not the first H.264 the browser lists) on the transceivers they already have.
@@ -109,7 +142,17 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     const heard = () => {
       this.lastHeardAt = Date.now();
     };
-    this.#video.onRtcp.subscribe(heard);
+    this.#video.onRtcp.subscribe((packet) => {
+      heard();
+      if (packet instanceof RtcpRrPacket) {
+        const report = packet.reports.find((r) => r.ssrc === this.#video.ssrc);
+        if (report) this.#reportedLoss = report.fractionLost / 256;
+      }
+    });
+    this.#video.senderBWE.onAvailableBitrate.subscribe((bps) => {
+      this.#deliveredSumBps += bps;
+      this.#deliveredCount++;
+    });
     this.#audio?.onRtcp.subscribe(heard);
     this.#pc.connectionStateChange.subscribe((state) => {
       if (state === 'connected') {
@@ -130,15 +173,45 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     });
   }
 
-  async #answer(offer: string): Promise<string> {
-    await this.#pc.setRemoteDescription({ type: 'offer', sdp: offer });
-    // DTLS server (setup:passive, which RFC 8842 lets the answerer of an "actpass" offer choose, and
-    // which werift takes from the local answer): the browser sends its ClientHello as soon as its
-    // own ICE check succeeds. As client, werift's ClientHello arrives before that and the browser
-    // sits on it: measured here, connected 110 ms after ICE as client, 55 ms as server.
-    const answer = await this.#pc.createAnswer();
-    await this.#pc.setLocalDescription({ type: 'answer', sdp: answer.sdp.replace(/^a=setup:active\r?$/gm, (line) => line.replace('active', 'passive')) });
-    // The command carries one SDP each way (no trickle over MQTT): wait for every candidate.
+  /**
+   * ICE restart as the offerer (the camera's network changed, or the path failed): new ICE
+   * credentials and candidates on the addresses and TURN credentials of `ice`, the same DTLS
+   * association (no new handshake, same SRTP keys). Returns the offer for the viewer.
+   */
+  async restartIce(ice: ResolvedIce): Promise<string> {
+    this.#setLink('failed');
+    // werift reads its host addresses once, at construction: a modem's new address must be put
+    // where the next gathering looks for it.
+    for (const dtls of this.#pc.dtlsTransports) {
+      (dtls.iceTransport.connection as unknown as { options: { additionalHostAddresses?: string[] } }).options.additionalHostAddresses = ice.hostAddresses;
+    }
+    const offer = await this.#pc.createOffer({ iceRestart: true });
+    this.#pc.setConfiguration({ iceServers: ice.servers });
+    await this.#pc.setLocalDescription(offer);
+    await this.#gathered();
+    const sdp = this.#pc.localDescription?.sdp;
+    if (!sdp) throw new Error('werift made no restart offer');
+    return sdp;
+  }
+
+  /** The viewer's answer to restartIce's offer (already verified as the viewer's). */
+  async acceptRestartAnswer(sdp: string): Promise<void> {
+    await this.#pc.setRemoteDescription({ type: 'answer', sdp });
+    // werift starts ICE only for a transport whose DTLS is not connected; after a restart DTLS
+    // still is, so the connectivity checks are started here (werift 0.25.2).
+    for (const dtls of this.#pc.dtlsTransports) {
+      const ice = dtls.iceTransport;
+      if (ice.state === 'connected' || ice.state === 'closed') continue;
+      ice.start().catch((err: unknown) => this.#log.warn({ err: (err as Error).message }, 'ICE did not reconnect after the restart'));
+    }
+  }
+
+  /** ICE restarts negotiated in this session. */
+  get iceRestarts(): number {
+    return this.#pc.dtlsTransports[0]?.iceTransport.iceRestarts ?? 0;
+  }
+
+  async #gathered(): Promise<void> {
     await new Promise<void>((resolve) => {
       if (this.#pc.iceGatheringState === 'complete') return resolve();
       const timer = setTimeout(resolve, gatherTimeoutMs);
@@ -149,6 +222,18 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
         }
       });
     });
+  }
+
+  async #answer(offer: string): Promise<string> {
+    await this.#pc.setRemoteDescription({ type: 'offer', sdp: offer });
+    // DTLS server (setup:passive, which RFC 8842 lets the answerer of an "actpass" offer choose, and
+    // which werift takes from the local answer): the browser sends its ClientHello as soon as its
+    // own ICE check succeeds. As client, werift's ClientHello arrives before that and the browser
+    // sits on it: measured here, connected 110 ms after ICE as client, 55 ms as server.
+    const answer = await this.#pc.createAnswer();
+    await this.#pc.setLocalDescription({ type: 'answer', sdp: answer.sdp.replace(/^a=setup:active\r?$/gm, (line) => line.replace('active', 'passive')) });
+    // The command carries one SDP each way (no trickle over MQTT): wait for every candidate.
+    await this.#gathered();
     // A viewer that hangs up (RTCPeerConnection.close) sends a DTLS close alert; werift closes
     // the DTLS transport but not the connection, so this is where a goodbye shows.
     for (const dtls of this.#pc.dtlsTransports) {
@@ -163,6 +248,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
 
   sendVideo(packet: Buffer): void {
     this.counters.videoPackets++;
+    this.counters.videoBytes += packet.length;
     this.#video.sendRtp(packet).catch(this.#onSendError);
   }
 
@@ -170,6 +256,29 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     if (!this.#audio) return;
     this.counters.audioPackets++;
     this.#audio.sendRtp(packet).catch(this.#onSendError);
+  }
+
+  /** What the viewer's link did since the last call (bandwidth adaptation). */
+  sample(now: number): LinkSample {
+    const intervalMs = Math.max(1, now - this.#sampledAt);
+    const sample: LinkSample = {
+      sendKbps: ((this.counters.videoBytes - this.#sampledBytes) * 8) / intervalMs,
+      lossFraction: this.#reportedLoss,
+      deliveredKbps: this.#deliveredCount > 0 ? this.#deliveredSumBps / this.#deliveredCount / 1000 : undefined,
+      intervalMs,
+    };
+    this.#sampledAt = now;
+    this.#sampledBytes = this.counters.videoBytes;
+    this.#deliveredSumBps = this.#deliveredCount = 0;
+    this.#reportedLoss = undefined;
+    return sample;
+  }
+
+  /** Round-trip time to the viewer from its receiver reports, in ms. */
+  get rttMs(): number | undefined {
+    // werift keeps the RTT from receiver reports in a field its types call private.
+    const rtt = (this.#video as unknown as { rtt?: number }).rtt;
+    return rtt === undefined ? undefined : Math.round(rtt * 1000);
   }
 
   /**

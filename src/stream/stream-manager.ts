@@ -11,8 +11,11 @@ import type { AuditLog } from '../audit/audit-log.ts';
 import type { AuthorisedCommand } from '../command/authorised-command.ts';
 import type { ActionResult } from '../command/command-handler.ts';
 import type { DeviceState, StreamSessionState } from '../state/device-state.ts';
+import { SessionDescription } from 'werift';
+import { EncoderRateHysteresis, LinkBitrate, type LinkSample } from './bitrate.ts';
 import type { StreamConfig } from './config.ts';
 import { resolveIce, type ResolvedIce } from './ice.ts';
+import type { IceAnswer, IceAnswerOutcome, IceAnswerRefusal } from './ice-signalling.ts';
 import type { SessionLinkState, StreamSessionOptions } from './session.ts';
 
 /** Why a session ended: in the audit entry, the event and the log. */
@@ -30,6 +33,10 @@ export type StreamEndCause =
 export interface LiveSource {
   setLive(open: boolean): void;
   requestKeyframe(): void;
+  /** The live encoder's bitrate (bandwidth adaptation). */
+  setLiveBitrate(kbps: number): void;
+  /** Whether the live view has an encoder of its own whose bitrate can change. */
+  liveBitrateAdjustable(): boolean;
 }
 
 /** Tells the wearer (firmware extension); never called in covert mode. */
@@ -54,6 +61,13 @@ export interface LiveSession {
   sendVideo(packet: Buffer): void;
   sendAudio(packet: Buffer): void;
   sourceChanged(kind: 'video' | 'audio'): void;
+  /** The link since the last call: bandwidth adaptation. */
+  sample(now: number): LinkSample;
+  readonly rttMs: number | undefined;
+  readonly iceRestarts: number;
+  /** Starts an ICE restart as offerer; resolves with the offer for the viewer. */
+  restartIce(ice: ResolvedIce): Promise<string>;
+  acceptRestartAnswer(sdp: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -86,7 +100,18 @@ export interface StreamManagerOptions {
   resolveIce?: (ice: StreamConfig['ice']) => Promise<ResolvedIce>;
   /** How often the viewer-lost and capture checks run. */
   checkIntervalMs?: number;
+  /** Sends an ICE restart offer to the viewer (IceSignalling.publishOffer). */
+  publishRestartOffer?: (sid: string, generation: number, offer: string, cause: RestartCause) => void;
 }
+
+/** Why the camera restarted ICE. */
+export type RestartCause = 'network_changed' | 'ice_failed' | 'viewer_silent';
+
+// A restart offer not answered (or not connecting) within this long is made again, with the
+// next generation, until the viewer answers or viewerLostGrace ends the session.
+const restartRetryMs = 5000;
+// How often the live bitrate is reconsidered.
+const adaptIntervalMs = 1000;
 
 interface Running {
   session: LiveSession;
@@ -98,6 +123,13 @@ interface Running {
   /** Shown in `state`: connected once, and the viewer not heard for a while (or ICE failed). */
   interrupted: boolean;
   maxTimer: NodeJS.Timeout;
+  link: LinkBitrate;
+  /** Restart offers made (the generation of the latest). */
+  generation: number;
+  /** The restart offered and not yet answered. */
+  restart: { generation: number; cause: RestartCause; offeredAt: number } | undefined;
+  /** The device's addresses changed since the session's path was set up. */
+  networkChanged: boolean;
 }
 
 export class StreamManager {
@@ -115,12 +147,21 @@ export class StreamManager {
   #videoSsrc = -1;
   #audioSsrc = -1;
   #stopped = false;
+  readonly #rate: EncoderRateHysteresis;
+  #lastAdaptAt = 0;
 
   constructor(options: StreamManagerOptions) {
     this.#o = options;
     this.#log = options.logger.child({ module: 'stream' });
     this.#open = options.openSession ?? openStreamSession;
     this.#resolveIce = options.resolveIce ?? resolveIce;
+    this.#rate = new EncoderRateHysteresis(options.config.bitrate.startKbps);
+  }
+
+  /** The device's addresses changed: every connected session restarts ICE on the new ones. */
+  networkChanged(): void {
+    for (const r of this.#sessions.values()) if (r.connectedAt !== undefined) r.networkChanged = true;
+    this.#check();
   }
 
   /** Sessions accepted and not yet ended (connecting or connected): the verifier's `busy` count. */
@@ -233,6 +274,11 @@ export class StreamManager {
       notified: false,
       interrupted: false,
       maxTimer: setTimeout(() => void this.#end(sid, 'max_duration'), Math.max(0, endsBy - now)),
+      // A second viewer starts from the rate the first has: the encoder is theirs together.
+      link: new LinkBitrate({ ...this.#o.config.bitrate, startKbps: this.#receivers.length > 0 ? this.#rate.appliedKbps : this.#o.config.bitrate.startKbps }),
+      generation: 0,
+      restart: undefined,
+      networkChanged: false,
     };
     this.#sessions.set(sid, running);
     session.on('link', (s) => this.#onLink(sid, s));
@@ -264,6 +310,7 @@ export class StreamManager {
           this.#o.wearer.streamStarted();
         }
       }
+      r.session.sample(Date.now());
       this.#refreshReceivers();
       // A viewer joining mid-stream sees a picture now, not at the next GOP.
       this.#o.capture.requestKeyframe();
@@ -296,8 +343,20 @@ export class StreamManager {
         r.interrupted = interrupted;
         changed = true;
       }
+      const cause: RestartCause | undefined = r.networkChanged
+        ? 'network_changed'
+        : r.session.linkState === 'failed'
+          ? 'ice_failed'
+          : silentMs > quietMs
+            ? 'viewer_silent'
+            : undefined;
+      if (cause && this.#o.publishRestartOffer && (r.restart === undefined || now - r.restart.offeredAt > restartRetryMs)) {
+        r.networkChanged = false;
+        void this.#restart(sid, r, cause);
+      }
     }
     if (changed) this.#publish();
+    if (now - this.#lastAdaptAt >= adaptIntervalMs) this.#adapt(now);
     if (this.#captureDownSince !== undefined && now - this.#captureDownSince > this.#o.config.captureLossGrace * 1000) {
       for (const sid of this.#sessions.keys()) void this.#end(sid, 'capture_failed');
     }
@@ -320,6 +379,7 @@ export class StreamManager {
       lastHeardS: session.lastHeardAt ? Math.round((now - session.lastHeardAt) / 100) / 10 : null,
       videoPackets: session.counters.videoPackets,
       audioPackets: session.counters.audioPackets,
+      iceRestarts: session.iceRestarts,
     };
     try {
       this.#o.audit.append({
@@ -346,6 +406,11 @@ export class StreamManager {
     const was = this.#receivers.length > 0;
     this.#receivers = next;
     if (was !== next.length > 0) {
+      if (next.length > 0 && this.#adaptive()) {
+        // The live encoder idled while nobody watched: a new view starts at the starting rate.
+        this.#rate.reset(this.#o.config.bitrate.startKbps);
+        this.#o.capture.setLiveBitrate(this.#o.config.bitrate.startKbps);
+      }
       this.#o.capture.setLive(next.length > 0);
       if (!this.#o.config.covert) this.#o.wearer.streaming(next.length > 0);
     }
@@ -360,7 +425,119 @@ export class StreamManager {
       startedAt: new Date(r.startedAt).toISOString(),
       endsBy: new Date(r.endsBy).toISOString(),
       covert: this.#o.config.covert,
+      rttMs: r.session.rttMs ?? null,
+      iceRestarts: r.session.iceRestarts,
     }));
-    this.#o.state.update({ streaming: { sessions: list.length, list } });
+    const bitrateKbps = this.#receivers.length > 0 && this.#adaptive() ? this.#rate.appliedKbps : null;
+    this.#o.state.update({ streaming: { sessions: list.length, bitrateKbps, list } });
+  }
+
+  #adaptive(): boolean {
+    return this.#o.config.bitrate.adapt && this.#o.capture.liveBitrateAdjustable();
+  }
+
+  /** The live encoder follows the worst connected viewer's link. */
+  #adapt(now: number): void {
+    this.#lastAdaptAt = now;
+    if (this.#receivers.length === 0 || !this.#adaptive()) return;
+    let lowest = Infinity;
+    const links: { sid: string; sendKbps: number; loss: number | undefined; deliveredKbps: number | undefined; targetKbps: number }[] = [];
+    for (const [sid, r] of this.#sessions) {
+      if (r.session.linkState !== 'connected') continue;
+      const sample = r.session.sample(now);
+      const target = r.link.update(sample, now);
+      lowest = Math.min(lowest, target);
+      links.push({ sid, sendKbps: Math.round(sample.sendKbps), loss: sample.lossFraction, deliveredKbps: sample.deliveredKbps && Math.round(sample.deliveredKbps), targetKbps: Math.round(target) });
+    }
+    if (lowest === Infinity) return;
+    const next = this.#rate.next(lowest, now);
+    if (next === undefined) return;
+    this.#o.capture.setLiveBitrate(next);
+    this.#log.info({ kbps: next, links }, 'live bitrate');
+    this.#publish();
+  }
+
+  async #restart(sid: string, r: Running, cause: RestartCause): Promise<void> {
+    const generation = ++r.generation;
+    r.restart = { generation, cause, offeredAt: Date.now() };
+    let offer: string;
+    try {
+      const ice = await this.#resolveIce(this.#o.config.ice);
+      offer = await r.session.restartIce(ice);
+    } catch (err) {
+      this.#log.warn({ sid, generation, cause, err: (err as Error).message }, 'ICE restart not offered');
+      return;
+    }
+    if (this.#sessions.get(sid) !== r || r.restart?.generation !== generation) return;
+    try {
+      this.#o.audit.append({ type: 'stream.ice_restart', operator: null, action: null, reason: cause, tokenDigest: null, detail: { sid, generation, cause } });
+    } catch (err) {
+      this.#log.error({ sid, err: (err as Error).message }, 'ICE restart could not be audited');
+    }
+    this.#log.info({ sid, generation, cause }, 'ICE restart offered to the viewer');
+    this.#o.publishRestartOffer?.(sid, generation, offer, cause);
+  }
+
+  /** A verified restart answer (IceSignalling): applied only to its session's current restart, from its viewer. */
+  async acceptRestartAnswer(a: IceAnswer): Promise<IceAnswerOutcome> {
+    const r = this.#sessions.get(a.sid);
+    const refuse = (code: string, message: string): IceAnswerOutcome => {
+      this.restartAnswerRefused({ sid: a.sid, code, message, tokenDigest: a.tokenDigest });
+      return { ok: false, code, message };
+    };
+    if (!r) return refuse('unknown_session', `no live session ${JSON.stringify(a.sid)}`);
+    if (r.restart?.generation !== a.generation) {
+      return refuse('stale_generation', `answer is for restart ${a.generation}; the session's open restart is ${r.restart?.generation ?? 'none'}`);
+    }
+    let fingerprint: string | undefined;
+    try {
+      const parsed = SessionDescription.parse(a.answer);
+      const fp = (parsed.media[0]?.dtlsParams?.fingerprints ?? parsed.dtlsFingerprints).find((f) => f.algorithm.toLowerCase() === 'sha-256');
+      fingerprint = fp && `sha-256 ${fp.value}`;
+    } catch {
+      fingerprint = undefined;
+    }
+    // Only the viewer the stream.start named (its DTLS certificate) may move the media.
+    if (fingerprint !== r.session.offer.fingerprint) return refuse('wrong_viewer', "the answer's DTLS fingerprint is not the viewer's");
+    const { cause } = r.restart;
+    r.restart = undefined;
+    // A signed answer is the viewer speaking: it is there, whatever the media path is doing.
+    r.session.lastHeardAt = Date.now();
+    try {
+      await r.session.acceptRestartAnswer(a.answer);
+    } catch (err) {
+      return refuse('bad_answer', `the answer could not be applied: ${(err as Error).message}`);
+    }
+    try {
+      this.#o.audit.append({
+        type: 'stream.ice_restarted',
+        operator: a.operator,
+        action: null,
+        reason: cause,
+        tokenDigest: a.tokenDigest,
+        detail: { sid: a.sid, generation: a.generation, cause, issuer: a.issuer, jti: a.jti },
+      });
+    } catch (err) {
+      this.#log.error({ sid: a.sid, err: (err as Error).message }, 'ICE restart answer could not be audited');
+    }
+    this.#log.info({ sid: a.sid, generation: a.generation, cause, operator: a.operator }, 'ICE restart answered; reconnecting');
+    this.#o.sendEvent({ type: 'stream.ice_restarted', time: new Date().toISOString(), sid: a.sid, generation: a.generation, cause });
+    return { ok: true };
+  }
+
+  /** A restart answer refused (here or by IceSignalling): audited, as every decision about authority is. */
+  restartAnswerRefused(refusal: { sid: string; code: IceAnswerRefusal | string; message: string; tokenDigest: string | undefined }): void {
+    try {
+      this.#o.audit.append({
+        type: 'stream.ice_refused',
+        operator: null,
+        action: null,
+        reason: refusal.code,
+        tokenDigest: refusal.tokenDigest ?? null,
+        detail: { sid: refusal.sid, code: refusal.code, message: refusal.message },
+      });
+    } catch (err) {
+      this.#log.error({ sid: refusal.sid, err: (err as Error).message }, 'refused ICE answer could not be audited');
+    }
   }
 }
