@@ -20,6 +20,10 @@ export const captureConfigSchema = z
         'Pipeline preset: "test" (videotestsrc + x264enc, runs anywhere), "rpi" (libcamerasrc + the Pi hardware encoder), "v4l2" (a USB UVC camera).',
       env: 'BWC_CAMERA',
     }),
+    testPattern: z.enum(['ball', 'snow', 'smpte']).default('ball').meta({
+      description:
+        'Picture of the "test" preset (videotestsrc): "ball" is cheap to encode; "snow" is noise the encoder cannot compress, so it uses its whole bitrate as a busy street scene would (bandwidth tests).',
+    }),
     width: int('Frame width.', 'px', 160, 3840, 1280),
     height: int('Frame height.', 'px', 120, 2160, 720),
     framerate: int('Frames per second.', 'fps', 1, 120, 30),

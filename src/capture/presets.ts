@@ -100,7 +100,7 @@ function rawSource(s: CaptureConfig): string | undefined {
   const raw = `width=${s.width},height=${s.height},framerate=${s.framerate}/1`;
   switch (s.preset) {
     case 'test':
-      return ['videotestsrc is-live=true pattern=ball', `video/x-raw,format=I420,${raw}`].join(' ! ');
+      return [`videotestsrc is-live=true pattern=${s.testPattern}`, `video/x-raw,format=I420,${raw}`].join(' ! ');
     case 'rpi':
       return ['libcamerasrc', `video/x-raw,format=NV12,${raw}`].join(' ! ');
     case 'v4l2':

@@ -20,8 +20,10 @@ export async function tempStateDir(prefix = 'bwc-state-'): Promise<string> {
   return mkdtemp(path.join(os.tmpdir(), prefix));
 }
 
-export function spawnAgent(args: string[], env: Record<string, string>): AgentProcess {
-  const child = spawn(agentBin, args, {
+/** prefix: a command the agent runs under, e.g. ['ip', 'netns', 'exec', ns] (it execs the agent, same pid). */
+export function spawnAgent(args: string[], env: Record<string, string>, prefix: string[] = []): AgentProcess {
+  const argv = [...prefix, agentBin, ...args];
+  const child = spawn(argv[0]!, argv.slice(1), {
     env: { ...process.env, BWC_LOG_LEVEL: 'debug', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -13,6 +13,7 @@ export interface InboundVideo {
   packetsReceived: number;
   packetsLost: number;
   nackCount: number;
+  retransmittedPacketsReceived: number;
   pliCount: number;
   freezeCount: number;
   totalFreezesDuration: number;
@@ -27,6 +28,15 @@ export interface ViewerState {
 export interface OfferOptions {
   video?: boolean;
   audio?: boolean;
+  /** The viewer's own STUN/TURN servers (none by default). */
+  iceServers?: { urls: string[]; username?: string; credential?: string }[];
+}
+
+export interface SelectedPath {
+  localType: string;
+  remoteType: string;
+  remoteAddress: string;
+  rttMs: number | undefined;
 }
 
 export class ChromiumViewers {
@@ -36,12 +46,13 @@ export class ChromiumViewers {
     this.#browser = browser;
   }
 
-  static async launch(): Promise<ChromiumViewers> {
+  /** extraArgs: e.g. --ignore-certificate-errors-spki-list for a test TURN server's certificate. */
+  static async launch(extraArgs: string[] = []): Promise<ChromiumViewers> {
     const browser = await chromium.launch({
       executablePath: chromiumPath,
       headless: true,
       // No sandbox: tests run as root in CI. No network features that could reach outside loopback.
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--autoplay-policy=no-user-gesture-required'],
+      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--autoplay-policy=no-user-gesture-required', ...extraArgs],
     });
     return new ChromiumViewers(browser);
   }
@@ -66,10 +77,10 @@ export class Viewer {
 
   /** A recvonly offer with every candidate gathered (no trickle: the command carries one SDP). */
   async createOffer(options: OfferOptions = {}): Promise<string> {
-    const { video = true, audio = false } = options;
+    const { video = true, audio = false, iceServers = [] } = options;
     return this.page.evaluate(
-      async ({ video, audio }) => {
-        const pc = new RTCPeerConnection({ iceServers: [] });
+      async ({ video, audio, iceServers }) => {
+        const pc = new RTCPeerConnection({ iceServers });
         (globalThis as unknown as { pc: RTCPeerConnection }).pc = pc;
         // Epoch ms of the milestones, for the first-frame benchmark.
         const marks: Record<string, number> = {};
@@ -94,8 +105,46 @@ export class Viewer {
         });
         return pc.localDescription!.sdp;
       },
-      { video, audio },
+      { video, audio, iceServers },
     );
+  }
+
+  /** Answers the camera's ICE restart offer (all candidates gathered); returns the answer. */
+  async answerRestart(offer: string): Promise<string> {
+    return this.page.evaluate(async (sdp) => {
+      const pc = (globalThis as unknown as { pc: RTCPeerConnection }).pc;
+      await pc.setRemoteDescription({ type: 'offer', sdp });
+      await pc.setLocalDescription(await pc.createAnswer());
+      await new Promise<void>((resolve) => {
+        if (pc.iceGatheringState === 'complete') return resolve();
+        pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && resolve());
+        setTimeout(resolve, 3000);
+      });
+      return pc.localDescription!.sdp;
+    }, offer);
+  }
+
+  /** The candidate pair media flows on now, if any. */
+  async selectedPath(): Promise<SelectedPath | undefined> {
+    return this.page.evaluate(async () => {
+      const pc = (globalThis as unknown as { pc: RTCPeerConnection }).pc;
+      const stats = new Map<string, Record<string, unknown>>();
+      (await pc.getStats()).forEach((s: Record<string, unknown>) => stats.set(s.id as string, s));
+      for (const s of stats.values()) {
+        if (s.type !== 'transport' || typeof s.selectedCandidatePairId !== 'string') continue;
+        const pair = stats.get(s.selectedCandidatePairId);
+        const local = pair && stats.get(pair.localCandidateId as string);
+        const remote = pair && stats.get(pair.remoteCandidateId as string);
+        if (!pair || !local || !remote) return undefined;
+        return {
+          localType: String(local.candidateType),
+          remoteType: String(remote.candidateType),
+          remoteAddress: String(remote.address ?? remote.ip),
+          rttMs: typeof pair.currentRoundTripTime === 'number' ? Math.round(pair.currentRoundTripTime * 1000) : undefined,
+        };
+      }
+      return undefined;
+    });
   }
 
   async applyAnswer(sdp: string): Promise<void> {
@@ -138,7 +187,7 @@ export class Viewer {
       const pc = (globalThis as unknown as { pc: RTCPeerConnection }).pc;
       const out = {
         framesDecoded: 0, frameWidth: 0, frameHeight: 0, packetsReceived: 0, packetsLost: 0,
-        nackCount: 0, pliCount: 0, freezeCount: 0, totalFreezesDuration: 0, bytesReceived: 0,
+        nackCount: 0, retransmittedPacketsReceived: 0, pliCount: 0, freezeCount: 0, totalFreezesDuration: 0, bytesReceived: 0,
       };
       const stats = await pc.getStats();
       stats.forEach((s: Record<string, unknown>) => {
