@@ -21,6 +21,8 @@ const benches: Bench[] = [
   { name: 'command-roundtrip', file: 'bench/command-roundtrip.ts', flags: ['runs'] },
   { name: 'capture', file: 'bench/capture.ts', flags: [] },
   { name: 'stream', file: 'bench/stream.ts', flags: ['runs', 'window-s'] },
+  { name: 'live-encoder', file: 'bench/live-encoder.ts', flags: ['window-s'] },
+  { name: 'bad-link', file: 'bench/bad-link.ts', flags: ['moves', 'window-s'] },
 ];
 
 function run(file: string, args: string[]): Promise<number | null> {

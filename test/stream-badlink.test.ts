@@ -118,6 +118,9 @@ if (process.getuid?.() !== 0) {
       t.notOk(audit.some((e) => e.type === 'stream.stop' && e.detail.sid === sid), 'the session did not end');
       t.equal(audit.filter((e) => e.type === 'stream.start' && e.detail.sid === sid).length, 1, 'one stream.start for this view, none after the move');
       await until('state shows the restart', () => (rig.latestState()?.list.find((s) => s.sid === sid)?.iceRestarts ?? 0) >= 1, 10_000);
+      // werift's ICE logs (DEBUG=werift-ice*) name every STUN server it asks: its public default must never be one.
+      t.match(rig.agentOutput(), /werift-ice/, 'werift\'s ICE log was captured');
+      t.notMatch(rig.agentOutput(), /stun\.l\.google\.com/, 'no public STUN server asked, at the first gathering or the restart');
       await viewer.vanish();
       await rig.stopAgent();
     });

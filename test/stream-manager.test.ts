@@ -16,6 +16,7 @@ import { streamConfigSchema } from '../src/stream/config.ts';
 import { EncoderRateHysteresis, LinkBitrate, type LinkSample } from '../src/stream/bitrate.ts';
 import { IceSignalling, type IceAnswer } from '../src/stream/ice-signalling.ts';
 import { loadOrCreateDeviceKey } from '../src/keys/device-key.ts';
+import { NetworkWatcher, type NetworkChange } from '../src/net/network-watcher.ts';
 import { signIceAnswer, verifyIceOffer } from '../src/cli/fleet-tools.ts';
 import { hostAddresses, IceConfigError, resolveIce, type ResolvedIce } from '../src/stream/ice.ts';
 import { inspectOffer, OfferError } from '../src/stream/offer.ts';
@@ -598,4 +599,31 @@ t.test('ICE answers: the signalling verifies the token before the manager sees i
   await send('s-1', { token: `${h}.${p}.${Buffer.alloc(64).toString('base64url')}`, answer });
   t.equal(refusals.at(-1), 'bad_signature', 'a forged signature');
   t.equal(answers.length, 1, 'nothing refused reached the manager');
+});
+
+t.test('network watcher: a change of address is noticed once, whatever the order', async (t) => {
+  let table: ReturnType<typeof os.networkInterfaces> = {
+    lo: [{ address: '127.0.0.1', netmask: '255.0.0.0', family: 'IPv4', mac: '00:00:00:00:00:00', internal: true, cidr: '127.0.0.1/8' }],
+    wwan0: [{ address: '10.1.2.3', netmask: '255.255.255.0', family: 'IPv4', mac: '02:00:00:00:00:01', internal: false, cidr: '10.1.2.3/24' }],
+  };
+  const watcher = new NetworkWatcher({ interfaces: [], logger, read: () => table, intervalMs: 60_000 });
+  const changes: NetworkChange[] = [];
+  watcher.on('change', (c) => changes.push(c));
+  watcher.start();
+  t.teardown(() => watcher.stop());
+  t.same(watcher.addresses, ['10.1.2.3'], 'loopback does not count when no interface is named');
+  watcher.check();
+  t.equal(changes.length, 0, 'nothing changed');
+  table = { ...table, wwan0: [table.wwan0![0]!, { ...table.wwan0![0]!, address: '10.9.9.9', cidr: '10.9.9.9/24' }] };
+  watcher.check();
+  t.equal(changes.length, 0, 'a reading seen once is not yet a change (the old address may be on its way out)');
+  table = { ...table, wwan0: [{ ...table.wwan0![0]!, address: '10.9.9.9', cidr: '10.9.9.9/24' }] };
+  watcher.check();
+  await new Promise((r) => setTimeout(r, 400));
+  watcher.check();
+  t.same(changes, [{ before: ['10.1.2.3'], after: ['10.9.9.9'] }], 'the modem\'s new address once settled, reported once');
+  const named = new NetworkWatcher({ interfaces: ['wlan0'], logger, read: () => table });
+  named.start();
+  named.stop();
+  t.same(named.addresses, [], 'only the named interfaces count');
 });

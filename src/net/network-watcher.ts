@@ -15,6 +15,8 @@ export interface NetworkWatcherOptions {
   /** Interfaces that count (stream.ice.interfaces); empty: every one but loopback. */
   interfaces: readonly string[];
   intervalMs?: number;
+  /** How long a new reading must hold before it counts (default 200 ms). */
+  settleMs?: number;
   logger: Logger;
   /** Default os.networkInterfaces; tests pass their own. */
   read?: () => ReturnType<typeof os.networkInterfaces>;
@@ -26,6 +28,9 @@ export class NetworkWatcher extends EventEmitter<{ change: [NetworkChange] }> {
   readonly #log: Logger;
   #addresses: string[] = [];
   #timer: NodeJS.Timeout | undefined;
+  #settleTimer: NodeJS.Timeout | undefined;
+  /** A new reading not yet seen twice: an interface mid-change (new address added, old not yet gone). */
+  #pending: string[] | undefined;
 
   constructor(options: NetworkWatcherOptions) {
     super();
@@ -45,14 +50,29 @@ export class NetworkWatcher extends EventEmitter<{ change: [NetworkChange] }> {
 
   stop(): void {
     clearInterval(this.#timer);
-    this.#timer = undefined;
+    clearTimeout(this.#settleTimer);
+    this.#timer = this.#settleTimer = undefined;
   }
 
-  /** Compares with the last reading; emits `change` when the set of addresses differs. */
+  /**
+   * Compares with the last reading; emits `change` once a different set of addresses has been read
+   * twice, settleMs apart: an ICE restart on an address that is being removed would stall.
+   */
   check(): void {
     const now = this.#read();
     const before = this.#addresses;
-    if (now.length === before.length && now.every((a, i) => a === before[i])) return;
+    if (same(now, before)) {
+      this.#pending = undefined;
+      return;
+    }
+    if (!this.#pending || !same(now, this.#pending)) {
+      this.#pending = now;
+      clearTimeout(this.#settleTimer);
+      this.#settleTimer = setTimeout(() => this.check(), this.#o.settleMs ?? 200);
+      this.#settleTimer.unref();
+      return;
+    }
+    this.#pending = undefined;
     this.#addresses = now;
     this.#log.info({ before, after: now }, 'network addresses changed');
     this.emit('change', { before, after: now });
@@ -61,4 +81,8 @@ export class NetworkWatcher extends EventEmitter<{ change: [NetworkChange] }> {
   #read(): string[] {
     return hostAddresses(this.#o.interfaces, this.#o.read?.()).sort();
   }
+}
+
+function same(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }

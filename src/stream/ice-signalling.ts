@@ -66,6 +66,9 @@ export interface IceSignallingOptions {
   logger: Logger;
 }
 
+// An offer older than this is not worth sending again: the session has ended or moved on.
+const unansweredTtlMs = 30_000;
+
 const sha256 = (text: string) => createHash('sha256').update(text, 'utf8').digest('base64url');
 
 class Refused {
@@ -84,6 +87,12 @@ export class IceSignalling {
   readonly #answerFilter: string;
   readonly #answerPrefix: string;
   #queue: Promise<void> = Promise.resolve();
+  /**
+   * Offers not yet answered, by sid. The network change that called for an offer usually also
+   * broke the broker connection, and a publish written to a socket that is going down is lost
+   * with it, so each is sent again on every reconnection until answered or replaced.
+   */
+  readonly #unanswered = new Map<string, { generation: number; payload: string; at: number }>();
   readonly #onMessage = (topic: string, payload: Buffer, _packet: IPublishPacket) => {
     if (!topic.startsWith(this.#answerPrefix) || !topic.endsWith('/ice-answer')) return;
     const sid = topic.slice(this.#answerPrefix.length, -'/ice-answer'.length);
@@ -92,6 +101,11 @@ export class IceSignalling {
   };
   readonly #onConnected = () => {
     this.#o.session.subscribe(this.#answerFilter, 1).catch((err: unknown) => this.#log.error({ err }, 'cannot subscribe to ICE answers'));
+    const now = this.#o.nowMs();
+    for (const [sid, offer] of this.#unanswered) {
+      if (now - offer.at > unansweredTtlMs) this.#unanswered.delete(sid);
+      else this.#send(sid, offer.generation, offer.payload);
+    }
   };
 
   constructor(options: IceSignallingOptions) {
@@ -125,8 +139,14 @@ export class IceSignalling {
     // signing input is exactly what jose's verifier reads.
     const input = `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
     const token = `${input}.${this.#o.deviceKey.sign(input)}`;
-    this.#o.session.publish(this.#o.topic(`stream/${sid}/ice-offer`), JSON.stringify({ token, offer }), { qos: 1 }, (err) => {
-      if (err) this.#log.warn({ sid, generation, err: err.message }, 'ICE restart offer not published');
+    const payload = JSON.stringify({ token, offer });
+    this.#unanswered.set(sid, { generation, payload, at: this.#o.nowMs() });
+    this.#send(sid, generation, payload);
+  }
+
+  #send(sid: string, generation: number, payload: string): void {
+    this.#o.session.publish(this.#o.topic(`stream/${sid}/ice-offer`), payload, { qos: 1 }, (err) => {
+      if (err) this.#log.warn({ sid, generation, err: err.message }, 'ICE restart offer not published (sent again on reconnection)');
     });
   }
 
@@ -139,6 +159,7 @@ export class IceSignalling {
       return;
     }
     const outcome = await this.#o.onAnswer(verdict);
+    if (outcome.ok && this.#unanswered.get(sid)?.generation === verdict.generation) this.#unanswered.delete(sid);
     if (!outcome.ok) this.#log.warn({ sid, code: outcome.code, reason: outcome.message }, 'ICE restart answer not applied');
   }
 

@@ -88,6 +88,8 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   readonly #audio: RTCRtpSender | undefined;
   readonly #log: Logger;
   #closed = false;
+  /** Whether stream.ice.servers names a stun: server (else werift's default must be undone). */
+  readonly #stunConfigured: boolean;
   readonly #onSendError = (err: unknown): void => {
     this.#log.debug({ err: (err as Error).message }, 'RTP not sent');
   };
@@ -118,6 +120,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     this.command = o.command;
     this.offer = offer;
     this.audio = o.audio && offer.audio;
+    this.#stunConfigured = o.ice.servers.some((server) => server.urls.some((u) => /^stuns?:/i.test(u)));
     this.#log = o.logger.child({ module: 'stream', sid: o.sid });
     this.#pc = new RTCPeerConnection({
       codecs: { video: [h264(), rtx()], audio: this.audio ? [useOPUS()] : [] },
@@ -179,6 +182,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
    * association (no new handshake, same SRTP keys). Returns the offer for the viewer.
    */
   async restartIce(ice: ResolvedIce): Promise<string> {
+    const began = Date.now();
     this.#setLink('failed');
     // werift reads its host addresses once, at construction: a modem's new address must be put
     // where the next gathering looks for it.
@@ -187,8 +191,13 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     }
     const offer = await this.#pc.createOffer({ iceRestart: true });
     this.#pc.setConfiguration({ iceServers: ice.servers });
+    this.#noDefaultStun();
+    // werift gathers inside setLocalDescription: an address that is going away (a modem that
+    // has a new one and is dropping the old) holds it for its 5 s gather timeout, which is why
+    // the network watcher waits for the interface table to settle first.
     await this.#pc.setLocalDescription(offer);
     await this.#gathered();
+    this.#log.debug({ afterMs: Date.now() - began }, 'ICE restart candidates gathered');
     const sdp = this.#pc.localDescription?.sdp;
     if (!sdp) throw new Error('werift made no restart offer');
     return sdp;
@@ -224,8 +233,23 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     });
   }
 
+  /**
+   * werift's ICE falls back to stun.l.google.com whenever no STUN server is configured (its
+   * Connection has no way to say "none"), and would ask it on every gathering: a police camera
+   * must not talk to a public server, and where DNS is slow (a cellular modem, a namespace
+   * without a resolver) the lookup holds gathering for werift's 5 s timeout. Cleared on every
+   * connection before each gathering (construction and setConfiguration both put it back).
+   */
+  #noDefaultStun(): void {
+    if (this.#stunConfigured) return;
+    for (const dtls of this.#pc.dtlsTransports) {
+      (dtls.iceTransport.connection as unknown as { stunServer: unknown }).stunServer = undefined;
+    }
+  }
+
   async #answer(offer: string): Promise<string> {
     await this.#pc.setRemoteDescription({ type: 'offer', sdp: offer });
+    this.#noDefaultStun();
     // DTLS server (setup:passive, which RFC 8842 lets the answerer of an "actpass" offer choose, and
     // which werift takes from the local answer): the browser sends its ClientHello as soon as its
     // own ICE check succeeds. As client, werift's ClientHello arrives before that and the browser

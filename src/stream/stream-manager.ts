@@ -350,7 +350,8 @@ export class StreamManager {
           : silentMs > quietMs
             ? 'viewer_silent'
             : undefined;
-      if (cause && this.#o.publishRestartOffer && (r.restart === undefined || now - r.restart.offeredAt > restartRetryMs)) {
+      // A new address overrides a restart still open: its offer named the old one.
+      if (cause && this.#o.publishRestartOffer && (r.restart === undefined || cause === 'network_changed' || now - r.restart.offeredAt > restartRetryMs)) {
         r.networkChanged = false;
         void this.#restart(sid, r, cause);
       }

@@ -59,6 +59,8 @@ export interface Rig {
   watch(offer?: OfferOptions, maxS?: number): Promise<{ viewer: Viewer; sid: string }>;
   /** Answers the camera's ICE restart offers for this viewer's session (as a fleet backend would). */
   answerRestarts(viewer: Viewer, sid: string): void;
+  /** Each restart offer the rig answered: when it arrived and when the answer went out (epoch ms). */
+  readonly restarts: { sid: string; gen: number; cause: string; offerAt: number; answerAt: number }[];
   latestState(): StreamingState | undefined;
   audit(): AuditEntry[];
   dispose(): Promise<void>;
@@ -85,6 +87,8 @@ export async function createBadLinkRig(options: RigOptions = {}): Promise<Rig> {
   const responder: MqttClient = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
   await responder.subscribeAsync(`bwc/v1/${deviceId}/stream/+/ice-offer`, { qos: 1 });
   const restartViewers = new Map<string, Viewer>();
+  const restarts: Rig['restarts'] = [];
+  const answering = new Set<string>();
   let agent: AgentProcess | undefined;
 
   const stateDoc = () => recorder.on('state').at(-1)?.json as { streaming: StreamingState; devicePublicKey: JWK | null } | undefined;
@@ -93,11 +97,16 @@ export async function createBadLinkRig(options: RigOptions = {}): Promise<Rig> {
     const viewer = restartViewers.get(sid);
     const deviceKey = stateDoc()?.devicePublicKey;
     if (!viewer || !deviceKey) return;
+    const offerAt = Date.now();
     void (async () => {
       const offer = await verifyIceOffer(JSON.parse(payload.toString()), deviceKey);
+      // The camera sends an unanswered offer again after a reconnection: answer each restart once.
+      if (restarts.some((r) => r.sid === sid && r.gen === offer.gen) || answering.has(`${sid}/${offer.gen}`)) return;
+      answering.add(`${sid}/${offer.gen}`);
       const answer = await viewer.answerRestart(offer.offer);
       const token = await signIceAnswer({ keyFile: issuerKeyFile, device: deviceId, sid, generation: offer.gen, answer, operator: 'console-auto' });
       await responder.publishAsync(`bwc/v1/${deviceId}/stream/${sid}/ice-answer`, JSON.stringify({ token, answer }), { qos: 1 });
+      restarts.push({ sid, gen: offer.gen, cause: offer.cause, offerAt, answerAt: Date.now() });
     })().catch((err: unknown) => process.stderr.write(`rig: ICE restart answer failed: ${(err as Error).message}\n`));
   });
 
@@ -120,7 +129,7 @@ export async function createBadLinkRig(options: RigOptions = {}): Promise<Rig> {
         stream: { ice: { interfaces: [net.cameraInterface] }, viewerLostGrace: 15, ...stream },
       });
       const from = recorder.on('state').length;
-      agent = spawnAgent(['run', '--config', config], { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: brokerForCamera, BWC_STATE_DIR: dir, BWC_GPSD: '127.0.0.1:9' }, net.prefix);
+      agent = spawnAgent(['run', '--config', config], { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: brokerForCamera, BWC_STATE_DIR: dir, BWC_GPSD: '127.0.0.1:9', DEBUG: 'werift-ice*' }, net.prefix);
       await recorder.waitFor(
         () =>
           recorder.on('state').slice(from).some((m) => m.json?.online === true && (m.json?.capture as { status?: string } | null)?.status === 'running'),
@@ -142,6 +151,7 @@ export async function createBadLinkRig(options: RigOptions = {}): Promise<Rig> {
       await viewer.waitForVideo((v) => v.framesDecoded > 5, 30_000, 'decoded frames');
       return { viewer, sid: reply.sid };
     },
+    restarts,
     answerRestarts(viewer, sid) {
       restartViewers.set(sid, viewer);
     },
