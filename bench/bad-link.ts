@@ -7,8 +7,8 @@
 //  (b) freeze time per minute at 200 ms RTT (the UDP delay relay in front of coturn, TURN
 //      forced), --window-s (60) seconds each, side by side: 0 % loss (the baseline) and 3 % random
 //      loss each way; Chromium's own freezeCount and totalFreezesDuration.
-// The picture is videotestsrc "snow" at 640x360@15: noise the encoder cannot compress, so every
-// frame is many packets, the worst case for loss; a calmer scene freezes less.
+// The picture is videotestsrc at 640x360@15: "snow", noise the encoder cannot compress, so every
+// frame is many packets (the worst case for loss), and at 3 % loss also "ball", a calm scene.
 // Writes bench/results/bad-link.json and a markdown table. Needs root (ip netns, iptables).
 //
 // Usage: node bench/bad-link.ts [--moves 5] [--window-s 60]
@@ -50,7 +50,7 @@ async function recovery(rig: Rig, moves: number) {
   return runs;
 }
 
-async function freezes(rig: Rig, windowMs: number, lossPercent: number) {
+async function freezes(rig: Rig, windowMs: number, lossPercent: number, testPattern: 'snow' | 'ball') {
   const turn = rig.turn!;
   const relay = new UdpDelayRelay({
     listen: { address: rig.net.hostAddress, port: 0 },
@@ -62,7 +62,7 @@ async function freezes(rig: Rig, windowMs: number, lossPercent: number) {
   try {
     await rig.startAgent({
       ice: { interfaces: [rig.net.cameraInterface], servers: [{ urls: `turn:${at.address}:${at.port}?transport=udp`, username: turn.username, credentialFile: rig.turnPasswordFile }], transportPolicy: 'relay' },
-    });
+    }, { testPattern });
     const { viewer } = await rig.watch({ iceServers: [{ urls: [turn.urls.udp], username: turn.username, credential: turn.password }] }, 1800);
     if (lossPercent > 0) await rig.net.setLoss({ percent: lossPercent, direction: 'both', protocol: 'udp' });
     await sleep(3000);
@@ -75,6 +75,7 @@ async function freezes(rig: Rig, windowMs: number, lossPercent: number) {
     await rig.stopAgent();
     const perMin = 60_000 / windowMs;
     return {
+      testPattern,
       lossPercent,
       rttMs: path?.rttMs ?? null,
       frames: b.framesDecoded - a.framesDecoded,
@@ -101,8 +102,9 @@ async function main(): Promise<void> {
   const rig = await createBadLinkRig({ turn: true });
   try {
     const runs = await recovery(rig, moves);
-    const clean = await freezes(rig, windowMs, 0);
-    const lossy = await freezes(rig, windowMs, 3);
+    const clean = await freezes(rig, windowMs, 0, 'snow');
+    const lossy = await freezes(rig, windowMs, 3, 'snow');
+    const calm = await freezes(rig, windowMs, 3, 'ball');
     const rec = {
       totalMs: rounded(summarise(runs.map((r) => r.totalMs))),
       offerMs: rounded(summarise(runs.map((r) => r.offerMs))),
@@ -125,16 +127,16 @@ async function main(): Promise<void> {
         ],
       ),
       '',
-      `(b) ${windowMs / 1000} s windows at 200 ms RTT through coturn (TURN forced), 0 % (baseline) and 3 % random loss each way; per minute, from Chromium's stats:`,
+      `(b) ${windowMs / 1000} s windows at 200 ms RTT through coturn (TURN forced), 0 % (baseline) and 3 % random loss each way, "snow" (every frame many packets) and "ball" (a calm scene, a packet or two per frame); per minute, from Chromium's stats. Recovery is NACK + RTX (werift has no FEC): a frame missing a packet waits a round trip, which Chromium counts as a freeze at 15 fps and 200 ms RTT:`,
       '',
       markdownTable(
-        ['loss', 'path RTT ms', 'fps decoded', 'freezes / min', 'frozen s / min', 'NACKs', 'RTX packets', 'PLIs', 'packets lost', 'kbit/s received'],
-        [clean, lossy].map((w) => [`${w.lossPercent} %`, w.rttMs ?? '-', w.fps, w.freezesPerMin, w.freezeSPerMin, w.nacks, w.retransmitted, w.plis, w.packetsLost, w.kbps]),
+        ['picture', 'loss', 'path RTT ms', 'fps decoded', 'freezes / min', 'frozen s / min', 'NACKs', 'RTX packets', 'PLIs', 'packets lost', 'kbit/s received'],
+        [clean, lossy, calm].map((w) => [w.testPattern, `${w.lossPercent} %`, w.rttMs ?? '-', w.fps, w.freezesPerMin, w.freezeSPerMin, w.nacks, w.retransmitted, w.plis, w.packetsLost, w.kbps]),
       ),
       '',
       `Machine: ${machineLine(machine)}. The agent, two x264 encoders, coturn and Chromium share 2 cores: single runs, expect noise.`,
     ].join('\n');
-    writeResult('bad-link', { machine, moves: runs, recovery: rec, windowS: windowMs / 1000, freezes: [clean, lossy], markdown: md });
+    writeResult('bad-link', { machine, moves: runs, recovery: rec, windowS: windowMs / 1000, freezes: [clean, lossy, calm], markdown: md });
     process.stdout.write(`${md}\n`);
   } finally {
     await rig.dispose();

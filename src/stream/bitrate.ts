@@ -64,7 +64,10 @@ export class LinkBitrate {
       const delivered = sample.sendKbps * (1 - loss);
       target = Math.min(target, 0.9 * delivered);
       this.#congest(delivered, now);
-    } else if (sample.deliveredKbps !== undefined && sample.sendKbps > 0 && sample.deliveredKbps < queueingRatio * sample.sendKbps) {
+    } else if (loss < lowLoss && sample.deliveredKbps !== undefined && sample.sendKbps > 0 && sample.deliveredKbps < queueingRatio * sample.sendKbps) {
+      // Only while nothing is lost: werift's estimate leaves lost packets out and reads 30-40 %
+      // under the send rate at 3 % random loss (measured here), which would drive a lossy but
+      // uncongested cell link to the floor. Without loss it is the early sign of a queue.
       target = Math.min(target, 0.9 * sample.deliveredKbps);
       this.#congest(sample.deliveredKbps, now);
     } else if (loss < lowLoss && target < 1.5 * sample.sendKbps + 100) {

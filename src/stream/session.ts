@@ -50,6 +50,9 @@ export interface SessionCounters {
   videoBytes: number;
 }
 
+// Fewer packets than this between two samples' reports give no loss figure.
+const minPacketsForLoss = 20;
+
 // How long ICE gathering may take before the answer goes out with what it has: host candidates
 // come at once, a STUN server's within werift's own 5 s gather timeout.
 const gatherTimeoutMs = 5000;
@@ -82,7 +85,9 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   #sampledBytes = 0;
   #deliveredSumBps = 0;
   #deliveredCount = 0;
-  #reportedLoss: number | undefined;
+  /** The viewer's latest receiver report (cumulative lost, extended highest sequence) and the one at the last sample. */
+  #report: { lost: number; highest: number } | undefined;
+  #sampledReport: { lost: number; highest: number } | undefined;
   readonly #pc: RTCPeerConnection;
   readonly #video: RTCRtpSender;
   readonly #audio: RTCRtpSender | undefined;
@@ -149,7 +154,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
       heard();
       if (packet instanceof RtcpRrPacket) {
         const report = packet.reports.find((r) => r.ssrc === this.#video.ssrc);
-        if (report) this.#reportedLoss = report.fractionLost / 256;
+        if (report) this.#report = { lost: report.packetsLost, highest: report.highestSequence };
       }
     });
     this.#video.senderBWE.onAvailableBitrate.subscribe((bps) => {
@@ -285,16 +290,26 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   /** What the viewer's link did since the last call (bandwidth adaptation). */
   sample(now: number): LinkSample {
     const intervalMs = Math.max(1, now - this.#sampledAt);
+    // Loss over the interval from the reports' cumulative counters (RFC 3550 §6.4.1), not their
+    // fraction-lost byte: measured here under 3 % random loss Chromium's fraction read 12-33 % in
+    // single reports while its cumulative count said 2 %. Too few packets say nothing.
+    let lossFraction: number | undefined;
+    const now0 = this.#report;
+    const was = this.#sampledReport;
+    if (now0 && was && now0 !== was) {
+      const expected = now0.highest - was.highest;
+      if (expected >= minPacketsForLoss) lossFraction = Math.min(1, Math.max(0, (now0.lost - was.lost) / expected));
+    }
+    if (now0 && (lossFraction !== undefined || !was)) this.#sampledReport = now0;
     const sample: LinkSample = {
       sendKbps: ((this.counters.videoBytes - this.#sampledBytes) * 8) / intervalMs,
-      lossFraction: this.#reportedLoss,
+      lossFraction,
       deliveredKbps: this.#deliveredCount > 0 ? this.#deliveredSumBps / this.#deliveredCount / 1000 : undefined,
       intervalMs,
     };
     this.#sampledAt = now;
     this.#sampledBytes = this.counters.videoBytes;
     this.#deliveredSumBps = this.#deliveredCount = 0;
-    this.#reportedLoss = undefined;
     return sample;
   }
 

@@ -51,7 +51,7 @@ export interface Rig {
   recorder: MqttRecorder;
   deviceId: string;
   /** Starts the agent in the namespace with this `stream:` config; resolves when online and capturing. */
-  startAgent(stream: Record<string, unknown>): Promise<AgentProcess>;
+  startAgent(stream: Record<string, unknown>, capture?: Record<string, unknown>): Promise<AgentProcess>;
   stopAgent(): Promise<void>;
   /** What the running (or last) agent printed. */
   agentOutput(): string;
@@ -120,12 +120,12 @@ export async function createBadLinkRig(options: RigOptions = {}): Promise<Rig> {
     fleet,
     recorder,
     deviceId,
-    async startAgent(stream) {
+    async startAgent(stream, capture = {}) {
       await agent?.stop('SIGTERM');
       const dir = await tempStateDir('bwc-badlink-agent-');
       const config = await writeAgentConfig(dir, {
         commands: { trustStore: writeTrustStore(dir, [issuer]), unsynchronisedClock: 'accept', maxConcurrentStreams: 2 },
-        capture: { width: 640, height: 360, framerate: 15, bitrateKbps: 1500, testPattern: 'snow', ...options.capture },
+        capture: { width: 640, height: 360, framerate: 15, bitrateKbps: 1500, testPattern: 'snow', ...options.capture, ...capture },
         stream: { ice: { interfaces: [net.cameraInterface] }, viewerLostGrace: 15, ...stream },
       });
       const from = recorder.on('state').length;
