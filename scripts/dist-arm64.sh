@@ -34,7 +34,8 @@ cp package.json package-lock.json "$stage/"
 
 # The cross-compilation environment of node-gyp: target arm64, the arm64 Node's headers (so nothing
 # is downloaded), Debian's aarch64 cross compilers, and pkg-config answering for the arm64 multiarch
-# libraries (gstreamer-superficial asks it for GStreamer's flags). node-gyp runs its helper
+# libraries (gstreamer-superficial asks it for GStreamer's flags), the unpacked
+# libgstreamer-plugins-base1.0-dev:arm64 first (scripts/setup.sh, step cross). node-gyp runs its helper
 # commands (`node -e ...` in binding.gyp) with the host's pinned node on PATH.
 cross_env=(
   PATH="$runtime/node/bin:$PATH"
@@ -45,7 +46,7 @@ cross_env=(
   CXX=aarch64-linux-gnu-g++
   LINK=aarch64-linux-gnu-g++
   AR=aarch64-linux-gnu-ar
-  PKG_CONFIG_LIBDIR=/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig
+  PKG_CONFIG_LIBDIR=$runtime/arm64-dev/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig
 )
 
 say "npm ci --omit=dev, native addons cross-compiled for arm64"

