@@ -11,7 +11,7 @@
 # Runs:
 #   emulated, from a test tree inside the unpacked bundle (its node, its arm64 node_modules; tap and
 #   fast-check come from the repo's node_modules one folder up, pure JavaScript):
-#     ${emulated[*]} below, and test/arm64/rpi-preset.ts
+#     the test files listed in `emulated` below, and test/arm64/rpi-preset.ts
 #   natively, the agent emulated: test/arm64/agent-smoke.ts
 # Not run emulated, and why:
 #   test files that start a Node child process (capture, config, control, link, tls, agent-gps,

@@ -58,6 +58,8 @@ t.test('the arm64 agent, emulated: online at a native broker, a 5 s recording th
   const broker = await startBroker();
   const stateDir = await tempStateDir('bwc-arm64-');
   const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/#`);
+  // stallTimeoutS 60 (default 10): an emulated x264 pipeline may take longer than 10 s to produce
+  // its first frames on a loaded machine, and a stall restart would only slow the test down.
   const config = await writeAgentConfig(stateDir, {
     capture: { width: 320, height: 240, framerate: 10, bitrateKbps: 300, workerLauncher: [qemu], stallTimeoutS: 60 },
   });
