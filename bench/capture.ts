@@ -1,13 +1,15 @@
-// Capture cost and keyframe latency: the test preset at 1280x720@30, 2000 kbit/s under the
-// CaptureSupervisor for --seconds (default 20): CPU% and RSS of the worker and of this (supervising)
-// process; then, live open, the time from requestKeyframe() to the first RTP packet of the IDR, over
-// --requests (default 30). Writes bench/results/capture.json and prints a markdown table.
+// Capture cost and keyframe latency: a preset (--preset, default test; rpi on a Pi measures
+// libcamerasrc and the hardware encoder v4l2h264enc) at 1280x720@30, 2000 kbit/s under the
+// CaptureSupervisor: the time from start() to the first encoded data in a segment (the first
+// `segment-opened`); for --seconds (default 20), CPU% and RSS of the worker and of this
+// (supervising) process; then, live open, the time from requestKeyframe() to the first RTP packet
+// of the IDR, over --requests (default 30). Writes bench/results/capture.json and prints a markdown table.
 import { mkdtemp } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
-import { captureConfigSchema } from '../src/capture/config.ts';
+import { capturePresets, captureConfigSchema } from '../src/capture/config.ts';
 import { CaptureSupervisor } from '../src/capture/supervisor.ts';
 import { installCleanup, intFlag, markdownTable, parseFlags, removeDir, round, sleep, summarise, trackDir, writeResult } from './lib/common.ts';
 import { cpuMs } from './lib/proc.ts';
@@ -29,13 +31,15 @@ installCleanup();
 const flags = parseFlags(process.argv.slice(2));
 const seconds = intFlag(flags, 'seconds', 20);
 const requests = intFlag(flags, 'requests', 30);
+const preset = capturePresets.find((p) => p === (flags.get('preset') ?? 'test'));
+if (!preset) throw new Error(`--preset: expected one of ${capturePresets.join(', ')}, got ${flags.get('preset')}`);
 const dir = trackDir(await mkdtemp(path.join(os.tmpdir(), 'bwc-capture-bench-')));
 
 let waitingSince: number | undefined;
 let resolveIdr: ((ms: number) => void) | undefined;
 const sup = new CaptureSupervisor({
   // keyframeIntervalS = segmentSeconds = 10 so that the periodic keyframes rarely land inside a measurement.
-  settings: captureConfigSchema.parse({ width: 1280, height: 720, framerate: 30, bitrateKbps: 2000, keyframeIntervalS: 10, segmentSeconds: 10 }),
+  settings: captureConfigSchema.parse({ preset, width: 1280, height: 720, framerate: 30, bitrateKbps: 2000, keyframeIntervalS: 10, segmentSeconds: 10 }),
   segmentDir: dir,
   logger: pino({ level: 'warn' }),
   keyframeMinIntervalMs: 1,
@@ -47,7 +51,10 @@ const sup = new CaptureSupervisor({
     }
   },
 });
+const startedAt = performance.now();
+const firstData = new Promise<number>((resolve) => sup.once('segment-opened', () => resolve(performance.now() - startedAt)));
 await sup.start();
+const firstDataMs = await firstData;
 while (sup.health().status !== 'running') await sleep(50);
 await sleep(2000);
 const pid = sup.health().pid!;
@@ -76,7 +83,13 @@ removeDir(dir);
 
 const k = summarise(latencies);
 const result = {
-  preset: 'test 1280x720@30 2000 kbit/s (x264enc ultrafast zerolatency, videotestsrc ball)',
+  preset:
+    preset === 'test'
+      ? 'test 1280x720@30 2000 kbit/s (x264enc ultrafast zerolatency, videotestsrc ball)'
+      : preset === 'rpi'
+        ? 'rpi 1280x720@30 2000 kbit/s (libcamerasrc, v4l2h264enc)'
+        : 'v4l2 1280x720@30 2000 kbit/s (v4l2src, x264enc)',
+  firstDataMs: round(firstDataMs),
   seconds,
   workerCpuPct: round(workerCpu),
   workerRssMiB: workerRss,
@@ -92,6 +105,7 @@ const markdown = [
   markdownTable(
     ['what', 'value'],
     [
+      ['start() -> first encoded data in a segment, ms (worker start, pipeline, first frame)', result.firstDataMs],
       ['capture worker CPU % (one core = 100)', result.workerCpuPct],
       ['capture worker RSS MiB', result.workerRssMiB],
       ['supervising process CPU % (valve closed)', result.mainCpuPct],

@@ -1,7 +1,7 @@
 // Runs every benchmark, each in its own Node process (so one's heap and handles do not colour the
 // next), then writes bench/results/summary.md with their tables.
 //
-// Usage: node bench/run-all.ts [--runs N] [--messages N] [--configs 20:100,200:200] [--cpu-prof | --no-prof]
+// Usage: node bench/run-all.ts [--runs N] [--messages N] [--configs 20:100,200:200] [--cpu-prof | --no-prof] [--preset test|rpi|v4l2]
 // (flags are passed on to the benchmark that knows them)
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync, mkdirSync, readdirSync } from 'node:fs';
@@ -19,7 +19,7 @@ const benches: Bench[] = [
   { name: 'outbox-drain', file: 'bench/outbox-drain.ts', flags: ['messages', 'configs', 'timeout-s', 'cpu-prof', 'no-prof'] },
   { name: 'command-verify', file: 'bench/command-verify.ts', flags: [] },
   { name: 'command-roundtrip', file: 'bench/command-roundtrip.ts', flags: ['runs'] },
-  { name: 'capture', file: 'bench/capture.ts', flags: [] },
+  { name: 'capture', file: 'bench/capture.ts', flags: ['preset', 'seconds', 'requests'] },
   { name: 'stream', file: 'bench/stream.ts', flags: ['runs', 'window-s'] },
   { name: 'live-encoder', file: 'bench/live-encoder.ts', flags: ['window-s'] },
   { name: 'bad-link', file: 'bench/bad-link.ts', flags: ['moves', 'window-s'] },

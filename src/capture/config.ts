@@ -53,7 +53,8 @@ export const captureConfigSchema = z
     }),
     audioDevice: z.string().min(1).default('default').meta({ description: 'ALSA device of the microphone (presets "rpi" and "v4l2").' }),
     workerLauncher: z.array(z.string().min(1)).default([]).meta({
-      description: 'Command prefix for the capture worker, e.g. ["chrt", "-f", "10"] to give it real-time priority.',
+      description:
+        'Command prefix for the capture worker, which runs as [...workerLauncher, the agent\'s own node, worker.js], e.g. ["chrt", "-f", "10"] to give it real-time priority, or ["qemu-aarch64-static"] to run an arm64 bundle under qemu-user without binfmt (node there reports the arm64 binary as its own path).',
     }),
     stallTimeoutS: z.number().min(1).max(600).default(10).meta({
       description: 'A worker whose pipeline produces no data for this long is killed and restarted.',

@@ -20,10 +20,12 @@ export async function tempStateDir(prefix = 'bwc-state-'): Promise<string> {
   return mkdtemp(path.join(os.tmpdir(), prefix));
 }
 
-/** prefix: a command the agent runs under, e.g. ['ip', 'netns', 'exec', ns] (it execs the agent, same pid). */
-export function spawnAgent(args: string[], env: Record<string, string>, prefix: string[] = []): AgentProcess {
-  const argv = [...prefix, agentBin, ...args];
-  const child = spawn(argv[0]!, argv.slice(1), {
+/**
+ * `command` is what runs the agent, `args` appended: bin/bwc-agent by default; the arm64 smoke test
+ * (test/arm64/agent-smoke.ts) passes qemu-aarch64-static, the bundle's node and its main.js.
+ */
+export function spawnAgent(args: string[], env: Record<string, string>, command: string[] = [agentBin]): AgentProcess {
+  const child = spawn(command[0]!, [...command.slice(1), ...args], {
     env: { ...process.env, BWC_LOG_LEVEL: 'debug', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

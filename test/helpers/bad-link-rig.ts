@@ -8,7 +8,7 @@ import path from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { JWK } from 'jose';
 import { signIceAnswer, verifyIceOffer } from '../../src/cli/fleet-tools.ts';
-import { spawnAgent, tempStateDir, type AgentProcess } from './agent-process.ts';
+import { agentBin, spawnAgent, tempStateDir, type AgentProcess } from './agent-process.ts';
 import { writeAgentConfig } from './agent-config.ts';
 import { ChromiumViewers, type OfferOptions, type Viewer } from './chromium-viewer.ts';
 import { makeCommand, makeIssuer, writeTrustStore, type Issuer } from './command-tokens.ts';
@@ -129,7 +129,7 @@ export async function createBadLinkRig(options: RigOptions = {}): Promise<Rig> {
         stream: { ice: { interfaces: [net.cameraInterface] }, viewerLostGrace: 15, ...stream },
       });
       const from = recorder.on('state').length;
-      agent = spawnAgent(['run', '--config', config], { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: brokerForCamera, BWC_STATE_DIR: dir, BWC_GPSD: '127.0.0.1:9', DEBUG: 'werift-ice*' }, net.prefix);
+      agent = spawnAgent(['run', '--config', config], { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: brokerForCamera, BWC_STATE_DIR: dir, BWC_GPSD: '127.0.0.1:9', DEBUG: 'werift-ice*' }, [...net.prefix, agentBin]);
       await recorder.waitFor(
         () =>
           recorder.on('state').slice(from).some((m) => m.json?.online === true && (m.json?.capture as { status?: string } | null)?.status === 'running'),
