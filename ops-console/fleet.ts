@@ -1,6 +1,7 @@
 // The console's side of the broker: the last retained `state` of every camera under the topic
 // root, every `audit` message each camera published (kept in memory, in arrival order, for the
-// audit view and its chain check), and MQTT 5 request/response for the commands it signs.
+// audit view and its chain check), MQTT 5 request/response for the commands it signs, and the
+// cameras' ICE restart offers (`stream/<sid>/ice-offer`, unverified here: the server checks them).
 import { randomBytes, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import mqtt, { type MqttClient } from 'mqtt';
@@ -15,6 +16,8 @@ export interface CameraRecord {
 export interface FleetEvents {
   camera: [CameraRecord];
   audit: [{ deviceId: string }];
+  /** A camera's ICE restart offer message as received, not yet verified. */
+  'ice-offer': [{ deviceId: string; sid: string; message: Record<string, unknown> }];
 }
 
 export class Fleet extends EventEmitter<FleetEvents> {
@@ -35,10 +38,12 @@ export class Fleet extends EventEmitter<FleetEvents> {
         if (id) this.#waiting.get(id)?.(parse(payload) ?? { ok: false, code: 'unreadable_reply', message: payload.toString('utf8').slice(0, 200) });
         return;
       }
-      const [deviceId, channel] = topic.slice(root.length + 1).split('/');
+      const [deviceId, channel, sid, leaf, ...rest] = topic.slice(root.length + 1).split('/');
       const body = parse(payload);
       if (!deviceId || !body) return;
-      if (channel === 'state') {
+      if (channel === 'stream') {
+        if (sid && leaf === 'ice-offer' && rest.length === 0) this.emit('ice-offer', { deviceId, sid, message: body });
+      } else if (channel === 'state') {
         const record = { deviceId, state: body, receivedAt: new Date().toISOString() };
         this.cameras.set(deviceId, record);
         this.emit('camera', record);
@@ -59,7 +64,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
     const client = await mqtt.connectAsync(url, { protocolVersion: 5, clientId, clean: false, properties: { sessionExpiryInterval: 7 * 86_400 }, reconnectPeriod: 1000 });
     (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
     const fleet = new Fleet(client, root);
-    await client.subscribeAsync([`${root}/+/state`, `${root}/+/audit`], { qos: 1 });
+    await client.subscribeAsync([`${root}/+/state`, `${root}/+/audit`, `${root}/+/stream/+/ice-offer`], { qos: 1 });
     await client.subscribeAsync(fleet.#replyTopic, { qos: 1 });
     return fleet;
   }
@@ -84,6 +89,11 @@ export class Fleet extends EventEmitter<FleetEvents> {
       });
       this.#client.publish(`${this.#root}/${deviceId}/cmd`, JSON.stringify(body), { qos: 1, properties: { responseTopic: this.#replyTopic, correlationData } });
     });
+  }
+
+  /** Publishes a signed answer to a camera's ICE restart offer, QoS 1; resolves on the broker's PUBACK. */
+  async publishIceAnswer(deviceId: string, sid: string, body: { token: string; answer: string }): Promise<void> {
+    await this.#client.publishAsync(`${this.#root}/${deviceId}/stream/${sid}/ice-answer`, JSON.stringify(body), { qos: 1 });
   }
 
   async close(): Promise<void> {

@@ -3,6 +3,8 @@
 // never sees it) and signs each stream.start/stream.stop with the signed-in operator as `sub`,
 // publishes it to the camera and hands the reply back. It also relays camera states and audit
 // entries to the page, and checks each camera's audit chain by the rules of `bwc-agent audit verify`.
+// When a camera restarts ICE (docs/protocol.md, "ICE restart") it checks the camera's signed offer,
+// hands it to the one page that started that live view, and signs and publishes that page's answer.
 //
 //   node ops-console/server.ts --broker mqtt://127.0.0.1:1883 --issuer-key DIR/issuer.private.jwk.json \
 //        --users users.json [--port 8080] [--issuer bwc-ops-console]
@@ -14,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { JWK } from 'jose';
 import { verifyAuditMessages } from '../src/audit/verify.ts';
-import { signCommand } from '../src/cli/fleet-tools.ts';
+import { signCommand, signIceAnswer, verifyIceOffer } from '../src/cli/fleet-tools.ts';
 import { Fleet } from './fleet.ts';
 import { UserStore, type Operator } from './users.ts';
 import { inWords, reasonCatalogue } from './words.ts';
@@ -28,11 +30,38 @@ export interface ConsoleOptions {
   maxDurationS: number;
   /** How long a sign-in lasts without activity. */
   sessionIdleMs?: number;
+  /** Where the console's log lines go (default stderr). */
+  log?: (line: string) => void;
+}
+
+/** A live view this console started: who may see its ICE restart offers and answer them. */
+interface LiveOwner {
+  deviceId: string;
+  sid: string;
+  /** The sign-in (cookie session) that asked for it. */
+  session: string;
+  /** The page (EventSource) that asked, when it said which: its offers go to that page only. */
+  page: string | undefined;
+  operator: string;
+  /** After this the camera has ended the view (max_s), whatever it says: the entry is dropped. */
+  expiresAt: number;
+  /** The newest restart offer forwarded (0: none yet); older ones and repeats are dropped. */
+  offeredGen: number;
+  /** Seen in the camera's state.streaming.list: once it no longer is, the view is over. */
+  listed: boolean;
+}
+
+interface EventStream {
+  session: string;
+  page: string | undefined;
 }
 
 const publicDir = fileURLToPath(new URL('./public/', import.meta.url));
 const contentTypes: Record<string, string> = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8' };
 const cookieName = 'bwc_console';
+const pageIdPattern = /^[A-Za-z0-9_-]{8,64}$/;
+/** One MQTT topic level: no separator, no wildcard. */
+const topicLevelPattern = /^[^/+#\u0000]{1,128}$/;
 
 class HttpError extends Error {
   readonly status: number;
@@ -46,19 +75,31 @@ export class ConsoleServer {
   readonly #o: ConsoleOptions;
   readonly #sessions = new Map<string, Operator & { lastSeen: number }>();
   readonly #server: http.Server;
-  readonly #streams = new Set<http.ServerResponse>();
+  readonly #streams = new Map<http.ServerResponse, EventStream>();
+  /** Keyed by viewKey(deviceId, sid). */
+  readonly #owners = new Map<string, LiveOwner>();
+  /** ICE offers are checked one at a time, in arrival order (so a newer `gen` is never overtaken). */
+  #offerQueue: Promise<void> = Promise.resolve();
+  readonly #log: (line: string) => void;
 
   constructor(options: ConsoleOptions) {
     this.#o = options;
+    this.#log = options.log ?? ((line) => process.stderr.write(`ops-console: ${line}\n`));
     this.#server = http.createServer((req, res) => {
       this.#route(req, res).catch((err: unknown) => {
         const status = err instanceof HttpError ? err.status : 500;
-        if (status === 500) process.stderr.write(`ops-console: ${(err as Error).stack ?? String(err)}\n`);
+        if (status === 500) this.#log((err as Error).stack ?? String(err));
         if (!res.headersSent) json(res, status, { error: (err as Error).message });
         else res.end();
       });
     });
-    options.fleet.on('camera', (record) => this.#broadcast('camera', record));
+    options.fleet.on('camera', (record) => {
+      this.#forgetEndedViews(record);
+      this.#broadcast('camera', record);
+    });
+    options.fleet.on('ice-offer', (m) => {
+      this.#offerQueue = this.#offerQueue.then(() => this.#iceOffer(m.deviceId, m.sid, m.message)).catch((err: unknown) => this.#log(`ICE offer: ${(err as Error).stack ?? String(err)}`));
+    });
     options.fleet.on('audit', (event) => this.#broadcast('audit', event));
   }
 
@@ -73,7 +114,7 @@ export class ConsoleServer {
   }
 
   async close(): Promise<void> {
-    for (const res of this.#streams) res.end();
+    for (const res of this.#streams.keys()) res.end();
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
   }
 
@@ -88,21 +129,24 @@ export class ConsoleServer {
     if (route === 'POST /api/login') return this.#login(req, res);
     const operator = this.#operatorOf(req);
     if (!operator) throw new HttpError(401, 'not signed in');
+    const session = sessionId(req)!;
     switch (route) {
       case 'GET /api/me':
         return json(res, 200, { operator: operator.operator, name: operator.name });
       case 'POST /api/logout':
-        this.#sessions.delete(sessionId(req) ?? '');
+        this.#endSession(session);
         res.writeHead(204, { 'set-cookie': `${cookieName}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0` }).end();
         return;
       case 'GET /api/config':
         return json(res, 200, { reasons: reasonCatalogue, maxDurationS: this.#o.maxDurationS });
       case 'GET /api/events':
-        return this.#events(res);
+        return this.#events(res, session, url.searchParams.get('page'));
       case 'POST /api/live':
-        return this.#startLive(await body(req), operator, res);
+        return this.#startLive(await body(req), operator, session, res);
       case 'POST /api/live/stop':
         return this.#stopLive(await body(req), operator, res);
+      case 'POST /api/live/ice':
+        return this.#iceAnswer(await body(req), operator, session, res);
     }
     const audit = /^GET \/api\/audit\/([A-Za-z0-9_-]{1,64})$/.exec(route);
     if (audit) return json(res, 200, this.#auditView(audit[1]!));
@@ -124,7 +168,7 @@ export class ConsoleServer {
     const { user, password } = await body(req);
     const operator = typeof user === 'string' && typeof password === 'string' ? this.#o.users.authenticate(user, password) : undefined;
     if (!operator) {
-      process.stderr.write(`ops-console: refused sign-in for ${JSON.stringify(String(user ?? '')).slice(0, 80)}\n`);
+      this.#log(`refused sign-in for ${JSON.stringify(String(user ?? '')).slice(0, 80)}`);
       throw new HttpError(401, 'wrong user name or password');
     }
     const id = randomBytes(32).toString('base64url');
@@ -138,32 +182,108 @@ export class ConsoleServer {
     const session = id ? this.#sessions.get(id) : undefined;
     if (!session) return undefined;
     if (Date.now() - session.lastSeen > (this.#o.sessionIdleMs ?? 8 * 3600_000)) {
-      this.#sessions.delete(id!);
+      this.#endSession(id!);
       return undefined;
     }
     session.lastSeen = Date.now();
     return session;
   }
 
-  #events(res: http.ServerResponse): void {
+  /** A signed-out session's live views are no longer anyone's here; its event streams are closed. */
+  #endSession(id: string): void {
+    this.#sessions.delete(id);
+    for (const [key, owner] of this.#owners) if (owner.session === id) this.#owners.delete(key);
+    for (const [res, stream] of this.#streams) if (stream.session === id) res.end();
+  }
+
+  /** `page`: an id the page makes for itself, so a restart offer reaches the tab that started the view. */
+  #events(res: http.ServerResponse, session: string, page: string | null): void {
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
-    this.#streams.add(res);
+    this.#streams.set(res, { session, page: page !== null && pageIdPattern.test(page) ? page : undefined });
     res.on('close', () => this.#streams.delete(res));
     for (const record of this.#o.fleet.cameras.values()) send(res, 'camera', record);
   }
 
   #broadcast(event: string, data: unknown): void {
-    for (const res of this.#streams) send(res, event, data);
+    for (const res of this.#streams.keys()) send(res, event, data);
   }
 
-  async #startLive(b: Record<string, unknown>, operator: Operator, res: http.ServerResponse): Promise<void> {
-    const { deviceId, reason, offer } = b;
+  /** A view the camera stopped listing (or that is past its time) has ended: forget who owned it. */
+  #forgetEndedViews(record: { deviceId: string; state: Record<string, unknown> }): void {
+    const streaming = record.state.streaming as { list?: { sid?: unknown }[] } | undefined;
+    const listed = new Set((Array.isArray(streaming?.list) ? streaming.list : []).map((v) => v?.sid));
+    const now = Date.now();
+    for (const [key, owner] of this.#owners) {
+      if (now > owner.expiresAt) this.#owners.delete(key);
+      // An offline state (the Will) lists nothing, but a camera whose network changed is often
+      // reported offline before it reconnects, with its views alive: only an online state counts.
+      else if (owner.deviceId !== record.deviceId || record.state.online !== true) continue;
+      else if (listed.has(owner.sid)) owner.listed = true;
+      else if (owner.listed) this.#owners.delete(key);
+    }
+  }
+
+  /**
+   * A camera's ICE restart offer: forwarded only when the camera's own key signed it, for a live
+   * view this console started on that camera, and newer than the last one forwarded; then only to
+   * the page (else the sign-in) that started that view. Anything else is logged and dropped.
+   */
+  async #iceOffer(deviceId: string, sid: string, message: Record<string, unknown>): Promise<void> {
+    const drop = (why: string) => this.#log(`dropped an ICE restart offer from ${deviceId} for ${sid}: ${why}`);
+    const owner = this.#owners.get(viewKey(deviceId, sid));
+    if (!owner || Date.now() > owner.expiresAt) return drop('not a live view this console started on that camera');
+    const publicJwk = this.#o.fleet.cameras.get(deviceId)?.state.devicePublicKey as JWK | null | undefined;
+    if (!publicJwk || typeof publicJwk !== 'object') return drop('the camera has published no device key');
+    let offer: Awaited<ReturnType<typeof verifyIceOffer>>;
+    try {
+      offer = await verifyIceOffer(message, publicJwk);
+    } catch (err) {
+      return drop((err as Error).message);
+    }
+    if (offer.sid !== sid) return drop(`its token is for session ${JSON.stringify(offer.sid)}`);
+    if (!Number.isInteger(offer.gen) || offer.gen <= owner.offeredGen) return drop(`generation ${offer.gen} is not newer than ${owner.offeredGen}`);
+    if (this.#owners.get(viewKey(deviceId, sid)) !== owner) return drop('the live view ended meanwhile');
+    owner.offeredGen = offer.gen;
+    let pages = 0;
+    for (const [res, stream] of this.#streams) {
+      if (stream.session !== owner.session || (owner.page !== undefined && stream.page !== owner.page)) continue;
+      send(res, 'ice-offer', { deviceId, sid, gen: offer.gen, cause: offer.cause, offer: offer.offer });
+      pages++;
+    }
+    this.#log(`${deviceId} restarted ICE for ${sid} (generation ${offer.gen}, ${offer.cause}): ${pages ? `sent to ${owner.operator}'s page` : `${owner.operator}'s page is not connected`}`);
+  }
+
+  /** The page's answer to a restart offer it was sent: signed with the operator as `sub`, published. */
+  async #iceAnswer(b: Record<string, unknown>, operator: Operator, session: string, res: http.ServerResponse): Promise<void> {
+    const { deviceId, sid, gen, answer } = b;
+    if (typeof deviceId !== 'string' || typeof sid !== 'string' || typeof answer !== 'string' || answer === '' || typeof gen !== 'number' || !Number.isInteger(gen) || gen < 1) {
+      throw new HttpError(400, 'needs deviceId, sid, gen (a whole number from 1) and answer');
+    }
+    const owner = this.#owners.get(viewKey(deviceId, sid));
+    // The same answer for "no such view" and "someone else's view": sids are not for probing.
+    if (!owner || owner.session !== session) throw new HttpError(403, 'this live view was not started by this sign-in');
+    if (gen !== owner.offeredGen) throw new HttpError(409, owner.offeredGen ? `generation ${gen} is not the camera's open restart (${owner.offeredGen})` : 'the camera has not restarted this live view');
+    const token = await signIceAnswer({ keyFile: this.#o.issuerKeyFile, device: deviceId, sid, generation: gen, answer, operator: operator.operator, issuer: this.#o.issuer });
+    await this.#o.fleet.publishIceAnswer(deviceId, sid, { token, answer });
+    this.#log(`${operator.operator} answered ${deviceId}'s ICE restart of ${sid} (generation ${gen})`);
+    json(res, 200, { ok: true });
+  }
+
+  async #startLive(b: Record<string, unknown>, operator: Operator, session: string, res: http.ServerResponse): Promise<void> {
+    const { deviceId, reason, offer, page } = b;
     const durationS = b.durationS === undefined || b.durationS === '' ? 300 : Number(b.durationS);
     if (typeof deviceId !== 'string' || typeof reason !== 'string' || typeof offer !== 'string') throw new HttpError(400, 'needs deviceId, reason and offer');
     if (!Number.isInteger(durationS) || durationS < 1 || durationS > this.#o.maxDurationS) throw new HttpError(400, `durationS must be 1 to ${this.#o.maxDurationS}`);
     const token = await signCommand({ keyFile: this.#o.issuerKeyFile, device: deviceId, action: 'stream.start', reason, operator: operator.operator, issuer: this.#o.issuer, maxS: durationS, offer });
     const reply = await this.#o.fleet.request(deviceId, { token, offer });
-    process.stderr.write(`ops-console: ${operator.operator} asked ${deviceId} for a live view (${reason}, ${durationS} s): ${reply.ok === true ? 'accepted' : String(reply.code)}\n`);
+    this.#log(`${operator.operator} asked ${deviceId} for a live view (${reason}, ${durationS} s): ${reply.ok === true ? 'accepted' : String(reply.code)}`);
+    if (reply.ok === true && typeof reply.sid === 'string' && topicLevelPattern.test(reply.sid) && topicLevelPattern.test(deviceId)) {
+      // Past max_s (and a minute of clock skew) the camera has ended it: the entry goes then at the latest.
+      this.#owners.set(viewKey(deviceId, reply.sid), {
+        deviceId, sid: reply.sid, session, page: typeof page === 'string' && pageIdPattern.test(page) ? page : undefined, operator: operator.operator,
+        expiresAt: Date.now() + (durationS + 60) * 1000, offeredGen: 0, listed: false,
+      });
+    }
     json(res, 200, withWords(reply));
   }
 
@@ -171,7 +291,9 @@ export class ConsoleServer {
     const { deviceId, sid } = b;
     if (typeof deviceId !== 'string' || typeof sid !== 'string') throw new HttpError(400, 'needs deviceId and sid');
     const token = await signCommand({ keyFile: this.#o.issuerKeyFile, device: deviceId, action: 'stream.stop', reason: 'officer-request', operator: operator.operator, issuer: this.#o.issuer, sid });
-    json(res, 200, withWords(await this.#o.fleet.request(deviceId, { token })));
+    const reply = await this.#o.fleet.request(deviceId, { token });
+    if (reply.ok === true) this.#owners.delete(viewKey(deviceId, sid));
+    json(res, 200, withWords(reply));
   }
 
   /** verification.ok: true verified, false broken, null not checkable (nothing yet, or joined late). */
@@ -190,6 +312,11 @@ export class ConsoleServer {
       : `entry ${r.firstProblem!.seq} ${r.firstProblem!.kind}: ${r.firstProblem!.message}`;
     return { entries, verification: { ok: r.ok, summary } };
   }
+}
+
+/** Session ids are the camera's: two cameras could, however unlikely, pick the same one. */
+function viewKey(deviceId: string, sid: string): string {
+  return `${deviceId}/${sid}`;
 }
 
 function withWords(reply: Record<string, unknown>): Record<string, unknown> {

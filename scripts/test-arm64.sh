@@ -59,7 +59,8 @@ trap 'rm -rf "$work"' EXIT
 # (qemu is slow; the guard is generous and is not a timing check).
 run_one() {
   local n=$1 label=$2; shift 2
-  timeout --kill-after=30 900 "$@" > "$work/$n.tap" 2> "$work/$n.err"
+  # TAP_TIMEOUT: tap's own 30 s per test is a native-speed guess; `timeout` is the guard here.
+  TAP_TIMEOUT=600 timeout --kill-after=30 900 "$@" > "$work/$n.tap" 2> "$work/$n.err"
   echo $? > "$work/$n.rc"
   say "$label: exit $(cat "$work/$n.rc")"
 }

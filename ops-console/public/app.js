@@ -21,13 +21,20 @@ const CAUSES = {
 };
 const causeWords = (c) => (CAUSES[c] ? `${CAUSES[c]} (${c})` : c);
 const STATUS_WORDS = { offline: 'offline', buffering: 'buffering', recording: 'recording', streaming: 'live view' };
+// Why the camera restarted ICE (docs/protocol.md, "ICE restart").
+const RESTART_WORDS = {
+  network_changed: 'Camera changed network', ice_failed: 'Connection to the camera failed', viewer_silent: 'The camera stopped hearing this page',
+};
+// Which page this is, so the server sends a camera's ICE restart offer to the tab that started the
+// view and no other (it is not a secret: the sign-in is the authority).
+const PAGE_ID = crypto.randomUUID();
 
 const app = {
   config: { reasons: [], maxDurationS: 1800 },
   cameras: new Map(), // deviceId -> { state, receivedAt }
   selected: null,
   events: null,
-  view: null, // the one live view this page holds: { deviceId, pc, sid, endsBy, seen, cameraState }
+  view: null, // the one live view this page holds: { deviceId, pc, sid, endsBy, seen, cameraState, restart }
   ended: null, // { deviceId, sid } of a view that ended without us, to name its cause from the audit
   auditToken: 0,
   reasonKey: '',
@@ -184,7 +191,7 @@ function signedOut(note) {
 
 function follow() {
   app.events?.close();
-  const es = new EventSource('/api/events');
+  const es = new EventSource(`/api/events?page=${encodeURIComponent(PAGE_ID)}`);
   app.events = es;
   es.addEventListener('open', () => {
     feed('Live updates connected', 'ok');
@@ -206,6 +213,7 @@ function follow() {
   es.addEventListener('audit', (e) => {
     if (JSON.parse(e.data).deviceId === app.selected) loadAudit(app.selected);
   });
+  es.addEventListener('ice-offer', (e) => iceRestart(JSON.parse(e.data)));
 }
 
 function feed(text, tone) {
@@ -407,16 +415,23 @@ async function requestLive(e) {
   show($('live-error'), '');
   app.ended = null;
   const pc = new RTCPeerConnection({ iceServers: [] });
-  app.view = { deviceId, pc, sid: null, endsBy: null, seen: false, cameraState: null };
+  app.view = { deviceId, pc, sid: null, endsBy: null, seen: false, cameraState: null, restart: null, restarts: Promise.resolve() };
   renderLive();
   liveSays(`Asking ${deviceId} for a live view…`);
   pc.addTransceiver('video', { direction: 'recvonly' });
   pc.addEventListener('track', (ev) => { $('live-video').srcObject = ev.streams[0] ?? new MediaStream([ev.track]); });
-  pc.addEventListener('connectionstatechange', viewFacts);
+  pc.addEventListener('connectionstatechange', () => {
+    viewFacts();
+    // The camera went offline and this page's connection to it has failed: it is not coming back.
+    if (pc.connectionState === 'failed' && app.view?.pc === pc && app.view.sid && app.cameras.get(deviceId)?.state.online !== true) {
+      app.ended = { deviceId, sid: app.view.sid };
+      endView(`Live view of ${deviceId} lost: the camera is offline.`);
+    }
+  });
   try {
     await pc.setLocalDescription(await pc.createOffer());
     await iceGathered(pc);
-    const r = await api('/api/live', { deviceId, reason, durationS, offer: pc.localDescription.sdp });
+    const r = await api('/api/live', { deviceId, reason, durationS, offer: pc.localDescription.sdp, page: PAGE_ID });
     if (app.view?.pc !== pc) return; // signed out meanwhile
     if (!r.ok) {
       endView(null);
@@ -439,14 +454,70 @@ async function requestLive(e) {
   }
 }
 
-/** Resolves when ICE gathering is complete, or after ICE_WAIT_MS with whatever candidates there are. */
+/**
+ * The camera restarted ICE (its network changed, ICE failed, or it stopped hearing us): answer its
+ * signed offer (the server checked it) on the same peer connection, so the same DTLS session and
+ * fingerprint carry on, with all our candidates (no trickle), and have the server sign the answer.
+ * Offers are answered one at a time; one overtaken by a newer offer is skipped.
+ */
+function iceRestart(msg) {
+  const v = app.view;
+  if (!v || v.sid !== msg.sid || v.deviceId !== msg.deviceId || typeof msg.offer !== 'string') return;
+  v.latestGen = Math.max(v.latestGen ?? 0, msg.gen);
+  v.restart = { gen: msg.gen, frames: null };
+  liveSays(`${RESTART_WORDS[msg.cause] ?? 'The camera restarted the connection'} — reconnecting…`);
+  v.restarts = v.restarts.then(async () => {
+    if (app.view !== v || msg.gen < v.latestGen) return;
+    try {
+      await v.pc.setRemoteDescription({ type: 'offer', sdp: msg.offer });
+      await v.pc.setLocalDescription(await v.pc.createAnswer());
+      await iceGathered(v.pc);
+      if (app.view !== v || msg.gen < v.latestGen) return;
+      const r = await api('/api/live/ice', { deviceId: v.deviceId, sid: v.sid, gen: msg.gen, answer: v.pc.localDescription.sdp });
+      if (app.view === v && r?.ok && v.restart?.gen === msg.gen) v.restart.frames = await framesDecoded(v.pc);
+    } catch (err) {
+      // The camera offers again (next gen) if no answer comes; the view ends by its rules otherwise.
+      if (app.view === v && !(err instanceof SignedOut)) liveSays(`Reconnecting to ${v.deviceId} failed: ${err.message}`);
+    }
+  });
+}
+
+/** Video frames this page has decoded so far: a restart is over when this grows again. */
+async function framesDecoded(pc) {
+  let n = 0;
+  for (const r of (await pc.getStats()).values()) if (r.type === 'inbound-rtp' && r.kind === 'video') n += r.framesDecoded ?? 0;
+  return n;
+}
+
+/** Back to the plain status line once frames flow after the answer. */
+async function restartDone(v) {
+  const restart = v.restart;
+  if (restart?.frames == null) return;
+  const n = await framesDecoded(v.pc);
+  if (app.view !== v || v.restart !== restart || n <= restart.frames) return;
+  v.restart = null;
+  liveSays(`Live view of ${v.deviceId} reconnected (${v.sid}).`);
+}
+
+/**
+ * Resolves when ICE gathering is complete, or after ICE_WAIT_MS with whatever candidates there are.
+ * Right after an ICE restart's setLocalDescription the state can still read "complete" (from the
+ * previous round) while the new description has no candidate yet: that is not done.
+ */
 function iceGathered(pc) {
-  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  const complete = () => pc.iceGatheringState === 'complete' && /\r\na=candidate:/.test(pc.localDescription?.sdp ?? '');
+  if (complete()) return Promise.resolve();
   return new Promise((resolve) => {
-    const done = () => { clearTimeout(timer); pc.removeEventListener('icegatheringstatechange', check); resolve(); };
-    const check = () => { if (pc.iceGatheringState === 'complete') done(); };
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener('icegatheringstatechange', check);
+      pc.removeEventListener('icecandidate', check);
+      resolve();
+    };
+    const check = () => { if (complete()) done(); };
     const timer = setTimeout(done, ICE_WAIT_MS);
     pc.addEventListener('icegatheringstatechange', check);
+    pc.addEventListener('icecandidate', check);
   });
 }
 
@@ -484,7 +555,11 @@ function endView(message) {
 function checkView(deviceId) {
   const v = app.view;
   if (!v?.sid || v.deviceId !== deviceId) return;
-  const listed = app.cameras.get(deviceId)?.state.streaming?.list?.find((x) => x.sid === v.sid);
+  const st = app.cameras.get(deviceId)?.state;
+  // An offline state (the camera's Will) lists no views, yet a camera that changed network is often
+  // reported offline for a moment and then restarts ICE with the view intact: wait for it.
+  if (st && st.online !== true) return;
+  const listed = st?.streaming?.list?.find((x) => x.sid === v.sid);
   if (listed) {
     Object.assign(v, { seen: true, cameraState: listed.state });
     viewFacts();
@@ -507,6 +582,7 @@ function tick() {
   for (const el of document.querySelectorAll('[data-since]')) el.textContent = ago(Number(el.getAttribute('data-since')));
   const v = app.view;
   if (!v?.endsBy) return;
+  restartDone(v).catch(() => {});
   const left = v.endsBy - Date.now();
   $('live-countdown').textContent = mmss(left);
   // The camera ends the view itself at endsBy and audits max_duration. Hanging up first would be
