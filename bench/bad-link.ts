@@ -14,7 +14,6 @@
 // Usage: node bench/bad-link.ts [--moves 5] [--window-s 60]
 import Database from 'better-sqlite3';
 import { createBadLinkRig, type Rig } from '../test/helpers/bad-link-rig.ts';
-import { UdpDelayRelay } from '../test/helpers/udp-delay-relay.ts';
 import { installCleanup, intFlag, machineFacts, machineLine, markdownTable, parseFlags, round, sleep, summarise, writeResult, type Summary } from './lib/common.ts';
 
 async function until(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
@@ -51,46 +50,32 @@ async function recovery(rig: Rig, moves: number) {
 }
 
 async function freezes(rig: Rig, windowMs: number, lossPercent: number, testPattern: 'snow' | 'ball') {
-  const turn = rig.turn!;
-  const relay = new UdpDelayRelay({
-    listen: { address: rig.net.hostAddress, port: 0 },
-    target: { address: turn.listenAddress, port: turn.port },
-    upstreamDelayMs: 100,
-    downstreamDelayMs: 100,
-  });
-  const at = await relay.start();
-  try {
-    await rig.startAgent({
-      ice: { interfaces: [rig.net.cameraInterface], servers: [{ urls: `turn:${at.address}:${at.port}?transport=udp`, username: turn.username, credentialFile: rig.turnPasswordFile }], transportPolicy: 'relay' },
-    }, { testPattern });
-    const { viewer } = await rig.watch({ iceServers: [{ urls: [turn.urls.udp], username: turn.username, credential: turn.password }] }, 1800);
-    if (lossPercent > 0) await rig.net.setLoss({ percent: lossPercent, direction: 'both', protocol: 'udp' });
-    await sleep(3000);
-    const a = await viewer.inboundVideo();
-    await sleep(windowMs);
-    const b = await viewer.inboundVideo();
-    const path = await viewer.selectedPath();
-    await rig.net.clearLoss();
-    await viewer.vanish();
-    await rig.stopAgent();
-    const perMin = 60_000 / windowMs;
-    return {
-      testPattern,
-      lossPercent,
-      rttMs: path?.rttMs ?? null,
-      frames: b.framesDecoded - a.framesDecoded,
-      fps: round((b.framesDecoded - a.framesDecoded) / (windowMs / 1000)),
-      freezesPerMin: round((b.freezeCount - a.freezeCount) * perMin),
-      freezeSPerMin: round((b.totalFreezesDuration - a.totalFreezesDuration) * perMin, 2),
-      nacks: b.nackCount - a.nackCount,
-      retransmitted: b.retransmittedPacketsReceived - a.retransmittedPacketsReceived,
-      plis: b.pliCount - a.pliCount,
-      packetsLost: b.packetsLost - a.packetsLost,
-      kbps: Math.round(((b.bytesReceived - a.bytesReceived) * 8) / windowMs),
-    };
-  } finally {
-    await relay.stop();
-  }
+  await rig.startAgent({ ice: rig.relayOnlyIce(await rig.delayedTurn(100)) }, { testPattern });
+  const { viewer } = await rig.watch(rig.viewerTurn(), 1800);
+  if (lossPercent > 0) await rig.net.setLoss({ percent: lossPercent, direction: 'both', protocol: 'udp' });
+  await sleep(3000);
+  const a = await viewer.inboundVideo();
+  await sleep(windowMs);
+  const b = await viewer.inboundVideo();
+  const path = await viewer.selectedPath();
+  await rig.net.clearLoss();
+  await viewer.vanish();
+  await rig.stopAgent();
+  const perMin = 60_000 / windowMs;
+  return {
+    testPattern,
+    lossPercent,
+    rttMs: path?.rttMs ?? null,
+    frames: b.framesDecoded - a.framesDecoded,
+    fps: round((b.framesDecoded - a.framesDecoded) / (windowMs / 1000)),
+    freezesPerMin: round((b.freezeCount - a.freezeCount) * perMin),
+    freezeSPerMin: round((b.totalFreezesDuration - a.totalFreezesDuration) * perMin, 2),
+    nacks: b.nackCount - a.nackCount,
+    retransmitted: b.retransmittedPacketsReceived - a.retransmittedPacketsReceived,
+    plis: b.pliCount - a.pliCount,
+    packetsLost: b.packetsLost - a.packetsLost,
+    kbps: Math.round(((b.bytesReceived - a.bytesReceived) * 8) / windowMs),
+  };
 }
 
 async function main(): Promise<void> {

@@ -121,7 +121,7 @@ t.test('presets: element names, caps, the recording encoder and the live one', a
   t.match(test.description, /t\. ! queue [^!]* ! splitmuxsink name=segments muxer=mpegtsmux sink="filesink buffer-mode=unbuffered" send-keyframe-requests=true max-size-time=3000000000 location="\/tmp\/seg dir\/p-%06d.ts"/);
   t.notMatch(test.description, /(?<!v)t\. ! queue[^!]*! valve name=live/, 'the live branch does not hang off the recording tee');
   t.equal(test.description.match(/x264enc/g)?.length, 2);
-  t.same(liveBitrateProperty(settings({}), true, 450), { property: 'bitrate', value: 450 });
+  t.same(liveBitrateProperty(settings({}), 450), { property: 'bitrate', value: 450 });
   t.notMatch(test.description, /audiotestsrc/);
 
   const shared = buildPipeline(settings({ liveEncoder: 'shared' }));
@@ -129,7 +129,7 @@ t.test('presets: element names, caps, the recording encoder and the live one', a
   t.equal(shared.description.match(/x264enc/g)?.length, 1, 'shared: one encoder feeds every branch');
   t.match(shared.description, /t\. ! queue leaky=downstream [^!]* ! valve name=live drop=true [^!]* ! rtph264pay/);
   t.match(shared.elements, { liveEncoder: 'enc', liveKeyframe: 'kf' }, 'keyframe requests go to the one encoder');
-  t.equal(liveBitrateProperty(settings({}), false, 450), undefined, 'nothing to adapt when shared');
+  t.equal(liveBitrateProperty(settings({ liveEncoder: 'shared' }), 450), undefined, 'nothing to adapt when shared');
 
   const withAudio = buildPipeline(settings({ audio: true })).description;
   t.match(withAudio, /audiotestsrc .* opusenc bitrate=32000 ! tee name=at .*at\. ! queue max-size-time=1000000000 ! segments\.audio_0/);
@@ -142,7 +142,7 @@ t.test('presets: element names, caps, the recording encoder and the live one', a
   t.match(rpi.description, /v4l2h264enc name=liveenc extra-controls="controls,repeat_sequence_header=1,video_bitrate=700000,h264_i_frame_period=30"/);
   t.match(rpi.description, /capsfilter name=kf caps="video\/x-h264,profile=\(string\)constrained-baseline,level=\(string\)3.1"/);
   t.match(rpi.description, /alsasrc device="hw:1"/);
-  t.equal(liveBitrateProperty(settings({ preset: 'rpi' }), true, 450), undefined, 'the Pi encoder keeps its starting live bitrate');
+  t.equal(liveBitrateProperty(settings({ preset: 'rpi' }), 450), undefined, 'the Pi encoder keeps its starting live bitrate');
   t.equal(h264Level({ width: 1920, height: 1080, framerate: 30 }), '4');
   t.equal(h264Level({ width: 1920, height: 1080, framerate: 60 }), '4.2');
 
@@ -186,7 +186,7 @@ t.test('presets parse with the real GStreamer', { skip: !gstAvailable && 'GStrea
 
 t.test('the live bitrate changes at run time; the recording encoder keeps its own', { skip: !gstAvailable && 'GStreamer not installed' }, async (t) => {
   const description = buildPipeline(settings({ width: 320, height: 180, bitrateKbps: 1500 })).description;
-  const x264 = liveBitrateProperty(settings({}), true, 450)!;
+  const x264 = liveBitrateProperty(settings({}), 450)!;
   const script = `
     const gst = require('gstreamer-superficial');
     const [d, x] = JSON.parse(process.argv[1]);

@@ -4,7 +4,6 @@
 // as the viewer. How long things took is printed as comments; nothing asserts a duration.
 import t from 'tap';
 import { createBadLinkRig, videoOver, type Rig } from './helpers/bad-link-rig.ts';
-import { UdpDelayRelay } from './helpers/udp-delay-relay.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -24,15 +23,14 @@ if (process.getuid?.() !== 0) {
     const rig: Rig = await createBadLinkRig({ turn: true });
     t.teardown(() => rig.dispose());
     const turn = rig.turn!;
-    const viewerIce = { iceServers: [{ urls: [turn.urls.udp], username: turn.username, credential: turn.password }] };
-    const turnServer = (url: string) => ({ urls: url, username: turn.username, credentialFile: rig.turnPasswordFile });
+    const viewerIce = rig.viewerTurn();
 
     await t.test('TURN only (direct UDP blocked): through coturn on UDP, then TCP, then TLS', async (t) => {
       for (const transport of ['udp', 'tcp', 'tls'] as const) {
         if (transport === 'udp') await rig.net.blockUdp({ exceptTo: [{ address: turn.listenAddress, port: turn.port }] });
         else await rig.net.blockAllUdp();
         const before = turn.allocations();
-        await rig.startAgent({ ice: { interfaces: [rig.net.cameraInterface], servers: [turnServer(turn.urls[transport])], transportPolicy: 'relay', turnCaFile: turn.caFile } });
+        await rig.startAgent({ ice: rig.relayOnlyIce(turn.urls[transport], { turnCaFile: turn.caFile }) });
         const { viewer } = await rig.watch(viewerIce);
         const v = await viewer.waitForVideo((s) => s.framesDecoded > 30, 30_000, `frames over TURN/${transport}`);
         t.ok(v.framesDecoded > 30, `TURN/${transport}: ${v.framesDecoded} frames decoded`);
@@ -47,17 +45,7 @@ if (process.getuid?.() !== 0) {
     });
 
     await t.test('200 ms RTT and 3 % loss: video keeps decoding; RTX answers NACKs', async (t) => {
-      const relay = new UdpDelayRelay({
-        listen: { address: rig.net.hostAddress, port: 0 },
-        target: { address: turn.listenAddress, port: turn.port },
-        upstreamDelayMs: 100,
-        downstreamDelayMs: 100,
-      });
-      const at = await relay.start();
-      t.teardown(() => relay.stop());
-      await rig.startAgent({
-        ice: { interfaces: [rig.net.cameraInterface], servers: [turnServer(`turn:${at.address}:${at.port}?transport=udp`)], transportPolicy: 'relay' },
-      });
+      await rig.startAgent({ ice: rig.relayOnlyIce(await rig.delayedTurn(100)) });
       const { viewer } = await rig.watch(viewerIce);
       await rig.net.setLoss({ percent: 3, direction: 'both', protocol: 'udp' });
       const start = await viewer.inboundVideo();

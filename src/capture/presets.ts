@@ -155,7 +155,7 @@ export function buildPipeline(s: CaptureSettings): BuiltPipeline {
   const segmentNs = Math.round(s.segmentSeconds * 1e9);
   const location = `${s.segmentDir.replace(/\/+$/, '')}/${s.segmentPrefix}-%06d.ts`;
   const source = rawSource(s);
-  const separate = source !== undefined && s.liveEncoder === 'separate';
+  const separate = source !== undefined && liveEncoderSeparate(s);
   const liveValve = `valve name=${elements.live} drop=true drop-mode=forward-sticky-events`;
   const rtpSink = `udpsink name=${elements.rtpSink} host=127.0.0.1 port=${s.rtpPort} sync=false async=false`;
   const encoded = `${encoder(s, elements.encoder, elements.keyframe, s.bitrateKbps)} ! h264parse config-interval=-1 ! tee name=t`;
@@ -198,14 +198,23 @@ export function buildPipeline(s: CaptureSettings): BuiltPipeline {
   return { description: parts.join('  '), elements: names, liveEncoderSeparate: separate };
 }
 
+/** Whether the live branch gets an encoder of its own (a camera that encodes itself always shares). */
+export function liveEncoderSeparate(s: CaptureConfig): boolean {
+  return s.liveEncoder === 'separate' && !(s.preset === 'v4l2' && s.v4l2.h264Passthrough);
+}
+
 /**
- * The property change that sets the live encoder to `kbps`, or undefined where it cannot follow.
- * x264enc takes kbit/s at run time. The Pi's v4l2h264enc has its bitrate only inside the
- * extra-controls structure, and gstreamer-superficial sets strings, numbers and booleans only
- * (tried here: a string set on extra-controls leaves it NULL), so on the Pi the live encoder keeps
- * its starting bitrate (stream.bitrate.startKbps). Shared with the recording, nothing may change.
+ * Whether the live bitrate can follow the viewer. x264enc takes kbit/s at run time. The Pi's
+ * v4l2h264enc has its bitrate only inside the extra-controls structure, and gstreamer-superficial
+ * sets strings, numbers and booleans only (tried here: a string set on extra-controls leaves it
+ * NULL), so on the Pi the live encoder keeps its starting bitrate (stream.bitrate.startKbps).
+ * Shared with the recording, nothing may change.
  */
-export function liveBitrateProperty(s: CaptureConfig, separate: boolean, kbps: number): { property: string; value: number } | undefined {
-  if (!separate || s.preset === 'rpi') return undefined;
-  return { property: 'bitrate', value: kbps };
+export function liveBitrateAdjustable(s: CaptureConfig): boolean {
+  return liveEncoderSeparate(s) && s.preset !== 'rpi';
+}
+
+/** The property change that sets the live encoder to `kbps`, or undefined where it cannot follow. */
+export function liveBitrateProperty(s: CaptureConfig, kbps: number): { property: string; value: number } | undefined {
+  return liveBitrateAdjustable(s) ? { property: 'bitrate', value: kbps } : undefined;
 }

@@ -8,7 +8,7 @@ import { EventEmitter } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { CaptureConfig } from './config.ts';
-import type { CaptureSettings } from './presets.ts';
+import { liveBitrateAdjustable, type CaptureSettings } from './presets.ts';
 import { isWorkerMessage, type ParentMessage, type SegmentInfo, type WorkerMessage } from './protocol.ts';
 import { udpPortOwnedBy } from './rtp-source.ts';
 
@@ -144,9 +144,7 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
 
   /** Whether the live view has an encoder of its own, so setLiveBitrate takes effect. */
   get liveBitrateAdjustable(): boolean {
-    const s = this.#opts.settings;
-    // The Pi's encoder cannot change its bitrate through the binding (presets.ts liveBitrateProperty).
-    return s.liveEncoder === 'separate' && s.preset !== 'rpi' && !(s.preset === 'v4l2' && s.v4l2.h264Passthrough);
+    return liveBitrateAdjustable(this.#opts.settings);
   }
 
   get liveBitrateKbps(): number | undefined {

@@ -44,7 +44,6 @@ let names: PipelineElements | undefined;
 let liveValve: GstElement | undefined;
 let liveAudioValve: GstElement | undefined;
 let liveEncoder: GstElement | undefined;
-let liveSeparate = false;
 let settings: CaptureSettings | undefined;
 let frames = 0;
 let bytes = 0;
@@ -146,7 +145,6 @@ function start(message: Extract<ParentMessage, { type: 'start' }>): void {
   const built = buildPipeline(message.settings);
   names = built.elements;
   settings = message.settings;
-  liveSeparate = built.liveEncoderSeparate;
   const gst = createRequire(import.meta.url)('gstreamer-superficial') as GstModule;
   try {
     pipeline = new gst.Pipeline(built.description);
@@ -240,7 +238,7 @@ function onParentMessage(raw: unknown): void {
       if (pipeline && names && !shuttingDown) pipeline.forceKeyUnit(names.liveKeyframe, 1);
       return;
     case 'live-bitrate': {
-      const change = settings && liveBitrateProperty(settings, liveSeparate, raw.kbps);
+      const change = settings && liveBitrateProperty(settings, raw.kbps);
       if (change && liveEncoder && !shuttingDown) liveEncoder[change.property] = change.value;
       return;
     }

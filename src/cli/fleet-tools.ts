@@ -60,15 +60,6 @@ export function offerSha256(offer: string): string {
 export async function signCommand(o: SignOptions): Promise<string> {
   if (!(commandActions as readonly string[]).includes(o.action)) throw new ToolError(`unknown action "${o.action}" (known: ${commandActions.join(', ')})`);
   const action = o.action as CommandAction;
-  let jwk: JWK;
-  try {
-    jwk = JSON.parse(readFileSync(o.keyFile, 'utf8')) as JWK;
-  } catch (err) {
-    throw new ToolError(`cannot read the issuer key ${o.keyFile}: ${(err as Error).message}`);
-  }
-  if (!jwk.kid || !jwk.d) throw new ToolError(`${o.keyFile} is not a private JWK with a kid (make one with: bwc-agent keys generate --out DIR)`);
-  const key = await importJWK(jwk, 'EdDSA');
-  const now = Math.floor(Date.now() / 1000);
   const claims: Record<string, unknown> = { act: action, jti: randomUUID() };
   if (o.reason !== undefined) claims.reason = o.reason;
   if (action === 'stream.start') {
@@ -80,8 +71,26 @@ export async function signCommand(o: SignOptions): Promise<string> {
     if (!o.sid) throw new ToolError('stream.stop needs --sid SID');
     claims.sid = o.sid;
   }
+  return signAsIssuer(o, commandTokenType, claims);
+}
+
+/** An issuer-signed token of `typ` for a device: the key file's kid, iss, sub, aud, iat and exp around `claims`. */
+async function signAsIssuer(
+  o: { keyFile: string; device: string; operator?: string | undefined; issuer?: string | undefined; ttlS?: number | undefined },
+  typ: string,
+  claims: Record<string, unknown>,
+): Promise<string> {
+  let jwk: JWK;
+  try {
+    jwk = JSON.parse(readFileSync(o.keyFile, 'utf8')) as JWK;
+  } catch (err) {
+    throw new ToolError(`cannot read the issuer key ${o.keyFile}: ${(err as Error).message}`);
+  }
+  if (!jwk.kid || !jwk.d) throw new ToolError(`${o.keyFile} is not a private JWK with a kid (make one with: bwc-agent keys generate --out DIR)`);
+  const key = await importJWK(jwk, 'EdDSA');
+  const now = Math.floor(Date.now() / 1000);
   return new SignJWT(claims)
-    .setProtectedHeader({ alg: 'EdDSA', kid: jwk.kid, typ: commandTokenType })
+    .setProtectedHeader({ alg: 'EdDSA', kid: jwk.kid, typ })
     .setIssuer(o.issuer ?? 'bwc-fleet')
     .setSubject(o.operator ?? process.env.USER ?? 'operator')
     .setAudience(o.device)
@@ -148,23 +157,7 @@ export interface IceAnswerSignOptions {
  * bound to the device, the session, the restart and the exact answer.
  */
 export async function signIceAnswer(o: IceAnswerSignOptions): Promise<string> {
-  let jwk: JWK;
-  try {
-    jwk = JSON.parse(readFileSync(o.keyFile, 'utf8')) as JWK;
-  } catch (err) {
-    throw new ToolError(`cannot read the issuer key ${o.keyFile}: ${(err as Error).message}`);
-  }
-  if (!jwk.kid || !jwk.d) throw new ToolError(`${o.keyFile} is not a private JWK with a kid`);
-  const key = await importJWK(jwk, 'EdDSA');
-  const now = Math.floor(Date.now() / 1000);
-  return new SignJWT({ sid: o.sid, gen: o.generation, answer_sha256: offerSha256(o.answer), jti: randomUUID() })
-    .setProtectedHeader({ alg: 'EdDSA', kid: jwk.kid, typ: iceAnswerTokenType })
-    .setIssuer(o.issuer ?? 'bwc-fleet')
-    .setSubject(o.operator ?? process.env.USER ?? 'operator')
-    .setAudience(o.device)
-    .setIssuedAt(now)
-    .setExpirationTime(now + (o.ttlS ?? 60))
-    .sign(key);
+  return signAsIssuer(o, iceAnswerTokenType, { sid: o.sid, gen: o.generation, answer_sha256: offerSha256(o.answer), jti: randomUUID() });
 }
 
 export interface IceOfferClaims {

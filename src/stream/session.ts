@@ -294,13 +294,14 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     // fraction-lost byte: measured here under 3 % random loss Chromium's fraction read 12-33 % in
     // single reports while its cumulative count said 2 %. Too few packets say nothing.
     let lossFraction: number | undefined;
-    const now0 = this.#report;
-    const was = this.#sampledReport;
-    if (now0 && was && now0 !== was) {
-      const expected = now0.highest - was.highest;
-      if (expected >= minPacketsForLoss) lossFraction = Math.min(1, Math.max(0, (now0.lost - was.lost) / expected));
+    const latest = this.#report;
+    const previous = this.#sampledReport;
+    if (latest && previous && latest !== previous) {
+      const expected = latest.highest - previous.highest;
+      if (expected >= minPacketsForLoss) lossFraction = Math.min(1, Math.max(0, (latest.lost - previous.lost) / expected));
     }
-    if (now0 && (lossFraction !== undefined || !was)) this.#sampledReport = now0;
+    // Too few packets: keep the older report, so the next sample spans a longer interval.
+    if (latest && (lossFraction !== undefined || !previous)) this.#sampledReport = latest;
     const sample: LinkSample = {
       sendKbps: ((this.counters.videoBytes - this.#sampledBytes) * 8) / intervalMs,
       lossFraction,

@@ -18,6 +18,7 @@ import { freeLoopbackPort } from './gpsfake.ts';
 import { startBroker, type Broker } from './mosquitto.ts';
 import { MqttRecorder } from './mqtt-recorder.ts';
 import { createCameraNetwork, type CameraNetwork } from './netns.ts';
+import { UdpDelayRelay } from './udp-delay-relay.ts';
 
 export interface AuditEntry {
   type: string;
@@ -61,6 +62,12 @@ export interface Rig {
   answerRestarts(viewer: Viewer, sid: string): void;
   /** Each restart offer the rig answered: when it arrived and when the answer went out (epoch ms). */
   readonly restarts: { sid: string; gen: number; cause: string; offerAt: number; answerAt: number }[];
+  /** The viewer's own ICE settings: coturn over UDP (it needs a relay candidate to reach a relay-only camera). */
+  viewerTurn(): OfferOptions;
+  /** `stream.ice` for a relay-only camera through the TURN server at `url` (coturn's credentials). */
+  relayOnlyIce(url: string, extra?: Record<string, unknown>): Record<string, unknown>;
+  /** A UDP delay relay in front of coturn (`oneWayMs` each way); its turn: URL. Stopped by dispose(). */
+  delayedTurn(oneWayMs: number): Promise<string>;
   latestState(): StreamingState | undefined;
   audit(): AuditEntry[];
   dispose(): Promise<void>;
@@ -90,6 +97,11 @@ export async function createBadLinkRig(options: RigOptions = {}): Promise<Rig> {
   const restarts: Rig['restarts'] = [];
   const answering = new Set<string>();
   let agent: AgentProcess | undefined;
+  const relays: UdpDelayRelay[] = [];
+  const needTurn = (): Coturn => {
+    if (!turn) throw new Error('this rig has no coturn: createBadLinkRig({ turn: true })');
+    return turn;
+  };
 
   const stateDoc = () => recorder.on('state').at(-1)?.json as { streaming: StreamingState; devicePublicKey: JWK | null } | undefined;
   responder.on('message', (topic, payload) => {
@@ -155,6 +167,28 @@ export async function createBadLinkRig(options: RigOptions = {}): Promise<Rig> {
     answerRestarts(viewer, sid) {
       restartViewers.set(sid, viewer);
     },
+    viewerTurn: () => {
+      const t = needTurn();
+      return { iceServers: [{ urls: [t.urls.udp], username: t.username, credential: t.password }] };
+    },
+    relayOnlyIce: (url, extra = {}) => ({
+      interfaces: [net.cameraInterface],
+      servers: [{ urls: url, username: needTurn().username, credentialFile: turnPasswordFile }],
+      transportPolicy: 'relay',
+      ...extra,
+    }),
+    async delayedTurn(oneWayMs) {
+      const t = needTurn();
+      const relay = new UdpDelayRelay({
+        listen: { address: net.hostAddress, port: 0 },
+        target: { address: t.listenAddress, port: t.port },
+        upstreamDelayMs: oneWayMs,
+        downstreamDelayMs: oneWayMs,
+      });
+      relays.push(relay);
+      const at = await relay.start();
+      return `turn:${at.address}:${at.port}?transport=udp`;
+    },
     latestState: () => stateDoc()?.streaming,
     audit: () => recorder.on('audit').map((m) => m.json?.entry as AuditEntry | undefined).filter((e): e is AuditEntry => e !== undefined),
     async dispose() {
@@ -164,6 +198,7 @@ export async function createBadLinkRig(options: RigOptions = {}): Promise<Rig> {
         ['fleet client', () => fleet.close()],
         ['responder', () => responder.endAsync(true)],
         ['recorder', () => recorder.close()],
+        ['delay relays', () => Promise.all(relays.map((r) => r.stop()))],
         ['coturn', async () => turn?.stop()],
         ['broker', () => broker.dispose()],
         ['network', () => net.destroy()],

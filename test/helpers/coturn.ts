@@ -21,7 +21,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { registerExitCleanup } from './netns.ts';
+import { processAlive, registerExitCleanup } from './netns.ts';
 
 export interface CoturnOptions {
   /** The one address coturn listens on (UDP, TCP, TLS). */
@@ -153,15 +153,6 @@ function sweepStale(): void {
       // no pid file or no such process
     }
     rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -186,7 +186,8 @@ function linkNames(pid: number, n: number): { host: string; camera: string } {
   return { host: `bw${tag}h`, camera: `bw${tag}c` };
 }
 
-function processAlive(pid: number): boolean {
+/** Whether a process exists (EPERM: it does, owned by someone else). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
