@@ -26,7 +26,12 @@ if [ $# -eq 0 ]; then
   fi
   # Appended after tap's own stream, as further top-level subtests (tap-summary counts every leaf).
   sed -n '/^TAP version/!p' .tap/arm64.tap >> .tap/last-run.tap
-  [ "$arm64_status" = 0 ] || status=1
+  if [ "$arm64_status" != 0 ]; then
+    status=1
+    # CI keeps only this output: the failing files' TAP (with their stderr) goes to it, not only to .tap/.
+    echo "# arm64 failures, in full:"
+    awk '/^(# Subtest: |1\.\.)/{if (bad) printf "%s", block; block=""; bad=0} {block=block $0 "\n"} /^not ok /{bad=1}' .tap/arm64.tap | tail -n 300
+  fi
 fi
 echo "# suite took $(( $(date +%s) - start )) s"
 node scripts/tap-summary.mjs .tap/last-run.tap
