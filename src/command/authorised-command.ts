@@ -43,6 +43,11 @@ export interface AuthorisedCommandFields {
 }
 
 export class AuthorisedCommand {
+  // An ECMAScript private member makes the type nominal: TypeScript refuses an object literal or
+  // any other class of the same shape where an AuthorisedCommand is required, because no other
+  // value can have this class's #minted. The run-time WeakSet check below still guards casts.
+  // test/authorised-command-type.test.ts compiles a forgery and expects tsc to refuse it.
+  readonly #minted = true;
   readonly action: CommandAction;
   readonly operator: string;
   readonly issuer: string;
@@ -80,7 +85,7 @@ export class AuthorisedCommand {
 
   /** True only for instances made by the verifier (not copies, subclasses or Object.create fakes). */
   static isAuthorisedCommand(value: unknown): value is AuthorisedCommand {
-    return typeof value === 'object' && value !== null && minted.has(value);
+    return typeof value === 'object' && value !== null && minted.has(value) && #minted in value && value.#minted;
   }
 
   // So `x instanceof AuthorisedCommand` cannot be fooled by Object.setPrototypeOf/Object.create.
