@@ -162,3 +162,34 @@ t.test('the command handler: a bounded queue, refused Response Topics, folded re
   t.equal(total('response_topic_refused'), 0, 'the queue was full when the hostile Response Topic came: it was refused overloaded, and not answered');
   t.equal(replies.length, 10, 'ten replies, none to the audit topic');
 });
+
+t.test('the evidence reserve: refusals only counted inside it, the outbox refuses, summaries once space is back', async (t) => {
+  const { StorageReserve } = await import('../src/store/storage-reserve.ts');
+  let freeBytes = 100 * 1024;
+  const reserve = new StorageReserve({ path: '/unused', percent: 5, statfs: () => ({ freeBytes, totalBytes: 4 * 1024 * 1024 }) });
+  t.throws(() => reserve.check(), /inside the evidence reserve/, '100 KiB free of 4 MiB is inside a 5% reserve');
+  t.throws(() => reserve.check(), /recording\.evidenceReservePercent 5%/, 'the error names the setting');
+  const r = rig();
+  const reserved = new RefusalFolder({ audit: { append: (rec) => (r.entries.push(rec), undefined as never) }, windowMs: 60_000, repliesPerWindow: 5, reserve, timers: { set: () => 1, clear: () => undefined }, logger });
+  for (let i = 0; i < 3; i++) reserved.refused('cmd', 'malformed', 10, r.full('malformed'));
+  reserved.flush();
+  t.equal(r.entries.length, 0, 'nothing written inside the reserve');
+  t.equal(reserved.pending, 3, 'but every refusal counted');
+  freeBytes = 1024 * 1024;
+  reserved.flush();
+  t.match(r.entries, [{ type: refusalSummaryType, code: 'malformed', detail: { count: 3, unaudited: 1 } }], 'the summary once space is back');
+  t.doesNotThrow(() => new StorageReserve({ path: '/unused', percent: 0, statfs: () => ({ freeBytes: 0, totalBytes: 1 }) }).check(), '0 turns it off');
+
+  const { Outbox } = await import('../src/link/outbox.ts');
+  const { openDatabase } = await import('../src/store/database.ts');
+  const { mkdtemp } = await import('node:fs/promises');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const db = openDatabase({ stateDir: await mkdtemp(path.join(os.tmpdir(), 'bwc-reserve-')) });
+  t.teardown(() => db.close());
+  freeBytes = 100 * 1024;
+  const outbox = new Outbox({ db, maxMessages: 1000, reserve, logger });
+  t.throws(() => outbox.enqueue('event', { type: 'x' }, 'durable'), /inside the evidence reserve/, 'the outbox refuses inside the reserve (its writer holds and retries)');
+  freeBytes = 1024 * 1024;
+  t.equal(outbox.enqueue('event', { type: 'x' }, 'durable'), 1, 'and writes once space is back');
+});

@@ -26,6 +26,7 @@ import { FleetLink } from '../link/fleet-link.ts';
 import { Outbox } from '../link/outbox.ts';
 import { DeviceState, type CaptureState } from '../state/device-state.ts';
 import { openDatabase, type Db } from '../store/database.ts';
+import { StorageReserve } from '../store/storage-reserve.ts';
 import { ServiceNotifier } from '../systemd/service-notifier.ts';
 import { GpsExtension } from '../telemetry/gps-extension.ts';
 import { HealthExtension } from '../telemetry/health-extension.ts';
@@ -94,7 +95,8 @@ export class Agent {
     this.#deviceKey = parts.deviceKey;
     this.#logger = logger;
     this.#db = openDatabase({ stateDir: config.stateDir });
-    this.#outbox = new Outbox({ db: this.#db, maxMessages: config.outbox.maxMessages, logger });
+    const reserve = new StorageReserve({ path: config.stateDir, percent: config.recording.evidenceReservePercent });
+    this.#outbox = new Outbox({ db: this.#db, maxMessages: config.outbox.maxMessages, reserve, logger });
     this.#state = new DeviceState({ deviceId: config.deviceId, agentVersion });
     this.#link = new FleetLink({ config, outbox: this.#outbox, logger, offlineState: (reason) => this.#state.offline(reason) });
     this.#control = new ControlServer({ path: path.join(config.stateDir, 'control.sock'), logger });
@@ -131,6 +133,7 @@ export class Agent {
       audit: this.#audit,
       windowMs: config.commands.refusalWindow * 1000,
       repliesPerWindow: config.commands.refusalReplies,
+      reserve,
       logger,
     });
     // Made before the capture and the verifier, which hand it packets and ask its count; the

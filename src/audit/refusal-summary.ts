@@ -40,6 +40,8 @@ export interface RefusalFolderOptions {
   maxKeys?: number;
   now?: () => number;
   timers?: RefusalTimers;
+  /** The evidence reserve: inside it no refusal is written, only counted (src/store/storage-reserve.ts). */
+  reserve?: { check(): void };
   logger: Logger;
 }
 
@@ -105,6 +107,7 @@ export class RefusalFolder {
       this.#open.set(key, open);
       this.#arm();
       try {
+        this.#o.reserve?.check();
         auditInFull();
         open.replies += 1;
         return { audited: true, reply: true };
@@ -146,6 +149,7 @@ export class RefusalFolder {
         unaudited: o.unaudited,
       };
       try {
+        this.#o.reserve?.check();
         this.#o.audit.append({ type: refusalSummaryType, decision: 'rejected', code: o.code, detail });
       } catch (err) {
         this.#log.error({ ...detail, code: o.code, err: (err as Error).message }, 'refusal summary could not be audited; kept for the next try');

@@ -143,6 +143,11 @@ export const configSchema = z.strictObject({
     .strictObject({
       preEvent: seconds('Seconds of buffered video that become the start of a recording (the pre-event buffer).', 0, 120, 30),
       preEventAudio: z.boolean().default(false).meta({ description: 'Whether the pre-event buffer keeps audio (needs capture.audio); off by default, as the market leader does.' }),
+      evidenceReservePercent: z.number().min(0).max(50).default(5).meta({
+        description:
+          'Share of the state folder\'s file system kept for evidence: below it the outbox (GPS, events, audit copies) holds messages in memory and refusals are only counted, while segments and the audit entries of recordings and live views may use it. 0 turns it off.',
+        unit: '%',
+      }),
     })
     .prefault({}),
   firmware: z
