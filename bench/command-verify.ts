@@ -8,6 +8,12 @@
 // rejected before any cryptography (alg none); and as floors, jose's compactVerify alone on the
 // same token and node:crypto's Ed25519 verify of the same bytes.
 //
+// The handler rows run the whole path of a junk command through CommandHandler (verify, audit,
+// reply) as a flood from the broker drives it: every refusal audited in full (a fsync'd audit row,
+// the behaviour before refusal folding), and folded (the first per code and window audited in
+// full, the rest counted: src/audit/refusal-summary.ts), in the same run; and an accepted command
+// through the handler with the folder (its flush comes first).
+//
 // Tokens are made before the clock starts (each accepted one needs its own jti). The database is
 // in a temporary directory; its file system type is reported, since tmpfs makes fsync free.
 //
@@ -17,8 +23,13 @@ import { verify as cryptoVerify } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { EventEmitter } from 'node:events';
 import { compactVerify } from 'jose';
 import pino from 'pino';
+import { AuditLog } from '../src/audit/audit-log.ts';
+import { RefusalFolder } from '../src/audit/refusal-summary.ts';
+import { CommandHandler } from '../src/command/command-handler.ts';
+import { loadOrCreateDeviceKey } from '../src/keys/device-key.ts';
 import { ReplayCache } from '../src/command/replay-cache.ts';
 import { TrustStore } from '../src/command/trust-store.ts';
 import { CommandVerifier } from '../src/command/verifier.ts';
@@ -139,6 +150,40 @@ async function main(argv: string[]): Promise<void> {
       cryptoVerify(null, signingInput, publicKey, signature) ? 'ok' : 'bad',
     ),
   );
+  // The handler: a stand-in session (replies counted), the real audit log on the same database.
+  const session = Object.assign(new EventEmitter(), {
+    connected: true,
+    subscribe: async () => undefined,
+    publish: (_t: string, _p: string | Buffer, _o: unknown, cb?: (e?: Error) => void) => cb?.(),
+  });
+  const silent = pino({ level: 'silent' });
+  const audit = new AuditLog({ db, deviceId, deviceKey: await loadOrCreateDeviceKey(stateDir), publish: () => undefined, logger: silent });
+  const folder = new RefusalFolder({ audit, windowMs: 60_000, repliesPerWindow: 20, logger: silent });
+  const ok = () => ({ ok: true as const });
+  const handlerFor = (refusals: RefusalFolder | undefined) =>
+    new CommandHandler({
+      topic: 'cmd',
+      session: session as never,
+      verifier,
+      audit,
+      executors: { 'record.start': ok, 'record.stop': ok, 'stream.start': ok, 'stream.stop': ok },
+      ...(refusals ? { refusals, maxPending: 64 } : {}),
+      logger: silent,
+    });
+  const props = { properties: { responseTopic: 'fleet/replies', correlationData: Buffer.from('c') } };
+  const throughHandler = (handler: CommandHandler, expectSeqGrowth: (grew: number) => string) => async (b: Buffer) => {
+    const before = audit.head().seq;
+    handler.start();
+    session.emit('message', 'cmd', b, props);
+    await handler.stop(); // waits for the handler's queue
+    return expectSeqGrowth(audit.head().seq - before);
+  };
+  const junk = Array.from({ length: n }, (_, i) => Buffer.from(`{"token":"junk-${i}"}`));
+  rows.push(await timeRow('handler, junk command: every refusal audited in full (before folding)', 'audited', junk, throughHandler(handlerFor(undefined), (g) => (g === 1 ? 'audited' : `grew ${g}`))));
+  rows.push(await timeRow('handler, junk command: refusals folded (this change)', 'folded', junk.slice(1), throughHandler(handlerFor(folder), (g) => (g <= 1 ? 'folded' : `grew ${g}`))));
+  nowMs = Date.now();
+  rows.push(await timeRow('handler, accepted record.start after folded refusals (summary flush + audit)', 'accepted', fresh('record.start', n), throughHandler(handlerFor(folder), (g) => (g >= 1 ? 'accepted' : 'not audited'))));
+  audit.stop();
   const replayRows = (db.prepare('SELECT count(*) AS c FROM command_replay').get() as { c: number }).c;
   db.close();
   const fs = fsType(stateDir);

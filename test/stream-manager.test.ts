@@ -22,6 +22,7 @@ import { hostAddresses, IceConfigError, resolveIce, type ResolvedIce } from '../
 import { inspectOffer, OfferError } from '../src/stream/offer.ts';
 import { StreamSession, type SessionLinkState } from '../src/stream/session.ts';
 import { StreamManager, type LiveSession, type OpenSession } from '../src/stream/stream-manager.ts';
+import { newSessionId } from '../src/stream/session-id.ts';
 import type { DeviceStateDoc } from '../src/state/device-state.ts';
 import { openDatabase } from '../src/store/database.ts';
 import { makeCommand, makeIssuer, sdpOffer, testPolicy, trustStoreJwks } from './helpers/command-tokens.ts';
@@ -537,6 +538,8 @@ t.test('ICE answers: the signalling verifies the token before the manager sees i
   const deviceKey = await loadOrCreateDeviceKey(dir);
   const answers: IceAnswer[] = [];
   const refusals: string[] = [];
+  // Session ids of the shape the camera mints: any other is refused before the payload is read.
+  const [s1, s2] = [newSessionId(), newSessionId()];
   const signalling = new IceSignalling({
     session: session as never,
     topic: (suffix) => `bwc/v1/cam-1/${suffix}`,
@@ -557,10 +560,10 @@ t.test('ICE answers: the signalling verifies the token before the manager sees i
   signalling.start();
   t.teardown(() => signalling.stop());
 
-  signalling.publishOffer('s-1', 3, answerSdp('AA:BB'), 'network_changed');
-  t.equal(published[0]!.topic, 'bwc/v1/cam-1/stream/s-1/ice-offer');
+  signalling.publishOffer(s1, 3, answerSdp('AA:BB'), 'network_changed');
+  t.equal(published[0]!.topic, `bwc/v1/cam-1/stream/${s1}/ice-offer`);
   const offerClaims = await verifyIceOffer(JSON.parse(published[0]!.payload), deviceKey.publicJwk);
-  t.match(offerClaims, { sid: 's-1', gen: 3, cause: 'network_changed' }, 'the viewer can check the camera signed its offer');
+  t.match(offerClaims, { sid: s1, gen: 3, cause: 'network_changed' }, 'the viewer can check the camera signed its offer');
   const otherDevice = await loadOrCreateDeviceKey(await mkdtemp(path.join(os.tmpdir(), 'bwc-ice-')));
   await t.rejects(verifyIceOffer(JSON.parse(published[0]!.payload), otherDevice.publicJwk), /not signed by the camera/);
   await t.rejects(verifyIceOffer({ ...JSON.parse(published[0]!.payload), offer: 'v=0\r\nother' }, deviceKey.publicJwk), /does not match/);
@@ -575,31 +578,35 @@ t.test('ICE answers: the signalling verifies the token before the manager sees i
     bus.emit('message', `bwc/v1/cam-1/stream/${sid}/ice-answer`, Buffer.from(typeof payload === 'string' ? payload : JSON.stringify(payload)), {});
     await new Promise((res) => setTimeout(res, 50));
   };
-  const good = await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: 's-1', generation: 3, answer, operator: 'sgt-7' });
-  await send('s-1', { token: good, answer });
-  t.match(answers, [{ sid: 's-1', generation: 3, answer, operator: 'sgt-7' }], 'a good answer reaches the manager');
+  const good = await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: s1, generation: 3, answer, operator: 'sgt-7' });
+  await send(s1, { token: good, answer });
+  t.match(answers, [{ sid: s1, generation: 3, answer, operator: 'sgt-7' }], 'a good answer reaches the manager');
 
   const cases: [string, unknown, string][] = [
     ['not JSON', '{', 'malformed'],
     ['an extra member', { token: good, answer, offer: 'x' }, 'malformed'],
     ['another answer than signed', { token: good, answer: answerSdp('CC:DD') }, 'answer_mismatch'],
-    ['an outsider key', { token: await signIceAnswer({ keyFile: await keyFile(outsider), device: 'cam-1', sid: 's-1', generation: 3, answer }), answer }, 'unknown_key'],
-    ['a key not trusted for live views', { token: await signIceAnswer({ keyFile: await keyFile(viewerOnly), device: 'cam-1', sid: 's-1', generation: 3, answer }), answer }, 'action_not_permitted'],
-    ['another device', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-2', sid: 's-1', generation: 3, answer }), answer }, 'wrong_device'],
-    ['expired', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: 's-1', generation: 3, answer, ttlS: -120 }), answer }, 'expired'],
-    ['too long-lived', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: 's-1', generation: 3, answer, ttlS: 3600 }), answer }, 'too_long_lived'],
-    ['a command token', { token: await makeCommand({ issuer, deviceId: 'cam-1', action: 'stream.stop', overrides: { sid: 's-1' } }).token, answer }, 'wrong_type'],
+    ['an outsider key', { token: await signIceAnswer({ keyFile: await keyFile(outsider), device: 'cam-1', sid: s1, generation: 3, answer }), answer }, 'unknown_key'],
+    ['a key not trusted for live views', { token: await signIceAnswer({ keyFile: await keyFile(viewerOnly), device: 'cam-1', sid: s1, generation: 3, answer }), answer }, 'action_not_permitted'],
+    ['another device', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-2', sid: s1, generation: 3, answer }), answer }, 'wrong_device'],
+    ['expired', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: s1, generation: 3, answer, ttlS: -120 }), answer }, 'expired'],
+    ['too long-lived', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: s1, generation: 3, answer, ttlS: 3600 }), answer }, 'too_long_lived'],
+    ['a command token', { token: await makeCommand({ issuer, deviceId: 'cam-1', action: 'stream.stop', overrides: { sid: s1 } }).token, answer }, 'wrong_type'],
   ];
   for (const [what, payload, code] of cases) {
-    await send('s-1', payload);
+    await send(s1, payload);
     t.equal(refusals.at(-1), code, what);
   }
-  await send('s-2', { token: good, answer });
+  await send(s2, { token: good, answer });
   t.equal(refusals.at(-1), 'wrong_session', 'a token for one session published on another\'s topic');
   const [h, p] = good.split('.');
-  await send('s-1', { token: `${h}.${p}.${Buffer.alloc(64).toString('base64url')}`, answer });
+  await send(s1, { token: `${h}.${p}.${Buffer.alloc(64).toString('base64url')}`, answer });
   t.equal(refusals.at(-1), 'bad_signature', 'a forged signature');
   t.equal(answers.length, 1, 'nothing refused reached the manager');
+  await send('s-1', { token: good, answer });
+  t.equal(refusals.at(-1), 'bad_sid', 'a topic whose sid is not of the shape the camera mints');
+  await send('x'.repeat(60_000), '{');
+  t.equal(refusals.at(-1), 'bad_sid', 'nor a 60 KB one');
 });
 
 t.test('network watcher: a change of address is noticed once, whatever the order', async (t) => {

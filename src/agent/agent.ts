@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { AuditLog } from '../audit/audit-log.ts';
+import { RefusalFolder } from '../audit/refusal-summary.ts';
 import { CaptureSupervisor, type CaptureHealth } from '../capture/supervisor.ts';
 import { createFirmwareBridge, SimBackend } from '../firmware/create-bridge.ts';
 import { FirmwareExtension } from '../firmware/firmware-extension.ts';
@@ -12,7 +13,7 @@ import { NetworkWatcher } from '../net/network-watcher.ts';
 import { IceSignalling } from '../stream/ice-signalling.ts';
 import { bufferDirOf, evidenceDirOf } from '../recording/layout.ts';
 import { Recorder, type RecordResult } from '../recording/recorder.ts';
-import { CommandHandler, type ActionExecutor } from '../command/command-handler.ts';
+import { CommandHandler, responseTopicProblem, type ActionExecutor } from '../command/command-handler.ts';
 import { SystemClock, type CommandClock } from '../command/clock.ts';
 import { ReplayCache } from '../command/replay-cache.ts';
 import { TrustStore } from '../command/trust-store.ts';
@@ -25,6 +26,7 @@ import { FleetLink } from '../link/fleet-link.ts';
 import { Outbox } from '../link/outbox.ts';
 import { DeviceState, type CaptureState } from '../state/device-state.ts';
 import { openDatabase, type Db } from '../store/database.ts';
+import { StorageReserve } from '../store/storage-reserve.ts';
 import { ServiceNotifier } from '../systemd/service-notifier.ts';
 import { GpsExtension } from '../telemetry/gps-extension.ts';
 import { HealthExtension } from '../telemetry/health-extension.ts';
@@ -66,6 +68,7 @@ export class Agent {
   readonly #deviceKey: DeviceKey;
   readonly #capture: CaptureSupervisor;
   readonly #recorder: Recorder;
+  readonly #refusals: RefusalFolder;
   #started: Extension[] = [];
   #statePublishTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
@@ -92,7 +95,8 @@ export class Agent {
     this.#deviceKey = parts.deviceKey;
     this.#logger = logger;
     this.#db = openDatabase({ stateDir: config.stateDir });
-    this.#outbox = new Outbox({ db: this.#db, maxMessages: config.outbox.maxMessages, logger });
+    const reserve = new StorageReserve({ path: config.stateDir, percent: config.recording.evidenceReservePercent });
+    this.#outbox = new Outbox({ db: this.#db, maxMessages: config.outbox.maxMessages, reserve, logger });
     this.#state = new DeviceState({ deviceId: config.deviceId, agentVersion });
     this.#link = new FleetLink({ config, outbox: this.#outbox, logger, offlineState: (reason) => this.#state.offline(reason) });
     this.#control = new ControlServer({ path: path.join(config.stateDir, 'control.sock'), logger });
@@ -122,6 +126,14 @@ export class Agent {
       publish: (message) => this.#link.send('audit', message),
       checkpointEvery: config.audit.checkpointEvery,
       checkpointIntervalMs: config.audit.checkpointInterval * 1000,
+      logger,
+    });
+    // One folder for every refusal an unauthenticated publisher can cause (cmd, ice-answer).
+    this.#refusals = new RefusalFolder({
+      audit: this.#audit,
+      windowMs: config.commands.refusalWindow * 1000,
+      repliesPerWindow: config.commands.refusalReplies,
+      reserve,
       logger,
     });
     // Made before the capture and the verifier, which hand it packets and ask its count; the
@@ -156,6 +168,7 @@ export class Agent {
       maxPayloadBytes: config.commands.maxPayloadBytes,
       onAnswer: (answer) => stream.acceptRestartAnswer(answer),
       onRefused: (refusal) => stream.restartAnswerRefused(refusal),
+      refusals: this.#refusals,
       logger,
     });
     // A modem that reconnects comes back on a new address: the broker connection is dead (but
@@ -246,6 +259,9 @@ export class Agent {
         'stream.start': (command) => stream.startStream(command),
         'stream.stop': (command) => stream.stopStream(command),
       },
+      refusals: this.#refusals,
+      maxPending: config.commands.maxPending,
+      responseTopicProblem: (topic) => responseTopicProblem(topic, config.mqtt.topicRoot, config.commands.replyTopicPrefixes),
       logger,
     });
     const bridge = createFirmwareBridge(config.firmware, logger);
@@ -342,6 +358,7 @@ export class Agent {
       }
     }
     this.#started = [];
+    this.#refusals.stop();
     this.#audit.append({ type: 'agent.stop', detail: { reason } });
     this.#audit.stop();
     this.#link.send('event', { type: 'agent.stopping', time: new Date().toISOString(), reason });

@@ -2,9 +2,15 @@
 // audit trail BEFORE anything acts on it, runs the authorised ones and answers each on the MQTT 5
 // Response Topic with the requester's Correlation Data. Commands are handled one at a time, so
 // the replay cache and the concurrent-stream count see a consistent picture.
+//
+// Hostile input from anyone who may publish on `cmd` is bounded: at most `maxPending` commands
+// wait (the rest are refused `overloaded` at once), repeated refusals are folded into counted
+// summaries (src/audit/refusal-summary.ts) instead of one audit row each, and a Response Topic
+// under the topic root (the camera's own or another device's topics) is refused, never published to.
 import type { IPublishPacket } from 'mqtt';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/audit-log.ts';
+import type { RefusalFolder } from '../audit/refusal-summary.ts';
 import type { MqttSession } from '../link/mqtt-session.ts';
 import type { AuthorisedCommand } from './authorised-command.ts';
 import type { CommandAction } from './types.ts';
@@ -22,6 +28,29 @@ export interface CommandHandlerOptions {
   audit: Pick<AuditLog, 'append'>;
   executors: Record<CommandAction, ActionExecutor>;
   logger: Logger;
+  /** Folds repeated refusals; without one every refusal is audited in full and answered. */
+  refusals?: Pick<RefusalFolder, 'refused' | 'flush'>;
+  /** Most commands waiting to be handled; one more is refused `overloaded`. Default: no bound. */
+  maxPending?: number;
+  /** Why a Response Topic is refused (see responseTopicProblem), or undefined if it may be used. */
+  responseTopicProblem?: (topic: string) => string | undefined;
+}
+
+/** Longest part of a hostile Response Topic kept in the audit. */
+const auditedTopicChars = 256;
+
+/**
+ * A Response Topic the camera must not publish to: anything under `<topicRoot>/` (its own
+ * `audit`, `state`... or another device's) unless under one of `allowedPrefixes`, and anything
+ * that is not a plain topic name ($-topics, wildcards, empty levels are not replies).
+ */
+export function responseTopicProblem(topic: string, topicRoot: string, allowedPrefixes: readonly string[]): string | undefined {
+  if (topic.startsWith('$') || /[#+\u0000]/.test(topic)) return 'a Response Topic may not start with "$" or hold wildcards';
+  if (allowedPrefixes.some((p) => topic.startsWith(p))) return undefined;
+  if (topic === topicRoot || topic.startsWith(`${topicRoot}/`)) {
+    return `Response Topic is under the topic root "${topicRoot}/" and not under commands.replyTopicPrefixes`;
+  }
+  return undefined;
 }
 
 export class CommandHandler {
@@ -30,11 +59,23 @@ export class CommandHandler {
   readonly #logger: Logger;
   #queue: Promise<void> = Promise.resolve();
   #handled = 0;
+  #pending = 0;
   readonly #onMessage = (topic: string, payload: Buffer, packet: IPublishPacket) => {
     if (topic !== this.#options.topic) return;
-    this.#queue = this.#queue.then(() => this.#handle(payload, packet)).catch((err: unknown) => {
-      this.#logger.error({ err }, 'command handling failed');
-    });
+    // The queue is a promise chain: without a bound a flood would hold every payload in memory.
+    if (this.#pending >= (this.#options.maxPending ?? Infinity)) {
+      this.#overloaded(payload, packet);
+      return;
+    }
+    this.#pending += 1;
+    this.#queue = this.#queue
+      .then(() => this.#handle(payload, packet))
+      .catch((err: unknown) => {
+        this.#logger.error({ err }, 'command handling failed');
+      })
+      .finally(() => {
+        this.#pending -= 1;
+      });
   };
   readonly #onConnected = () => {
     // A persistent session keeps the subscription, but a broker that lost its state would not:
@@ -72,36 +113,55 @@ export class CommandHandler {
     this.#handled += 1;
     const responseTopic = packet.properties?.responseTopic;
     const correlationData = packet.properties?.correlationData;
+    const topicProblem = responseTopic === undefined ? undefined : this.#options.responseTopicProblem?.(responseTopic);
+    if (topicProblem !== undefined) {
+      // Not verified, not acted on, not answered: a reply there would be the camera writing on
+      // its own audit or state topic (or another device's) in its own name.
+      this.#refuse('response_topic_refused', payload.length, undefined, () => {
+        this.#options.audit.append({
+          type: 'command.decision',
+          decision: 'rejected',
+          code: 'response_topic_refused',
+          detail: { message: topicProblem, responseTopic: responseTopic!.slice(0, auditedTopicChars), responseTopicBytes: Buffer.byteLength(responseTopic!), bytes: payload.length },
+        });
+        this.#logger.warn({ code: 'response_topic_refused', responseTopic: responseTopic!.slice(0, auditedTopicChars), reason: topicProblem }, 'command rejected');
+      });
+      return;
+    }
     const verdict = await this.#options.verifier.verify(payload);
 
     if (!verdict.ok) {
       const a = verdict.audit;
-      this.#options.audit.append({
-        type: 'command.decision',
-        operator: a.operator ?? null,
-        action: a.action ?? null,
-        reason: a.reason ?? null,
-        decision: 'rejected',
-        code: verdict.code,
-        tokenDigest: verdict.tokenDigest ?? null,
-        // Only signature-verified claims are recorded as claims; header fields of a token that did
-        // not verify are kept apart, marked as the attacker-controlled values they are.
-        detail: {
-          verified: a.verified,
-          issuer: a.issuer ?? null,
-          jti: a.jti ?? null,
-          kid: a.kid ?? null,
-          unverifiedHeader: a.unverified ?? null,
-          message: verdict.message,
-          bytes: payload.length,
-        },
+      const reply = { ok: false, code: verdict.code, message: verdict.message };
+      this.#refuse(verdict.code, payload.length, () => this.#reply(responseTopic, correlationData, reply), () => {
+        this.#options.audit.append({
+          type: 'command.decision',
+          operator: a.operator ?? null,
+          action: a.action ?? null,
+          reason: a.reason ?? null,
+          decision: 'rejected',
+          code: verdict.code,
+          tokenDigest: verdict.tokenDigest ?? null,
+          // Only signature-verified claims are recorded as claims; header fields of a token that did
+          // not verify are kept apart, marked as the attacker-controlled values they are.
+          detail: {
+            verified: a.verified,
+            issuer: a.issuer ?? null,
+            jti: a.jti ?? null,
+            kid: a.kid ?? null,
+            unverifiedHeader: a.unverified ?? null,
+            message: verdict.message,
+            bytes: payload.length,
+          },
+        });
+        this.#logger.warn({ code: verdict.code, reason: verdict.message, operator: a.operator, action: a.action }, 'command rejected');
       });
-      this.#logger.warn({ code: verdict.code, reason: verdict.message, operator: a.operator, action: a.action }, 'command rejected');
-      this.#reply(responseTopic, correlationData, { ok: false, code: verdict.code, message: verdict.message });
       return;
     }
 
     const command = verdict.command;
+    // Folded refusals are summarised before an accepted command, so the audit reads in order.
+    this.#options.refusals?.flush();
     this.#options.audit.append({
       type: 'command.decision',
       operator: command.operator,
@@ -134,6 +194,37 @@ export class CommandHandler {
       this.#logger.warn({ action: command.action, code: result.code, reason: result.message }, 'authorised command could not be carried out');
     }
     this.#reply(responseTopic, correlationData, result);
+  }
+
+  /**
+   * A refusal: audited in full (`auditInFull`, which also logs), or folded into the next summary;
+   * answered (`reply`) while the window's reply budget lasts.
+   */
+  #refuse(code: string, bytes: number, reply: (() => void) | undefined, auditInFull: () => void): void {
+    const folder = this.#options.refusals;
+    if (!folder) {
+      auditInFull();
+      reply?.();
+      return;
+    }
+    const outcome = folder.refused('cmd', code, bytes, auditInFull);
+    if (outcome.reply) reply?.();
+  }
+
+  #overloaded(payload: Buffer, packet: Pick<IPublishPacket, 'properties'>): void {
+    this.#handled += 1;
+    const message = `more than ${this.#options.maxPending} commands are waiting (commands.maxPending); try again`;
+    const responseTopic = packet.properties?.responseTopic;
+    const allowed = responseTopic !== undefined && this.#options.responseTopicProblem?.(responseTopic) === undefined;
+    const reply = allowed ? () => this.#reply(responseTopic, packet.properties?.correlationData, { ok: false, code: 'overloaded', message }) : undefined;
+    try {
+      this.#refuse('overloaded', payload.length, reply, () => {
+        this.#options.audit.append({ type: 'command.decision', decision: 'rejected', code: 'overloaded', detail: { message, bytes: payload.length } });
+        this.#logger.warn({ code: 'overloaded', pending: this.#pending }, 'command rejected');
+      });
+    } catch (err) {
+      this.#logger.error({ err: (err as Error).message }, 'overloaded command could not be audited');
+    }
   }
 
   #reply(topic: string | undefined, correlationData: Buffer | undefined, body: object): void {

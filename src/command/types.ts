@@ -29,6 +29,13 @@ export const rejectionCodes = [
 ] as const;
 export type RejectionCode = (typeof rejectionCodes)[number];
 
+/**
+ * Refusals by the command handler itself, before the verifier sees the payload: too many
+ * commands waiting (commands.maxPending), or a Response Topic the camera must not publish to.
+ */
+export const handlerRejectionCodes = ['overloaded', 'response_topic_refused'] as const;
+export type HandlerRejectionCode = (typeof handlerRejectionCodes)[number];
+
 export const defaultReasonCodes = [
   'officer-safety',
   'public-safety',

@@ -116,6 +116,25 @@ export const configSchema = z.strictObject({
           'When the device clock is not known to be synchronised (no systemd-timesyncd sync flag): refuse commands (clock_unsynchronised), or accept them with the fact in the audit.',
       }),
       maxPayloadBytes: z.number().int().min(1024).max(1_048_576).default(65_536).meta({ description: 'Largest command payload considered (token and SDP offer).', unit: 'bytes' }),
+      maxPending: z.number().int().min(1).max(10_000).default(64).meta({
+        description: 'Commands waiting to be handled at once; one more is refused at once (`overloaded`, folded like any refusal), so a flood cannot grow memory.',
+      }),
+      refusalWindow: seconds(
+        'Refusal folding window: the first refusal of a source and code in it is audited in full, the rest are counted into one `refusals.summarised` entry at its end (or at the next accepted command, or at stop).',
+        1,
+        3600,
+        60,
+      ),
+      refusalReplies: z.number().int().min(0).max(10_000).default(20).meta({
+        description: 'Replies sent per refusal code and window; further refusals of that code get none until the window ends (counted as `unanswered` in the summary).',
+      }),
+      replyTopicPrefixes: z
+        .array(z.string().min(1).regex(/^[^#+\s]+$/, 'a topic prefix without wildcards or spaces'))
+        .default([])
+        .meta({
+          description:
+            'Response Topics under mqtt.topicRoot are refused (`response_topic_refused`, never published to) unless they start with one of these; topics outside the root are allowed.',
+        }),
     })
     .prefault({}),
   capture: captureConfigSchema,
@@ -124,6 +143,11 @@ export const configSchema = z.strictObject({
     .strictObject({
       preEvent: seconds('Seconds of buffered video that become the start of a recording (the pre-event buffer).', 0, 120, 30),
       preEventAudio: z.boolean().default(false).meta({ description: 'Whether the pre-event buffer keeps audio (needs capture.audio); off by default, as the market leader does.' }),
+      evidenceReservePercent: z.number().min(0).max(50).default(5).meta({
+        description:
+          'Share of the state folder\'s file system kept for evidence: below it the outbox (GPS, events, audit copies) holds messages in memory and refusals are only counted, while segments and the audit entries of recordings and live views may use it. 0 turns it off.',
+        unit: '%',
+      }),
     })
     .prefault({}),
   firmware: z

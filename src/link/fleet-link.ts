@@ -58,6 +58,7 @@ export class FleetLink {
       passwordFile: config.mqtt.passwordFile,
       tls: config.mqtt.tls,
       will: { topic: this.topic('state'), payload: () => JSON.stringify(this.#offlineState('connection lost')) },
+      maximumPacketSize: maximumInboundPacketBytes(config.commands.maxPayloadBytes),
       outgoingStore: new NonReplayingStore(),
       logger: options.logger,
     });
@@ -164,4 +165,20 @@ export class FleetLink {
       if (err) this.#logger.warn({ channel, err: err.message }, 'retained publish not acknowledged');
     });
   }
+}
+
+/**
+ * Room in an inbound packet besides the payload: the fixed header, the topic (`<root>/<deviceId>/cmd`
+ * or `.../stream/<sid>/ice-answer`, ~150 bytes) and the properties (a Response Topic, Correlation
+ * Data). A request whose topic and properties need more than this is not one the fleet sends.
+ */
+export const inboundPacketHeadroomBytes = 8192;
+
+/**
+ * The MQTT 5 Maximum Packet Size the agent announces. Everything it subscribes to (`cmd`, a
+ * stream.start with its SDP offer included; `stream/+/ice-answer`) is refused above
+ * commands.maxPayloadBytes anyway, so a larger packet is never legitimate.
+ */
+export function maximumInboundPacketBytes(maxPayloadBytes: number): number {
+  return maxPayloadBytes + inboundPacketHeadroomBytes;
 }

@@ -21,6 +21,12 @@ export interface MqttSessionOptions {
   passwordFile?: string | undefined;
   tls?: { caFile?: string | undefined; certFile?: string | undefined; keyFile?: string | undefined; rejectUnauthorized: boolean };
   will: { topic: string; payload: () => string };
+  /**
+   * MQTT 5 Maximum Packet Size sent in CONNECT: the broker must not send this client a larger
+   * packet (it drops the message for this client instead), so a hostile publisher cannot make
+   * the agent read hundreds of MiB into memory. Unset: no limit announced.
+   */
+  maximumPacketSize?: number;
   /** Where mqtt.js keeps unacknowledged QoS 1 publishes (see NonReplayingStore). */
   outgoingStore?: IStore;
   logger: Logger;
@@ -94,7 +100,7 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       reconnectPeriod: 0,
       resubscribe: true,
       queueQoSZero: false,
-      properties: { sessionExpiryInterval: o.sessionExpiryS },
+      properties: { sessionExpiryInterval: o.sessionExpiryS, ...(o.maximumPacketSize === undefined ? {} : { maximumPacketSize: o.maximumPacketSize }) },
       will: { topic: o.will.topic, payload: Buffer.from(o.will.payload()), qos: 1, retain: true },
     };
     if (o.outgoingStore) clientOptions.outgoingStore = o.outgoingStore;

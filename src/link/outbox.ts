@@ -26,6 +26,8 @@ export interface OutboxOptions {
   ackBatch?: number;
   /** ...or once the oldest has waited this long. */
   ackDelayMs?: number;
+  /** The evidence reserve: enqueue throws inside it (the writer then holds and retries). */
+  reserve?: { check(): void };
 }
 
 export interface ThinningReport {
@@ -54,6 +56,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
   readonly #select;
   readonly #delete;
   readonly #enqueueTx;
+  readonly #reserve: { check(): void } | undefined;
 
   constructor(options: OutboxOptions) {
     super();
@@ -62,6 +65,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     this.#maxMessages = options.maxMessages;
     this.#ackBatch = options.ackBatch ?? 256;
     this.#ackDelayMs = options.ackDelayMs ?? 25;
+    this.#reserve = options.reserve;
     const db = this.#db;
     this.#insert = db.prepare<[string, MessageClass, number, Buffer, number]>(
       'INSERT INTO outbox (channel, class, seq, payload, created) VALUES (?, ?, ?, ?, ?)',
@@ -92,6 +96,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
 
   /** Writes the message durably and returns its sequence number on the channel. */
   enqueue(channel: string, body: object, cls: MessageClass): number {
+    this.#reserve?.check();
     const seq = this.#enqueueTx(channel, cls, body, Date.now());
     this.#size += 1;
     if (this.#size > this.#maxMessages) this.#thin();

@@ -11,9 +11,11 @@ import { createHash } from 'node:crypto';
 import type { IPublishPacket } from 'mqtt';
 import { compactVerify, errors as joseErrors } from 'jose';
 import type { Logger } from 'pino';
+import type { RefusalFolder } from '../audit/refusal-summary.ts';
 import type { TrustStore } from '../command/trust-store.ts';
 import type { DeviceKey } from '../keys/device-key.ts';
 import type { MqttSession } from '../link/mqtt-session.ts';
+import { isSessionId } from './session-id.ts';
 
 export const iceOfferTokenType = 'bwc-ice-offer+jwt';
 export const iceAnswerTokenType = 'bwc-ice+jwt';
@@ -34,6 +36,12 @@ export type IceAnswerRefusal =
   | 'expired'
   | 'too_long_lived'
   | 'answer_mismatch';
+
+/**
+ * Why an answer was refused before its payload was read: the topic's sid is not one this camera
+ * mints, or too many answers are already waiting.
+ */
+export type IceTopicRefusal = 'bad_sid' | 'overloaded';
 
 /** An answer whose token verified; the stream manager still checks it against the session. */
 export interface IceAnswer {
@@ -62,12 +70,21 @@ export interface IceSignallingOptions {
   /** A verified answer; the manager applies it or says why not. */
   onAnswer: (answer: IceAnswer) => Promise<IceAnswerOutcome>;
   /** Every answer refused here (forged, expired...), for the audit trail. */
-  onRefused: (refusal: { sid: string; code: IceAnswerRefusal; message: string; tokenDigest: string | undefined }) => void;
+  onRefused: (refusal: { sid: string; code: IceAnswerRefusal | IceTopicRefusal; message: string; tokenDigest: string | undefined }) => void;
+  /** Folds repeated refusals into counted summaries; without one every refusal goes to onRefused. */
+  refusals?: Pick<RefusalFolder, 'refused'>;
   logger: Logger;
 }
 
 // An offer older than this is not worth sending again: the session has ended or moved on.
 const unansweredTtlMs = 30_000;
+
+// Answers waiting to be verified. At most commands.maxConcurrentStreams (8) sessions can be
+// restarting at once, each waiting for one answer: more than this waiting is a flood.
+const maxPendingAnswers = 16;
+
+// How much of a bad sid the audit and the log keep.
+const keptSidChars = 40;
 
 const sha256 = (text: string) => createHash('sha256').update(text, 'utf8').digest('base64url');
 
@@ -87,6 +104,7 @@ export class IceSignalling {
   readonly #answerFilter: string;
   readonly #answerPrefix: string;
   #queue: Promise<void> = Promise.resolve();
+  #pending = 0;
   /**
    * Offers not yet answered, by sid. The network change that called for an offer usually also
    * broke the broker connection, and a publish written to a socket that is going down is lost
@@ -97,7 +115,24 @@ export class IceSignalling {
     if (!topic.startsWith(this.#answerPrefix) || !topic.endsWith('/ice-answer')) return;
     const sid = topic.slice(this.#answerPrefix.length, -'/ice-answer'.length);
     if (sid.includes('/')) return;
-    this.#queue = this.#queue.then(() => this.#handle(sid, payload)).catch((err: unknown) => this.#log.error({ err }, 'ICE answer handling failed'));
+    // Before anything is parsed or written: a sid of another shape (60 KB of junk, say) is
+    // refused by its length and first characters only.
+    if (!isSessionId(sid)) {
+      const message = `the topic's session id is not one this camera mints ("s-" and a UUID): ${Buffer.byteLength(sid)} bytes, starting ${JSON.stringify(sid.slice(0, keptSidChars))}`;
+      this.#refuse(sid.slice(0, keptSidChars), 'bad_sid', message, undefined, payload.length);
+      return;
+    }
+    if (this.#pending >= maxPendingAnswers) {
+      this.#refuse(sid, 'overloaded', `more than ${maxPendingAnswers} ICE answers are waiting`, undefined, payload.length);
+      return;
+    }
+    this.#pending += 1;
+    this.#queue = this.#queue
+      .then(() => this.#handle(sid, payload))
+      .catch((err: unknown) => this.#log.error({ err }, 'ICE answer handling failed'))
+      .finally(() => {
+        this.#pending -= 1;
+      });
   };
   readonly #onConnected = () => {
     this.#o.session.subscribe(this.#answerFilter, 1).catch((err: unknown) => this.#log.error({ err }, 'cannot subscribe to ICE answers'));
@@ -154,13 +189,22 @@ export class IceSignalling {
     let tokenDigest: string | undefined;
     const verdict = await this.#verify(sid, payload, (d) => (tokenDigest = d));
     if (verdict instanceof Refused) {
-      this.#log.warn({ sid, code: verdict.code, reason: verdict.message, tokenDigest }, 'ICE restart answer refused');
-      this.#o.onRefused({ sid, code: verdict.code, message: verdict.message, tokenDigest });
+      this.#refuse(sid, verdict.code, verdict.message, tokenDigest, payload.length);
       return;
     }
     const outcome = await this.#o.onAnswer(verdict);
     if (outcome.ok && this.#unanswered.get(sid)?.generation === verdict.generation) this.#unanswered.delete(sid);
     if (!outcome.ok) this.#log.warn({ sid, code: outcome.code, reason: outcome.message }, 'ICE restart answer not applied');
+  }
+
+  /** The first refusal of its code in a window is logged and audited in full; the rest are counted. */
+  #refuse(sid: string, code: IceAnswerRefusal | IceTopicRefusal, message: string, tokenDigest: string | undefined, bytes: number): void {
+    const inFull = () => {
+      this.#log.warn({ sid, code, reason: message, tokenDigest }, 'ICE restart answer refused');
+      this.#o.onRefused({ sid, code, message, tokenDigest });
+    };
+    if (this.#o.refusals) this.#o.refusals.refused('ice-answer', code, bytes, inFull);
+    else inFull();
   }
 
   async #verify(sid: string, payload: Buffer, digest: (d: string) => void): Promise<IceAnswer | Refused> {

@@ -5,7 +5,6 @@
 // max_s, the viewer gone, a viewer that never connected, capture that does not come back, and
 // agent shutdown. Each start and end is audited with its cause, sent as an event, shown in
 // `state`, and (unless covert mode is configured) felt by the wearer.
-import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/audit-log.ts';
 import type { AuthorisedCommand } from '../command/authorised-command.ts';
@@ -17,6 +16,7 @@ import type { StreamConfig } from './config.ts';
 import { resolveIce, type ResolvedIce } from './ice.ts';
 import type { IceAnswer, IceAnswerOutcome, IceAnswerRefusal } from './ice-signalling.ts';
 import type { SessionLinkState, StreamSessionOptions } from './session.ts';
+import { newSessionId } from './session-id.ts';
 
 /** Why a session ended: in the audit entry, the event and the log. */
 export type StreamEndCause =
@@ -225,7 +225,7 @@ export class StreamManager {
     if (this.#captureDownSince !== undefined) {
       return { ok: false, code: 'capture_unavailable', message: 'the camera is not capturing (see state.capture); try again when it runs' };
     }
-    const sid = `s-${randomUUID()}`;
+    const sid = newSessionId();
     let ice: ResolvedIce;
     let opened: { session: LiveSession; answer: string };
     try {
