@@ -88,6 +88,8 @@ export interface AuditLogOptions {
   deviceId: string;
   deviceKey: DeviceKey;
   publish: (m: AuditMessage) => void;
+  /** Told the new head after every committed entry (the retained state carries it); must not throw. */
+  onHead?: (head: { seq: number; hash: string }) => void;
   /** A checkpoint after this many entries (default 100)... */
   checkpointEvery?: number;
   /** ...and at this interval when there is something new (default 10 min). */
@@ -119,6 +121,7 @@ export class AuditLog {
   readonly #deviceId: string;
   readonly #key: DeviceKey;
   readonly #publish: (m: AuditMessage) => void;
+  readonly #onHead: ((head: { seq: number; hash: string }) => void) | undefined;
   readonly #every: number;
   readonly #logger: Logger;
   readonly #now: () => Date;
@@ -133,6 +136,7 @@ export class AuditLog {
     this.#deviceId = o.deviceId;
     this.#key = o.deviceKey;
     this.#publish = o.publish;
+    this.#onHead = o.onHead;
     this.#every = o.checkpointEvery ?? 100;
     this.#logger = o.logger.child({ module: 'audit' });
     this.#now = o.now ?? (() => new Date());
@@ -189,6 +193,11 @@ export class AuditLog {
     this.#head = { seq, hash };
     const entry: AuditEntry = { ...fields, prevHash, hash };
     this.#send({ kind: 'entry', entry });
+    try {
+      this.#onHead?.({ seq, hash });
+    } catch (err) {
+      this.#logger.error({ err: (err as Error).message, seq }, 'the new audit head could not be passed on');
+    }
     if (seq - this.#checkpointedSeq >= this.#every) {
       try {
         this.checkpoint();
