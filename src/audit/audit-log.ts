@@ -10,7 +10,10 @@
 //   hash          = hex SHA-256 of  prevHash + "\n" + canonicalJson(entry fields)
 //   prevHash      = hash of entry seq-1; 64 "0" for seq 1
 //   checkpoint    = { seq, headHash, time, device, kid }, signature = Ed25519 over its
-//                   canonicalJson, base64url
+//                   canonicalJson, base64url; seq and headHash are the audit head when signed
+//   head          = { seq, hash } of the newest entry, passed to onHead after every append (the
+//                   agent puts it in the retained state as auditHead): the fleet keeps the newest
+//                   and `audit verify --expect-head` finds a rolled-back or forked chain with it
 //   MQTT payload  = { seq: <outbox transport seq>, kind: "entry", entry: { ...fields, prevHash, hash } }
 //                 | { seq: <outbox transport seq>, kind: "checkpoint", checkpoint: { ...checkpoint, signature, publicJwk } }
 // The audit record is nested, not spread into the payload, because the outbox writes
@@ -25,7 +28,7 @@ import { canonicalJson } from './canonical-json.ts';
 
 /** What callers pass to AuditLog.append. */
 export interface AuditRecord {
-  /** e.g. 'command.decision', 'stream.start', 'stream.stop', 'recording.start', 'recording.stop', 'capture.fault', 'config.change', 'agent.start' */
+  /** e.g. 'command.decision', 'stream.start', 'stream.stop', 'recording.start', 'recording.stop', 'recording.sealed', 'capture.fault', 'config.change', 'agent.start' */
   type: string;
   operator?: string | null;
   action?: string | null;

@@ -8,6 +8,11 @@
 //   row_missing        an index row is gone: a gap in the indexes, or a segment the manifest lists
 //   manifest_mismatch  the signed manifest and the index (or manifest.json and the database) differ
 //   bad_signature      a manifest's signature does not verify with the device key, or another key signed it
+//   audit_chain        the audit chain the cross-check below relies on is broken (or rolled back or
+//                      forked against an expected head)
+// Then every recording the audit chain names must be indexed ("missing" names one deleted whole),
+// and a sealed one's manifest must have the SHA-256 its recording.sealed entry holds
+// ("manifest_mismatch": rebuilt and re-signed, e.g. with the device key from the SD card).
 // How a deleted row shows: the file it named is on disk but unindexed; the next row's index jumps
 // (or, renumbered, its prev_sha256 no longer matches); a deleted last row is still listed by the
 // manifest of a closed or interrupted recording, and of an open one the file remains unindexed.
