@@ -342,3 +342,28 @@ t.test('property: at any position, each kind of damage is named at that seq', as
   );
   t.pass('200 random cases');
 });
+
+t.test('an expected head: the fleet copy cut short is a rollback, a different hash a fork, a bad value exit 2', async (t) => {
+  const head = { seq: 47, hash: entryOf(f.messages.filter((m) => m.kind === 'entry').at(-1)!).hash };
+  const whole = verifyAuditMessages(clone(f.messages), { publicJwk: f.key.publicJwk, expectHead: head });
+  t.same([whole.ok, whole.expectedHeadFound], [true, true], 'the whole chain holds the head');
+  // Cut after entry 30 with its checkpoints: consistent on its own.
+  const cut = clone(f.messages).filter((m) => (m.kind === 'entry' ? entryOf(m).seq : m.checkpoint.seq) <= 30);
+  t.ok(verifyAuditMessages(clone(cut), { publicJwk: f.key.publicJwk }).ok, 'the cut copy verifies without a head');
+  const rolledBack = verifyAuditMessages(cut, { publicJwk: f.key.publicJwk, expectHead: head });
+  t.same(rolledBack.firstProblem && [rolledBack.firstProblem.seq, rolledBack.firstProblem.kind], [31, 'rollback']);
+  t.match(rolledBack.firstProblem?.message, 'the chain ends at seq 30 but the fleet saw head seq 47');
+  const forked = verifyAuditMessages(clone(f.messages), { publicJwk: f.key.publicJwk, expectHead: { seq: 40, hash: 'a'.repeat(64) } });
+  t.same(forked.firstProblem && [forked.firstProblem.seq, forked.firstProblem.kind], [40, 'fork']);
+  const cli = await runVerifyCli({ file: await writeCapture(cut), publicKeyFile: f.publicKeyFile, expectHead: `47:${head.hash}` });
+  t.equal(cli.code, 1);
+  t.match(cli.out, /^audit chain BROKEN at seq 31: rollback: /);
+  const ok = await runVerifyCli({ file: await writeCapture(f.messages), publicKeyFile: f.publicKeyFile, expectHead: `47:${head.hash.toUpperCase()}` });
+  t.equal(ok.code, 0);
+  t.match(ok.out, 'the expected head is in the chain');
+  for (const bad of ['47', `0:${head.hash}`, `47:${head.hash.slice(1)}`, `x:${head.hash}`]) {
+    const r = await runVerifyCli({ file: await writeCapture(f.messages), expectHead: bad });
+    t.equal(r.code, 2, `--expect-head ${bad.slice(0, 10)}… is a usage error`);
+    t.match(r.err, /--expect-head: expected SEQ:HASH/);
+  }
+});

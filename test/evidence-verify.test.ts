@@ -68,7 +68,7 @@ t.test('a clean set verifies', async (t) => {
   t.equal(set.open.length, 2 + 2);
   const r = await run(set.stateDir);
   t.equal(r.code, 0, r.out);
-  t.match(r.out, /^evidence OK: 2 recordings, 9 segments, 4608 bytes; manifests signed by kid \S+\n$/);
+  t.match(r.out, /^evidence OK: 2 recordings, 9 segments, 4608 bytes; manifests signed by kid \S+; all 2 recordings the audit trail names are there \(audit head seq \d+\)\n$/);
   t.equal(r.err, '');
 });
 
@@ -222,4 +222,33 @@ t.test('nothing to check: exit 2', async (t) => {
   const r = await run(path.join(path.sep, 'nonexistent-bwc-state'));
   t.equal(r.code, 2);
   t.match(r.err, /bwc-agent evidence verify: cannot open/);
+});
+
+t.test('the audit trail names every recording: one deleted whole is missing, a sealed one un-sealed is a mismatch', async (t) => {
+  {
+    const set = await evidenceSet();
+    rmSync(path.join(set.evidenceDir, 'recordings', set.closedId), { recursive: true });
+    sql(set, 'DELETE FROM evidence_segment WHERE recording_id = ?', set.closedId);
+    sql(set, 'DELETE FROM recording WHERE id = ?', set.closedId);
+    const r = await run(set.stateDir);
+    t.equal(r.code, 1);
+    t.equal(r.out.split('\n')[0], `missing: recording ${set.closedId} recordings/${set.closedId}: the audit trail names this recording (recording.start, seq 1) but the index has no row for it and its folder is gone: the recording was deleted`);
+  }
+  {
+    const set = await evidenceSet();
+    // Back to 'recording' with no manifest: the index's own checks skip an open recording's manifest.
+    sql(set, "UPDATE recording SET status = 'recording', manifest = NULL, manifest_sig = NULL WHERE id = ?", set.closedId);
+    rmSync(path.join(set.evidenceDir, 'recordings', set.closedId, 'manifest.json'));
+    rmSync(path.join(set.evidenceDir, 'recordings', set.closedId, 'manifest.sig'));
+    const r = await run(set.stateDir);
+    t.equal(r.code, 1);
+    t.match(r.out, `manifest_mismatch: recording ${set.closedId}: the audit trail says it was sealed (recording.sealed, seq `);
+  }
+  {
+    const set = await evidenceSet();
+    sql(set, "UPDATE audit_entry SET entry = json_set(entry, '$.operator', 'x') WHERE seq = 2");
+    const r = await run(set.stateDir);
+    t.equal(r.code, 1);
+    t.match(r.out, /^audit_chain: audit trail: the audit trail this check relies on is broken at seq 2: edited: /m);
+  }
 });

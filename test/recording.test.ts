@@ -10,7 +10,7 @@ import { defaultReasonCodes, type CommandAction } from '../src/command/types.ts'
 import { CommandVerifier } from '../src/command/verifier.ts';
 import { verifyDeviceSignature } from '../src/keys/device-key.ts';
 import { parseSegmentFileName, segmentFileName } from '../src/recording/layout.ts';
-import type { Manifest, RecordingRow, SegmentRow } from '../src/recording/manifest.ts';
+import { manifestDigest, type Manifest, type RecordingRow, type SegmentRow } from '../src/recording/manifest.ts';
 import { Recorder, type RecorderOptions, type RecorderStatus } from '../src/recording/recorder.ts';
 import { verifyEvidence } from '../src/recording/verify.ts';
 import { makeCommand, makeIssuer, trustStoreJwks } from './helpers/command-tokens.ts';
@@ -283,7 +283,8 @@ t.test('restart after a crash while recording: interrupted, recovered files inde
   t.equal(m.status, 'interrupted');
   t.equal(m.segments.length, 7);
   t.same(rig.events.map((e) => e.type), ['recording.interrupted', 'recording.sealed_interrupted']);
-  t.match(rig.auditEntries().at(-1), { type: 'recording.interrupted', detail: { recordingId: firstId, stopRequested: false } });
+  t.match(rig.auditEntries().at(-2), { type: 'recording.interrupted', detail: { recordingId: firstId, stopRequested: false } });
+  t.match(rig.auditEntries().at(-1), { type: 'recording.sealed', detail: { recordingId: firstId, status: 'interrupted', segments: 7, manifestSha256: manifestDigest(old!.manifest!) } });
   t.equal(rig.recorder.status().recording, false, 'nothing runs before capture does');
 
   rig.recorder.captureRunning(true);

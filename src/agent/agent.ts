@@ -66,6 +66,7 @@ export class Agent {
   readonly #extensions: Extension[];
   readonly #audit: AuditLog;
   readonly #deviceKey: DeviceKey;
+  readonly #trustStore: TrustStore;
   readonly #capture: CaptureSupervisor;
   readonly #recorder: Recorder;
   readonly #refusals: RefusalFolder;
@@ -93,6 +94,7 @@ export class Agent {
     const { config, logger } = options;
     this.config = config;
     this.#deviceKey = parts.deviceKey;
+    this.#trustStore = parts.trustStore;
     this.#logger = logger;
     this.#db = openDatabase({ stateDir: config.stateDir });
     const reserve = new StorageReserve({ path: config.stateDir, percent: config.recording.evidenceReservePercent });
@@ -126,6 +128,9 @@ export class Agent {
       publish: (message) => this.#link.send('audit', message),
       checkpointEvery: config.audit.checkpointEvery,
       checkpointIntervalMs: config.audit.checkpointInterval * 1000,
+      // The fleet keeps the newest head it saw and checks a camera's chain against it
+      // (`audit verify --expect-head`): an older database put back, or a cut tail, shows.
+      onHead: (head) => this.#state.update({ auditHead: head }),
       logger,
     });
     // One folder for every refusal an unauthenticated publisher can cause (cmd, ice-answer).
@@ -136,6 +141,7 @@ export class Agent {
       reserve,
       logger,
     });
+    this.#state.update({ auditHead: this.#audit.head() }, { silent: true });
     // Made before the capture and the verifier, which hand it packets and ask its count; the
     // capture and the firmware it drives are made later, so it reaches them through closures.
     const stream: StreamManager = new StreamManager({
@@ -371,14 +377,17 @@ export class Agent {
 
   /** Audits the start, and a configuration change when the effective settings differ from last time. */
   #auditStart(): void {
-    const configDigest = createHash('sha256').update(JSON.stringify(this.config)).digest('base64url');
+    // The config names the trust store by path only; its digest goes in too, so a changed trust
+    // store file (other kids, other bwc_actions) is a config.change like any other setting.
+    const trustStore = { digest: this.#trustStore.digest(), kids: this.#trustStore.kids().sort(), revoked: this.#trustStore.revokedKids() };
+    const configDigest = createHash('sha256').update(JSON.stringify({ config: this.config, trustStoreDigest: trustStore.digest })).digest('base64url');
     const last = this.#db
       .prepare("SELECT json_extract(entry, '$.detail.configDigest') AS digest FROM audit_entry WHERE json_extract(entry, '$.type') = 'agent.start' ORDER BY seq DESC LIMIT 1")
       .get() as { digest: string | null } | undefined;
     if (last && last.digest !== configDigest) {
       this.#audit.append({ type: 'config.change', detail: { previousDigest: last.digest, configDigest } });
     }
-    this.#audit.append({ type: 'agent.start', detail: { version: agentVersion, configDigest, deviceKid: this.#deviceKey.kid } });
+    this.#audit.append({ type: 'agent.start', detail: { version: agentVersion, configDigest, deviceKid: this.#deviceKey.kid, trustStore } });
   }
 
   #scheduleStatePublish(): void {

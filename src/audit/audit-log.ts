@@ -10,7 +10,10 @@
 //   hash          = hex SHA-256 of  prevHash + "\n" + canonicalJson(entry fields)
 //   prevHash      = hash of entry seq-1; 64 "0" for seq 1
 //   checkpoint    = { seq, headHash, time, device, kid }, signature = Ed25519 over its
-//                   canonicalJson, base64url
+//                   canonicalJson, base64url; seq and headHash are the audit head when signed
+//   head          = { seq, hash } of the newest entry, passed to onHead after every append (the
+//                   agent puts it in the retained state as auditHead): the fleet keeps the newest
+//                   and `audit verify --expect-head` finds a rolled-back or forked chain with it
 //   MQTT payload  = { seq: <outbox transport seq>, kind: "entry", entry: { ...fields, prevHash, hash } }
 //                 | { seq: <outbox transport seq>, kind: "checkpoint", checkpoint: { ...checkpoint, signature, publicJwk } }
 // The audit record is nested, not spread into the payload, because the outbox writes
@@ -25,7 +28,7 @@ import { canonicalJson } from './canonical-json.ts';
 
 /** What callers pass to AuditLog.append. */
 export interface AuditRecord {
-  /** e.g. 'command.decision', 'stream.start', 'stream.stop', 'recording.start', 'recording.stop', 'capture.fault', 'config.change', 'agent.start' */
+  /** e.g. 'command.decision', 'stream.start', 'stream.stop', 'recording.start', 'recording.stop', 'recording.sealed', 'capture.fault', 'config.change', 'agent.start' */
   type: string;
   operator?: string | null;
   action?: string | null;
@@ -88,6 +91,8 @@ export interface AuditLogOptions {
   deviceId: string;
   deviceKey: DeviceKey;
   publish: (m: AuditMessage) => void;
+  /** Told the new head after every committed entry (the retained state carries it); must not throw. */
+  onHead?: (head: { seq: number; hash: string }) => void;
   /** A checkpoint after this many entries (default 100)... */
   checkpointEvery?: number;
   /** ...and at this interval when there is something new (default 10 min). */
@@ -119,6 +124,7 @@ export class AuditLog {
   readonly #deviceId: string;
   readonly #key: DeviceKey;
   readonly #publish: (m: AuditMessage) => void;
+  readonly #onHead: ((head: { seq: number; hash: string }) => void) | undefined;
   readonly #every: number;
   readonly #logger: Logger;
   readonly #now: () => Date;
@@ -133,6 +139,7 @@ export class AuditLog {
     this.#deviceId = o.deviceId;
     this.#key = o.deviceKey;
     this.#publish = o.publish;
+    this.#onHead = o.onHead;
     this.#every = o.checkpointEvery ?? 100;
     this.#logger = o.logger.child({ module: 'audit' });
     this.#now = o.now ?? (() => new Date());
@@ -189,6 +196,11 @@ export class AuditLog {
     this.#head = { seq, hash };
     const entry: AuditEntry = { ...fields, prevHash, hash };
     this.#send({ kind: 'entry', entry });
+    try {
+      this.#onHead?.({ seq, hash });
+    } catch (err) {
+      this.#logger.error({ err: (err as Error).message, seq }, 'the new audit head could not be passed on');
+    }
     if (seq - this.#checkpointedSeq >= this.#every) {
       try {
         this.checkpoint();

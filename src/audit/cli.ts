@@ -7,13 +7,15 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import type { JWK } from 'jose';
 import { deviceKeyFile } from '../keys/device-key.ts';
-import { verifyAuditCapture, verifyAuditDatabase, type AuditVerifyResult } from './verify.ts';
+import { parseAuditHead, verifyAuditCapture, verifyAuditDatabase, type AuditHead, type AuditVerifyOptions, type AuditVerifyResult } from './verify.ts';
 
 export interface AuditVerifyArgs {
   stateDir?: string;
   file?: string;
   /** The device's registered public key: a JWK (JSON, or JSON with a `publicJwk` member) or a PEM. */
   publicKeyFile?: string;
+  /** `SEQ:HASH`, the newest audit head the fleet saw (state.auditHead): a rollback or fork fails. */
+  expectHead?: string;
 }
 
 class UsageProblem extends Error {}
@@ -21,6 +23,14 @@ class UsageProblem extends Error {}
 export async function auditVerifyCommand(args: AuditVerifyArgs, out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
   try {
     if ((args.stateDir === undefined) === (args.file === undefined)) throw new UsageProblem('audit verify needs exactly one of --state-dir DIR or --file CAPTURE');
+    let expectHead: AuditHead | undefined;
+    if (args.expectHead !== undefined) {
+      try {
+        expectHead = parseAuditHead(args.expectHead);
+      } catch (e) {
+        throw new UsageProblem(`--expect-head: ${(e as Error).message}`);
+      }
+    }
     let publicJwk = args.publicKeyFile === undefined ? undefined : readPublicKey(args.publicKeyFile);
     let result: AuditVerifyResult;
     let keySource = args.publicKeyFile === undefined ? '' : ` (${path.basename(args.publicKeyFile)})`;
@@ -34,7 +44,7 @@ export async function auditVerifyCommand(args: AuditVerifyArgs, out: NodeJS.Writ
           keySource = ' (key read from the state folder)';
         }
       }
-      result = verifyDatabaseFile(path.join(args.stateDir, 'agent.db'), publicJwk);
+      result = verifyDatabaseFile(path.join(args.stateDir, 'agent.db'), { ...(publicJwk ? { publicJwk } : {}), ...(expectHead ? { expectHead } : {}) });
     } else {
       let text: string;
       try {
@@ -43,7 +53,7 @@ export async function auditVerifyCommand(args: AuditVerifyArgs, out: NodeJS.Writ
         throw new UsageProblem(`cannot read ${args.file}: ${(e as Error).message}`);
       }
       if (!publicJwk) keySource = ' (the key the checkpoints carry: compare it with the device\'s registered key)';
-      result = verifyAuditCapture(text, publicJwk ? { publicJwk } : {});
+      result = verifyAuditCapture(text, { ...(publicJwk ? { publicJwk } : {}), ...(expectHead ? { expectHead } : {}) });
     }
     out.write(`${summary(result, keySource)}\n`);
     return result.ok ? 0 : 1;
@@ -53,7 +63,7 @@ export async function auditVerifyCommand(args: AuditVerifyArgs, out: NodeJS.Writ
   }
 }
 
-function verifyDatabaseFile(file: string, publicJwk: JWK | undefined): AuditVerifyResult {
+function verifyDatabaseFile(file: string, opts: AuditVerifyOptions): AuditVerifyResult {
   let db: Database.Database;
   try {
     // Read-only and no migrations: the verifier must not change what it is checking.
@@ -62,7 +72,7 @@ function verifyDatabaseFile(file: string, publicJwk: JWK | undefined): AuditVeri
     throw new UsageProblem(`cannot open ${file}: ${(e as Error).message}`);
   }
   try {
-    return verifyAuditDatabase(db, publicJwk ? { publicJwk } : {});
+    return verifyAuditDatabase(db, opts);
   } catch (e) {
     throw new UsageProblem(`cannot read the audit tables in ${file}: ${(e as Error).message}`);
   } finally {
@@ -103,6 +113,7 @@ function summary(r: AuditVerifyResult, keySource: string): string {
   }
   const parts = [`audit chain OK: ${r.entries} entries, ${r.checkpoints} checkpoints`];
   if (r.head) parts.push(`head seq ${r.head.seq} hash ${r.head.hash.slice(0, 16)}…`);
+  if (r.expectedHeadFound) parts.push('the expected head is in the chain');
   if (!r.signaturesChecked) parts.push('checkpoint signatures NOT checked (no public key; pass --public-key)');
   else if (r.kid) parts.push(`signed by kid ${r.kid}${keySource}`);
   else parts.push('no checkpoints, nothing signed');

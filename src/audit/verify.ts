@@ -31,7 +31,10 @@
 // Limits, by construction: entries after the last checkpoint are protected by the chain only, so
 // forged entries appended there with correct hashes, or a tail cut off together with its
 // checkpoints, cannot be seen in one copy alone (unsignedEntries counts that tail; comparing the
-// fleet's copy with the camera's closes it). Without a pinned key, the first checkpoint's key is
+// fleet's copy with the camera's closes it). Nor can a whole older copy put back (a rollback), or
+// a chain rewritten and re-signed with the device key taken from the SD card (a fork): for those
+// the fleet passes the newest head it saw (expectHead: state.auditHead or a checkpoint), and the
+// chain must hold that entry with that hash. Without a pinned key, the first checkpoint's key is
 // trusted for the rest (the result's kid says which), so an attacker who re-signs every
 // checkpoint with their own key passes unless the kid is compared with the device's.
 import { createHash } from 'node:crypto';
@@ -41,7 +44,7 @@ import type { Db } from '../store/database.ts';
 import { canonicalJson } from './canonical-json.ts';
 import { checkpointSigningInput, entryFields, entryHash, genesisHash, type AuditMessage, type CheckpointRow, type EntryRow } from './audit-log.ts';
 
-export type AuditProblemKind = 'edited' | 'removed' | 'inserted' | 'reordered' | 'bad_checkpoint' | 'truncated' | 'malformed';
+export type AuditProblemKind = 'edited' | 'removed' | 'inserted' | 'reordered' | 'bad_checkpoint' | 'truncated' | 'malformed' | 'rollback' | 'fork';
 
 export interface AuditProblem {
   seq: number;
@@ -63,11 +66,25 @@ export interface AuditVerifyResult {
   signaturesChecked: boolean;
   /** Entries after the last checkpoint that matched: protected by the chain, not by a signature. */
   unsignedEntries: number;
+  /** Set when an expected head was given: whether the chain holds that entry with that hash. */
+  expectedHeadFound?: boolean;
+}
+
+/** An audit head as the fleet saw it (state.auditHead, or a checkpoint's seq and headHash). */
+export interface AuditHead {
+  seq: number;
+  hash: string;
 }
 
 export interface AuditVerifyOptions {
   /** The device's registered public key: every checkpoint must be signed by it. */
   publicJwk?: JWK;
+  /**
+   * The newest head the fleet saw from this device: the chain must hold entry `seq` with this
+   * hash. Missing means a rollback (an older copy put back, or the tail cut); a different hash a
+   * fork (the chain rewritten from an earlier entry on). One copy alone cannot show either.
+   */
+  expectHead?: AuditHead;
 }
 
 /** RFC 7638 thumbprint (SHA-256, base64url), computed synchronously. */
@@ -262,6 +279,9 @@ function finish(items: ChainItem[], cps: CheckpointItem[], opts: AuditVerifyOpti
   const { problem: checkpointProblem, kid, lastGood } = checkCheckpoints(items, cps, opts, below);
   let firstProblem = checkpointProblem ?? entryProblem;
   if (!firstProblem && malformed) firstProblem = { seq: malformed.seq, kind: 'malformed', message: malformed.message, ...(malformed.line === undefined ? {} : { line: malformed.line }) };
+  const headProblem = opts.expectHead ? checkExpectedHead(items, opts.expectHead) : undefined;
+  // The earlier problem is reported; at the same seq the chain's own finding is the more exact.
+  if (headProblem && (!firstProblem || headProblem.seq < firstProblem.seq)) firstProblem = headProblem;
   const last = items.at(-1);
   return {
     ok: firstProblem === undefined,
@@ -272,7 +292,43 @@ function finish(items: ChainItem[], cps: CheckpointItem[], opts: AuditVerifyOpti
     ...(kid ? { kid } : {}),
     signaturesChecked,
     unsignedEntries: Math.max(0, items.length - lastGood),
+    ...(opts.expectHead ? { expectedHeadFound: headProblem === undefined } : {}),
   };
+}
+
+function checkExpectedHead(items: ChainItem[], expected: AuditHead): AuditProblem | undefined {
+  const short = (h: string) => `${h.slice(0, 12)}…`;
+  // Read by seq, not position: an entry problem below is reported on its own, and this looks only
+  // at whether the fleet's head is there.
+  const at = items.find((it) => it.seq === expected.seq);
+  if (!at) {
+    const end = items.at(-1)?.seq ?? 0;
+    return {
+      seq: end + 1,
+      kind: 'rollback',
+      message:
+        `the chain ends at seq ${end} but the fleet saw head seq ${expected.seq} (hash ${short(expected.hash)}): ` +
+        `${expected.seq === end + 1 ? `entry ${end + 1} is` : `entries ${end + 1} to ${expected.seq} are`} gone (an older copy of the database was put back, or the tail was cut)`,
+    };
+  }
+  if (at.hash !== expected.hash) {
+    return {
+      seq: expected.seq,
+      kind: 'fork',
+      message: `${at.where} has hash ${short(at.hash)} but the fleet saw ${short(expected.hash)} at seq ${expected.seq}: the chain was rewritten from an earlier entry on (a fork)`,
+    };
+  }
+  return undefined;
+}
+
+/** Parses `SEQ:HASH` (as `audit verify --expect-head` takes it); throws naming what is wrong. */
+export function parseAuditHead(text: string): AuditHead {
+  const m = /^(\d{1,15}):([0-9a-fA-F]{64})$/.exec(text.trim());
+  const seq = m ? Number(m[1]) : 0;
+  if (!m || seq < 1) {
+    throw new Error(`expected SEQ:HASH, the audit head's seq (a whole number from 1) and its 64-hex-digit hash as state.auditHead gives them (got ${JSON.stringify(text)})`);
+  }
+  return { seq, hash: m[2]!.toLowerCase() };
 }
 
 function checkEntries(items: ChainItem[]): AuditProblem | undefined {

@@ -21,9 +21,12 @@ Usage:
   bwc-agent ctl record start|stop [--state-dir DIR]
   bwc-agent ctl button record|function press|long   simulated firmware (firmware.backend: sim)
   bwc-agent ctl battery PERCENT [charging]          simulated firmware
-  bwc-agent evidence verify [--state-dir DIR]   check every evidence file against the index and the signed manifests
-  bwc-agent audit verify [--state-dir DIR | --file CAPTURE] [--public-key JWK_FILE]
-                                                check the audit chain (exit 1 naming the first bad entry)
+  bwc-agent evidence verify [--state-dir DIR] [--expect-head SEQ:HASH]
+                                                check every evidence file against the index, the signed manifests
+                                                and the recordings the audit trail names
+  bwc-agent audit verify [--state-dir DIR | --file CAPTURE] [--public-key JWK_FILE] [--expect-head SEQ:HASH]
+                                                check the audit chain (exit 1 naming the first bad entry;
+                                                with the fleet's newest head, a rollback or fork too)
   bwc-agent --version
 
 Fleet-side tools (for a backend's operators and tests; see docs/protocol.md):
@@ -81,19 +84,19 @@ async function ctl(argv: string[]): Promise<number> {
 async function audit(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { 'state-dir': { type: 'string' }, file: { type: 'string' }, 'public-key': { type: 'string' } },
+    options: { 'state-dir': { type: 'string' }, file: { type: 'string' }, 'public-key': { type: 'string' }, 'expect-head': { type: 'string' } },
     allowPositionals: true,
     strict: true,
   });
   if (positionals[0] !== 'verify') throw new UsageError('audit needs the verb "verify"');
   const stateDir = values.file === undefined ? resolveStateDir(values['state-dir'], process.env, process.cwd()) : undefined;
-  return auditVerifyCommand({ stateDir, file: values.file, publicKeyFile: values['public-key'] }, process.stdout, process.stderr);
+  return auditVerifyCommand({ stateDir, file: values.file, publicKeyFile: values['public-key'], expectHead: values['expect-head'] }, process.stdout, process.stderr);
 }
 
 async function evidence(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, options: { 'state-dir': { type: 'string' } }, allowPositionals: true, strict: true });
+  const { values, positionals } = parseArgs({ args: argv, options: { 'state-dir': { type: 'string' }, 'expect-head': { type: 'string' } }, allowPositionals: true, strict: true });
   if (positionals[0] !== 'verify') throw new UsageError('evidence needs the verb "verify"');
-  return evidenceVerifyCommand({ stateDir: resolveStateDir(values['state-dir'], process.env, process.cwd()) }, process.stdout, process.stderr);
+  return evidenceVerifyCommand({ stateDir: resolveStateDir(values['state-dir'], process.env, process.cwd()), expectHead: values['expect-head'] }, process.stdout, process.stderr);
 }
 
 async function keys(argv: string[]): Promise<number> {

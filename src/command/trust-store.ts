@@ -6,7 +6,8 @@
 // The file is checked whole at load and any problem is thrown as a TrustStoreError naming the file
 // and the key: a camera that silently dropped a bad key would reject commands it should accept
 // (or, worse, an operator would "fix" that by loosening something else).
-import { createPublicKey, type KeyObject } from 'node:crypto';
+import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
+import { canonicalJson } from '../audit/canonical-json.ts';
 import { readFileSync } from 'node:fs';
 import { commandActions, type CommandAction } from './types.ts';
 
@@ -94,6 +95,24 @@ export class TrustStore {
     if (key === undefined) return { status: 'unknown' };
     if (key.exp !== undefined && nowS >= key.exp) return { status: 'revoked', why: 'expired', expiredAt: key.exp, key };
     return { status: 'trusted', key };
+  }
+
+  /**
+   * What the camera trusts, as one value for the audit trail: base64url SHA-256 of the canonical
+   * JSON of every key (kid, public key, bwc_actions, exp; sorted by kid) and the revoked kids. Any
+   * change to whom the camera obeys, or for what, changes it; the order in the file does not.
+   */
+  digest(): string {
+    const keys = [...this.#keys.values()]
+      .sort((a, b) => (a.kid < b.kid ? -1 : a.kid > b.kid ? 1 : 0))
+      .map((k) => ({ kid: k.kid, x: (k.publicKey.export({ format: 'jwk' }) as { x: string }).x, actions: [...k.actions].sort(), exp: k.exp ?? null }));
+    const revoked = [...this.#revoked].sort();
+    return createHash('sha256').update(canonicalJson({ keys, revoked })).digest('base64url');
+  }
+
+  /** Revoked key ids (from the config), sorted. */
+  revokedKids(): string[] {
+    return [...this.#revoked].sort();
   }
 
   /** Key ids in the file (including revoked or expired ones). */

@@ -1,5 +1,13 @@
 // The local control socket (`bwc-agent ctl ...`): newline-delimited JSON over a Unix socket in
 // the state folder, mode 0600, so only the agent's own user (and root) can drive it.
+//
+// The socket is bound under a umask of 0177, so it is 0600 from the moment it exists. A chmod
+// after listen() (as before) left it open to every local user between bind(2) and the chmod
+// wherever the agent runs without systemd's UMask=0077 and the state folder is not 0700. A 0700
+// folder of its own would also do, but would move the socket away from the path operators and
+// `ctl` use; the umask needs no new path. The umask is process-wide, so it is restored as soon as
+// listen() has bound (Node binds a socket path synchronously inside listen(); the callbacks are
+// the latest point, a tick later, and anything created meanwhile only gets narrower modes).
 import { chmodSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
@@ -39,12 +47,29 @@ export class ControlServer {
     const server = net.createServer((socket) => this.#serve(socket));
     this.#server = server;
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.#path, () => {
-        server.off('error', reject);
-        resolve();
-      });
+      const previousUmask = process.umask(0o177);
+      let restored = false;
+      const restoreUmask = () => {
+        if (!restored) process.umask(previousUmask);
+        restored = true;
+      };
+      const onError = (err: Error) => {
+        restoreUmask();
+        reject(err);
+      };
+      server.once('error', onError);
+      try {
+        server.listen(this.#path, () => {
+          restoreUmask();
+          server.off('error', onError);
+          resolve();
+        });
+      } catch (err) {
+        restoreUmask();
+        throw err;
+      }
     });
+    // Already 0600 from the umask; kept for file systems that ignore the umask for sockets.
     chmodSync(this.#path, 0o600);
     this.#logger.info({ path: this.#path }, 'control socket listening');
   }

@@ -122,6 +122,11 @@ export function buildManifest(rec: RecordingRow, status: Manifest['status'], sto
   };
 }
 
+/** Hex SHA-256 of a manifest's exact bytes (manifest.json): what the `recording.sealed` audit entry holds. */
+export function manifestDigest(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
 /** SHA-256 (hex) and length of a file, read as a stream so a large segment never blocks the loop. */
 export async function hashFile(file: string): Promise<{ sha256: string; bytes: number }> {
   const hash = createHash('sha256');

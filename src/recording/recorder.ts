@@ -49,7 +49,7 @@ import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authoris
 import type { DeviceKey } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
 import { bufferDirOf, isManifestName, manifestFile, newRecordingId, parseSegmentFileName, recordingsDirOf, segmentFileName, segmentRelPath, signatureFile } from './layout.ts';
-import { buildManifest, genesisSha256, hashFile, segmentRows, type Manifest, type RecordingRow } from './manifest.ts';
+import { buildManifest, genesisSha256, hashFile, manifestDigest, segmentRows, type Manifest, type RecordingRow } from './manifest.ts';
 
 /** What the capture supervisor reports for each closed segment. */
 export interface SegmentInfo {
@@ -437,9 +437,15 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
       const text = canonicalJson(manifest);
       const sig = this.#o.deviceKey.sign(text);
       db.prepare('UPDATE recording SET status = ?, stopped_at = ?, manifest = ?, manifest_sig = ?, kid = ? WHERE id = ?').run(status, stoppedAt, text, sig, this.#o.deviceKey.kid, id);
+      // The audit chain names every sealed recording with its manifest's digest, so `evidence
+      // verify` finds a recording deleted whole (folder and rows), or a manifest rebuilt and
+      // re-signed with the device key from the SD card. After the commit above, before the files:
+      // a crash in between leaves the files to the next start, which writes them from the row.
+      const manifestSha256 = manifestDigest(text);
+      this.#appendAudit({ type: 'recording.sealed', detail: { recordingId: id, status, manifestSha256, segments: segments.length, chainHead: manifest.chainHead, kid: this.#o.deviceKey.kid } });
       await this.#writeManifestFiles(path.join(this.recordingsDir, id), text, sig);
       const durationS = segments.reduce((sum, s) => sum + s.duration_s, 0);
-      this.#event({ type: status === 'closed' ? 'recording.closed' : 'recording.sealed_interrupted', time: this.#now().toISOString(), recordingId: id, segments: segments.length, durationS, chainHead: manifest.chainHead });
+      this.#event({ type: status === 'closed' ? 'recording.closed' : 'recording.sealed_interrupted', time: this.#now().toISOString(), recordingId: id, segments: segments.length, durationS, chainHead: manifest.chainHead, manifestSha256 });
     } catch (err) {
       this.#log.error({ err: (err as Error).message, recordingId: id }, 'recording manifest could not be written');
       this.#event({ type: 'recording.manifest_failed', time: this.#now().toISOString(), recordingId: id, error: (err as Error).message });
@@ -573,13 +579,17 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
   }
 
   #auditAndEvent(record: AuditRecord, event: Record<string, unknown>): void {
+    this.#appendAudit(record);
+    this.#event(event);
+  }
+
+  #appendAudit(record: AuditRecord): void {
     try {
       this.#o.audit.append(record);
     } catch (err) {
       this.#log.error({ err: (err as Error).message, type: record.type }, 'recording audit entry could not be committed; recording goes on');
       this.#event({ type: 'recording.audit_failed', time: this.#now().toISOString(), auditType: record.type, error: (err as Error).message });
     }
-    this.#event(event);
   }
 
   #event(body: Record<string, unknown>): void {

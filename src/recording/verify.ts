@@ -8,6 +8,11 @@
 //   row_missing        an index row is gone: a gap in the indexes, or a segment the manifest lists
 //   manifest_mismatch  the signed manifest and the index (or manifest.json and the database) differ
 //   bad_signature      a manifest's signature does not verify with the device key, or another key signed it
+//   audit_chain        the audit chain the cross-check below relies on is broken (or rolled back or
+//                      forked against an expected head)
+// Then every recording the audit chain names must be indexed ("missing" names one deleted whole),
+// and a sealed one's manifest must have the SHA-256 its recording.sealed entry holds
+// ("manifest_mismatch": rebuilt and re-signed, e.g. with the device key from the SD card).
 // How a deleted row shows: the file it named is on disk but unindexed; the next row's index jumps
 // (or, renumbered, its prev_sha256 no longer matches); a deleted last row is still listed by the
 // manifest of a closed or interrupted recording, and of an open one the file remains unindexed.
@@ -15,17 +20,18 @@ import { createPrivateKey, createPublicKey, verify } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { JWK } from 'jose';
-import { jwkThumbprint } from '../audit/verify.ts';
+import { jwkThumbprint, verifyAuditDatabase, type AuditHead } from '../audit/verify.ts';
 import { deviceKeyFile } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
 import { isManifestName, manifestFile, recordingsDirOf, signatureFile } from './layout.ts';
-import { genesisSha256, hashFile, manifestSegment, segmentRows, type Manifest, type ManifestSegment, type RecordingRow } from './manifest.ts';
+import { genesisSha256, hashFile, manifestDigest, manifestSegment, segmentRows, type Manifest, type ManifestSegment, type RecordingRow } from './manifest.ts';
 import { canonicalJson } from '../audit/canonical-json.ts';
 
-export type EvidenceProblemKind = 'modified' | 'missing' | 'unindexed' | 'chain_broken' | 'row_missing' | 'manifest_mismatch' | 'bad_signature';
+export type EvidenceProblemKind = 'modified' | 'missing' | 'unindexed' | 'chain_broken' | 'row_missing' | 'manifest_mismatch' | 'bad_signature' | 'audit_chain';
 
 export interface EvidenceProblem {
   kind: EvidenceProblemKind;
+  /** Empty for a problem with the audit trail itself (audit_chain). */
   recordingId: string;
   /** Relative to the evidence folder. */
   file?: string;
@@ -41,6 +47,8 @@ export interface EvidenceVerifyResult {
   /** False when no device key was available: manifests compared with the index, signatures not checked. */
   signaturesChecked: boolean;
   kid?: string;
+  /** Recordings the audit trail names, and its head: every one of them was looked for. */
+  audit: { recordingsNamed: number; head: AuditHead | null };
 }
 
 export interface EvidenceVerifyOptions {
@@ -48,6 +56,8 @@ export interface EvidenceVerifyOptions {
   evidenceDir: string;
   /** The device's public key; without it signatures are not checked. */
   publicJwk?: JWK;
+  /** The newest audit head the fleet saw (see verifyAuditDatabase): the chain must hold it. */
+  expectHead?: AuditHead;
 }
 
 export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<EvidenceVerifyResult> {
@@ -91,7 +101,80 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
     if (rec.status !== 'recording') checkManifest(o, rec, rows.map(manifestSegment), key, kid, p);
   }
   problems.push(...unindexed(o, recordings));
-  return { ok: problems.length === 0, recordings: recordings.length, segments, bytes, problems, signaturesChecked: key !== undefined, ...(kid ? { kid } : {}) };
+  const audit = auditCrossCheck(o, recordings);
+  problems.push(...audit.problems);
+  return {
+    ok: problems.length === 0,
+    recordings: recordings.length,
+    segments,
+    bytes,
+    problems,
+    signaturesChecked: key !== undefined,
+    ...(kid ? { kid } : {}),
+    audit: { recordingsNamed: audit.named, head: audit.head },
+  };
+}
+
+/**
+ * The index can only vouch for what it still lists: a recording deleted whole (folder, segment
+ * rows, recording row) leaves nothing to check. The audit trail names every recording
+ * (recording.start, .stop, .interrupted) and every sealed manifest's digest (recording.sealed), so
+ * each one it names must still be indexed, and a sealed one's manifest must be the one whose
+ * digest was audited (a manifest rebuilt and re-signed with the device key from the SD card is
+ * not). The chain is verified first; a rewritten chain is only caught with the fleet's head.
+ */
+function auditCrossCheck(o: EvidenceVerifyOptions, recordings: RecordingRow[]): { problems: EvidenceProblem[]; named: number; head: AuditHead | null } {
+  const out: EvidenceProblem[] = [];
+  const chain = verifyAuditDatabase(o.db, { ...(o.publicJwk ? { publicJwk: o.publicJwk } : {}), ...(o.expectHead ? { expectHead: o.expectHead } : {}) });
+  if (chain.firstProblem) {
+    const f = chain.firstProblem;
+    out.push({ kind: 'audit_chain', recordingId: '', message: `the audit trail this check relies on is broken at seq ${f.seq}: ${f.kind}: ${f.message}` });
+  }
+  const named = new Map<string, { seq: number; type: string }>();
+  const sealed = new Map<string, { seq: number; manifestSha256: string }>();
+  const rows = o.db.prepare<[], { seq: number; entry: string }>("SELECT seq, entry FROM audit_entry WHERE json_extract(entry, '$.type') LIKE 'recording.%' ORDER BY seq");
+  for (const row of rows.iterate()) {
+    let e: { type?: unknown; detail?: { recordingId?: unknown; manifestSha256?: unknown } };
+    try {
+      e = JSON.parse(row.entry) as typeof e;
+    } catch {
+      continue; // an unreadable entry is the chain's problem, reported above
+    }
+    const id = e.detail?.recordingId;
+    if (typeof id !== 'string' || typeof e.type !== 'string') continue;
+    if (!named.has(id)) named.set(id, { seq: row.seq, type: e.type });
+    if (e.type === 'recording.sealed' && typeof e.detail?.manifestSha256 === 'string') sealed.set(id, { seq: row.seq, manifestSha256: e.detail.manifestSha256 });
+  }
+  const byId = new Map(recordings.map((r) => [r.id, r]));
+  for (const [id, first] of named) {
+    const rec = byId.get(id);
+    if (!rec) {
+      const folderGone = !existsSync(path.join(recordingsDirOf(o.evidenceDir), id));
+      out.push({
+        kind: 'missing',
+        recordingId: id,
+        file: `recordings/${id}`,
+        message: `the audit trail names this recording (${first.type}, seq ${first.seq}) but the index has no row for it${folderGone ? ' and its folder is gone' : ''}: the recording was deleted`,
+      });
+      continue;
+    }
+    const seal = sealed.get(id);
+    if (!seal) continue;
+    if (rec.manifest === null) {
+      out.push({ kind: 'manifest_mismatch', recordingId: id, message: `the audit trail says it was sealed (recording.sealed, seq ${seal.seq}) but the index has no manifest for it (status ${rec.status})` });
+      continue;
+    }
+    const digest = manifestDigest(rec.manifest);
+    if (digest !== seal.manifestSha256) {
+      out.push({
+        kind: 'manifest_mismatch',
+        recordingId: id,
+        file: `recordings/${id}/${manifestFile}`,
+        message: `the manifest's SHA-256 is ${digest.slice(0, 12)}…, the audit trail says ${seal.manifestSha256.slice(0, 12)}… (recording.sealed, seq ${seal.seq}): the manifest was rebuilt and re-signed after sealing`,
+      });
+    }
+  }
+  return { problems: out, named: named.size, head: chain.head ?? null };
 }
 
 function checkManifest(

@@ -74,6 +74,8 @@ export interface DeviceStateDoc {
   firmware: FirmwareState | null;
   /** The device's Ed25519 public key (JWK with its kid): checks audit checkpoints and manifests. */
   devicePublicKey: JWK | null;
+  /** The newest audit entry's seq and hash: the fleet keeps the highest it saw for `audit verify --expect-head`. */
+  auditHead: { seq: number; hash: string } | null;
   gps: Pick<GpsReport, 'fix' | 'lat' | 'lon' | 'accuracyM' | 'gpsTime'> & { gpsd: GpsReport['gpsd'] } | null;
   health: HealthSample | null;
   link: LinkStatus;
@@ -99,6 +101,7 @@ export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
       battery: { percent: null, charging: null },
       firmware: null,
       devicePublicKey: null,
+      auditHead: null,
       gps: null,
       health: null,
       link: { connected: false, reconnects: 0, outboxQueued: 0, outboxThinned: {}, outboxHeldInMemory: 0, outboxWriteError: null },
