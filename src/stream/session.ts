@@ -25,6 +25,7 @@ import type { LinkSample } from './bitrate.ts';
 import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authorised-command.ts';
 import type { ResolvedIce } from './ice.ts';
 import { inspectOffer, type OfferSummary } from './offer.ts';
+import { guardDtlsTransports, type SessionGuard } from './werift-guard.ts';
 
 /** What the stream manager sees of a session's connection. */
 export type SessionLinkState = 'connecting' | 'connected' | 'failed' | 'closed';
@@ -93,6 +94,8 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   readonly #audio: RTCRtpSender | undefined;
   readonly #log: Logger;
   #closed = false;
+  /** Screens what reaches werift's DTLS (see werift-guard.ts); set once the transports exist. */
+  #guard: SessionGuard | undefined;
   /** Whether stream.ice.servers names a stun: server (else werift's default must be undone). */
   readonly #stunConfigured: boolean;
   readonly #onSendError = (err: unknown): void => {
@@ -255,6 +258,22 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   async #answer(offer: string): Promise<string> {
     await this.#pc.setRemoteDescription({ type: 'offer', sdp: offer });
     this.#noDefaultStun();
+    // Before any socket exists (gathering is in setLocalDescription): only the nominated pair's
+    // authenticated DTLS reaches werift, and only its authenticated goodbye ends the session.
+    this.#guard = guardDtlsTransports(this.#pc.dtlsTransports, {
+      refused: (reason, from) => {
+        const fromText = `${from[0]}:${from[1]}`;
+        if (this.#guard?.refusedCount === 1) {
+          this.#log.warn({ reason, from: fromText }, "datagrams refused: not the viewer's authenticated DTLS association (each is logged at debug)");
+        }
+        this.#log.debug({ reason, from: fromText, refused: this.#guard?.refusedCount }, 'datagram refused');
+      },
+      // A viewer that hangs up (RTCPeerConnection.close) sends an encrypted close_notify.
+      peerClosed: (alert) => {
+        this.#log.debug({ alert }, 'the viewer closed its DTLS association');
+        if (!this.#closed) this.#setLink('closed');
+      },
+    });
     // DTLS server (setup:passive, which RFC 8842 lets the answerer of an "actpass" offer choose, and
     // which werift takes from the local answer): the browser sends its ClientHello as soon as its
     // own ICE check succeeds. As client, werift's ClientHello arrives before that and the browser
@@ -263,13 +282,6 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     await this.#pc.setLocalDescription({ type: 'answer', sdp: answer.sdp.replace(/^a=setup:active\r?$/gm, (line) => line.replace('active', 'passive')) });
     // The command carries one SDP each way (no trickle over MQTT): wait for every candidate.
     await this.#gathered();
-    // A viewer that hangs up (RTCPeerConnection.close) sends a DTLS close alert; werift closes
-    // the DTLS transport but not the connection, so this is where a goodbye shows.
-    for (const dtls of this.#pc.dtlsTransports) {
-      dtls.onStateChange.subscribe((state) => {
-        if (state === 'closed' && !this.#closed) this.#setLink('closed');
-      });
-    }
     const sdp = this.#pc.localDescription?.sdp;
     if (!sdp) throw new Error('werift made no local description');
     return sdp;
