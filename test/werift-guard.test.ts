@@ -29,6 +29,13 @@ function encrypted(socket: DtlsClient, contentType: number, sequence: number, pl
   return record(contentType, 1, sequence, pkt.fragment);
 }
 
+/** A werift candidate pair as the guard reads it; state 3 is SUCCEEDED (an authenticated check). */
+const pair = (protocol: unknown, addr: Address, state = 3) => ({ protocol, remoteCandidate: { host: addr[0], port: addr[1] }, state });
+const nominatedOnly = (protocol: unknown, addr: Address): GuardState['connection'] => {
+  const p = pair(protocol, addr);
+  return { nominated: p, candidatePairs: [p] };
+};
+
 function recorder() {
   const refused: string[] = [];
   const closed: { level: number; description: number }[] = [];
@@ -46,7 +53,7 @@ t.test('DTLS through the guard: a real werift handshake, then what may and may n
   const options = { cert: cert.certPem, key: cert.privateKey, signatureHash: cert.signatureHash, srtpProfiles: [1 as const], extendedMasterSecret: true };
   const server = new DtlsServer({ ...options, transport: serverSocket as never, certificateRequest: true });
   const client = new DtlsClient({ ...options, transport: clientSocket as never });
-  const state: GuardState = { connection: { nominated: { protocol, remoteAddr: viewerAddr } }, dtls: () => server as unknown as DtlsSocketView };
+  const state: GuardState = { connection: nominatedOnly(protocol, viewerAddr), dtls: () => server as unknown as DtlsSocketView };
   /** What reaches werift's DTLS server: only what the guard admits. */
   const reached: Buffer[] = [];
   function deliver(buf: Buffer, from: Address): void {
@@ -70,7 +77,7 @@ t.test('DTLS through the guard: a real werift handshake, then what may and may n
     const alert = record(21, 0, 40, Buffer.from([1, 0]));
     t.equal(screenDatagram(alert, viewerAddr, protocol, state, hooks), undefined, 'from the viewer address: refused');
     t.equal(screenDatagram(alert, attackerAddr, protocol, state, hooks), undefined, 'from elsewhere: refused');
-    t.match(refused, [/plaintext DTLS record \(content type 21, epoch 0\) after the handshake/, /not the nominated pair/]);
+    t.match(refused, [/plaintext DTLS record \(content type 21, epoch 0\) after the handshake/, /not from an ICE-validated pair/]);
     deliver(alert, viewerAddr);
     t.same(serverClosed, [], 'werift never saw it: its transport is not closed');
     t.same(closed, [], 'no goodbye reported');
@@ -134,20 +141,20 @@ t.test('DTLS through the guard: a real werift handshake, then what may and may n
 t.test('before the handshake: handshake records pass, alerts do not', async (t) => {
   const { refused, hooks } = recorder();
   const protocol = {};
-  const state: GuardState = { connection: { nominated: { protocol, remoteAddr: viewerAddr } }, dtls: () => undefined };
+  const state: GuardState = { connection: nominatedOnly(protocol, viewerAddr), dtls: () => undefined };
   const hello = record(22, 0, 0, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
-  t.equal(screenDatagram(hello, viewerAddr, protocol, state, hooks), hello, 'a ClientHello from the nominated pair passes unchanged');
+  t.equal(screenDatagram(hello, viewerAddr, protocol, state, hooks), hello, 'a ClientHello from the validated pair passes unchanged');
   t.equal(screenDatagram(record(21, 0, 1, Buffer.from([1, 0])), viewerAddr, protocol, state, hooks), undefined, 'a plaintext alert does not');
   t.match(refused, [/DTLS alert before the handshake completed/]);
-  const noPair: GuardState = { connection: {}, dtls: () => undefined };
-  t.equal(screenDatagram(hello, viewerAddr, protocol, noPair, hooks), undefined, 'nothing but STUN before a pair is nominated');
+  const noPair: GuardState = { connection: { candidatePairs: [] }, dtls: () => undefined };
+  t.equal(screenDatagram(hello, viewerAddr, protocol, noPair, hooks), undefined, 'nothing but STUN before a pair is validated');
 });
 
-t.test('the address check: STUN from anywhere, everything else only from the nominated pair', async (t) => {
+t.test('the address check: STUN from anywhere, everything else only from a validated pair', async (t) => {
   const { refused, hooks } = recorder();
   const protocol = {};
   const other = {};
-  const state: GuardState = { connection: { nominated: { protocol, remoteAddr: viewerAddr } }, dtls: () => undefined };
+  const state: GuardState = { connection: nominatedOnly(protocol, viewerAddr), dtls: () => undefined };
   const stun = Buffer.from('000100002112a442000000000000000000000000', 'hex');
   const srtp = Buffer.concat([Buffer.from([0x80, 96]), Buffer.alloc(100)]);
   t.equal(screenDatagram(stun, attackerAddr, protocol, state, hooks), stun, 'STUN from anywhere reaches ICE');
@@ -157,6 +164,24 @@ t.test('the address check: STUN from anywhere, everything else only from the nom
   t.equal(screenDatagram(srtp, viewerAddr, other, state, hooks), undefined, 'the same address on another local socket: refused');
   t.equal(screenDatagram(Buffer.alloc(0), viewerAddr, protocol, state, hooks), undefined, 'an empty datagram: dropped');
   t.equal(refused.length, 3);
+});
+
+t.test('another pair the viewer proved with an ICE check is admitted; a pair still being checked is not', async (t) => {
+  const { refused, hooks } = recorder();
+  const protocol = {};
+  const switched: Address = ['192.0.2.20', 40002];
+  const nominated = pair(protocol, viewerAddr);
+  // An attacker's Binding request makes werift pair its address and check it: that check can
+  // only succeed with the viewer's ICE password, so the pair stays in progress (2) or fails (4).
+  const state: GuardState = {
+    connection: { nominated, candidatePairs: [nominated, pair(protocol, switched), pair(protocol, attackerAddr, 2), pair(protocol, ['192.0.2.67', 1], 4)] },
+    dtls: () => undefined,
+  };
+  const srtp = Buffer.concat([Buffer.from([0x80, 96]), Buffer.alloc(100)]);
+  t.equal(screenDatagram(srtp, switched, protocol, state, hooks), srtp, 'a succeeded pair the controlling viewer switched to: admitted (RFC 8445 §12.1)');
+  t.equal(screenDatagram(srtp, attackerAddr, protocol, state, hooks), undefined, 'an unproven (in-progress) pair: refused');
+  t.equal(screenDatagram(srtp, ['192.0.2.67', 1], protocol, state, hooks), undefined, 'a failed pair: refused');
+  t.equal(refused.length, 2);
 });
 
 t.test('guardProtocol on a real werift StunProtocol and UDP socket', async (t) => {
@@ -173,7 +198,7 @@ t.test('guardProtocol on a real werift StunProtocol and UDP socket', async (t) =
     await protocol.close();
   });
   const refusedFrom: string[] = [];
-  const state: GuardState = { connection: { nominated: { protocol, remoteAddr: ['127.0.0.1', viewer.address().port] } }, dtls: () => undefined };
+  const state: GuardState = { connection: nominatedOnly(protocol, ['127.0.0.1', viewer.address().port]), dtls: () => undefined };
   guardProtocol(protocol, state, { refused: (_reason, from) => refusedFrom.push(`${from[0]}:${from[1]}`), peerClosed: () => {} });
   guardProtocol(protocol, state, { refused: () => t.fail('guarded twice'), peerClosed: () => {} });
   const received: Buffer[] = [];

@@ -12,8 +12,9 @@
 // sits between the ICE socket and werift's parsing (the address is still known there) and lets
 // through only:
 //   - STUN, which ICE itself handles (checks come from new addresses by design);
-//   - any other datagram only from the remote address and local socket of the nominated pair;
-//   - of DTLS records from that pair: before the handshake completes, handshake traffic (no
+//   - any other datagram only from the remote address and local socket of the nominated pair, or
+//     of another pair the viewer proved with an authenticated ICE check (fromValidatedPair);
+//   - of DTLS records from such a pair: before the handshake completes, handshake traffic (no
 //     alerts: nothing is authenticated yet, and a viewer that gives up falls silent anyway);
 //     after it, only encrypted records that decrypt under the association's keys, no
 //     ClientHello/HelloRequest (no renegotiation), and alerts never to werift: an authenticated
@@ -24,15 +25,20 @@ import type { RTCDtlsTransport } from 'werift';
 export type Address = [string, number];
 
 /** The werift objects the guard reads: kept structural, as werift's types call most of them private. */
-interface NominatedPair {
+interface CandidatePair {
   protocol: unknown;
-  remoteAddr: Address;
+  /** (werift's remoteAddr getter allocates an array: read the candidate instead.) */
+  remoteCandidate: { host: string; port: number };
+  /** werift's CandidatePairState: 3 is SUCCEEDED. */
+  state: number;
 }
 interface IceConnection {
-  nominated?: NominatedPair | undefined;
+  nominated?: CandidatePair | undefined;
+  candidatePairs: readonly CandidatePair[];
   protocols: unknown[];
   ensureProtocol(protocol: unknown): void;
 }
+const pairSucceeded = 3;
 interface DtlsRecordHeader {
   contentType: number;
   protocolVersion: { major: number; minor: number };
@@ -52,9 +58,9 @@ export interface GuardHooks {
   peerClosed(alert: { level: number; description: number }): void;
 }
 
-/** The state one screening decision reads: the nominated pair, and the DTLS socket once started. */
+/** The state one screening decision reads: the ICE pairs, and the DTLS socket once started. */
 export interface GuardState {
-  connection: { nominated?: NominatedPair | undefined };
+  connection: { nominated?: CandidatePair | undefined; candidatePairs: readonly CandidatePair[] };
   dtls(): DtlsSocketView | undefined;
 }
 
@@ -75,14 +81,30 @@ export function screenDatagram(data: Buffer, from: Address, protocol: unknown, s
   // RFC 7983 demultiplexing: 0-3 is STUN. ICE checks come from any address by design (a new
   // address is how a path is found); werift authenticates the responses it acts on.
   if (first < 4) return data;
-  const nominated = state.connection.nominated;
-  if (nominated === undefined || nominated.protocol !== protocol || nominated.remoteAddr[1] !== from[1] || nominated.remoteAddr[0] !== from[0]) {
-    hooks.refused('not the nominated pair', from);
+  if (!fromValidatedPair(state.connection, protocol, from)) {
+    hooks.refused('not from an ICE-validated pair', from);
     return undefined;
   }
   // 20-63 is DTLS; SRTP and SRTCP (128-191) are authenticated by werift's SRTP session itself.
   if (first >= 20 && first <= 63) return screenDtls(data, from, state.dtls(), hooks);
   return data;
+}
+
+/**
+ * Whether `from` on this local socket is the remote end of the nominated pair (checked first: the
+ * media path) or of another pair whose connectivity check succeeded. A check succeeds only on a
+ * response that carries MESSAGE-INTEGRITY under the viewer's ICE password (werift verifies those),
+ * so every such address has proven it is the viewer. RFC 8445 §12.1 has an agent accept media on
+ * any such pair: Chromium, as the controlling agent, may send on a pair it selected after the one
+ * werift (which keeps the first nomination) took as nominated.
+ */
+function fromValidatedPair(connection: GuardState['connection'], protocol: unknown, from: Address): boolean {
+  const nominated = connection.nominated;
+  if (nominated !== undefined && nominated.protocol === protocol && nominated.remoteCandidate.port === from[1] && nominated.remoteCandidate.host === from[0]) return true;
+  for (const pair of connection.candidatePairs) {
+    if (pair.state === pairSucceeded && pair.protocol === protocol && pair.remoteCandidate.port === from[1] && pair.remoteCandidate.host === from[0]) return true;
+  }
+  return false;
 }
 
 function screenDtls(data: Buffer, from: Address, socket: DtlsSocketView | undefined, hooks: GuardHooks): Buffer | undefined {

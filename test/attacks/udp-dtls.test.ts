@@ -1,7 +1,7 @@
 // Threat: anyone with UDP reach to the camera's ICE port (it is in the answer SDP the camera sends
 // the viewer) tries to end or disturb a live view without being the viewer: a plaintext DTLS
 // close_notify alert, a spoofed ClientHello (renegotiation) and junk, each from a fresh UDP socket
-// that is not the viewer's nominated ICE pair. None of them may end the session, reset its DTLS
+// that is not one of the viewer's ICE pairs. None of them may end the session, reset its DTLS
 // state or be audited as the viewer leaving: the viewer keeps decoding, and the session ends only
 // by what the viewer or the operator really does (an authenticated close, stream.stop).
 //
@@ -151,7 +151,7 @@ t.test('spoofed UDP to the ICE port neither ends nor disturbs a live view', asyn
 
   await t.test('a spoofed ClientHello and junk: the DTLS association survives, the real hang-up still ends it as viewer_closed', async (t) => {
     const { viewer, sid, port } = await watch();
-    const before = refusals('not the nominated pair');
+    const before = refusals('not from an ICE-validated pair');
     await sendFromFreshSocket(port, junk());
     await sendFromFreshSocket(port, clientHello());
     await keepsDecoding(viewer, 'frames keep decoding after a spoofed ClientHello and junk');
@@ -160,18 +160,18 @@ t.test('spoofed UDP to the ICE port neither ends nor disturbs a live view', asyn
     await viewer.hangUp();
     const stop = await waitForStop(sid, 20_000, 'the viewer hung up');
     t.equal(stop.detail.cause, 'viewer_closed', "the viewer's own authenticated close ends it as viewer_closed, at once");
-    await waitForRefusals('not the nominated pair', before + 2);
-    t.pass('the agent refused both datagrams as not from the nominated pair');
+    await waitForRefusals('not from an ICE-validated pair', before + 2);
+    t.pass('the agent refused both datagrams as not from an ICE-validated pair');
     await viewer.vanish();
   });
 
   await t.test('a plaintext close_notify from a fresh port: the viewer keeps decoding, no end is audited', async (t) => {
     const { viewer, sid, port } = await watch();
-    const before = refusals('not the nominated pair');
+    const before = refusals('not from an ICE-validated pair');
     await sendFromFreshSocket(port, closeNotify());
     await keepsDecoding(viewer, 'frames keep decoding after a spoofed close_notify');
     t.same(stopEntries(sid), [], 'no stream end audited for a spoofed close_notify');
-    await waitForRefusals('not the nominated pair', before + 1);
+    await waitForRefusals('not from an ICE-validated pair', before + 1);
     t.match(await fleet.request(deviceId, makeCommand({ issuer, deviceId, action: 'stream.stop', overrides: { sid, sub: 'insp-0042' } }).payload), { ok: true, sid });
     const stop = await waitForStop(sid, 10_000, 'stream.stop audited');
     t.equal(stop.detail.cause, 'stream_stop', 'the one end audited for the session is the operator stream.stop');
