@@ -258,8 +258,9 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   async #answer(offer: string): Promise<string> {
     await this.#pc.setRemoteDescription({ type: 'offer', sdp: offer });
     this.#noDefaultStun();
-    // Before any socket exists (gathering is in setLocalDescription): only the nominated pair's
-    // authenticated DTLS reaches werift, and only its authenticated goodbye ends the session.
+    // Before any socket exists (gathering is in setLocalDescription): only the viewer's ICE pairs
+    // reach werift's DTLS and SRTP, only authenticated DTLS after the handshake, and only the
+    // viewer's authenticated goodbye ends the session (werift-guard.ts).
     this.#guard = guardDtlsTransports(this.#pc.dtlsTransports, {
       refused: (reason, from) => {
         const fromText = `${from[0]}:${from[1]}`;
