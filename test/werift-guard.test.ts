@@ -186,7 +186,8 @@ t.test('another pair the viewer proved with an ICE check is admitted; a pair sti
 
 t.test('guardProtocol on a real werift StunProtocol and UDP socket', async (t) => {
   const protocol = new StunProtocol();
-  await protocol.connectionMade(true, undefined, undefined);
+  // Bound to loopback only (werift binds the wildcard address unless told).
+  await protocol.connectionMade(true, undefined, { udp4: '127.0.0.1' } as never);
   const port = protocol.getExtraInfo()[1];
   (protocol as unknown as { localCandidate: unknown }).localCandidate = {};
   const viewer = dgram.createSocket('udp4');
