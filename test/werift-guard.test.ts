@@ -184,6 +184,25 @@ t.test('another pair the viewer proved with an ICE check is admitted; a pair sti
   t.equal(refused.length, 2);
 });
 
+t.test('during an ICE restart (werift has no pairs yet) the last nominated pair is still the viewer', async (t) => {
+  const { refused, hooks } = recorder();
+  const protocol = {};
+  const connection: GuardState['connection'] = nominatedOnly(protocol, viewerAddr);
+  const state: GuardState = { connection, dtls: () => undefined };
+  const srtcp = Buffer.concat([Buffer.from([0x80, 201]), Buffer.alloc(40)]);
+  t.equal(screenDatagram(srtcp, viewerAddr, protocol, state, hooks), srtcp, 'before the restart');
+  connection.nominated = undefined;
+  connection.candidatePairs = [];
+  t.equal(screenDatagram(srtcp, viewerAddr, protocol, state, hooks), srtcp, 'restarting: the old path still admitted');
+  t.equal(screenDatagram(srtcp, attackerAddr, protocol, state, hooks), undefined, 'anyone else still refused');
+  const moved: Address = ['192.0.2.30', 40100];
+  connection.nominated = pair(protocol, moved);
+  connection.candidatePairs = [connection.nominated];
+  t.equal(screenDatagram(srtcp, moved, protocol, state, hooks), srtcp, 'the new nominated pair');
+  t.equal(screenDatagram(srtcp, viewerAddr, protocol, state, hooks), undefined, 'once it is nominated, the old path no longer');
+  t.equal(refused.length, 2);
+});
+
 t.test('guardProtocol on a real werift StunProtocol and UDP socket', async (t) => {
   const protocol = new StunProtocol();
   // Bound to loopback only (werift binds the wildcard address unless told).

@@ -62,6 +62,11 @@ export interface GuardHooks {
 export interface GuardState {
   connection: { nominated?: CandidatePair | undefined; candidatePairs: readonly CandidatePair[] };
   dtls(): DtlsSocketView | undefined;
+  /**
+   * The pair last seen nominated: an ICE restart empties werift's pairs until new checks succeed,
+   * and the viewer's RTCP on the old path is still the viewer's meanwhile (same DTLS association).
+   */
+  lastNominated?: CandidatePair | undefined;
 }
 
 const contentType = { changeCipherSpec: 20, alert: 21, handshake: 22, applicationData: 23 } as const;
@@ -81,7 +86,7 @@ export function screenDatagram(data: Buffer, from: Address, protocol: unknown, s
   // RFC 7983 demultiplexing: 0-3 is STUN. ICE checks come from any address by design (a new
   // address is how a path is found); werift authenticates the responses it acts on.
   if (first < 4) return data;
-  if (!fromValidatedPair(state.connection, protocol, from)) {
+  if (!fromValidatedPair(state, protocol, from)) {
     hooks.refused('not from an ICE-validated pair', from);
     return undefined;
   }
@@ -96,10 +101,14 @@ export function screenDatagram(data: Buffer, from: Address, protocol: unknown, s
  * response that carries MESSAGE-INTEGRITY under the viewer's ICE password (werift verifies those),
  * so every such address has proven it is the viewer. RFC 8445 §12.1 has an agent accept media on
  * any such pair: Chromium, as the controlling agent, may send on a pair it selected after the one
- * werift (which keeps the first nomination) took as nominated.
+ * werift (which keeps the first nomination) took as nominated. While an ICE restart has no
+ * nominated pair yet, the last one still counts.
  */
-function fromValidatedPair(connection: GuardState['connection'], protocol: unknown, from: Address): boolean {
-  const nominated = connection.nominated;
+function fromValidatedPair(state: GuardState, protocol: unknown, from: Address): boolean {
+  const connection = state.connection;
+  let nominated = connection.nominated;
+  if (nominated !== undefined) state.lastNominated = nominated;
+  else nominated = state.lastNominated;
   if (nominated !== undefined && nominated.protocol === protocol && nominated.remoteCandidate.port === from[1] && nominated.remoteCandidate.host === from[0]) return true;
   for (const pair of connection.candidatePairs) {
     if (pair.state === pairSucceeded && pair.protocol === protocol && pair.remoteCandidate.port === from[1] && pair.remoteCandidate.host === from[0]) return true;
