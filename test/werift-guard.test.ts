@@ -4,7 +4,7 @@
 // StunProtocol on a real UDP socket shows the address check where werift loses the address.
 import dgram from 'node:dgram';
 import t from 'tap';
-import { DtlsClient, DtlsServer, RTCDtlsTransport, StunProtocol } from 'werift';
+import { DtlsClient, DtlsServer, Message, RTCDtlsTransport, StunProtocol } from 'werift';
 import { guardProtocol, screenDatagram, type Address, type DtlsSocketView, type GuardHooks, type GuardState } from '../src/stream/werift-guard.ts';
 
 const viewerAddr: Address = ['192.0.2.10', 40000];
@@ -155,15 +155,42 @@ t.test('the address check: STUN from anywhere, everything else only from a valid
   const protocol = {};
   const other = {};
   const state: GuardState = { connection: nominatedOnly(protocol, viewerAddr), dtls: () => undefined };
-  const stun = Buffer.from('000100002112a442000000000000000000000000', 'hex');
+  // A STUN Binding success response (class 10): werift checks those against its transactions.
+  const stun = Buffer.from('010100002112a442000000000000000000000000', 'hex');
   const srtp = Buffer.concat([Buffer.from([0x80, 96]), Buffer.alloc(100)]);
-  t.equal(screenDatagram(stun, attackerAddr, protocol, state, hooks), stun, 'STUN from anywhere reaches ICE');
+  t.equal(screenDatagram(stun, attackerAddr, protocol, state, hooks), stun, 'a STUN response from anywhere reaches ICE');
   t.equal(screenDatagram(srtp, viewerAddr, protocol, state, hooks), srtp, 'SRTP from the pair: the same buffer, no copy');
   t.equal(screenDatagram(srtp, attackerAddr, protocol, state, hooks), undefined, 'SRTP from another address: refused');
   t.equal(screenDatagram(srtp, [viewerAddr[0], viewerAddr[1] + 1], protocol, state, hooks), undefined, 'another port: refused');
   t.equal(screenDatagram(srtp, viewerAddr, other, state, hooks), undefined, 'the same address on another local socket: refused');
   t.equal(screenDatagram(Buffer.alloc(0), viewerAddr, protocol, state, hooks), undefined, 'an empty datagram: dropped');
   t.equal(refused.length, 3);
+});
+
+t.test("STUN requests: only with MESSAGE-INTEGRITY under the camera's ICE password (werift answers any)", async (t) => {
+  const { refused, hooks } = recorder();
+  const protocol = {};
+  const state: GuardState = {
+    connection: { ...nominatedOnly(protocol, viewerAddr), localPassword: 'camera-password-now', userHistory: { camOld: 'camera-password-before', camNow: 'camera-password-now' } },
+    dtls: () => undefined,
+  };
+  const request = (username: string, password?: string, attributes: [string, unknown][] = []) => {
+    const m = new Message(1 as never, 0 as never).setAttribute('USERNAME', username).setAttribute('PRIORITY', 1);
+    for (const [k, v] of attributes) m.setAttribute(k as never, v);
+    if (password !== undefined) m.addMessageIntegrity(Buffer.from(password, 'utf8'));
+    return m.addFingerprint().bytes;
+  };
+  const viewerCheck = request('camNow:viewer', 'camera-password-now', [['USE-CANDIDATE', null]]);
+  t.equal(screenDatagram(viewerCheck, viewerAddr, protocol, state, hooks), viewerCheck, "the viewer's check (our password) passes");
+  const fromNewAddress = request('camNow:viewer', 'camera-password-now');
+  t.equal(screenDatagram(fromNewAddress, attackerAddr, protocol, state, hooks), fromNewAddress, 'from any address, as ICE needs, when it authenticates');
+  const beforeRestart = request('camOld:viewer', 'camera-password-before');
+  t.equal(screenDatagram(beforeRestart, viewerAddr, protocol, state, hooks), beforeRestart, "a check of the generation before a restart, under that generation's password");
+  t.same(refused, []);
+  t.equal(screenDatagram(request('camNow:x', undefined, [['ICE-CONTROLLED', 0n]]), attackerAddr, protocol, state, hooks), undefined, 'no MESSAGE-INTEGRITY (a role-switch attempt): refused');
+  t.equal(screenDatagram(request('camNow:x', 'guessed'), attackerAddr, protocol, state, hooks), undefined, 'the wrong password: refused');
+  t.equal(screenDatagram(request('camOld:x', 'camera-password-now'), attackerAddr, protocol, state, hooks), undefined, "the other generation's password: refused");
+  t.match(refused, [/STUN request without valid MESSAGE-INTEGRITY/, /STUN request without valid MESSAGE-INTEGRITY/, /STUN request without valid MESSAGE-INTEGRITY/]);
 });
 
 t.test('another pair the viewer proved with an ICE check is admitted; a pair still being checked is not', async (t) => {

@@ -8,10 +8,15 @@
 //     authenticates an alert; an unknown content type is treated as an alert too;
 //   - restarts the handshake (DtlsSocket.renegotiation(): new keys, `connected` false) on any
 //     ClientHello after the handshake, plaintext included.
+// Its ICE also answers STUN requests without checking their MESSAGE-INTEGRITY (Connection.
+// ensureProtocol's onRequestReceived handler): anyone can get a Binding response, make the camera
+// send checks to an address of their choosing, and switch the camera's ICE role with an
+// ICE-CONTROLLED attribute (RFC 8445 §7.3.1.1 repair, done for an unauthenticated request).
 // So one unauthenticated datagram from any address could end or reset a live view. The guard
 // sits between the ICE socket and werift's parsing (the address is still known there) and lets
 // through only:
-//   - STUN, which ICE itself handles (checks come from new addresses by design);
+//   - STUN from any address (checks come from new addresses by design), but a STUN request only
+//     with MESSAGE-INTEGRITY under the camera's ICE password (RFC 8445 §7.3: which werift skips);
 //   - any other datagram only from the remote address and local socket of the nominated pair, or
 //     of another pair the viewer proved with an authenticated ICE check (fromValidatedPair);
 //   - of DTLS records from such a pair: before the handshake completes, handshake traffic (no
@@ -20,7 +25,7 @@
 //     ClientHello/HelloRequest (no renegotiation), and alerts never to werift: an authenticated
 //     close_notify or fatal alert is reported to the session (`peerClosed`), which ends it.
 // Everything refused is reported with the reason (`refused`), so it can be logged and counted.
-import type { RTCDtlsTransport } from 'werift';
+import { parseMessage, type RTCDtlsTransport } from 'werift';
 
 export type Address = [string, number];
 
@@ -32,7 +37,13 @@ interface CandidatePair {
   /** werift's CandidatePairState: 3 is SUCCEEDED. */
   state: number;
 }
-interface IceConnection {
+/** The camera's ICE credentials: STUN requests must carry MESSAGE-INTEGRITY under its password. */
+interface IceCredentials {
+  localPassword?: string;
+  /** werift's ufrag -> password of this and earlier (pre-restart) generations. */
+  userHistory?: Record<string, string>;
+}
+interface IceConnection extends IceCredentials {
   nominated?: CandidatePair | undefined;
   candidatePairs: readonly CandidatePair[];
   protocols: unknown[];
@@ -60,7 +71,7 @@ export interface GuardHooks {
 
 /** The state one screening decision reads: the ICE pairs, and the DTLS socket once started. */
 export interface GuardState {
-  connection: { nominated?: CandidatePair | undefined; candidatePairs: readonly CandidatePair[] };
+  connection: IceCredentials & { nominated?: CandidatePair | undefined; candidatePairs: readonly CandidatePair[] };
   dtls(): DtlsSocketView | undefined;
   /**
    * The pair last seen nominated: an ICE restart empties werift's pairs until new checks succeed,
@@ -84,14 +95,36 @@ export function screenDatagram(data: Buffer, from: Address, protocol: unknown, s
   const first = data[0];
   if (first === undefined) return undefined;
   // RFC 7983 demultiplexing: 0-3 is STUN. ICE checks come from any address by design (a new
-  // address is how a path is found); werift authenticates the responses it acts on.
-  if (first < 4) return data;
+  // address is how a path is found); werift authenticates the responses it acts on, the guard
+  // the requests.
+  if (first < 4) return screenStun(data, from, state, hooks);
   if (!fromValidatedPair(state, protocol, from)) {
     hooks.refused('not from an ICE-validated pair', from);
     return undefined;
   }
   // 20-63 is DTLS; SRTP and SRTCP (128-191) are authenticated by werift's SRTP session itself.
   if (first >= 20 && first <= 63) return screenDtls(data, from, state.dtls(), hooks);
+  return data;
+}
+
+const stunHeaderLength = 20;
+
+function screenStun(data: Buffer, from: Address, state: GuardState, hooks: GuardHooks): Buffer | undefined {
+  if (data.length < stunHeaderLength) return data;
+  // The class bits of the message type (RFC 5389 §6): C1 is bit 8, C0 bit 4; a request is 00.
+  const type = data.readUInt16BE(0);
+  if ((type & 0x0110) !== 0) return data;
+  const message = parseMessage(data);
+  // Not STUN after all (werift will not take it for a request either).
+  if (message === undefined) return data;
+  const username = message.getAttributeValue('USERNAME') as unknown;
+  // USERNAME is "<the camera's ufrag>:<the viewer's ufrag>"; werift looks the password up the same way.
+  const localUfrag = typeof username === 'string' ? username.split(':')[0]! : '';
+  const password = state.connection.userHistory?.[localUfrag] ?? state.connection.localPassword;
+  if (password === undefined || parseMessage(data, Buffer.from(password, 'utf8')) === undefined) {
+    hooks.refused("STUN request without valid MESSAGE-INTEGRITY under the camera's ICE password", from);
+    return undefined;
+  }
   return data;
 }
 

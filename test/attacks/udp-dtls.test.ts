@@ -1,7 +1,8 @@
 // Threat: anyone with UDP reach to the camera's ICE port (it is in the answer SDP the camera sends
 // the viewer) tries to end or disturb a live view without being the viewer: a plaintext DTLS
-// close_notify alert, a spoofed ClientHello (renegotiation) and junk, each from a fresh UDP socket
-// that is not one of the viewer's ICE pairs. None of them may end the session, reset its DTLS
+// close_notify alert, a spoofed ClientHello (renegotiation), junk, and unauthenticated STUN
+// Binding requests (one that werift would answer, one with ICE-CONTROLLED that would switch the
+// camera's ICE role), each from a fresh UDP socket that is not one of the viewer's ICE pairs. None of them may end the session, reset its DTLS
 // state or be audited as the viewer leaving: the viewer keeps decoding, and the session ends only
 // by what the viewer or the operator really does (an authenticated close, stream.stop).
 //
@@ -9,6 +10,7 @@
 import dgram from 'node:dgram';
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
+import { Message } from 'werift';
 import { spawnAgent, tempStateDir, type AgentProcess } from '../helpers/agent-process.ts';
 import { writeAgentConfig } from '../helpers/agent-config.ts';
 import { ChromiumViewers, type Viewer } from '../helpers/chromium-viewer.ts';
@@ -126,7 +128,7 @@ t.test('spoofed UDP to the ICE port neither ends nor disturbs a live view', asyn
     await recorder.waitFor(() => stopEntries(sid).length > 0, timeoutMs, what);
     return stopEntries(sid)[0]!;
   };
-  const watch = async (): Promise<{ viewer: Viewer; sid: string; port: number }> => {
+  const watch = async (): Promise<{ viewer: Viewer; sid: string; port: number; answer: string }> => {
     const viewer = await viewers.open();
     const offer = await viewer.createOffer();
     const command = makeCommand({ issuer, deviceId, action: 'stream.start', offer, overrides: { sub: 'insp-0042', reason: 'public-safety' } });
@@ -134,7 +136,7 @@ t.test('spoofed UDP to the ICE port neither ends nor disturbs a live view', asyn
     t.match(reply, { ok: true, sid: /^s-/, answer: /^v=0/ }, 'stream.start accepted with an answer');
     await viewer.applyAnswer(reply.answer!);
     await viewer.waitForVideo((v) => v.framesDecoded > 5, 20_000, 'decoded frames');
-    return { viewer, sid: reply.sid!, port: icePort(reply.answer!) };
+    return { viewer, sid: reply.sid!, port: icePort(reply.answer!), answer: reply.answer! };
   };
   /** Frames keep decoding: 30 more (2 s at 15 fps) after the datagrams were sent. */
   const keepsDecoding = async (viewer: Viewer, what: string) => {
@@ -176,6 +178,42 @@ t.test('spoofed UDP to the ICE port neither ends nor disturbs a live view', asyn
     const stop = await waitForStop(sid, 10_000, 'stream.stop audited');
     t.equal(stop.detail.cause, 'stream_stop', 'the one end audited for the session is the operator stream.stop');
     t.equal(stopEntries(sid).length, 1, 'exactly one end for the session');
+    await viewer.vanish();
+  });
+
+  await t.test('unauthenticated STUN Binding requests: not answered, no ICE role change; the view carries on', async (t) => {
+    const { viewer, sid, port, answer } = await watch();
+    const cameraUfrag = /^a=ice-ufrag:(\S+)/m.exec(answer)![1]!;
+    // USERNAME as a real check has it ("<camera ufrag>:<viewer ufrag>", the camera's from the
+    // answer), but no MESSAGE-INTEGRITY: the attacker does not have the camera's ICE password.
+    const binding = (role: [string, unknown][] = []) => {
+      const m = new Message(1 as never, 0 as never).setAttribute('USERNAME', `${cameraUfrag}:evil`).setAttribute('PRIORITY', 1_853_824_767);
+      for (const [k, v] of role) m.setAttribute(k as never, v);
+      return m.addFingerprint().bytes;
+    };
+    const socket = dgram.createSocket('udp4');
+    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+    t.teardown(() => socket.close());
+    const received: Buffer[] = [];
+    socket.on('message', (m) => received.push(m));
+    const answered = new Promise<string>((resolve) => socket.once('message', () => resolve('answered')));
+    const before = refusals('STUN request');
+    const send = (d: Buffer, toPort: number) => new Promise<void>((resolve, reject) => socket.send(d, toPort, '127.0.0.1', (err) => (err ? reject(err) : resolve())));
+    await send(binding(), port);
+    // werift (controlled) switches to controlling for an ICE-CONTROLLED with a lower tie-breaker.
+    await send(binding([['ICE-CONTROLLED', 0n]]), port);
+    const outcome = await Promise.race([answered, waitForRefusals('STUN request', before + 2).then(() => 'refused')]);
+    t.equal(outcome, 'refused', 'the camera refused both rather than answering (a Binding response, or checks sent to the attacker)');
+    // Anything the camera had sent this socket would be queued before a datagram it sends itself.
+    const sentinel = Buffer.from('sentinel');
+    const sentinelSeen = new Promise<void>((resolve) => socket.on('message', (m) => m.equals(sentinel) && resolve()));
+    await send(sentinel, socket.address().port);
+    await sentinelSeen;
+    t.same(received, [sentinel], 'nothing from the camera reached the attacker');
+    await keepsDecoding(viewer, 'frames keep decoding after the STUN requests');
+    t.match(await fleet.request(deviceId, makeCommand({ issuer, deviceId, action: 'stream.stop', overrides: { sid, sub: 'insp-0042' } }).payload), { ok: true, sid });
+    const stop = await waitForStop(sid, 10_000, 'stream.stop audited');
+    t.equal(stop.detail.cause, 'stream_stop', 'the one end audited is the operator stream.stop');
     await viewer.vanish();
   });
 });
