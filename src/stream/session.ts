@@ -96,6 +96,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   #closed = false;
   /** Screens what reaches werift's DTLS (see werift-guard.ts); set once the transports exist. */
   #guard: SessionGuard | undefined;
+  #outsiderWarned = false;
   /** Whether stream.ice.servers names a stun: server (else werift's default must be undone). */
   readonly #stunConfigured: boolean;
   readonly #onSendError = (err: unknown): void => {
@@ -262,12 +263,14 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     // reach werift's DTLS and SRTP, only authenticated DTLS after the handshake, and only the
     // viewer's authenticated goodbye ends the session (werift-guard.ts).
     this.#guard = guardDtlsTransports(this.#pc.dtlsTransports, {
-      refused: (reason, from) => {
+      refused: (reason, from, fromViewer) => {
         const fromText = `${from[0]}:${from[1]}`;
-        if (this.#guard?.refusedCount === 1) {
+        // Once a view, for outsiders only: the viewer's own handshake retransmissions are routine.
+        if (!fromViewer && !this.#outsiderWarned) {
+          this.#outsiderWarned = true;
           this.#log.warn({ reason, from: fromText }, "datagrams refused: not the viewer's authenticated DTLS association (each is logged at debug)");
         }
-        this.#log.debug({ reason, from: fromText, refused: this.#guard?.refusedCount }, 'datagram refused');
+        this.#log.debug({ reason, from: fromText, fromViewer, refused: this.#guard?.refusedCount }, 'datagram refused');
       },
       // A viewer that hangs up (RTCPeerConnection.close) sends an encrypted close_notify.
       peerClosed: (alert) => {

@@ -63,8 +63,12 @@ export interface DtlsSocketView {
 }
 
 export interface GuardHooks {
-  /** A datagram or DTLS record was refused; `reason` says why. */
-  refused(reason: string, from: Address): void;
+  /**
+   * A datagram or DTLS record was refused; `reason` says why. `fromViewer`: it came from one of the
+   * viewer's validated ICE pairs (a DTLS record refused there is usually the viewer's own
+   * retransmission of its handshake flight, or a renegotiation); otherwise from an outsider.
+   */
+  refused(reason: string, from: Address, fromViewer: boolean): void;
   /** The viewer's own DTLS association said goodbye (an authenticated close_notify or fatal alert). */
   peerClosed(alert: { level: number; description: number }): void;
 }
@@ -99,7 +103,7 @@ export function screenDatagram(data: Buffer, from: Address, protocol: unknown, s
   // the requests.
   if (first < 4) return screenStun(data, from, state, hooks);
   if (!fromValidatedPair(state, protocol, from)) {
-    hooks.refused('not from an ICE-validated pair', from);
+    hooks.refused('not from an ICE-validated pair', from, false);
     return undefined;
   }
   // 20-63 is DTLS; SRTP and SRTCP (128-191) are authenticated by werift's SRTP session itself.
@@ -122,7 +126,7 @@ function screenStun(data: Buffer, from: Address, state: GuardState, hooks: Guard
   const localUfrag = typeof username === 'string' ? username.split(':')[0]! : '';
   const password = state.connection.userHistory?.[localUfrag] ?? state.connection.localPassword;
   if (password === undefined || parseMessage(data, Buffer.from(password, 'utf8')) === undefined) {
-    hooks.refused("STUN request without valid MESSAGE-INTEGRITY under the camera's ICE password", from);
+    hooks.refused("STUN request without valid MESSAGE-INTEGRITY under the camera's ICE password", from, false);
     return undefined;
   }
   return data;
@@ -155,12 +159,12 @@ function screenDtls(data: Buffer, from: Address, socket: DtlsSocketView | undefi
   let offset = 0;
   while (offset < data.length) {
     if (offset + recordHeaderLength > data.length) {
-      hooks.refused('truncated DTLS record header', from);
+      hooks.refused('truncated DTLS record header', from, true);
       break;
     }
     const end = offset + recordHeaderLength + data.readUInt16BE(offset + 11);
     if (end > data.length) {
-      hooks.refused('DTLS record longer than the datagram', from);
+      hooks.refused('DTLS record longer than the datagram', from, true);
       break;
     }
     const record = data.subarray(offset, end);
@@ -168,7 +172,7 @@ function screenDtls(data: Buffer, from: Address, socket: DtlsSocketView | undefi
     if (reason === undefined) {
       kept?.push(record);
     } else {
-      if (reason !== consumed) hooks.refused(reason, from);
+      if (reason !== consumed) hooks.refused(reason, from, true);
       // Copy only when something is dropped: after the handshake DTLS records are rare.
       kept ??= offset === 0 ? [] : [data.subarray(0, offset)];
     }
@@ -242,9 +246,9 @@ export interface SessionGuard {
 export function guardDtlsTransports(transports: readonly RTCDtlsTransport[], hooks: GuardHooks): SessionGuard {
   let refusedCount = 0;
   const counted: GuardHooks = {
-    refused: (reason, from) => {
+    refused: (reason, from, fromViewer) => {
       refusedCount++;
-      hooks.refused(reason, from);
+      hooks.refused(reason, from, fromViewer);
     },
     peerClosed: (alert) => hooks.peerClosed(alert),
   };
@@ -278,7 +282,7 @@ export function guardProtocol(protocol: unknown, state: GuardState, hooks: Guard
   if (name === undefined) {
     // ICE-TCP (not enabled here) frames data without a per-datagram address: nothing from a
     // protocol the guard cannot check reaches DTLS or SRTP.
-    if (p.onDataReceived) p.onDataReceived.execute = () => hooks.refused('ICE transport the guard cannot check (ICE-TCP)', ['', 0]);
+    if (p.onDataReceived) p.onDataReceived.execute = () => hooks.refused('ICE transport the guard cannot check (ICE-TCP)', ['', 0], false);
     return;
   }
   const original = (p[name] as (data: Buffer, addr: Address) => void).bind(p);
