@@ -18,6 +18,7 @@ const benches: Bench[] = [
   { name: 'startup', file: 'bench/startup.ts', flags: ['runs'] },
   { name: 'outbox-drain', file: 'bench/outbox-drain.ts', flags: ['messages', 'configs', 'timeout-s', 'cpu-prof', 'no-prof'] },
   { name: 'command-verify', file: 'bench/command-verify.ts', flags: [] },
+  { name: 'rtp-guard', file: 'bench/rtp-guard.ts', flags: [] },
   { name: 'command-roundtrip', file: 'bench/command-roundtrip.ts', flags: ['runs'] },
   { name: 'capture', file: 'bench/capture.ts', flags: ['preset', 'seconds', 'requests'] },
   { name: 'stream', file: 'bench/stream.ts', flags: ['runs', 'window-s'] },

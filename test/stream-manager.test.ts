@@ -635,3 +635,21 @@ t.test('network watcher: a change of address is noticed once, whatever the order
   named.stop();
   t.same(named.addresses, [], 'only the named interfaces count');
 });
+
+t.test('ICE restart: an answer naming a second DTLS certificate beside the viewer\'s is refused (issue 14, finding 7)', async (t) => {
+  const r = rig({ viewerLostGrace: 30 });
+  t.teardown(() => r.manager.stop());
+  const accepted = await r.manager.startStream(await authorised('stream.start'));
+  const sid = (accepted as unknown as { sid: string }).sid;
+  const s = r.sessions[0]!;
+  s.link('connected');
+  r.manager.networkChanged();
+  await until('a restart offer', () => r.restartOffers.length === 1);
+  const answer = { sid, generation: 1, answer: answerSdp('AA:BB'), operator: 'console', issuer: 'fleet', jti: 'j1', tokenDigest: 'd1' };
+  const withLine = (line: string) => answer.answer.replace('a=mid:0', `a=mid:0\r\n${line}`);
+  t.match(await r.manager.acceptRestartAnswer({ ...answer, answer: withLine('a=fingerprint:sha-256 CC:DD') }), { ok: false, code: 'wrong_viewer', message: /names 2 DTLS certificates/ });
+  t.match(await r.manager.acceptRestartAnswer({ ...answer, answer: withLine('a=fingerprint:sha-512 CC:DD') }), { ok: false, code: 'wrong_viewer', message: /sha-512 DTLS fingerprint: only sha-256/ });
+  t.match(await r.manager.acceptRestartAnswer({ ...answer, answer: 'not sdp' }), { ok: false, code: 'wrong_viewer' });
+  t.same(s.restartAnswers, [], 'none reached the peer connection');
+  t.match(await r.manager.acceptRestartAnswer({ ...answer, answer: withLine('a=fingerprint:sha-256 aa:bb') }), { ok: true }, 'the same certificate named twice is one: taken');
+});

@@ -54,14 +54,38 @@ export function inspectOffer(sdp: string): OfferSummary {
     return p.get('packetization-mode') === '1' && isConstrainedBaseline(p.get('profile-level-id'));
   });
   if (!h264) throw new OfferError('the offer has no H.264 constrained baseline with packetization-mode=1 (profile-level-id 42e01f)');
-  const fingerprints = v.dtlsParams?.fingerprints ?? parsed.dtlsFingerprints;
-  const sha256 = fingerprints.find((f) => f.algorithm.toLowerCase() === 'sha-256');
-  if (!sha256) throw new OfferError('the offer has no sha-256 DTLS fingerprint');
+  const fingerprint = viewerFingerprint(sdp, 'the offer');
   for (const m of parsed.media) {
     if (m.kind === 'audio' && m.port !== 0 && m.direction !== 'recvonly' && m.direction !== 'inactive') {
       throw new OfferError(`the viewer's audio must be recvonly, it is ${m.direction ?? 'unset'}`);
     }
   }
   const audio = parsed.media.some((m) => m.kind === 'audio' && m.port !== 0 && m.direction === 'recvonly' && m.rtp.codecs.some((c) => c.mimeType.toLowerCase() === 'audio/opus'));
-  return { fingerprint: `sha-256 ${sha256.value}`, audio };
+  return { fingerprint, audio };
+}
+
+/**
+ * The one DTLS certificate an SDP from the viewer names (its offer, or its answer to an ICE
+ * restart), as `sha-256 HEX`. Every a=fingerprint line, at session and at media level, must be
+ * sha-256 and name the same certificate; anything else is refused (OfferError, naming what is
+ * wrong). Why: werift keeps every fingerprint it is given and accepts a peer matching any one of
+ * the strongest algorithm present, so an SDP with two (or a sha-512 beside the sha-256) would let
+ * the audit name viewer X while the DTLS peer is Y. The one place SDP fingerprints are read.
+ */
+export function viewerFingerprint(sdp: string, what: string): string {
+  if (!/^v=0\r?\n/.test(sdp)) throw new OfferError(`${what} is not SDP (no "v=0" first line)`);
+  // The text itself, not werift's parse of it: werift files session-level lines under each media
+  // section and drops a section's lines when it has no a=setup, but its DTLS may still use them.
+  const values = new Set<string>();
+  for (const [, line] of sdp.matchAll(/^a=fingerprint:([^\r\n]*)$/gm)) {
+    const [algorithm = '', value = '', ...rest] = line!.trim().split(/\s+/);
+    if (algorithm.toLowerCase() !== 'sha-256') throw new OfferError(`${what} has a ${algorithm || 'nameless'} DTLS fingerprint: only sha-256 is accepted`);
+    if (rest.length > 0 || !/^[0-9A-F]{2}(:[0-9A-F]{2})*$/i.test(value)) throw new OfferError(`${what} has a malformed sha-256 DTLS fingerprint ${JSON.stringify(line)}`);
+    values.add(value.toUpperCase());
+  }
+  if (values.size === 0) throw new OfferError(`${what} has no sha-256 DTLS fingerprint`);
+  if (values.size > 1) {
+    throw new OfferError(`${what} names ${values.size} DTLS certificates (${[...values].map((v) => `${v.slice(0, 11)}...`).join(', ')}): exactly one is accepted, the viewer's`);
+  }
+  return `sha-256 ${[...values][0]!}`;
 }

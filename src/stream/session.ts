@@ -25,6 +25,7 @@ import type { LinkSample } from './bitrate.ts';
 import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authorised-command.ts';
 import type { ResolvedIce } from './ice.ts';
 import { inspectOffer, type OfferSummary } from './offer.ts';
+import { guardDtlsTransports, type SessionGuard } from './werift-guard.ts';
 
 /** What the stream manager sees of a session's connection. */
 export type SessionLinkState = 'connecting' | 'connected' | 'failed' | 'closed';
@@ -93,6 +94,9 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   readonly #audio: RTCRtpSender | undefined;
   readonly #log: Logger;
   #closed = false;
+  /** Screens what reaches werift's DTLS (see werift-guard.ts); set once the transports exist. */
+  #guard: SessionGuard | undefined;
+  #outsiderWarned = false;
   /** Whether stream.ice.servers names a stun: server (else werift's default must be undone). */
   readonly #stunConfigured: boolean;
   readonly #onSendError = (err: unknown): void => {
@@ -255,6 +259,25 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   async #answer(offer: string): Promise<string> {
     await this.#pc.setRemoteDescription({ type: 'offer', sdp: offer });
     this.#noDefaultStun();
+    // Before any socket exists (gathering is in setLocalDescription): only the viewer's ICE pairs
+    // reach werift's DTLS and SRTP, only authenticated DTLS after the handshake, and only the
+    // viewer's authenticated goodbye ends the session (werift-guard.ts).
+    this.#guard = guardDtlsTransports(this.#pc.dtlsTransports, {
+      refused: (reason, from, fromViewer) => {
+        const fromText = `${from[0]}:${from[1]}`;
+        // Once a view, for outsiders only: the viewer's own handshake retransmissions are routine.
+        if (!fromViewer && !this.#outsiderWarned) {
+          this.#outsiderWarned = true;
+          this.#log.warn({ reason, from: fromText }, "datagrams refused: not the viewer's authenticated DTLS association (each is logged at debug)");
+        }
+        this.#log.debug({ reason, from: fromText, fromViewer, refused: this.#guard?.refusedCount }, 'datagram refused');
+      },
+      // A viewer that hangs up (RTCPeerConnection.close) sends an encrypted close_notify.
+      peerClosed: (alert) => {
+        this.#log.debug({ alert }, 'the viewer closed its DTLS association');
+        if (!this.#closed) this.#setLink('closed');
+      },
+    });
     // DTLS server (setup:passive, which RFC 8842 lets the answerer of an "actpass" offer choose, and
     // which werift takes from the local answer): the browser sends its ClientHello as soon as its
     // own ICE check succeeds. As client, werift's ClientHello arrives before that and the browser
@@ -263,13 +286,6 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     await this.#pc.setLocalDescription({ type: 'answer', sdp: answer.sdp.replace(/^a=setup:active\r?$/gm, (line) => line.replace('active', 'passive')) });
     // The command carries one SDP each way (no trickle over MQTT): wait for every candidate.
     await this.#gathered();
-    // A viewer that hangs up (RTCPeerConnection.close) sends a DTLS close alert; werift closes
-    // the DTLS transport but not the connection, so this is where a goodbye shows.
-    for (const dtls of this.#pc.dtlsTransports) {
-      dtls.onStateChange.subscribe((state) => {
-        if (state === 'closed' && !this.#closed) this.#setLink('closed');
-      });
-    }
     const sdp = this.#pc.localDescription?.sdp;
     if (!sdp) throw new Error('werift made no local description');
     return sdp;

@@ -10,10 +10,10 @@ import type { AuditLog } from '../audit/audit-log.ts';
 import type { AuthorisedCommand } from '../command/authorised-command.ts';
 import type { ActionResult } from '../command/command-handler.ts';
 import type { DeviceState, StreamSessionState } from '../state/device-state.ts';
-import { SessionDescription } from 'werift';
 import { EncoderRateHysteresis, LinkBitrate, type LinkSample } from './bitrate.ts';
 import type { StreamConfig } from './config.ts';
 import { resolveIce, type ResolvedIce } from './ice.ts';
+import { viewerFingerprint } from './offer.ts';
 import type { IceAnswer, IceAnswerOutcome, IceAnswerRefusal } from './ice-signalling.ts';
 import type { SessionLinkState, StreamSessionOptions } from './session.ts';
 import { newSessionId } from './session-id.ts';
@@ -490,15 +490,13 @@ export class StreamManager {
     if (r.restart?.generation !== a.generation) {
       return refuse('stale_generation', `answer is for restart ${a.generation}; the session's open restart is ${r.restart?.generation ?? 'none'}`);
     }
-    let fingerprint: string | undefined;
+    // Only the viewer the stream.start named (its DTLS certificate, and no other beside it) may move the media.
+    let fingerprint: string;
     try {
-      const parsed = SessionDescription.parse(a.answer);
-      const fp = (parsed.media[0]?.dtlsParams?.fingerprints ?? parsed.dtlsFingerprints).find((f) => f.algorithm.toLowerCase() === 'sha-256');
-      fingerprint = fp && `sha-256 ${fp.value}`;
-    } catch {
-      fingerprint = undefined;
+      fingerprint = viewerFingerprint(a.answer, 'the answer');
+    } catch (err) {
+      return refuse('wrong_viewer', (err as Error).message);
     }
-    // Only the viewer the stream.start named (its DTLS certificate) may move the media.
     if (fingerprint !== r.session.offer.fingerprint) return refuse('wrong_viewer', "the answer's DTLS fingerprint is not the viewer's");
     const { cause } = r.restart;
     r.restart = undefined;
