@@ -1,6 +1,7 @@
 // The live view's policy without sockets: the manager driven with stand-in sessions (the real
 // StreamSession is exercised against Chromium in stream-e2e.test.ts), real authorised commands
 // from the real verifier, and a real audit log on a real SQLite database.
+import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -9,6 +10,7 @@ import pino from 'pino';
 import t from 'tap';
 import type { AuthorisedCommand } from '../src/command/authorised-command.ts';
 import { ReplayCache } from '../src/command/replay-cache.ts';
+import { SignedTokenVerifier } from '../src/command/signed-token.ts';
 import { TrustStore } from '../src/command/trust-store.ts';
 import { CommandVerifier } from '../src/command/verifier.ts';
 import type { StreamConfig } from '../src/stream/config.ts';
@@ -24,7 +26,7 @@ import { StreamSession, type SessionLinkState } from '../src/stream/session.ts';
 import { StreamManager, type LiveSession, type OpenSession } from '../src/stream/stream-manager.ts';
 import type { DeviceStateDoc } from '../src/state/device-state.ts';
 import { openDatabase } from '../src/store/database.ts';
-import { makeCommand, makeIssuer, sdpOffer, testPolicy, trustStoreJwks } from './helpers/command-tokens.ts';
+import { makeCommand, makeIssuer, sdpOffer, signToken, testPolicy, trustStoreJwks } from './helpers/command-tokens.ts';
 
 const logger = pino({ level: 'silent' });
 const deviceId = 'cam-unit';
@@ -542,10 +544,15 @@ t.test('ICE answers: the signalling verifies the token before the manager sees i
     topic: (suffix) => `bwc/v1/cam-1/${suffix}`,
     deviceId: 'cam-1',
     deviceKey,
-    trustStore: trust,
+    tokens: new SignedTokenVerifier({
+      deviceId: 'cam-1',
+      trustStore: trust,
+      replayCache: new ReplayCache(openDatabase({ stateDir: dir })),
+      clock: { nowMs: () => Date.now(), synchronised: () => true },
+      policy: { clockSkewS: 30, maxTokenLifetimeS: 300, unsynchronisedClock: 'reject' },
+      logger,
+    }),
     nowMs: () => Date.now(),
-    clockSkewS: 30,
-    maxTokenLifetimeS: 300,
     maxPayloadBytes: 65_536,
     onAnswer: async (a) => {
       answers.push(a);
@@ -576,6 +583,11 @@ t.test('ICE answers: the signalling verifies the token before the manager sees i
     await new Promise((res) => setTimeout(res, 50));
   };
   const good = await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: 's-1', generation: 3, answer, operator: 'sgt-7' });
+  const expiredAnswer = () => {
+    const iat = Math.floor(Date.now() / 1000) - 300;
+    const claims = { iss: 'bwc-fleet', sub: 'sgt-7', aud: 'cam-1', iat, exp: iat + 60, jti: `old-${iat}`, sid: 's-1', gen: 3, answer_sha256: createHash('sha256').update(answer).digest('base64url') };
+    return signToken({ issuer, claims, header: { typ: 'bwc-ice+jwt' } });
+  };
   await send('s-1', { token: good, answer });
   t.match(answers, [{ sid: 's-1', generation: 3, answer, operator: 'sgt-7' }], 'a good answer reaches the manager');
 
@@ -586,7 +598,9 @@ t.test('ICE answers: the signalling verifies the token before the manager sees i
     ['an outsider key', { token: await signIceAnswer({ keyFile: await keyFile(outsider), device: 'cam-1', sid: 's-1', generation: 3, answer }), answer }, 'unknown_key'],
     ['a key not trusted for live views', { token: await signIceAnswer({ keyFile: await keyFile(viewerOnly), device: 'cam-1', sid: 's-1', generation: 3, answer }), answer }, 'action_not_permitted'],
     ['another device', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-2', sid: 's-1', generation: 3, answer }), answer }, 'wrong_device'],
-    ['expired', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: 's-1', generation: 3, answer, ttlS: -120 }), answer }, 'expired'],
+    // exp before iat is a malformed token (as for commands); an expired one has both in the past.
+    ['exp before iat', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: 's-1', generation: 3, answer, ttlS: -120 }), answer }, 'malformed'],
+    ['expired', { token: expiredAnswer(), answer }, 'expired'],
     ['too long-lived', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: 's-1', generation: 3, answer, ttlS: 3600 }), answer }, 'too_long_lived'],
     ['a command token', { token: await makeCommand({ issuer, deviceId: 'cam-1', action: 'stream.stop', overrides: { sid: 's-1' } }).token, answer }, 'wrong_type'],
   ];

@@ -15,6 +15,7 @@ import { Recorder, type RecordResult } from '../recording/recorder.ts';
 import { CommandHandler, type ActionExecutor } from '../command/command-handler.ts';
 import { SystemClock, type CommandClock } from '../command/clock.ts';
 import { ReplayCache } from '../command/replay-cache.ts';
+import { SignedTokenVerifier } from '../command/signed-token.ts';
 import { TrustStore } from '../command/trust-store.ts';
 import { CommandVerifier } from '../command/verifier.ts';
 import { ConfigError } from '../config/load.ts';
@@ -144,15 +145,23 @@ export class Agent {
       logger,
     });
     const clock = options.clock ?? new SystemClock();
+    // One verifier of signed tokens, one replay cache, for commands and ICE-restart answers alike.
+    const replayCache = new ReplayCache(this.#db);
+    const tokens = new SignedTokenVerifier({
+      deviceId: config.deviceId,
+      trustStore: parts.trustStore,
+      replayCache,
+      clock,
+      policy: { clockSkewS: config.commands.clockSkew, maxTokenLifetimeS: config.commands.maxTokenLifetime, unsynchronisedClock: config.commands.unsynchronisedClock },
+      logger,
+    });
     const iceSignalling = new IceSignalling({
       session: this.#link.session,
       topic: (suffix) => this.#link.topic(suffix),
       deviceId: config.deviceId,
       deviceKey: parts.deviceKey,
-      trustStore: parts.trustStore,
+      tokens,
       nowMs: () => clock.nowMs(),
-      clockSkewS: config.commands.clockSkew,
-      maxTokenLifetimeS: config.commands.maxTokenLifetime,
       maxPayloadBytes: config.commands.maxPayloadBytes,
       onAnswer: (answer) => stream.acceptRestartAnswer(answer),
       onRefused: (refusal) => stream.restartAnswerRefused(refusal),
@@ -178,10 +187,11 @@ export class Agent {
         unsynchronisedClock: config.commands.unsynchronisedClock,
         maxPayloadBytes: config.commands.maxPayloadBytes,
       },
-      replayCache: new ReplayCache(this.#db),
+      replayCache,
       clock,
       activeStreams: () => stream.activeCount,
       logger,
+      tokens,
     });
     // Capture always runs (the pre-event buffer); recording keeps what it writes.
     const evidenceDir = evidenceDirOf(config.stateDir);

@@ -42,7 +42,9 @@ t.test('ICE-restart answer tokens: replay and nbf, against the real agent', asyn
   const jwk = JSON.parse(await readFile(path.join(keysDir, 'issuer.private.jwk.json'), 'utf8')) as JWK;
   const key = await importJWK(jwk, 'EdDSA');
 
-  const broker = await startBroker();
+  // The broker logs subscriptions: an answer published before the agent's subscription is active
+  // would be lost, so the test waits for that line.
+  const broker = await startBroker({ listenerLines: ['log_type subscribe'] });
   const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/#`);
   const stateDir = await tempStateDir();
   const config = await writeAgentConfig(stateDir, { commands: { trustStore: path.join(keysDir, 'trust.jwks.json'), unsynchronisedClock: 'accept' } });
@@ -55,6 +57,7 @@ t.test('ICE-restart answer tokens: replay and nbf, against the real agent', asyn
     await broker.dispose();
   });
   await recorder.waitFor(() => recorder.on('state').some((m) => m.json?.online === true), 30_000, 'online');
+  await waitUntil(() => broker.log.includes(`bwc/v1/${deviceId}/stream/+/ice-answer`), 30_000, "the agent's subscription to ICE answers");
 
   type Entry = { type?: string; reason?: string; tokenDigest?: string; detail?: Record<string, unknown> };
   const refusals = () => recorder.on('audit').map((m) => m.json?.entry as Entry | undefined).filter((e): e is Entry => e?.type === 'stream.ice_refused');
@@ -122,3 +125,12 @@ t.test('a command replayed after the wall clock was moved forward and back (unit
   const again = await verifier.verify(captured.payload);
   t.match(again, { ok: false, code: 'replayed' }, 'the captured command is still refused as a replay');
 });
+
+/** Waits for a condition that has no event of its own (a line in the broker's log). */
+async function waitUntil(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
