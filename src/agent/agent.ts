@@ -67,6 +67,7 @@ export class Agent {
   readonly #deviceKey: DeviceKey;
   readonly #capture: CaptureSupervisor;
   readonly #recorder: Recorder;
+  readonly #clock: CommandClock;
   #started: Extension[] = [];
   #statePublishTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
@@ -144,7 +145,8 @@ export class Agent {
       publishRestartOffer: (sid, generation, offer, cause) => iceSignalling.publishOffer(sid, generation, offer, cause),
       logger,
     });
-    const clock = options.clock ?? new SystemClock();
+    const clock = options.clock ?? new SystemClock({ warn: (message) => logger.warn(message) });
+    this.#clock = clock;
     // One verifier of signed tokens, one replay cache, for commands and ICE-restart answers alike.
     const replayCache = new ReplayCache(this.#db);
     const tokens = new SignedTokenVerifier({
@@ -250,6 +252,7 @@ export class Agent {
       session: this.#link.session,
       verifier,
       audit: this.#audit,
+      clock,
       executors: {
         'record.start': (command) => recordReply(this.#recorder.start({ kind: 'command', command })),
         'record.stop': (command) => recordReply(this.#recorder.stop({ kind: 'command', command })),
@@ -371,7 +374,7 @@ export class Agent {
     if (last && last.digest !== configDigest) {
       this.#audit.append({ type: 'config.change', detail: { previousDigest: last.digest, configDigest } });
     }
-    this.#audit.append({ type: 'agent.start', detail: { version: agentVersion, configDigest, deviceKid: this.#deviceKey.kid } });
+    this.#audit.append({ type: 'agent.start', detail: { version: agentVersion, configDigest, deviceKid: this.#deviceKey.kid, clock: this.#clock.state?.() ?? null } });
   }
 
   #scheduleStatePublish(): void {

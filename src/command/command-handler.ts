@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/audit-log.ts';
 import type { MqttSession } from '../link/mqtt-session.ts';
 import type { AuthorisedCommand } from './authorised-command.ts';
+import type { ClockState } from './clock.ts';
 import type { CommandAction } from './types.ts';
 import type { CommandVerifier } from './verifier.ts';
 
@@ -22,6 +23,8 @@ export interface CommandHandlerOptions {
   audit: Pick<AuditLog, 'append'>;
   executors: Record<CommandAction, ActionExecutor>;
   logger: Logger;
+  /** The device clock's verdict and estimated error, recorded with every decision (docs/protocol.md, "Clock"). */
+  clock?: { state?(): ClockState };
 }
 
 export class CommandHandler {
@@ -73,6 +76,7 @@ export class CommandHandler {
     const responseTopic = packet.properties?.responseTopic;
     const correlationData = packet.properties?.correlationData;
     const verdict = await this.#options.verifier.verify(payload);
+    const clock = this.#clockState();
 
     if (!verdict.ok) {
       const a = verdict.audit;
@@ -94,6 +98,7 @@ export class CommandHandler {
           unverifiedHeader: a.unverified ?? null,
           message: verdict.message,
           bytes: payload.length,
+          ...clock,
         },
       });
       this.#logger.warn({ code: verdict.code, reason: verdict.message, operator: a.operator, action: a.action }, 'command rejected');
@@ -110,7 +115,7 @@ export class CommandHandler {
       decision: 'accepted',
       code: null,
       tokenDigest: command.tokenDigest,
-      detail: { issuer: command.issuer, jti: command.jti, kid: command.kid, expiresAt: command.expiresAt },
+      detail: { issuer: command.issuer, jti: command.jti, kid: command.kid, expiresAt: command.expiresAt, ...clock },
     });
     this.#logger.info({ action: command.action, operator: command.operator, reason: command.reason, jti: command.jti }, 'command accepted');
 
@@ -134,6 +139,17 @@ export class CommandHandler {
       this.#logger.warn({ action: command.action, code: result.code, reason: result.message }, 'authorised command could not be carried out');
     }
     this.#reply(responseTopic, correlationData, result);
+  }
+
+  /** `{clock: ClockState}` for an audit entry's detail, or nothing when the clock cannot tell. */
+  #clockState(): { clock?: ClockState } {
+    try {
+      const state = this.#options.clock?.state?.();
+      return state === undefined ? {} : { clock: state };
+    } catch (err) {
+      this.#logger.warn({ err: (err as Error).message }, 'cannot read the clock state for the audit');
+      return {};
+    }
   }
 
   #reply(topic: string | undefined, correlationData: Buffer | undefined, body: object): void {

@@ -32,6 +32,7 @@ import { writeAgentConfig } from '../helpers/agent-config.ts';
 import { base64urlSha256, makeCommand, makeIssuer, testPolicy, trustStoreJwks } from '../helpers/command-tokens.ts';
 import { startBroker } from '../helpers/mosquitto.ts';
 import { MqttRecorder } from '../helpers/mqtt-recorder.ts';
+import { FleetClient } from '../helpers/fleet-client.ts';
 
 const run = promisify(execFile);
 const deviceId = 'cam-tokens';
@@ -90,6 +91,14 @@ t.test('ICE-restart answer tokens: replay and nbf, against the real agent', asyn
   const notYet = await answerAndAwaitVerdict(sid, early, answer, 1);
   t.equal(notYet.reason, 'not_yet_valid', 'an answer with nbf an hour ahead is refused');
   t.match(String(notYet.detail?.message), /not valid before/, 'the refusal names nbf');
+
+  // Every command decision records the kernel's clock verdict and estimated error.
+  const fleet = await FleetClient.connect(broker.url);
+  t.teardown(() => fleet.close());
+  t.match(await fleet.request(deviceId, '{"token": "x"}', 20_000), { ok: false, code: 'malformed' });
+  const decisions = () => recorder.on('audit').map((m) => m.json?.entry as Entry | undefined).filter((e): e is Entry => e?.type === 'command.decision');
+  await recorder.waitFor(() => decisions().length >= 1, 20_000, 'the command decision in the audit');
+  t.match(decisions()[0]!.detail?.clock, { source: 'adjtimex', synchronised: Boolean, estErrorUs: Number, maxErrorUs: Number }, 'the decision names the clock verdict and its error');
 });
 
 t.test('a command replayed after the wall clock was moved forward and back (unit level, real SQLite)', async (t) => {
