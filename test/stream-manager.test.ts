@@ -9,6 +9,7 @@ import path from 'node:path';
 import pino from 'pino';
 import t from 'tap';
 import type { AuthorisedCommand } from '../src/command/authorised-command.ts';
+import { CommandHandler } from '../src/command/command-handler.ts';
 import { ReplayCache } from '../src/command/replay-cache.ts';
 import { SignedTokenVerifier } from '../src/command/signed-token.ts';
 import { TrustStore } from '../src/command/trust-store.ts';
@@ -641,4 +642,67 @@ t.test('network watcher: a change of address is noticed once, whatever the order
   named.start();
   named.stop();
   t.same(named.addresses, [], 'only the named interfaces count');
+});
+
+t.test('stream.start gathering does not hold the command queue, and its slot counts as busy meanwhile', async (t) => {
+  let release: () => void = () => {};
+  const gathered = new Promise<void>((resolve) => (release = resolve));
+  const r = rig({}, {
+    maxSessions: 1,
+    open: async (o) => {
+      await gathered; // ICE gathering, held until the test lets it finish
+      return { session: new FakeSession(o.sid, o.command), answer: 'v=0\r\n' };
+    },
+  });
+  t.teardown(() => r.manager.stop());
+  const issuer = await makeIssuer();
+  const db = openDatabase({ stateDir: await mkdtemp(path.join(os.tmpdir(), 'bwc-queue-')) });
+  t.teardown(() => db.close());
+  const verifier = new CommandVerifier({
+    deviceId,
+    trustStore: TrustStore.fromJwks(trustStoreJwks([issuer]), [], 'test'),
+    policy: { ...testPolicy, maxConcurrentStreams: 1 },
+    replayCache: new ReplayCache(db),
+    clock: { nowMs: () => Date.now(), synchronised: () => true },
+    activeStreams: () => r.manager.activeCount,
+    logger,
+  });
+  const replies = new Map<string, Record<string, unknown>>();
+  const session = Object.assign(new EventEmitter(), {
+    connected: true,
+    subscribe: async () => undefined,
+    publish: (_topic: string, payload: string | Buffer, o: { properties?: { correlationData?: Buffer } }, cb?: (e?: Error) => void) => {
+      replies.set(String(o.properties?.correlationData), JSON.parse(String(payload)) as Record<string, unknown>);
+      cb?.();
+    },
+  });
+  const handler = new CommandHandler({
+    topic: 'cmd',
+    session: session as never,
+    verifier,
+    audit: { append: () => undefined as never },
+    concurrentActions: ['stream.start'],
+    executors: {
+      'stream.start': (c) => r.manager.startStream(c),
+      'stream.stop': (c) => r.manager.stopStream(c),
+      'record.start': () => ({ ok: true }),
+      'record.stop': () => ({ ok: true }),
+    },
+    logger,
+  });
+  handler.start();
+  const send = (id: string, payload: Buffer) => session.emit('message', 'cmd', payload, { properties: { responseTopic: 'r', correlationData: Buffer.from(id) } });
+
+  send('view-1', makeCommand({ issuer, deviceId, action: 'stream.start' }).payload);
+  send('record', makeCommand({ issuer, deviceId, action: 'record.start' }).payload);
+  send('view-2', makeCommand({ issuer, deviceId, action: 'stream.start' }).payload);
+  await until('the record.start and second stream.start answered', () => replies.has('record') && replies.has('view-2'));
+  t.same(replies.get('record'), { ok: true }, 'record.start answered while the first view is still gathering');
+  t.match(replies.get('view-2'), { ok: false, code: 'busy' }, 'the gathering view holds the only slot');
+  t.notOk(replies.has('view-1'), 'the first view has not answered yet');
+  release();
+  await until('the first view answered', () => replies.has('view-1'));
+  t.match(replies.get('view-1'), { ok: true, sid: /^s-/, answer: 'v=0\r\n' }, 'the first view answers once gathered');
+  t.equal(r.manager.activeCount, 1);
+  await handler.stop();
 });

@@ -253,6 +253,8 @@ export class Agent {
       verifier,
       audit: this.#audit,
       clock,
+      // stream.start's reply waits for ICE gathering; the queue need not (command-handler.ts).
+      concurrentActions: ['stream.start'],
       executors: {
         'record.start': (command) => recordReply(this.#recorder.start({ kind: 'command', command })),
         'record.stop': (command) => recordReply(this.#recorder.stop({ kind: 'command', command })),

@@ -1,7 +1,13 @@
 // Receives commands on `<root>/<deviceId>/cmd`, has them verified, writes the decision to the
 // audit trail BEFORE anything acts on it, runs the authorised ones and answers each on the MQTT 5
 // Response Topic with the requester's Correlation Data. Commands are handled one at a time, so
-// the replay cache and the concurrent-stream count see a consistent picture.
+// the replay cache and the concurrent-stream count see a consistent picture. One exception, for
+// `concurrentActions` (stream.start in the agent): the next command is taken as soon as the
+// executor has started, not when it has finished, since a stream.start's reply waits for ICE
+// gathering (hundreds of ms, seconds with TURN) and a record.start must not wait behind it. That is
+// safe because the verifier has already recorded the jti (replay) and the executor reserves its
+// stream slot before its first await (StreamManager.activeCount counts the sessions still
+// opening), so the next command's busy check sees it.
 import type { IPublishPacket } from 'mqtt';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/audit-log.ts';
@@ -23,6 +29,11 @@ export interface CommandHandlerOptions {
   audit: Pick<AuditLog, 'append'>;
   executors: Record<CommandAction, ActionExecutor>;
   logger: Logger;
+  /**
+   * Actions whose executor reserves, before its first await, everything the verifier's checks
+   * count: the next command is handled while they finish (see the top of the file).
+   */
+  concurrentActions?: readonly CommandAction[];
   /** The device clock's verdict and estimated error, recorded with every decision (docs/protocol.md, "Clock"). */
   clock?: { state?(): ClockState };
 }
@@ -33,6 +44,8 @@ export class CommandHandler {
   readonly #logger: Logger;
   #queue: Promise<void> = Promise.resolve();
   #handled = 0;
+  /** Executions of concurrentActions still running, awaited by stop(). */
+  readonly #inflight = new Set<Promise<void>>();
   readonly #onMessage = (topic: string, payload: Buffer, packet: IPublishPacket) => {
     if (topic !== this.#options.topic) return;
     this.#queue = this.#queue.then(() => this.#handle(payload, packet)).catch((err: unknown) => {
@@ -68,6 +81,7 @@ export class CommandHandler {
     this.#options.session.off('message', this.#onMessage);
     this.#options.session.off('connected', this.#onConnected);
     await this.#queue;
+    await Promise.all(this.#inflight);
   }
 
   /** Exposed for tests and `ctl`: the same path as a message from the broker. */
@@ -119,9 +133,26 @@ export class CommandHandler {
     });
     this.#logger.info({ action: command.action, operator: command.operator, reason: command.reason, jti: command.jti }, 'command accepted');
 
+    // Called here, in the queue, so its synchronous part (a concurrent action's reservation) runs
+    // before the next command is verified.
+    let running: Promise<ActionResult>;
+    try {
+      running = Promise.resolve(this.#options.executors[command.action](command));
+    } catch (err) {
+      running = Promise.reject(err as Error);
+    }
+    const done = this.#finish(command, running, responseTopic, correlationData).catch((err: unknown) => {
+      this.#logger.error({ err, action: command.action }, 'command result handling failed');
+    });
+    if (!this.#options.concurrentActions?.includes(command.action)) return done;
+    this.#inflight.add(done);
+    void done.finally(() => this.#inflight.delete(done));
+  }
+
+  async #finish(command: AuthorisedCommand, running: Promise<ActionResult>, responseTopic: string | undefined, correlationData: Buffer | undefined): Promise<void> {
     let result: ActionResult;
     try {
-      result = await this.#options.executors[command.action](command);
+      result = await running;
     } catch (err) {
       result = { ok: false, code: 'internal_error', message: (err as Error).message };
     }
