@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import type { IPublishPacket } from 'mqtt';
 import type { Logger } from 'pino';
-import { decodeUtf8, describe, nonEmptyString, TokenRefusal, type SignedTokenVerifier, type TokenExpectation } from '../command/signed-token.ts';
+import { decodeUtf8, describe, nonEmptyString, TokenRefusal, type SignedTokenVerifier, type TokenExpectation, type VerifiedToken } from '../command/signed-token.ts';
 import type { DeviceKey } from '../keys/device-key.ts';
 import type { MqttSession } from '../link/mqtt-session.ts';
 
@@ -206,7 +206,7 @@ export class IceSignalling {
     }
     const tokenDigest = sha256(token);
     digest(tokenDigest);
-    let verified: Awaited<ReturnType<SignedTokenVerifier['verify']>>;
+    let verified: VerifiedToken<AnswerClaims> | TokenRefusal;
     try {
       verified = await o.tokens.verify(token, answerExpectation, { verified: false });
     } catch (err) {
@@ -214,7 +214,7 @@ export class IceSignalling {
       return new Refused('malformed', 'answer could not be verified (internal error)');
     }
     if (verified instanceof TokenRefusal) return new Refused(verified.code as IceAnswerRefusal, verified.message);
-    const claims = verified.claims as typeof verified.claims & AnswerClaims;
+    const { claims } = verified;
     if (claims.sid !== sid) return new Refused('wrong_session', `token is for session ${describe(claims.sid)}, published on ${sid}'s topic`);
     if (claims.answer_sha256 !== sha256(answer)) return new Refused('answer_mismatch', 'answer_sha256 does not match the answer');
     // Last, as for commands: a refused answer does not use up its token id.
