@@ -60,9 +60,6 @@ export interface Rejection {
 
 export type Verdict = { ok: true; command: AuthorisedCommand } | Rejection;
 
-type Refusal = TokenRefusal;
-const Refusal = TokenRefusal;
-
 export class CommandVerifier {
   readonly #o: VerifierOptions;
   readonly #log: Logger;
@@ -81,7 +78,7 @@ export class CommandVerifier {
     const ctx: { tokenDigest?: string } = {};
     try {
       const outcome = await this.#verify(payload, audit, ctx);
-      if (outcome instanceof Refusal) return this.#reject(outcome.code, outcome.message, audit, ctx.tokenDigest);
+      if (outcome instanceof TokenRefusal) return this.#reject(outcome.code, outcome.message, audit, ctx.tokenDigest);
       return { ok: true, command: outcome };
     } catch (err) {
       // Unexpected (a bug, a database error): refuse rather than act, and keep the detail local.
@@ -97,18 +94,18 @@ export class CommandVerifier {
     return r;
   }
 
-  async #verify(payload: Buffer, audit: VerdictAudit, ctx: { tokenDigest?: string }): Promise<AuthorisedCommand | Refusal> {
+  async #verify(payload: Buffer, audit: VerdictAudit, ctx: { tokenDigest?: string }): Promise<AuthorisedCommand | TokenRefusal> {
     const { policy } = this.#o;
 
     // too_large: before looking at a single byte of content.
-    if (!(payload instanceof Uint8Array)) return new Refusal('malformed', 'payload is not bytes');
+    if (!(payload instanceof Uint8Array)) return new TokenRefusal('malformed', 'payload is not bytes');
     if (payload.byteLength > policy.maxPayloadBytes) {
-      return new Refusal('too_large', `payload is ${payload.byteLength} bytes, more than the limit of ${policy.maxPayloadBytes}`);
+      return new TokenRefusal('too_large', `payload is ${payload.byteLength} bytes, more than the limit of ${policy.maxPayloadBytes}`);
     }
 
     // malformed, phase 1: envelope.
     const envelope = parseEnvelope(payload);
-    if (envelope instanceof Refusal) return envelope;
+    if (envelope instanceof TokenRefusal) return envelope;
     const { token, offer } = envelope;
     ctx.tokenDigest = sha256(token);
 
@@ -125,21 +122,21 @@ export class CommandVerifier {
       action: (claims) => claims.act,
     };
     const verified = await this.#tokens.verify(token, expect, audit);
-    if (verified instanceof Refusal) return verified;
+    if (verified instanceof TokenRefusal) return verified;
     const { claims, key } = verified;
 
-    if (claims.reason === undefined || claims.reason === '') return new Refusal('reason_missing', 'token has no reason code');
+    if (claims.reason === undefined || claims.reason === '') return new TokenRefusal('reason_missing', 'token has no reason code');
     if (!policy.allowedReasons.includes(claims.reason)) {
-      return new Refusal('reason_not_allowed', `reason ${describe(claims.reason)} is not one of the allowed: ${policy.allowedReasons.join(', ')}`);
+      return new TokenRefusal('reason_not_allowed', `reason ${describe(claims.reason)} is not one of the allowed: ${policy.allowedReasons.join(', ')}`);
     }
     if (claims.act === 'stream.start') {
       if (claims.max_s! > policy.maxStreamDurationS) {
-        return new Refusal('duration_exceeds_policy', `max_s ${claims.max_s} s is more than the policy's ${policy.maxStreamDurationS} s`);
+        return new TokenRefusal('duration_exceeds_policy', `max_s ${claims.max_s} s is more than the policy's ${policy.maxStreamDurationS} s`);
       }
-      if (offer === undefined || offer === '') return new Refusal('offer_missing', 'stream.start without an SDP offer in the envelope');
-      if (claims.offer_sha256 === undefined) return new Refusal('offer_mismatch', 'token has no offer_sha256 to bind the offer');
+      if (offer === undefined || offer === '') return new TokenRefusal('offer_missing', 'stream.start without an SDP offer in the envelope');
+      if (claims.offer_sha256 === undefined) return new TokenRefusal('offer_mismatch', 'token has no offer_sha256 to bind the offer');
       if (claims.offer_sha256 !== sha256(offer)) {
-        return new Refusal('offer_mismatch', 'the SDP offer does not match the offer_sha256 the token was signed for');
+        return new TokenRefusal('offer_mismatch', 'the SDP offer does not match the offer_sha256 the token was signed for');
       }
     }
 
@@ -147,7 +144,7 @@ export class CommandVerifier {
     const { maxConcurrentStreams } = policy;
     const refused = this.#tokens.admit(verified, () =>
       claims.act === 'stream.start' && this.#o.activeStreams() >= maxConcurrentStreams
-        ? new Refusal('busy', `already ${maxConcurrentStreams} live stream(s), the most allowed`)
+        ? new TokenRefusal('busy', `already ${maxConcurrentStreams} live stream(s), the most allowed`)
         : undefined,
     );
     if (refused !== undefined) return refused;
@@ -169,27 +166,27 @@ export class CommandVerifier {
   }
 }
 
-function parseEnvelope(payload: Uint8Array): { token: string; offer?: string } | Refusal {
+function parseEnvelope(payload: Uint8Array): { token: string; offer?: string } | TokenRefusal {
   const text = decodeUtf8(payload);
-  if (text === undefined) return new Refusal('malformed', 'payload is not UTF-8 text');
+  if (text === undefined) return new TokenRefusal('malformed', 'payload is not UTF-8 text');
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch {
-    return new Refusal('malformed', 'payload is not JSON');
+    return new TokenRefusal('malformed', 'payload is not JSON');
   }
   if (typeof json !== 'object' || json === null || Array.isArray(json)) {
-    return new Refusal('malformed', 'payload is not a JSON object {"token": ..., "offer": ...}');
+    return new TokenRefusal('malformed', 'payload is not a JSON object {"token": ..., "offer": ...}');
   }
   const env = json as Record<string, unknown>;
   const extra = Object.keys(env).filter((k) => k !== 'token' && k !== 'offer');
-  if (extra.length > 0) return new Refusal('malformed', `envelope has unknown member(s): ${extra.slice(0, 5).map((k) => describe(k)).join(', ')}`);
-  if (typeof env.token !== 'string') return new Refusal('malformed', 'envelope has no string "token"');
-  if (env.offer !== undefined && typeof env.offer !== 'string') return new Refusal('malformed', 'envelope "offer" is not a string');
+  if (extra.length > 0) return new TokenRefusal('malformed', `envelope has unknown member(s): ${extra.slice(0, 5).map((k) => describe(k)).join(', ')}`);
+  if (typeof env.token !== 'string') return new TokenRefusal('malformed', 'envelope has no string "token"');
+  if (env.offer !== undefined && typeof env.offer !== 'string') return new TokenRefusal('malformed', 'envelope "offer" is not a string');
   // JSON.parse keeps the last of duplicate members; two tokens or two offers in one envelope are
   // a sign of an attempt to smuggle one past a different parser (a broker plugin, a logger).
   const keys = objectOfStringsKeys(text);
-  if (keys === undefined || new Set(keys).size !== keys.length) return new Refusal('malformed', 'envelope has a member twice');
+  if (keys === undefined || new Set(keys).size !== keys.length) return new TokenRefusal('malformed', 'envelope has a member twice');
   return env.offer === undefined ? { token: env.token } : { token: env.token, offer: env.offer };
 }
 
@@ -242,8 +239,8 @@ function objectOfStringsKeys(text: string): string[] | undefined {
  * - an envelope `offer` only with stream.start.
  * Claims not listed here are ignored, so issuers may add their own (e.g. a ticket number).
  */
-function checkClaims(c: Record<string, unknown>, offer: string | undefined): CommandClaims | Refusal {
-  const bad = (what: string) => new Refusal('malformed', `token claim ${what}`);
+function checkClaims(c: Record<string, unknown>, offer: string | undefined): CommandClaims | TokenRefusal {
+  const bad = (what: string) => new TokenRefusal('malformed', `token claim ${what}`);
   if (typeof c.act !== 'string' || !(commandActions as readonly string[]).includes(c.act)) {
     return bad(`act must be one of ${commandActions.join(', ')}`);
   }
@@ -256,7 +253,7 @@ function checkClaims(c: Record<string, unknown>, offer: string | undefined): Com
   } else {
     if (c.max_s !== undefined) return bad(`max_s is only for stream.start, not ${act}`);
     if (c.offer_sha256 !== undefined) return bad(`offer_sha256 is only for stream.start, not ${act}`);
-    if (offer !== undefined) return new Refusal('malformed', `envelope has an offer, which is only for stream.start, not ${act}`);
+    if (offer !== undefined) return new TokenRefusal('malformed', `envelope has an offer, which is only for stream.start, not ${act}`);
   }
   if (act === 'stream.stop') {
     if (c.sid === undefined) return bad('sid is required with stream.stop');
