@@ -17,10 +17,17 @@
 // Tokens are made before the clock starts (each accepted one needs its own jti). The database is
 // in a temporary directory; its file system type is reported, since tmpfs makes fsync free.
 //
-// Usage: node bench/command-verify.ts [--n 5000]
+// Before and after, in the same run: the verifier before it became one shared verifier of signed
+// tokens (src/command/signed-token.ts, with the issuer high-water mark in the replay cache) is
+// measured by running this same benchmark as it was at that commit (`--baseline`, default below),
+// checked out into a temporary git worktree, alternately with today's, `--runs` times each; the
+// table gives the median and the spread of each. Plus the cost of asking the kernel whether the
+// clock is synchronised (adjtimex through koffi), which the agent adds to every command.
+//
+// Usage: node bench/command-verify.ts [--n 5000] [--runs 3] [--baseline COMMIT | --baseline none]
 import { execFileSync } from 'node:child_process';
 import { verify as cryptoVerify } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, symlinkSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { EventEmitter } from 'node:events';
@@ -30,6 +37,7 @@ import { AuditLog } from '../src/audit/audit-log.ts';
 import { RefusalFolder } from '../src/audit/refusal-summary.ts';
 import { CommandHandler } from '../src/command/command-handler.ts';
 import { loadOrCreateDeviceKey } from '../src/keys/device-key.ts';
+import { SystemClock } from '../src/command/clock.ts';
 import { ReplayCache } from '../src/command/replay-cache.ts';
 import { TrustStore } from '../src/command/trust-store.ts';
 import { CommandVerifier } from '../src/command/verifier.ts';
@@ -53,6 +61,8 @@ import {
 } from './lib/common.ts';
 
 const warmup = 200;
+/** The last commit with the command verifier of its own (before src/command/signed-token.ts). */
+const defaultBaseline = 'e1b8bd7';
 const deviceId = 'bwc-bench';
 const policy = testPolicy;
 
@@ -85,13 +95,17 @@ function fsType(dir: string): string {
   }
 }
 
-async function main(argv: string[]): Promise<void> {
-  installCleanup();
-  const n = intFlag(parseFlags(argv), 'n', 5000);
+interface Measured {
+  rows: Row[];
+  sqlite: string;
+  fs: string;
+  replayRows: number;
+}
+
+async function measure(n: number): Promise<Measured> {
   const stateDir = trackDir(mkdtempSync(path.join(os.tmpdir(), 'bwc-bench-cmd-')));
   const db = openDatabase({ stateDir });
   const sqlite = (db.prepare('SELECT sqlite_version() AS v').get() as { v: string }).v;
-  const machine = machineFacts(sqlite);
 
   const issuer = await makeIssuer({ kid: 'bench-issuer' });
   let nowMs = Date.now();
@@ -131,7 +145,6 @@ async function main(argv: string[]): Promise<void> {
   await timeRow('warm-up', 'accepted', fresh('record.start', warmup), outcome);
   await timeRow('warm-up', 'bad_signature', forged.slice(0, warmup), outcome);
 
-  const runStarted = performance.now();
   const rows: Row[] = [];
   nowMs = Date.now();
   rows.push(await timeRow('accepted: record.start (verify + replay-cache commit)', 'accepted', fresh('record.start', n), outcome));
@@ -184,17 +197,86 @@ async function main(argv: string[]): Promise<void> {
   nowMs = Date.now();
   rows.push(await timeRow('handler, accepted record.start after folded refusals (summary flush + audit)', 'accepted', fresh('record.start', n), throughHandler(handlerFor(folder), (g) => (g >= 1 ? 'accepted' : 'not audited'))));
   audit.stop();
+  const clock = new SystemClock();
+  rows.push(await timeRow('the kernel clock verdict: SystemClock.state() (adjtimex via koffi)', 'ok', tokenBytes, async () => (clock.state().source === 'adjtimex' ? 'ok' : 'no adjtimex')));
   const replayRows = (db.prepare('SELECT count(*) AS c FROM command_replay').get() as { c: number }).c;
   db.close();
   const fs = fsType(stateDir);
   removeDir(stateDir);
+  return { rows, sqlite, fs, replayRows };
+}
+
+type Figures = Record<string, { perS: number; latencyUs: Summary }>;
+
+/** This benchmark as it was at `ref`, run from a temporary worktree: its figures, or why not. */
+function baselineRunner(ref: string): { run: (n: number) => Figures; dispose: () => void } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'bwc-bench-baseline-'));
+  execFileSync('git', ['-C', repoRoot, 'worktree', 'add', '--detach', '--quiet', dir, ref], { stdio: 'pipe' });
+  symlinkSync(path.join(repoRoot, 'node_modules'), path.join(dir, 'node_modules'));
+  return {
+    run: (n) => {
+      execFileSync(process.execPath, [path.join(dir, 'bench', 'command-verify.ts'), '--n', String(n)], { stdio: 'pipe' });
+      return (JSON.parse(readFileSync(path.join(dir, 'bench', 'results', 'command-verify.json'), 'utf8')) as { figures: Figures }).figures;
+    },
+    dispose: () => {
+      execFileSync('git', ['-C', repoRoot, 'worktree', 'remove', '--force', dir], { stdio: 'pipe' });
+    },
+  };
+}
+
+/** Today's figures from a fresh process, as the baseline's are (same JIT and cache state). */
+function currentRun(n: number): Measured {
+  const out = execFileSync(process.execPath, [import.meta.filename, '--rows-json', '--n', String(n)], { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 });
+  return JSON.parse(out) as Measured;
+}
+
+const median = (v: number[]) => {
+  const s = [...v].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const spread = (v: number[]) => (v.length === 0 ? '—' : `${Math.round(median(v))} (${Math.round(Math.min(...v))}–${Math.round(Math.max(...v))})`);
+
+async function main(argv: string[]): Promise<void> {
+  installCleanup();
+  const flags = parseFlags(argv);
+  const n = intFlag(flags, 'n', 5000);
+  if (flags.has('rows-json')) {
+    process.stdout.write(JSON.stringify(await measure(n)));
+    return;
+  }
+  const runs = intFlag(flags, 'runs', 3);
+  const ref = flags.get('baseline') ?? defaultBaseline;
+  const runStarted = performance.now();
+  const baseline = ref === 'none' ? undefined : baselineRunner(ref);
+  const before: Figures[] = [];
+  const after: Measured[] = [];
+  try {
+    for (let i = 0; i < runs; i++) {
+      if (baseline) before.push(baseline.run(n));
+      after.push(currentRun(n));
+    }
+  } finally {
+    baseline?.dispose();
+  }
+  const { sqlite, fs, replayRows } = after.at(-1)!;
+  const machine = machineFacts(sqlite);
+  const names = after[0]!.rows.map((r) => r.what);
+  const perS = (what: string) => ({
+    before: before.map((f) => f[what]?.perS).filter((x): x is number => x !== undefined),
+    after: after.map((m) => m.rows.find((r) => r.what === what)!.perS),
+    p50Before: before.map((f) => f[what]?.latencyUs.p50).filter((x): x is number => x !== undefined),
+    p50After: after.map((m) => m.rows.find((r) => r.what === what)!.latencyUs.p50),
+  });
+  const rows = names.map((what) => ({ what, ...perS(what) }));
 
   const md = [
-    `### Command verification: CommandVerifier.verify() one at a time, N = ${n} per row (after ${warmup} warm-up)`,
+    `### Command verification: CommandVerifier.verify() one at a time, N = ${n} per row (after ${warmup} warm-up), ${runs} runs each, alternating`,
+    '',
+    `Before: the verifier at ${ref === 'none' ? '(not measured)' : ref}, its own checks; after: this tree, the shared SignedTokenVerifier. Median (min–max) of the runs.`,
     '',
     markdownTable(
-      ['path', 'verifications/s', 'p50 µs', 'p95 µs', 'max µs'],
-      rows.map((r) => [r.what, r.perS, round(r.latencyUs.p50), round(r.latencyUs.p95), round(r.latencyUs.max)]),
+      ['path', 'before: verifications/s', 'after: verifications/s', 'before: p50 µs', 'after: p50 µs'],
+      rows.map((r) => [r.what, spread(r.before), spread(r.after), spread(r.p50Before), spread(r.p50After)]),
     ),
     '',
     `Replay cache: SQLite ${sqlite}, WAL, synchronous=FULL, on ${fs} (${replayRows} rows at the end). ` +
@@ -205,8 +287,9 @@ async function main(argv: string[]): Promise<void> {
   const file = writeResult('command-verify', {
     benchmark: 'command-verify',
     machine,
-    parameters: { n, warmup, databaseFs: fs, policy },
-    figures: Object.fromEntries(rows.map((r) => [r.what, { perS: r.perS, latencyUs: r.latencyUs, expect: r.expect }])),
+    parameters: { n, warmup, runs, baseline: ref, databaseFs: fs, policy },
+    figures: Object.fromEntries(after.at(-1)!.rows.map((r) => [r.what, { perS: r.perS, latencyUs: r.latencyUs, expect: r.expect }])),
+    beforeAfter: rows,
     totalMs: Math.round(performance.now() - runStarted),
     markdown: md,
   });

@@ -36,11 +36,15 @@ cp package.json package-lock.json "$stage/"
 # is downloaded), Debian's aarch64 cross compilers, and pkg-config answering for the arm64 multiarch
 # libraries (gstreamer-superficial asks it for GStreamer's flags), the unpacked
 # libgstreamer-plugins-base1.0-dev:arm64 first (scripts/setup.sh, step cross). node-gyp runs its helper
-# commands (`node -e ...` in binding.gyp) with the host's pinned node on PATH.
+# commands (`node -e ...` in binding.gyp) with the host's pinned node on PATH. npm_config_cpu/os make
+# npm pick the arm64 members of platform-specific optional dependencies (koffi's prebuilt
+# @koromix/koffi-linux-arm64) instead of the host's.
 cross_env=(
   PATH="$runtime/node/bin:$PATH"
   npm_config_arch=arm64
   npm_config_target_arch=arm64
+  npm_config_cpu=arm64
+  npm_config_os=linux
   npm_config_nodedir="$node_arm64"
   CC=aarch64-linux-gnu-gcc
   CXX=aarch64-linux-gnu-g++
@@ -81,7 +85,8 @@ find "$stage/node_modules" -path '*/build/Release/.deps' -prune -exec rm -rf {} 
 for addon in better-sqlite3/build/Release/better_sqlite3.node \
   gstreamer-superficial/build/Release/gstreamer-superficial.node \
   sd-notify/build/Release/notify.node \
-  @serialport/bindings-cpp/build/Release/bindings.node; do
+  @serialport/bindings-cpp/build/Release/bindings.node \
+  @koromix/koffi-linux-arm64/linux_arm64/koffi.node; do
   kind=$(file -b "$stage/node_modules/$addon")
   case "$kind" in
     *"ARM aarch64"*) ;;

@@ -353,9 +353,11 @@ t.test('happy path of each action', async (t) => {
 
 t.test('boundaries that must still be accepted', async (t) => {
   const cases: [string, Buffer, Env?][] = [
+    // Before the iat of now + skew below: once the issuer has signed at now + 30, a token of its
+    // that expired at now - 29 is 59 s expired by its own clock, more than the skew.
+    ['exp one second after now - skew', cmd('record.start', { iat: nowS - 200, exp: nowS - 29 }).payload],
     ['iat exactly now + skew', cmd('record.start', { iat: nowS + 30, exp: nowS + 90 }).payload],
     ['nbf exactly now + skew', cmd('record.start', { nbf: nowS + 30 }).payload],
-    ['exp one second after now - skew', cmd('record.start', { iat: nowS - 200, exp: nowS - 29 }).payload],
     ['lifetime exactly the limit', cmd('record.start', {}, { lifetimeS: 300 }).payload],
     ['max_s exactly the limit', cmd('stream.start', { max_s: 900 }).payload],
     ['unknown extra claim is ignored', cmd('record.start', { ticket: 'INC-2026-0042' }).payload],
@@ -476,25 +478,47 @@ t.test('concurrent verification of one token accepts it once', async (t) => {
   t.equal(verdicts.filter((x) => !x.ok && x.code === 'replayed').length, 9);
 });
 
-t.test('replay cache prunes expired rows', async (t) => {
+t.test('replay cache prunes by the issuer\'s clock, never the device\'s', async (t) => {
   const rc = new ReplayCache(db);
   t.ok(rc.remember('iss-p', 'old', 1000));
   t.ok(rc.remember('iss-p', 'new', 3000));
   t.notOk(rc.remember('iss-p', 'new', 4000), 'second remember of the same id is refused');
-  t.ok(rc.seen('iss-p', 'old'));
-  t.equal(rc.prune(2000), 1);
+  t.equal(rc.prune(), 0, 'nothing goes while the issuer has no high-water mark');
+  rc.raiseIssuerClock('iss-p', 2000);
+  rc.raiseIssuerClock('iss-p', 1500);
+  t.equal(rc.issuerClock('iss-p'), 2000, 'the mark never goes down');
+  t.equal(rc.prune(), 1, 'a row at or below its issuer\'s mark goes');
   t.notOk(rc.seen('iss-p', 'old'));
   t.ok(rc.seen('iss-p', 'new'));
-  t.equal(rc.admit('iss-p', 'new', 5000), 'replayed');
-  t.equal(rc.admit('iss-p', 'gated', 5000, () => 'busy'), 'busy');
+  t.equal(rc.admit('iss-p', 'new', 5000, 2500), 'replayed');
+  t.equal(rc.admit('iss-p', 'old', 1000, 900), 'expired', 'a token whose row may have gone is refused as expired by its issuer\'s clock');
+  t.equal(rc.admit('iss-p', 'gated', 5000, 2500, () => 'busy'), 'busy');
   t.notOk(rc.seen('iss-p', 'gated'), 'gate refusal records nothing');
+  t.equal(rc.admit('iss-p', 'fresh', 5000, 2600), undefined);
+  t.equal(rc.issuerClock('iss-p'), 2600, 'an admitted token raises its issuer\'s mark');
+  t.equal(rc.issuerClock('iss-other'), undefined);
 
-  // The verifier prunes on acceptance, with a synchronised clock only.
-  db.prepare('INSERT INTO command_replay (issuer, jti, expires) VALUES (?, ?, ?)').run('iss-p', 'stale', Math.floor(nowS) - 10);
-  t.ok((await verifier({ synchronised: false, policy: { unsynchronisedClock: 'accept' } }).verify(cmd('record.start').payload)).ok);
-  t.ok(rc.seen('iss-p', 'stale'), 'not pruned on an unsynchronised clock');
-  t.ok((await verifier().verify(cmd('record.start').payload)).ok);
-  t.notOk(rc.seen('iss-p', 'stale'), 'pruned');
+  // The device clock jumps a day ahead (synchronised, as a spoofed GNSS time would be), the
+  // verifier prunes on acceptance, the clock comes back: the captured token is still a replay.
+  const issuer = await makeIssuer({ kid: 'prune-issuer', iss: 'https://prune.example' });
+  let now = nowMs;
+  const v = new CommandVerifier({
+    deviceId, trustStore: TrustStore.fromJwks(trustStoreJwks([issuer]), []), policy, replayCache: new ReplayCache(db),
+    clock: { nowMs: () => now, synchronised: () => true }, activeStreams: () => 0, logger: silent,
+  });
+  const captured = makeCommand({ issuer, deviceId, action: 'record.start', nowS });
+  t.ok((await v.verify(captured.payload)).ok, 'accepted once');
+  now += 86_400_000;
+  t.match(await v.verify(makeCommand({ issuer, deviceId, action: 'record.stop', nowS }).payload), { code: 'expired' }, 'the issuer\'s fresh token looks expired to the wrong clock');
+  new ReplayCache(db).prune();
+  now = nowMs + 10_000;
+  t.match(await v.verify(captured.payload), { ok: false, code: 'replayed' }, 'a day ahead, pruned, back: still a replay');
+  // Now the issuer's clock has moved on a day too, and a token of that day is accepted.
+  now += 86_400_000;
+  t.ok((await v.verify(makeCommand({ issuer, deviceId, action: 'record.stop', nowS: now / 1000 }).payload)).ok, 'accepted a day ahead (and pruned)');
+  now = nowMs + 10_000;
+  t.match(await v.verify(captured.payload), { ok: false, code: 'expired', message: /by its issuer's own clock/ }, 'refused: its issuer has since signed a token past its exp');
+  t.ok(new ReplayCache(db).issuerClock(issuer.iss)! >= nowS + 86_400, 'the mark is the issuer\'s latest iat');
 });
 
 t.test('verify never throws: internal errors become malformed', async (t) => {

@@ -1,6 +1,7 @@
 // The live view's policy without sockets: the manager driven with stand-in sessions (the real
 // StreamSession is exercised against Chromium in stream-e2e.test.ts), real authorised commands
 // from the real verifier, and a real audit log on a real SQLite database.
+import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -8,7 +9,9 @@ import path from 'node:path';
 import pino from 'pino';
 import t from 'tap';
 import type { AuthorisedCommand } from '../src/command/authorised-command.ts';
+import { CommandHandler } from '../src/command/command-handler.ts';
 import { ReplayCache } from '../src/command/replay-cache.ts';
+import { SignedTokenVerifier } from '../src/command/signed-token.ts';
 import { TrustStore } from '../src/command/trust-store.ts';
 import { CommandVerifier } from '../src/command/verifier.ts';
 import type { StreamConfig } from '../src/stream/config.ts';
@@ -25,7 +28,7 @@ import { StreamManager, type LiveSession, type OpenSession } from '../src/stream
 import { newSessionId } from '../src/stream/session-id.ts';
 import type { DeviceStateDoc } from '../src/state/device-state.ts';
 import { openDatabase } from '../src/store/database.ts';
-import { makeCommand, makeIssuer, sdpOffer, testPolicy, trustStoreJwks } from './helpers/command-tokens.ts';
+import { makeCommand, makeIssuer, sdpOffer, signToken, testPolicy, trustStoreJwks } from './helpers/command-tokens.ts';
 
 const logger = pino({ level: 'silent' });
 const deviceId = 'cam-unit';
@@ -545,10 +548,15 @@ t.test('ICE answers: the signalling verifies the token before the manager sees i
     topic: (suffix) => `bwc/v1/cam-1/${suffix}`,
     deviceId: 'cam-1',
     deviceKey,
-    trustStore: trust,
+    tokens: new SignedTokenVerifier({
+      deviceId: 'cam-1',
+      trustStore: trust,
+      replayCache: new ReplayCache(openDatabase({ stateDir: dir })),
+      clock: { nowMs: () => Date.now(), synchronised: () => true },
+      policy: { clockSkewS: 30, maxTokenLifetimeS: 300, unsynchronisedClock: 'reject' },
+      logger,
+    }),
     nowMs: () => Date.now(),
-    clockSkewS: 30,
-    maxTokenLifetimeS: 300,
     maxPayloadBytes: 65_536,
     onAnswer: async (a) => {
       answers.push(a);
@@ -575,10 +583,18 @@ t.test('ICE answers: the signalling verifies the token before the manager sees i
   };
   const answer = answerSdp('AA:BB');
   const send = async (sid: string, payload: unknown) => {
+    // Every answer ends in exactly one of the two callbacks: wait for it, not for a guess of how
+    // long verification takes (a fixed 50 ms failed under load).
+    const before = answers.length + refusals.length;
     bus.emit('message', `bwc/v1/cam-1/stream/${sid}/ice-answer`, Buffer.from(typeof payload === 'string' ? payload : JSON.stringify(payload)), {});
-    await new Promise((res) => setTimeout(res, 50));
+    await until('the answer accepted or refused', () => answers.length + refusals.length > before);
   };
   const good = await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: s1, generation: 3, answer, operator: 'sgt-7' });
+  const expiredAnswer = () => {
+    const iat = Math.floor(Date.now() / 1000) - 300;
+    const claims = { iss: 'bwc-fleet', sub: 'sgt-7', aud: 'cam-1', iat, exp: iat + 60, jti: `old-${iat}`, sid: s1, gen: 3, answer_sha256: createHash('sha256').update(answer).digest('base64url') };
+    return signToken({ issuer, claims, header: { typ: 'bwc-ice+jwt' } });
+  };
   await send(s1, { token: good, answer });
   t.match(answers, [{ sid: s1, generation: 3, answer, operator: 'sgt-7' }], 'a good answer reaches the manager');
 
@@ -589,7 +605,9 @@ t.test('ICE answers: the signalling verifies the token before the manager sees i
     ['an outsider key', { token: await signIceAnswer({ keyFile: await keyFile(outsider), device: 'cam-1', sid: s1, generation: 3, answer }), answer }, 'unknown_key'],
     ['a key not trusted for live views', { token: await signIceAnswer({ keyFile: await keyFile(viewerOnly), device: 'cam-1', sid: s1, generation: 3, answer }), answer }, 'action_not_permitted'],
     ['another device', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-2', sid: s1, generation: 3, answer }), answer }, 'wrong_device'],
-    ['expired', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: s1, generation: 3, answer, ttlS: -120 }), answer }, 'expired'],
+    // exp before iat is a malformed token (as for commands); an expired one has both in the past.
+    ['exp before iat', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: s1, generation: 3, answer, ttlS: -120 }), answer }, 'malformed'],
+    ['expired', { token: expiredAnswer(), answer }, 'expired'],
     ['too long-lived', { token: await signIceAnswer({ keyFile: await keyFile(issuer), device: 'cam-1', sid: s1, generation: 3, answer, ttlS: 3600 }), answer }, 'too_long_lived'],
     ['a command token', { token: await makeCommand({ issuer, deviceId: 'cam-1', action: 'stream.stop', overrides: { sid: s1 } }).token, answer }, 'wrong_type'],
   ];
@@ -652,4 +670,67 @@ t.test('ICE restart: an answer naming a second DTLS certificate beside the viewe
   t.match(await r.manager.acceptRestartAnswer({ ...answer, answer: 'not sdp' }), { ok: false, code: 'wrong_viewer' });
   t.same(s.restartAnswers, [], 'none reached the peer connection');
   t.match(await r.manager.acceptRestartAnswer({ ...answer, answer: withLine('a=fingerprint:sha-256 aa:bb') }), { ok: true }, 'the same certificate named twice is one: taken');
+});
+
+t.test('stream.start gathering does not hold the command queue, and its slot counts as busy meanwhile', async (t) => {
+  let release: () => void = () => {};
+  const gathered = new Promise<void>((resolve) => (release = resolve));
+  const r = rig({}, {
+    maxSessions: 1,
+    open: async (o) => {
+      await gathered; // ICE gathering, held until the test lets it finish
+      return { session: new FakeSession(o.sid, o.command), answer: 'v=0\r\n' };
+    },
+  });
+  t.teardown(() => r.manager.stop());
+  const issuer = await makeIssuer();
+  const db = openDatabase({ stateDir: await mkdtemp(path.join(os.tmpdir(), 'bwc-queue-')) });
+  t.teardown(() => db.close());
+  const verifier = new CommandVerifier({
+    deviceId,
+    trustStore: TrustStore.fromJwks(trustStoreJwks([issuer]), [], 'test'),
+    policy: { ...testPolicy, maxConcurrentStreams: 1 },
+    replayCache: new ReplayCache(db),
+    clock: { nowMs: () => Date.now(), synchronised: () => true },
+    activeStreams: () => r.manager.activeCount,
+    logger,
+  });
+  const replies = new Map<string, Record<string, unknown>>();
+  const session = Object.assign(new EventEmitter(), {
+    connected: true,
+    subscribe: async () => undefined,
+    publish: (_topic: string, payload: string | Buffer, o: { properties?: { correlationData?: Buffer } }, cb?: (e?: Error) => void) => {
+      replies.set(String(o.properties?.correlationData), JSON.parse(String(payload)) as Record<string, unknown>);
+      cb?.();
+    },
+  });
+  const handler = new CommandHandler({
+    topic: 'cmd',
+    session: session as never,
+    verifier,
+    audit: { append: () => undefined as never },
+    concurrentActions: ['stream.start'],
+    executors: {
+      'stream.start': (c) => r.manager.startStream(c),
+      'stream.stop': (c) => r.manager.stopStream(c),
+      'record.start': () => ({ ok: true }),
+      'record.stop': () => ({ ok: true }),
+    },
+    logger,
+  });
+  handler.start();
+  const send = (id: string, payload: Buffer) => session.emit('message', 'cmd', payload, { properties: { responseTopic: 'r', correlationData: Buffer.from(id) } });
+
+  send('view-1', makeCommand({ issuer, deviceId, action: 'stream.start' }).payload);
+  send('record', makeCommand({ issuer, deviceId, action: 'record.start' }).payload);
+  send('view-2', makeCommand({ issuer, deviceId, action: 'stream.start' }).payload);
+  await until('the record.start and second stream.start answered', () => replies.has('record') && replies.has('view-2'));
+  t.same(replies.get('record'), { ok: true }, 'record.start answered while the first view is still gathering');
+  t.match(replies.get('view-2'), { ok: false, code: 'busy' }, 'the gathering view holds the only slot');
+  t.notOk(replies.has('view-1'), 'the first view has not answered yet');
+  release();
+  await until('the first view answered', () => replies.has('view-1'));
+  t.match(replies.get('view-1'), { ok: true, sid: /^s-/, answer: 'v=0\r\n' }, 'the first view answers once gathered');
+  t.equal(r.manager.activeCount, 1);
+  await handler.stop();
 });

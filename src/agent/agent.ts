@@ -16,6 +16,7 @@ import { Recorder, type RecordResult } from '../recording/recorder.ts';
 import { CommandHandler, responseTopicProblem, type ActionExecutor } from '../command/command-handler.ts';
 import { SystemClock, type CommandClock } from '../command/clock.ts';
 import { ReplayCache } from '../command/replay-cache.ts';
+import { SignedTokenVerifier } from '../command/signed-token.ts';
 import { TrustStore } from '../command/trust-store.ts';
 import { CommandVerifier } from '../command/verifier.ts';
 import { ConfigError } from '../config/load.ts';
@@ -70,6 +71,7 @@ export class Agent {
   readonly #capture: CaptureSupervisor;
   readonly #recorder: Recorder;
   readonly #refusals: RefusalFolder;
+  readonly #clock: CommandClock;
   #started: Extension[] = [];
   #statePublishTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
@@ -161,16 +163,25 @@ export class Agent {
       publishRestartOffer: (sid, generation, offer, cause) => iceSignalling.publishOffer(sid, generation, offer, cause),
       logger,
     });
-    const clock = options.clock ?? new SystemClock();
+    const clock = options.clock ?? new SystemClock({ warn: (message) => logger.warn(message) });
+    this.#clock = clock;
+    // One verifier of signed tokens, one replay cache, for commands and ICE-restart answers alike.
+    const replayCache = new ReplayCache(this.#db);
+    const tokens = new SignedTokenVerifier({
+      deviceId: config.deviceId,
+      trustStore: parts.trustStore,
+      replayCache,
+      clock,
+      policy: { clockSkewS: config.commands.clockSkew, maxTokenLifetimeS: config.commands.maxTokenLifetime, unsynchronisedClock: config.commands.unsynchronisedClock },
+      logger,
+    });
     const iceSignalling = new IceSignalling({
       session: this.#link.session,
       topic: (suffix) => this.#link.topic(suffix),
       deviceId: config.deviceId,
       deviceKey: parts.deviceKey,
-      trustStore: parts.trustStore,
+      tokens,
       nowMs: () => clock.nowMs(),
-      clockSkewS: config.commands.clockSkew,
-      maxTokenLifetimeS: config.commands.maxTokenLifetime,
       maxPayloadBytes: config.commands.maxPayloadBytes,
       onAnswer: (answer) => stream.acceptRestartAnswer(answer),
       onRefused: (refusal) => stream.restartAnswerRefused(refusal),
@@ -197,10 +208,11 @@ export class Agent {
         unsynchronisedClock: config.commands.unsynchronisedClock,
         maxPayloadBytes: config.commands.maxPayloadBytes,
       },
-      replayCache: new ReplayCache(this.#db),
+      replayCache,
       clock,
       activeStreams: () => stream.activeCount,
       logger,
+      tokens,
     });
     // Capture always runs (the pre-event buffer); recording keeps what it writes.
     const evidenceDir = evidenceDirOf(config.stateDir);
@@ -259,6 +271,9 @@ export class Agent {
       session: this.#link.session,
       verifier,
       audit: this.#audit,
+      clock,
+      // stream.start's reply waits for ICE gathering; the queue need not (command-handler.ts).
+      concurrentActions: ['stream.start'],
       executors: {
         'record.start': (command) => recordReply(this.#recorder.start({ kind: 'command', command })),
         'record.stop': (command) => recordReply(this.#recorder.stop({ kind: 'command', command })),
@@ -387,7 +402,7 @@ export class Agent {
     if (last && last.digest !== configDigest) {
       this.#audit.append({ type: 'config.change', detail: { previousDigest: last.digest, configDigest } });
     }
-    this.#audit.append({ type: 'agent.start', detail: { version: agentVersion, configDigest, deviceKid: this.#deviceKey.kid, trustStore } });
+    this.#audit.append({ type: 'agent.start', detail: { version: agentVersion, configDigest, deviceKid: this.#deviceKey.kid, trustStore, clock: this.#clock.state?.() ?? null } });
   }
 
   #scheduleStatePublish(): void {

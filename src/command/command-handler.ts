@@ -1,7 +1,13 @@
 // Receives commands on `<root>/<deviceId>/cmd`, has them verified, writes the decision to the
 // audit trail BEFORE anything acts on it, runs the authorised ones and answers each on the MQTT 5
 // Response Topic with the requester's Correlation Data. Commands are handled one at a time, so
-// the replay cache and the concurrent-stream count see a consistent picture.
+// the replay cache and the concurrent-stream count see a consistent picture. One exception, for
+// `concurrentActions` (stream.start in the agent): the next command is taken as soon as the
+// executor has started, not when it has finished, since a stream.start's reply waits for ICE
+// gathering (hundreds of ms, seconds with TURN) and a record.start must not wait behind it. That is
+// safe because the verifier has already recorded the jti (replay) and the executor reserves its
+// stream slot before its first await (StreamManager.activeCount counts the sessions still
+// opening), so the next command's busy check sees it.
 //
 // Hostile input from anyone who may publish on `cmd` is bounded: at most `maxPending` commands
 // wait (the rest are refused `overloaded` at once), repeated refusals are folded into counted
@@ -13,6 +19,7 @@ import type { AuditLog } from '../audit/audit-log.ts';
 import type { RefusalFolder } from '../audit/refusal-summary.ts';
 import type { MqttSession } from '../link/mqtt-session.ts';
 import type { AuthorisedCommand } from './authorised-command.ts';
+import type { ClockState } from './clock.ts';
 import type { CommandAction } from './types.ts';
 import type { CommandVerifier } from './verifier.ts';
 
@@ -34,6 +41,13 @@ export interface CommandHandlerOptions {
   maxPending?: number;
   /** Why a Response Topic is refused (see responseTopicProblem), or undefined if it may be used. */
   responseTopicProblem?: (topic: string) => string | undefined;
+  /**
+   * Actions whose executor reserves, before its first await, everything the verifier's checks
+   * count: the next command is handled while they finish (see the top of the file).
+   */
+  concurrentActions?: readonly CommandAction[];
+  /** The device clock's verdict and estimated error, recorded with every decision (docs/protocol.md, "Clock"). */
+  clock?: { state?(): ClockState };
 }
 
 /** Longest part of a hostile Response Topic kept in the audit. */
@@ -60,6 +74,8 @@ export class CommandHandler {
   #queue: Promise<void> = Promise.resolve();
   #handled = 0;
   #pending = 0;
+  /** Executions of concurrentActions still running, awaited by stop(). */
+  readonly #inflight = new Set<Promise<void>>();
   readonly #onMessage = (topic: string, payload: Buffer, packet: IPublishPacket) => {
     if (topic !== this.#options.topic) return;
     // The queue is a promise chain: without a bound a flood would hold every payload in memory.
@@ -106,6 +122,7 @@ export class CommandHandler {
     this.#options.session.off('message', this.#onMessage);
     this.#options.session.off('connected', this.#onConnected);
     await this.#queue;
+    await Promise.all(this.#inflight);
   }
 
   /** Exposed for tests and `ctl`: the same path as a message from the broker. */
@@ -129,6 +146,7 @@ export class CommandHandler {
       return;
     }
     const verdict = await this.#options.verifier.verify(payload);
+    const clock = this.#clockState();
 
     if (!verdict.ok) {
       const a = verdict.audit;
@@ -152,6 +170,7 @@ export class CommandHandler {
             unverifiedHeader: a.unverified ?? null,
             message: verdict.message,
             bytes: payload.length,
+            ...clock,
           },
         });
         this.#logger.warn({ code: verdict.code, reason: verdict.message, operator: a.operator, action: a.action }, 'command rejected');
@@ -170,13 +189,30 @@ export class CommandHandler {
       decision: 'accepted',
       code: null,
       tokenDigest: command.tokenDigest,
-      detail: { issuer: command.issuer, jti: command.jti, kid: command.kid, expiresAt: command.expiresAt },
+      detail: { issuer: command.issuer, jti: command.jti, kid: command.kid, expiresAt: command.expiresAt, ...clock },
     });
     this.#logger.info({ action: command.action, operator: command.operator, reason: command.reason, jti: command.jti }, 'command accepted');
 
+    // Called here, in the queue, so its synchronous part (a concurrent action's reservation) runs
+    // before the next command is verified.
+    let running: Promise<ActionResult>;
+    try {
+      running = Promise.resolve(this.#options.executors[command.action](command));
+    } catch (err) {
+      running = Promise.reject(err as Error);
+    }
+    const done = this.#finish(command, running, responseTopic, correlationData).catch((err: unknown) => {
+      this.#logger.error({ err, action: command.action }, 'command result handling failed');
+    });
+    if (!this.#options.concurrentActions?.includes(command.action)) return done;
+    this.#inflight.add(done);
+    void done.finally(() => this.#inflight.delete(done));
+  }
+
+  async #finish(command: AuthorisedCommand, running: Promise<ActionResult>, responseTopic: string | undefined, correlationData: Buffer | undefined): Promise<void> {
     let result: ActionResult;
     try {
-      result = await this.#options.executors[command.action](command);
+      result = await running;
     } catch (err) {
       result = { ok: false, code: 'internal_error', message: (err as Error).message };
     }
@@ -224,6 +260,17 @@ export class CommandHandler {
       });
     } catch (err) {
       this.#logger.error({ err: (err as Error).message }, 'overloaded command could not be audited');
+    }
+  }
+
+  /** `{clock: ClockState}` for an audit entry's detail, or nothing when the clock cannot tell. */
+  #clockState(): { clock?: ClockState } {
+    try {
+      const state = this.#options.clock?.state?.();
+      return state === undefined ? {} : { clock: state };
+    } catch (err) {
+      this.#logger.warn({ err: (err as Error).message }, 'cannot read the clock state for the audit');
+      return {};
     }
   }
 

@@ -113,7 +113,7 @@ export const configSchema = z.strictObject({
       maxConcurrentStreams: z.number().int().min(0).max(8).default(2).meta({ description: 'Live views at once; one more gets `busy`.' }),
       unsynchronisedClock: z.enum(['reject', 'accept']).default('reject').meta({
         description:
-          'When the device clock is not known to be synchronised (no systemd-timesyncd sync flag): refuse commands (clock_unsynchronised), or accept them with the fact in the audit.',
+          'When the device clock is not known to be synchronised (the kernel, asked with adjtimex, does not call it synchronised: no NTP daemon, chrony or GNSS time source disciplines it): refuse commands and ICE-restart answers (clock_unsynchronised), or accept them with the fact in the audit.',
       }),
       maxPayloadBytes: z.number().int().min(1024).max(1_048_576).default(65_536).meta({ description: 'Largest command payload considered (token and SDP offer).', unit: 'bytes' }),
       maxPending: z.number().int().min(1).max(10_000).default(64).meta({

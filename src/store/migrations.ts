@@ -103,4 +103,14 @@ export const migrations: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 5,
+    description: 'per-issuer high-water mark of signed-token iat: replay rows are pruned by the issuer\'s clock, not the device\'s',
+    sql: `
+      CREATE TABLE token_issuer_clock (
+        issuer   TEXT    PRIMARY KEY,
+        max_iat  INTEGER NOT NULL         -- highest iat (unix seconds, the issuer's clock) of a token accepted from it
+      );
+    `,
+  },
 ];

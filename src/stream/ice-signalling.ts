@@ -9,10 +9,9 @@
 //   <root>/<deviceId>/stream/<sid>/ice-answer   viewer -> camera  {"token": JWS, "answer": SDP}
 import { createHash } from 'node:crypto';
 import type { IPublishPacket } from 'mqtt';
-import { compactVerify, errors as joseErrors } from 'jose';
 import type { Logger } from 'pino';
 import type { RefusalFolder } from '../audit/refusal-summary.ts';
-import type { TrustStore } from '../command/trust-store.ts';
+import { decodeUtf8, describe, nonEmptyString, TokenRefusal, type SignedTokenVerifier, type TokenExpectation, type VerifiedToken } from '../command/signed-token.ts';
 import type { DeviceKey } from '../keys/device-key.ts';
 import type { MqttSession } from '../link/mqtt-session.ts';
 import { isSessionId } from './session-id.ts';
@@ -31,11 +30,13 @@ export type IceAnswerRefusal =
   | 'action_not_permitted'
   | 'bad_signature'
   | 'wrong_device'
-  | 'wrong_session'
+  | 'clock_unsynchronised'
   | 'not_yet_valid'
   | 'expired'
   | 'too_long_lived'
-  | 'answer_mismatch';
+  | 'wrong_session'
+  | 'answer_mismatch'
+  | 'replayed';
 
 /**
  * Why an answer was refused before its payload was read: the topic's sid is not one this camera
@@ -62,10 +63,12 @@ export interface IceSignallingOptions {
   topic: (suffix: string) => string;
   deviceId: string;
   deviceKey: DeviceKey;
-  trustStore: Pick<TrustStore, 'lookup'>;
+  /**
+   * The signed-token verifier the commands use too (src/command/signed-token.ts): the same
+   * checks, clock policy and replay cache for answers as for commands.
+   */
+  tokens: Pick<SignedTokenVerifier, 'verify' | 'admit'>;
   nowMs: () => number;
-  clockSkewS: number;
-  maxTokenLifetimeS: number;
   maxPayloadBytes: number;
   /** A verified answer; the manager applies it or says why not. */
   onAnswer: (answer: IceAnswer) => Promise<IceAnswerOutcome>;
@@ -96,6 +99,26 @@ class Refused {
     this.message = message;
   }
 }
+
+/** The answer's own claims, beside the common ones SignedTokenVerifier checks. */
+interface AnswerClaims {
+  sid: string;
+  gen: number;
+  answer_sha256: string;
+}
+
+// Phase 2 of malformed for an answer token (after the signature and the common claims).
+const answerExpectation: TokenExpectation<AnswerClaims> = {
+  typ: iceAnswerTokenType,
+  claims: (c) => {
+    if (!nonEmptyString(c.sid)) return new TokenRefusal('malformed', 'token claim sid must be a non-empty string');
+    if (typeof c.gen !== 'number' || !Number.isSafeInteger(c.gen) || c.gen < 0) return new TokenRefusal('malformed', 'token claim gen must be a whole number');
+    if (typeof c.answer_sha256 !== 'string') return new TokenRefusal('malformed', 'token claim answer_sha256 must be a string');
+    return { sid: c.sid, gen: c.gen, answer_sha256: c.answer_sha256 };
+  },
+  // Answering a restart keeps a live view going: the authority to start one.
+  action: () => 'stream.start',
+};
 
 export class IceSignalling {
   readonly name = 'ice-signalling';
@@ -207,12 +230,16 @@ export class IceSignalling {
     else inFull();
   }
 
+  // The answer's envelope and own claims here; the token itself (JWS, header, key, signature,
+  // common claims, device, clock, times, key permission, replay) in SignedTokenVerifier.
   async #verify(sid: string, payload: Buffer, digest: (d: string) => void): Promise<IceAnswer | Refused> {
     const o = this.#o;
     if (payload.byteLength > o.maxPayloadBytes) return new Refused('too_large', `payload is ${payload.byteLength} bytes, more than ${o.maxPayloadBytes}`);
+    const text = decodeUtf8(payload);
+    if (text === undefined) return new Refused('malformed', 'payload is not UTF-8 text');
     let body: unknown;
     try {
-      body = JSON.parse(payload.toString('utf8'));
+      body = JSON.parse(text);
     } catch {
       return new Refused('malformed', 'payload is not JSON');
     }
@@ -221,43 +248,22 @@ export class IceSignalling {
     if (typeof token !== 'string' || typeof answer !== 'string' || Object.keys(rest).length > 0) {
       return new Refused('malformed', 'payload must be {"token": string, "answer": string} and nothing else');
     }
-    digest(sha256(token));
-    const parts = token.split('.');
-    if (parts.length !== 3) return new Refused('malformed', 'token is not a JWS compact serialization');
-    let header: Record<string, unknown>;
+    const tokenDigest = sha256(token);
+    digest(tokenDigest);
+    let verified: VerifiedToken<AnswerClaims> | TokenRefusal;
     try {
-      header = JSON.parse(Buffer.from(parts[0]!, 'base64url').toString('utf8')) as Record<string, unknown>;
-    } catch {
-      return new Refused('malformed', 'token header is not JSON');
-    }
-    if (typeof header !== 'object' || header === null || 'crit' in header) return new Refused('malformed', 'token header is not a JSON object without "crit"');
-    if (header.alg !== 'EdDSA') return new Refused('unsupported_alg', 'only EdDSA (Ed25519) tokens are accepted');
-    if (header.typ !== iceAnswerTokenType) return new Refused('wrong_type', `token typ is not "${iceAnswerTokenType}"`);
-    if (typeof header.kid !== 'string') return new Refused('unknown_key', 'token has no kid');
-    const nowS = o.nowMs() / 1000;
-    const found = o.trustStore.lookup(header.kid, nowS);
-    if (found.status === 'unknown') return new Refused('unknown_key', `key ${JSON.stringify(header.kid)} is not in the trust store`);
-    if (found.status === 'revoked') return new Refused('revoked_key', `key ${JSON.stringify(header.kid)} is revoked or expired`);
-    // Answering a restart keeps a live view going: the authority to start one.
-    if (!found.key.actions.has('stream.start')) return new Refused('action_not_permitted', `key ${found.key.kid} may not authorise live views`);
-    let claims: Record<string, unknown>;
-    try {
-      const { payload: bytes } = await compactVerify(token, found.key.publicKey, { algorithms: ['EdDSA'] });
-      claims = JSON.parse(Buffer.from(bytes).toString('utf8')) as Record<string, unknown>;
+      verified = await o.tokens.verify(token, answerExpectation, { verified: false });
     } catch (err) {
-      if (err instanceof joseErrors.JWSSignatureVerificationFailed) return new Refused('bad_signature', `signature does not verify with key ${found.key.kid}`);
-      return new Refused('malformed', `token does not parse: ${(err as Error).message}`);
+      this.#log.warn({ sid, err, tokenDigest }, 'ICE answer verification failed unexpectedly');
+      return new Refused('malformed', 'answer could not be verified (internal error)');
     }
-    const { aud, sid: claimedSid, gen, answer_sha256: answerSha, iat, exp, jti, iss, sub } = claims;
-    if (aud !== o.deviceId) return new Refused('wrong_device', `token is for ${JSON.stringify(aud)}, not this device`);
-    if (claimedSid !== sid) return new Refused('wrong_session', `token is for session ${JSON.stringify(claimedSid)}, published on ${sid}'s topic`);
-    if (typeof gen !== 'number' || !Number.isInteger(gen) || typeof iat !== 'number' || typeof exp !== 'number' || typeof jti !== 'string' || typeof iss !== 'string' || typeof sub !== 'string') {
-      return new Refused('malformed', 'token needs gen (integer), iat, exp, jti, iss and sub');
-    }
-    if (iat > nowS + o.clockSkewS) return new Refused('not_yet_valid', 'token issued in the future');
-    if (exp <= nowS - o.clockSkewS) return new Refused('expired', `token expired at ${new Date(exp * 1000).toISOString()}`);
-    if (exp - iat > o.maxTokenLifetimeS) return new Refused('too_long_lived', `token lives ${exp - iat} s, more than ${o.maxTokenLifetimeS} s`);
-    if (answerSha !== sha256(answer)) return new Refused('answer_mismatch', 'answer_sha256 does not match the answer');
-    return { sid, generation: gen, answer, operator: sub, issuer: iss, jti, tokenDigest: sha256(token) };
+    if (verified instanceof TokenRefusal) return new Refused(verified.code as IceAnswerRefusal, verified.message);
+    const { claims } = verified;
+    if (claims.sid !== sid) return new Refused('wrong_session', `token is for session ${describe(claims.sid)}, published on ${sid}'s topic`);
+    if (claims.answer_sha256 !== sha256(answer)) return new Refused('answer_mismatch', 'answer_sha256 does not match the answer');
+    // Last, as for commands: a refused answer does not use up its token id.
+    const refused = o.tokens.admit(verified);
+    if (refused !== undefined) return new Refused(refused.code as IceAnswerRefusal, refused.message);
+    return { sid, generation: claims.gen, answer, operator: claims.sub, issuer: claims.iss, jti: claims.jti, tokenDigest };
   }
 }

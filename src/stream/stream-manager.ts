@@ -164,9 +164,12 @@ export class StreamManager {
     this.#check();
   }
 
-  /** Sessions accepted and not yet ended (connecting or connected): the verifier's `busy` count. */
+  /**
+   * Sessions accepted and not yet ended (opening, connecting or connected): the verifier's `busy`
+   * count. A stream.start still gathering counts, so the command queue may move on meanwhile.
+   */
   get activeCount(): number {
-    return this.#sessions.size;
+    return this.#sessions.size + this.#opening;
   }
 
   start(): void {
@@ -214,13 +217,16 @@ export class StreamManager {
     else this.#captureDownSince ??= Date.now();
   }
 
+  /** stream.starts past the busy check and still gathering (resolveIce, open). */
+  #opening = 0;
+
   /** The stream.start action. */
   async startStream(command: AuthorisedCommand): Promise<ActionResult> {
     if (this.#stopped) return { ok: false, code: 'unavailable', message: 'the agent is shutting down' };
     // The verifier refuses `busy` in the same step as the replay check; this guards the invariant
     // even if a command reaches here some other way.
-    if (this.#sessions.size >= this.#o.maxSessions) {
-      return { ok: false, code: 'busy', message: `already ${this.#sessions.size} live stream(s), the most allowed` };
+    if (this.activeCount >= this.#o.maxSessions) {
+      return { ok: false, code: 'busy', message: `already ${this.activeCount} live stream(s), the most allowed` };
     }
     if (this.#captureDownSince !== undefined) {
       return { ok: false, code: 'capture_unavailable', message: 'the camera is not capturing (see state.capture); try again when it runs' };
@@ -228,6 +234,9 @@ export class StreamManager {
     const sid = newSessionId();
     let ice: ResolvedIce;
     let opened: { session: LiveSession; answer: string };
+    // The slot is taken before the first await and handed to #sessions in the same synchronous
+    // step as it is given back, so activeCount never drops in between.
+    this.#opening += 1;
     try {
       ice = await this.#resolveIce(this.#o.config.ice);
       opened = await this.#open({ sid, command, ice, audio: this.#o.audio, logger: this.#o.logger });
@@ -236,8 +245,15 @@ export class StreamManager {
       const code = typeof errCode === 'string' && refusalCodes.has(errCode) ? errCode : 'internal_error';
       this.#log.warn({ sid, code, reason: (err as Error).message }, 'live view not opened');
       return { ok: false, code, message: (err as Error).message };
+    } finally {
+      this.#opening -= 1;
     }
     const { session, answer } = opened;
+    if (this.#stopped) {
+      // The agent began stopping while this view was gathering: no view outlives it.
+      await session.close();
+      return { ok: false, code: 'unavailable', message: 'the agent is shutting down' };
+    }
     const now = Date.now();
     const endsBy = command.receivedAt + (command.maxDurationS ?? 0) * 1000;
     const covert = this.#o.config.covert;
