@@ -86,7 +86,9 @@ export interface RecorderStatus {
   preEventAudio: boolean;
 }
 
-export type RecordResult = { ok: true; recordingId: string; already?: boolean } | { ok: false; code: 'not_recording'; message: string };
+/** The codes a record.start or record.stop reply can refuse with (the ops console's words are checked against them). */
+export const recordRefusalCodes = ['not_recording'] as const;
+export type RecordResult = { ok: true; recordingId: string; already?: boolean } | { ok: false; code: (typeof recordRefusalCodes)[number]; message: string };
 
 export interface RecorderOptions {
   db: Db;
