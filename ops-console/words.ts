@@ -40,7 +40,16 @@ const words: Record<string, string> = {
   unknown_session: 'that live view has already ended',
   no_reply: 'the camera did not answer (is it online?)',
   internal_error: 'the camera failed to carry out the request',
+  overloaded: 'the camera has too many requests waiting; try again shortly',
+  response_topic_refused: 'the camera will not answer on the reply topic this console gave',
+  not_recording: 'the camera is not recording',
 };
+
+/** Codes the console itself answers with, never a camera: a reply that did not come. */
+export const consoleOnlyCodes: readonly string[] = ['no_reply'];
+
+/** Every code there are words for (test/console-words.test.ts checks them against the agent's). */
+export const wordedCodes: readonly string[] = Object.keys(words);
 
 export function inWords(code: string): string {
   return words[code] ?? `refused (${code})`;

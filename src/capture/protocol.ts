@@ -1,8 +1,9 @@
 // Messages between the capture supervisor (main process) and the capture worker, over Node IPC.
 import type { CaptureSettings } from './presets.ts';
 
+/** A closed segment, as the worker reports it and the recorder takes it in. */
 export interface SegmentInfo {
-  /** Absolute path of the MPEG-TS file. */
+  /** Absolute path of the MPEG-TS file (inside the recorder's bufferDir). */
   file: string;
   /** Wall-clock start (ISO 8601), taken when splitmuxsink opened the file. */
   startedAt: string;

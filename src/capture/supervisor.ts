@@ -147,10 +147,6 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
     return liveBitrateAdjustable(this.#opts.settings);
   }
 
-  get liveBitrateKbps(): number | undefined {
-    return this.liveBitrateAdjustable ? this.#liveBitrateKbps : undefined;
-  }
-
   /** Sets the live encoder's bitrate (bandwidth adaptation); the recording's stays as configured. */
   setLiveBitrate(kbps: number): void {
     const rounded = Math.round(kbps);

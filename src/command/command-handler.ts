@@ -26,6 +26,9 @@ import type { CommandVerifier } from './verifier.ts';
 /** What an action returns: merged into the `{"ok": true}` reply, or a refusal with its code. */
 export type ActionResult = { ok: true; [member: string]: unknown } | { ok: false; code: string; message: string };
 
+/** The result code when an action's executor throws instead of answering. */
+export const actionFailedCode = 'internal_error';
+
 export type ActionExecutor = (command: AuthorisedCommand) => Promise<ActionResult> | ActionResult;
 
 export interface CommandHandlerOptions {
@@ -214,7 +217,7 @@ export class CommandHandler {
     try {
       result = await running;
     } catch (err) {
-      result = { ok: false, code: 'internal_error', message: (err as Error).message };
+      result = { ok: false, code: actionFailedCode, message: (err as Error).message };
     }
     if (!result.ok) {
       this.#options.audit.append({

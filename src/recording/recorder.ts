@@ -46,19 +46,14 @@ import type { Logger } from 'pino';
 import type { AuditRecord } from '../audit/audit-log.ts';
 import { canonicalJson } from '../audit/canonical-json.ts';
 import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authorised-command.ts';
+import type { SegmentInfo } from '../capture/protocol.ts';
 import type { DeviceKey } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
 import { bufferDirOf, isManifestName, manifestFile, newRecordingId, parseSegmentFileName, recordingsDirOf, segmentFileName, segmentRelPath, signatureFile } from './layout.ts';
 import { buildManifest, genesisSha256, hashFile, manifestDigest, segmentRows, type Manifest, type RecordingRow } from './manifest.ts';
 
-/** What the capture supervisor reports for each closed segment. */
-export interface SegmentInfo {
-  /** Absolute path, inside the recorder's bufferDir. */
-  file: string;
-  startedAt: string;
-  endedAt: string;
-  durationS: number;
-}
+/** What the capture supervisor reports for each closed segment: the capture protocol declares it. */
+export type { SegmentInfo };
 
 export interface OpenedSegment {
   file: string;
@@ -91,7 +86,9 @@ export interface RecorderStatus {
   preEventAudio: boolean;
 }
 
-export type RecordResult = { ok: true; recordingId: string; already?: boolean } | { ok: false; code: 'not_recording'; message: string };
+/** The codes a record.start or record.stop reply can refuse with (the ops console's words are checked against them). */
+export const recordRefusalCodes = ['not_recording'] as const;
+export type RecordResult = { ok: true; recordingId: string; already?: boolean } | { ok: false; code: (typeof recordRefusalCodes)[number]; message: string };
 
 export interface RecorderOptions {
   db: Db;

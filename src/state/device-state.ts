@@ -2,8 +2,6 @@
 // Modules set their part; listeners (the MQTT link, `ctl status`) read the whole.
 import { EventEmitter } from 'node:events';
 import type { JWK } from 'jose';
-import type { GpsReport } from '../telemetry/gps-reporter.ts';
-import type { HealthSample } from '../telemetry/health.ts';
 
 export interface LinkStatus {
   connected: boolean;
@@ -53,6 +51,30 @@ export interface StreamSessionState {
   iceRestarts: number;
 }
 
+/**
+ * Where the camera is, as the state document shows it. The GPS extension maps its reports into this;
+ * the full report (altitude, speed, course) goes to the `gps` channel, not the state.
+ */
+export interface GpsState {
+  gpsd: 'connected' | 'disconnected';
+  fix: 'no-fix' | '2d' | '3d';
+  /** The receiver's time (ISO 8601) as gpsd reports it, or null before the receiver knows it. */
+  gpsTime: string | null;
+  lat: number | null;
+  lon: number | null;
+  accuracyM: number | null;
+}
+
+/** The device's health as the state document shows it; the health probe samples exactly this. */
+export interface HealthState {
+  storage: { path: string; freeBytes: number; totalBytes: number; freePercent: number };
+  cpuTemperatureC: number | null;
+  load: [number, number, number];
+  memory: { totalBytes: number; availableBytes: number; agentRssBytes: number };
+  systemUptimeS: number;
+  agentUptimeS: number;
+}
+
 /** What a fleet console needs to offer a live view this camera will accept. */
 export interface CommandPolicyState {
   reasons: string[];
@@ -76,8 +98,8 @@ export interface DeviceStateDoc {
   devicePublicKey: JWK | null;
   /** The newest audit entry's seq and hash: the fleet keeps the highest it saw for `audit verify --expect-head`. */
   auditHead: { seq: number; hash: string } | null;
-  gps: Pick<GpsReport, 'fix' | 'lat' | 'lon' | 'accuracyM' | 'gpsTime'> & { gpsd: GpsReport['gpsd'] } | null;
-  health: HealthSample | null;
+  gps: GpsState | null;
+  health: HealthState | null;
   link: LinkStatus;
   startedAt: string;
   time: string;

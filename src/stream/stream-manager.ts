@@ -18,16 +18,18 @@ import type { IceAnswer, IceAnswerOutcome, IceAnswerRefusal } from './ice-signal
 import type { SessionLinkState, StreamSessionOptions } from './session.ts';
 import { newSessionId } from './session-id.ts';
 
-/** Why a session ended: in the audit entry, the event and the log. */
-export type StreamEndCause =
-  | 'stream_stop'
-  | 'max_duration'
-  | 'viewer_lost'
-  | 'viewer_closed'
-  | 'connect_timeout'
-  | 'capture_failed'
-  | 'agent_shutdown'
-  | 'audit_failed';
+/** Why a session ended: in the audit entry, the event and the log (and the ops console's words). */
+export const streamEndCauses = [
+  'stream_stop',
+  'max_duration',
+  'viewer_lost',
+  'viewer_closed',
+  'connect_timeout',
+  'capture_failed',
+  'agent_shutdown',
+  'audit_failed',
+] as const;
+export type StreamEndCause = (typeof streamEndCauses)[number];
 
 /** The capture side the live view needs (CaptureSupervisor). */
 export interface LiveSource {
@@ -80,7 +82,17 @@ const loadSessionModule = () => (sessionModule ??= import('./session.ts'));
 const openStreamSession: OpenSession = async (o) => (await loadSessionModule()).StreamSession.open(o);
 
 /** Codes of the errors StreamSession.open and resolveIce throw for a bad offer or network. */
-const refusalCodes = new Set(['unsupported_offer', 'no_network']);
+const openRefusalCodes = ['unsupported_offer', 'no_network'] as const;
+const isOpenRefusalCode = (code: unknown): code is (typeof openRefusalCodes)[number] => (openRefusalCodes as readonly unknown[]).includes(code);
+
+/**
+ * The codes a stream.start or stream.stop reply can refuse with here (the verifier's and the
+ * command handler's come on top); declared so the ops console's words are checked against them.
+ */
+export const streamRefusalCodes = ['unavailable', 'busy', 'capture_unavailable', ...openRefusalCodes, 'internal_error', 'audit_failed', 'unknown_session'] as const;
+export type StreamRefusalCode = (typeof streamRefusalCodes)[number];
+/** An ActionResult whose refusal code is one of streamRefusalCodes. */
+type StreamActionResult = Extract<ActionResult, { ok: true }> | { ok: false; code: StreamRefusalCode; message: string };
 
 export interface StreamManagerOptions {
   config: StreamConfig;
@@ -104,8 +116,9 @@ export interface StreamManagerOptions {
   publishRestartOffer?: (sid: string, generation: number, offer: string, cause: RestartCause) => void;
 }
 
-/** Why the camera restarted ICE. */
-export type RestartCause = 'network_changed' | 'ice_failed' | 'viewer_silent';
+/** Why the camera restarted ICE (in the offer's claims, the audit and the ops console's words). */
+export const restartCauses = ['network_changed', 'ice_failed', 'viewer_silent'] as const;
+export type RestartCause = (typeof restartCauses)[number];
 
 // A restart offer not answered (or not connecting) within this long is made again, with the
 // next generation, until the viewer answers or viewerLostGrace ends the session.
@@ -221,7 +234,7 @@ export class StreamManager {
   #opening = 0;
 
   /** The stream.start action. */
-  async startStream(command: AuthorisedCommand): Promise<ActionResult> {
+  async startStream(command: AuthorisedCommand): Promise<StreamActionResult> {
     if (this.#stopped) return { ok: false, code: 'unavailable', message: 'the agent is shutting down' };
     // The verifier refuses `busy` in the same step as the replay check; this guards the invariant
     // even if a command reaches here some other way.
@@ -242,7 +255,7 @@ export class StreamManager {
       opened = await this.#open({ sid, command, ice, audio: this.#o.audio, logger: this.#o.logger });
     } catch (err) {
       const errCode = (err as { code?: unknown }).code;
-      const code = typeof errCode === 'string' && refusalCodes.has(errCode) ? errCode : 'internal_error';
+      const code = isOpenRefusalCode(errCode) ? errCode : 'internal_error';
       this.#log.warn({ sid, code, reason: (err as Error).message }, 'live view not opened');
       return { ok: false, code, message: (err as Error).message };
     } finally {
@@ -306,7 +319,7 @@ export class StreamManager {
   }
 
   /** The stream.stop action. */
-  async stopStream(command: AuthorisedCommand): Promise<ActionResult> {
+  async stopStream(command: AuthorisedCommand): Promise<StreamActionResult> {
     const sid = command.sid ?? '';
     if (!this.#sessions.has(sid)) return { ok: false, code: 'unknown_session', message: `no live session ${JSON.stringify(sid)}` };
     await this.#end(sid, 'stream_stop', command);

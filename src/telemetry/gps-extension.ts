@@ -1,7 +1,7 @@
 // Wires the gpsd client and the reporter to the outbox's `gps` channel and the device state.
 import type { Logger } from 'pino';
 import type { FleetLink } from '../link/fleet-link.ts';
-import type { DeviceState } from '../state/device-state.ts';
+import type { DeviceState, GpsState } from '../state/device-state.ts';
 import { GpsdClient } from './gpsd-client.ts';
 import { GpsReporter, type GpsReport } from './gps-reporter.ts';
 
@@ -34,7 +34,8 @@ export class GpsExtension {
       publish: (report: GpsReport) => {
         options.link.send('gps', { time: new Date().toISOString(), ...report });
         const { gpsd, fix, lat, lon, accuracyM, gpsTime } = report;
-        options.state.update({ gps: { gpsd, fix, lat, lon, accuracyM, gpsTime } });
+        const gps: GpsState = { gpsd, fix, lat, lon, accuracyM, gpsTime };
+        options.state.update({ gps });
       },
     });
   }

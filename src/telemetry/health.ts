@@ -2,15 +2,10 @@
 // Everything is read from the kernel (statfs, /proc via node:os, sysfs), nothing is spawned.
 import { readFile, statfs } from 'node:fs/promises';
 import os from 'node:os';
+import type { HealthState } from '../state/device-state.ts';
 
-export interface HealthSample {
-  storage: { path: string; freeBytes: number; totalBytes: number; freePercent: number };
-  cpuTemperatureC: number | null;
-  load: [number, number, number];
-  memory: { totalBytes: number; availableBytes: number; agentRssBytes: number };
-  systemUptimeS: number;
-  agentUptimeS: number;
-}
+/** A sample is the state document's health part: the state module owns that shape. */
+export type HealthSample = HealthState;
 
 export interface HealthProbeOptions {
   storagePath: string;
