@@ -102,7 +102,14 @@ export class Agent {
     const reserve = new StorageReserve({ path: config.stateDir, percent: config.recording.evidenceReservePercent });
     this.#outbox = new Outbox({ db: this.#db, maxMessages: config.outbox.maxMessages, reserve, logger });
     this.#state = new DeviceState({ deviceId: config.deviceId, agentVersion });
-    this.#link = new FleetLink({ config, outbox: this.#outbox, logger, offlineState: (reason) => this.#state.offline(reason) });
+    // The request topics are subscribed by the link, before each "online" (see inboundTopics).
+    this.#link = new FleetLink({
+      config,
+      outbox: this.#outbox,
+      logger,
+      offlineState: (reason) => this.#state.offline(reason),
+      inboundTopics: ['cmd', 'stream/+/ice-answer'],
+    });
     this.#control = new ControlServer({ path: path.join(config.stateDir, 'control.sock'), logger });
     this.#notifier = new ServiceNotifier({ logger, isHealthy: () => this.#link.health(), env: options.env ?? process.env });
 
@@ -282,6 +289,7 @@ export class Agent {
       },
       refusals: this.#refusals,
       maxPending: config.commands.maxPending,
+      maxPendingBytes: config.commands.maxPendingBytes,
       responseTopicProblem: (topic) => responseTopicProblem(topic, config.mqtt.topicRoot, config.commands.replyTopicPrefixes),
       logger,
     });
@@ -349,11 +357,14 @@ export class Agent {
     );
     this.#auditStart();
     this.#link.publishState(this.#state.snapshot());
-    this.#link.start();
     for (const extension of this.#extensions) {
       await extension.start();
       this.#started.push(extension);
     }
+    // Connected last, when every handler listens: the first "online" then means commands and ICE
+    // answers are heard (none of the extensions needs the connection to start; the outbox holds
+    // what they send meanwhile).
+    this.#link.start();
     this.#link.send('event', { type: 'agent.started', time: new Date().toISOString(), version: agentVersion });
     this.#notifier.ready(`running; broker ${this.config.mqtt.url}`);
     this.#notifier.startWatchdog();

@@ -10,7 +10,7 @@
 // opening), so the next command's busy check sees it.
 //
 // Hostile input from anyone who may publish on `cmd` is bounded: at most `maxPending` commands
-// wait (the rest are refused `overloaded` at once), repeated refusals are folded into counted
+// and `maxPendingBytes` bytes wait (the rest are refused `overloaded` at once), repeated refusals are folded into counted
 // summaries (src/audit/refusal-summary.ts) instead of one audit row each, and a Response Topic
 // under the topic root (the camera's own or another device's topics) is refused, never published to.
 import type { IPublishPacket } from 'mqtt';
@@ -33,7 +33,7 @@ export type ActionExecutor = (command: AuthorisedCommand) => Promise<ActionResul
 
 export interface CommandHandlerOptions {
   topic: string;
-  session: Pick<MqttSession, 'subscribe' | 'publish' | 'on' | 'off' | 'connected'>;
+  session: Pick<MqttSession, 'publish' | 'on' | 'off'>;
   verifier: Pick<CommandVerifier, 'verify'>;
   audit: Pick<AuditLog, 'append'>;
   executors: Record<CommandAction, ActionExecutor>;
@@ -42,6 +42,8 @@ export interface CommandHandlerOptions {
   refusals?: Pick<RefusalFolder, 'refused' | 'flush'>;
   /** Most commands waiting to be handled; one more is refused `overloaded`. Default: no bound. */
   maxPending?: number;
+  /** Most bytes of commands waiting (payload + pendingOverheadBytes each); one more is refused `overloaded`. Default: no bound. */
+  maxPendingBytes?: number;
   /** Why a Response Topic is refused (see responseTopicProblem), or undefined if it may be used. */
   responseTopicProblem?: (topic: string) => string | undefined;
   /**
@@ -52,6 +54,9 @@ export interface CommandHandlerOptions {
   /** The device clock's verdict and estimated error, recorded with every decision (docs/protocol.md, "Clock"). */
   clock?: { state?(): ClockState };
 }
+
+/** What one waiting command costs besides its payload (topic, properties, the queue's closure), for maxPendingBytes. */
+export const pendingOverheadBytes = 512;
 
 /** Longest part of a hostile Response Topic kept in the audit. */
 const auditedTopicChars = 256;
@@ -77,16 +82,22 @@ export class CommandHandler {
   #queue: Promise<void> = Promise.resolve();
   #handled = 0;
   #pending = 0;
+  #pendingBytes = 0;
   /** Executions of concurrentActions still running, awaited by stop(). */
   readonly #inflight = new Set<Promise<void>>();
   readonly #onMessage = (topic: string, payload: Buffer, packet: IPublishPacket) => {
     if (topic !== this.#options.topic) return;
     // The queue is a promise chain: without a bound a flood would hold every payload in memory.
-    if (this.#pending >= (this.#options.maxPending ?? Infinity)) {
+    // Bounded in count and in bytes: small junk (refused in microseconds) may queue by the
+    // thousand, so a valid command behind a burst is still reached; large payloads fill the byte
+    // budget quickly.
+    const bytes = payload.length + pendingOverheadBytes;
+    if (this.#pending >= (this.#options.maxPending ?? Infinity) || this.#pendingBytes + bytes > (this.#options.maxPendingBytes ?? Infinity)) {
       this.#overloaded(payload, packet);
       return;
     }
     this.#pending += 1;
+    this.#pendingBytes += bytes;
     this.#queue = this.#queue
       .then(() => this.#handle(payload, packet))
       .catch((err: unknown) => {
@@ -94,14 +105,8 @@ export class CommandHandler {
       })
       .finally(() => {
         this.#pending -= 1;
+        this.#pendingBytes -= bytes;
       });
-  };
-  readonly #onConnected = () => {
-    // A persistent session keeps the subscription, but a broker that lost its state would not:
-    // subscribing again is harmless.
-    this.#options.session.subscribe(this.#options.topic, 1).catch((err: unknown) => {
-      this.#logger.error({ err, topic: this.#options.topic }, 'cannot subscribe to the command topic');
-    });
   };
 
   constructor(options: CommandHandlerOptions) {
@@ -113,17 +118,14 @@ export class CommandHandler {
     return this.#handled;
   }
 
+  // The link subscribes the command topic on every connection, before the state says online
+  // (FleetLink's inboundTopics): the handler only listens.
   start(): void {
     this.#options.session.on('message', this.#onMessage);
-    this.#options.session.on('connected', this.#onConnected);
-    // mqtt.js queues a subscription made while (re)connecting, so this covers a link that
-    // connected before this handler started.
-    this.#onConnected();
   }
 
   async stop(): Promise<void> {
     this.#options.session.off('message', this.#onMessage);
-    this.#options.session.off('connected', this.#onConnected);
     await this.#queue;
     await Promise.all(this.#inflight);
   }
@@ -252,7 +254,7 @@ export class CommandHandler {
 
   #overloaded(payload: Buffer, packet: Pick<IPublishPacket, 'properties'>): void {
     this.#handled += 1;
-    const message = `more than ${this.#options.maxPending} commands are waiting (commands.maxPending); try again`;
+    const message = `more than ${this.#options.maxPending} commands or ${this.#options.maxPendingBytes} bytes are waiting (commands.maxPending, commands.maxPendingBytes); try again`;
     const responseTopic = packet.properties?.responseTopic;
     const allowed = responseTopic !== undefined && this.#options.responseTopicProblem?.(responseTopic) === undefined;
     const reply = allowed ? () => this.#reply(responseTopic, packet.properties?.correlationData, { ok: false, code: 'overloaded', message }) : undefined;

@@ -116,8 +116,13 @@ export const configSchema = z.strictObject({
           'When the device clock is not known to be synchronised (the kernel, asked with adjtimex, does not call it synchronised: no NTP daemon, chrony or GNSS time source disciplines it): refuse commands and ICE-restart answers (clock_unsynchronised), or accept them with the fact in the audit.',
       }),
       maxPayloadBytes: z.number().int().min(1024).max(1_048_576).default(65_536).meta({ description: 'Largest command payload considered (token and SDP offer).', unit: 'bytes' }),
-      maxPending: z.number().int().min(1).max(10_000).default(64).meta({
-        description: 'Commands waiting to be handled at once; one more is refused at once (`overloaded`, folded like any refusal), so a flood cannot grow memory.',
+      maxPending: z.number().int().min(1).max(100_000).default(4096).meta({
+        description: 'Commands waiting to be handled at once; one more is refused at once (`overloaded`, folded like any refusal), so a flood cannot grow memory. With `maxPendingBytes`, whichever is reached first.',
+      }),
+      maxPendingBytes: z.number().int().min(65_536).max(67_108_864).default(4_194_304).meta({
+        description:
+          'Bytes of commands waiting to be handled at once (each counts its payload plus 512 for its topic and properties); one more is refused `overloaded`. Memory is what a flood must not take, and junk is refused in microseconds: a budget in bytes lets a burst of thousands of small junk commands queue (so a valid command behind them is still answered) while only 64 payloads of the 64 KiB maximum fit.',
+        unit: 'bytes',
       }),
       refusalWindow: seconds(
         'Refusal folding window: the first refusal of a source and code in it is audited in full, the rest are counted into one `refusals.summarised` entry at its end (or at the next accepted command, or at stop).',

@@ -19,6 +19,14 @@ export interface FleetLinkOptions {
   logger: Logger;
   /** The offline document for the Last Will and a clean shutdown. */
   offlineState: (reason: string) => object;
+  /**
+   * Topics the fleet sends this device requests on (`cmd`, ICE answers), below the device's root.
+   * On every connection they are subscribed, and the broker's SUBACK awaited, BEFORE the retained
+   * state says online: a console that acts on "online" is then always heard. (Before, the
+   * handlers subscribed after it, and a command sent right after the first "online" could reach
+   * the broker ahead of the subscription and be lost; a loaded machine made that window wide.)
+   */
+  inboundTopics?: readonly string[];
 }
 
 export interface LinkStatusReport {
@@ -38,6 +46,8 @@ export class FleetLink {
   readonly #offlineState: (reason: string) => object;
   #latestState: string | undefined;
   #disconnectedAt: number | undefined;
+  /** Counts connections, so a subscription that completes after its connection dropped does nothing. */
+  #connections = 0;
 
   constructor(options: FleetLinkOptions) {
     const { config } = options;
@@ -69,15 +79,25 @@ export class FleetLink {
       maxInflight: config.mqtt.maxInflight,
       logger: options.logger,
     });
+    const inbound = (options.inboundTopics ?? []).map((t) => this.topic(t));
     this.#session.on('connected', (info) => {
-      // State first: a map that sees the camera come back should not wait for the backlog.
-      if (this.#latestState !== undefined) this.#publishRetained('state', this.#latestState);
-      this.#drain.resume(info.receiveMaximum);
-      if (this.#disconnectedAt !== undefined) {
-        const outageS = Math.round((Date.now() - this.#disconnectedAt) / 100) / 10;
-        this.#disconnectedAt = undefined;
-        this.send('event', { type: 'link.restored', time: new Date().toISOString(), outageS, backlog: this.#outbox.size });
-      }
+      const connection = ++this.#connections;
+      const subscribed = Promise.all(inbound.map((t) => this.#session.subscribe(t, 1))).catch((err: unknown) => {
+        // The state still goes out (the map must see the camera); the handlers' topics are
+        // subscribed again by mqtt.js's resubscribe on the next connection.
+        this.#logger.error({ err: (err as Error).message, topics: inbound }, 'cannot subscribe to the request topics');
+      });
+      void subscribed.then(() => {
+        if (connection !== this.#connections || !this.#session.connected) return; // dropped meanwhile: the next connection does this
+        // State first: a map that sees the camera come back should not wait for the backlog.
+        if (this.#latestState !== undefined) this.#publishRetained('state', this.#latestState);
+        this.#drain.resume(info.receiveMaximum);
+        if (this.#disconnectedAt !== undefined) {
+          const outageS = Math.round((Date.now() - this.#disconnectedAt) / 100) / 10;
+          this.#disconnectedAt = undefined;
+          this.send('event', { type: 'link.restored', time: new Date().toISOString(), outageS, backlog: this.#outbox.size });
+        }
+      });
     });
     this.#session.on('disconnected', () => {
       this.#disconnectedAt = Date.now();

@@ -58,7 +58,8 @@ export interface IceAnswer {
 export type IceAnswerOutcome = { ok: true } | { ok: false; code: string; message: string };
 
 export interface IceSignallingOptions {
-  session: Pick<MqttSession, 'publish' | 'subscribe' | 'on' | 'off'>;
+  /** The link subscribes the answer topic (FleetLink's inboundTopics, `stream/+/ice-answer`); this only listens. */
+  session: Pick<MqttSession, 'publish' | 'on' | 'off'>;
   /** `<root>/<deviceId>/` + suffix. */
   topic: (suffix: string) => string;
   deviceId: string;
@@ -124,7 +125,6 @@ export class IceSignalling {
   readonly name = 'ice-signalling';
   readonly #o: IceSignallingOptions;
   readonly #log: Logger;
-  readonly #answerFilter: string;
   readonly #answerPrefix: string;
   #queue: Promise<void> = Promise.resolve();
   #pending = 0;
@@ -158,7 +158,6 @@ export class IceSignalling {
       });
   };
   readonly #onConnected = () => {
-    this.#o.session.subscribe(this.#answerFilter, 1).catch((err: unknown) => this.#log.error({ err }, 'cannot subscribe to ICE answers'));
     const now = this.#o.nowMs();
     for (const [sid, offer] of this.#unanswered) {
       if (now - offer.at > unansweredTtlMs) this.#unanswered.delete(sid);
@@ -169,7 +168,6 @@ export class IceSignalling {
   constructor(options: IceSignallingOptions) {
     this.#o = options;
     this.#log = options.logger.child({ module: 'ice-signalling' });
-    this.#answerFilter = options.topic('stream/+/ice-answer');
     this.#answerPrefix = options.topic('stream/');
   }
 
