@@ -43,7 +43,7 @@ agents=()
 # GRACE seconds for the leaders to exit, then SIGKILL to whatever is left in their groups (a leader
 # that hung, a capture worker whose agent died, gpsd under a gpsfake that ignores SIGTERM).
 stop_sessions() { # GRACE leader|group PID...
-  local grace=$1 how=$2 p done_pid deadline
+  local grace=$1 how=$2 p done_pid deadline status
   shift 2
   local -A running=()
   for p in "$@"; do
@@ -56,17 +56,23 @@ stop_sessions() { # GRACE leader|group PID...
   while [ ${#running[@]} -gt 0 ]; do
     done_pid=""
     wait -n -p done_pid "${!running[@]}" "$deadline"
+    status=$?
+    # A signal (trapped, see stop_all) ends `wait` early: wait on.
+    if [ -z "$done_pid" ] && [ "$status" -gt 128 ]; then continue; fi
     if [ -z "$done_pid" ] || [ "$done_pid" = "$deadline" ]; then break; fi
     unset "running[$done_pid]"
   done
   kill -KILL "$deadline" 2>/dev/null
+  wait "$deadline" 2>/dev/null # reaped here, or bash reports it "Killed"
   for p in "$@"; do kill -KILL -- "-$p" 2>/dev/null; done
 }
 stop_all() {
   # Once, and to the end: a second signal (an impatient Ctrl-C, a repeated SIGHUP) must not cut the
   # stop short, and a terminal or log pipe that has gone away must not end this script before it
   # has stopped everything (an echo into it fails instead of killing the script with SIGPIPE).
-  trap '' INT TERM HUP PIPE
+  # Caught and dropped, not ignored (trap ''): bash 5.2 mishandles a signal that is pending while
+  # its trap becomes "ignore" ("run_pending_traps: bad value in trap_list") and dies of it.
+  trap : INT TERM HUP PIPE
   trap - EXIT
   set +e
   { echo; echo "demo: stopping"; } 2>/dev/null
@@ -130,16 +136,17 @@ pids+=($!)
 for _ in $(seq 100); do grep -q '^ops-console: http' "$demo/console.log" 2>/dev/null && break; sleep 0.1; done
 grep -q '^ops-console: http' "$demo/console.log" || { echo "demo: the console did not start:" >&2; cat "$demo/console.log" >&2; exit 1; }
 
-# The log printers stay in this script's process group: they ignore the terminal's SIGINT and
-# SIGHUP and end when their agent closes its output, so the agent's last lines are shown.
-pretty() { trap '' INT HUP; node node_modules/pino-pretty/bin.js --colorize --translateTime SYS:HH:MM:ss.l --ignore pid,hostname; }
+# The log printers run in sessions of their own too (Node resets ignored signals, so ignoring them
+# here would not do): a signal for the demo does not reach them, and they end when their agent
+# closes its output, so the agent's last lines are shown.
+pretty() { setsid node node_modules/pino-pretty/bin.js --colorize --translateTime SYS:HH:MM:ss.l --ignore pid,hostname; }
 device_id=${BWC_DEVICE_ID:-demo-cam-1}
 device2_id=${BWC_DEVICE2_ID:-demo-cam-2}
 BWC_DEVICE_ID=$device_id BWC_MQTT_URL="mqtt://127.0.0.1:$mqtt_port" BWC_GPSD="127.0.0.1:$gpsd_port" BWC_STATE_DIR="$demo/state" \
   setsid bin/bwc-agent run --config "$demo/camera-1.yaml" > >(pretty) 2>&1 &
 agents+=($!)
 BWC_DEVICE_ID=$device2_id BWC_MQTT_URL="mqtt://127.0.0.1:$mqtt_port" BWC_GPSD="127.0.0.1:$gpsd2_port" BWC_STATE_DIR="$demo/state-2" \
-  setsid bin/bwc-agent run --config "$demo/camera-2.yaml" > >(pretty | (trap '' INT HUP; exec sed -u 's/^/[cam-2] /')) 2>&1 &
+  setsid bin/bwc-agent run --config "$demo/camera-2.yaml" > >(pretty | setsid sed -u 's/^/[cam-2] /') 2>&1 &
 agents+=($!)
 cat <<INFO
 demo: broker   mqtt://127.0.0.1:$mqtt_port   (watch: mosquitto_sub -h 127.0.0.1 -p $mqtt_port -t 'bwc/v1/#' -v)
