@@ -42,28 +42,26 @@ agents=()
 # Ends the given sessions: SIGTERM (to the leader only, or with "group" to the whole group), up to
 # GRACE seconds for the leaders to exit, then SIGKILL to whatever is left in their groups (a leader
 # that hung, a capture worker whose agent died, gpsd under a gpsfake that ignores SIGTERM).
+# The grace is polled, not `wait -n -p`ed: bash 5.2's `wait -n` interrupted by a trapped signal can
+# then report a job that is not in its list.
+alive() { # PID: running (bash reaps its children as they end; a zombie counts as ended)
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
 stop_sessions() { # GRACE leader|group PID...
-  local grace=$1 how=$2 p done_pid deadline status
+  local grace=$1 how=$2 p tick left
   shift 2
-  local -A running=()
   for p in "$@"; do
-    kill -0 "$p" 2>/dev/null || continue
-    running[$p]=1
     if [ "$how" = group ]; then kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; else kill -TERM "$p" 2>/dev/null; fi
   done
-  sleep "$grace" &
-  deadline=$!
-  while [ ${#running[@]} -gt 0 ]; do
-    done_pid=""
-    wait -n -p done_pid "${!running[@]}" "$deadline"
-    status=$?
-    # A signal (trapped, see stop_all) ends `wait` early: wait on.
-    if [ -z "$done_pid" ] && [ "$status" -gt 128 ]; then continue; fi
-    if [ -z "$done_pid" ] || [ "$done_pid" = "$deadline" ]; then break; fi
-    unset "running[$done_pid]"
+  for ((tick = 0; tick < grace * 10; tick++)); do
+    left=0
+    for p in "$@"; do alive "$p" && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.1
   done
-  kill -KILL "$deadline" 2>/dev/null
-  wait "$deadline" 2>/dev/null # reaped here, or bash reports it "Killed"
   for p in "$@"; do kill -KILL -- "-$p" 2>/dev/null; done
 }
 stop_all() {
@@ -74,7 +72,8 @@ stop_all() {
   # its trap becomes "ignore" ("run_pending_traps: bad value in trap_list") and dies of it.
   trap : INT TERM HUP PIPE
   trap - EXIT
-  set +e
+  # Nothing may end the stop halfway: no errexit, no nounset.
+  set +eu
   { echo; echo "demo: stopping"; } 2>/dev/null
   # A process started just before the signal, whose pid the next line would have recorded.
   local last=${!:-}
