@@ -59,6 +59,16 @@ async function decodedFrames(file: string): Promise<number> {
   }
 }
 
+/** The newest recording's status in the agent's database (read-only, beside the running agent). */
+async function lastRecordingStatus(stateDir: string): Promise<string | undefined> {
+  const db = new Database(path.join(stateDir, 'agent.db'), { readonly: true });
+  try {
+    return (db.prepare('SELECT status FROM recording ORDER BY started_at DESC LIMIT 1').get() as { status: string } | undefined)?.status;
+  } finally {
+    db.close();
+  }
+}
+
 async function recordingDirs(stateDir: string): Promise<string[]> {
   const root = path.join(stateDir, 'evidence', 'recordings');
   return (await readdir(root)).sort().map((d) => path.join(root, d));
@@ -85,14 +95,7 @@ t.test('10 s recording with a 5 s pre-event buffer, verified and decoded; tamper
   t.equal((await cli(['ctl', 'record', 'stop', '--state-dir', stateDir])).code, 0, 'ctl record stop');
   t.equal((await status(stateDir)).recording, false);
   // The segment open at stop closes and joins, and the recording is sealed: waited for, not assumed of 4 s.
-  await until('the recording closed', async () => {
-    const db = new Database(path.join(stateDir, 'agent.db'), { readonly: true });
-    try {
-      return (db.prepare('SELECT status FROM recording').get() as { status: string } | undefined)?.status === 'closed';
-    } finally {
-      db.close();
-    }
-  });
+  await until('the recording closed', async () => (await lastRecordingStatus(stateDir)) === 'closed');
   t.equal((await agent.stop('SIGTERM')).code, 0);
 
   const [dir] = await recordingDirs(stateDir);
@@ -181,7 +184,7 @@ t.test('kill -9 of the worker and of the whole agent during recording, 12 times'
   }
   await sleep(2500);
   await cli(['ctl', 'record', 'stop', '--state-dir', stateDir]);
-  await sleep(3000);
+  await until('the last recording closed', async () => (await lastRecordingStatus(stateDir)) === 'closed');
   t.equal((await agent.stop('SIGTERM')).code, 0);
 
   const verify = await cli(['evidence', 'verify', '--state-dir', stateDir]);
