@@ -3,7 +3,8 @@
 # processes on the `test` capture preset with the simulated firmware), each with gpsd replaying a
 # real receiver log from ../shared/data/gps (Hamilton and Dunedin, New Zealand), and the reference
 # ops console (ops-console/) whose URL is printed. Sign in as `demo` / `demo-password` and request
-# a live view. Logs are pretty-printed; Ctrl-C stops all.
+# a live view. Logs are pretty-printed; Ctrl-C stops all, and so does whatever else ends the demo:
+# SIGTERM or SIGHUP to it or its process group, a closed terminal, a closed log pipe.
 #
 # Each run starts afresh in $DEMO_DIR (default .demo): new device keys, databases and audit chains,
 # so the console sees every camera's chain from its first entry.
@@ -31,20 +32,60 @@ for f in "$gps_log" "$gps2_log"; do
   [ -f "$f" ] || { echo "demo: GPS log $f not found (the repo is expected beside shared/)" >&2; exit 1; }
 done
 
+# Every process the demo starts runs in its own session (setsid), so a signal for the demo (Ctrl-C,
+# a closed terminal's SIGHUP, a process manager's SIGTERM, to this script or to its process group)
+# reaches only this script, which then stops everything in order: the cameras first, while the
+# broker still takes their last messages, then the services. `pids` holds the services' session
+# ids, `agents` the cameras'.
 pids=()
 agents=()
-cleanup() {
-  trap - EXIT INT TERM
-  echo; echo "demo: stopping"
-  for a in "${agents[@]}"; do kill -TERM "$a" 2>/dev/null || true; done
-  for a in "${agents[@]}"; do wait "$a" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
-  # The DEMO_SECONDS timer too, or the final wait would sit out the rest of it.
-  [ -n "${timer:-}" ] && kill "$timer" 2>/dev/null
-  wait 2>/dev/null || true
+# Ends the given sessions: SIGTERM (to the leader only, or with "group" to the whole group), up to
+# GRACE seconds for the leaders to exit, then SIGKILL to whatever is left in their groups (a leader
+# that hung, a capture worker whose agent died, gpsd under a gpsfake that ignores SIGTERM).
+# The grace is polled, not `wait -n -p`ed: bash 5.2's `wait -n` interrupted by a trapped signal can
+# then report a job that is not in its list.
+alive() { # PID: running (bash reaps its children as they end; a zombie counts as ended)
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
 }
-trap cleanup EXIT
-trap 'cleanup; exit 0' INT TERM
+stop_sessions() { # GRACE leader|group PID...
+  local grace=$1 how=$2 p tick left
+  shift 2
+  for p in "$@"; do
+    if [ "$how" = group ]; then kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; else kill -TERM "$p" 2>/dev/null; fi
+  done
+  for ((tick = 0; tick < grace * 10; tick++)); do
+    left=0
+    for p in "$@"; do alive "$p" && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.1
+  done
+  for p in "$@"; do kill -KILL -- "-$p" 2>/dev/null; done
+}
+stop_all() {
+  # Once, and to the end: a second signal (an impatient Ctrl-C, a repeated SIGHUP) must not cut the
+  # stop short, and a terminal or log pipe that has gone away must not end this script before it
+  # has stopped everything (an echo into it fails instead of killing the script with SIGPIPE).
+  # Caught and dropped, not ignored (trap ''): bash 5.2 mishandles a signal that is pending while
+  # its trap becomes "ignore" ("run_pending_traps: bad value in trap_list") and dies of it.
+  trap : INT TERM HUP PIPE
+  trap - EXIT
+  # Nothing may end the stop halfway: no errexit, no nounset.
+  set +eu
+  { echo; echo "demo: stopping"; } 2>/dev/null
+  # A process started just before the signal, whose pid the next line would have recorded.
+  local last=${!:-}
+  if [ -n "$last" ] && [ "$last" != "${timer:-}" ] && [[ " ${agents[*]} ${pids[*]} " != *" $last "* ]]; then pids+=("$last"); fi
+  stop_sessions 30 leader "${agents[@]}"
+  stop_sessions 10 group "${pids[@]}"
+  # The DEMO_SECONDS timer too, or the final wait would sit out the rest of it.
+  [ -n "${timer:-}" ] && kill -KILL "$timer" 2>/dev/null
+  wait 2>/dev/null
+}
+trap stop_all EXIT
+trap 'stop_all; exit 0' INT TERM HUP PIPE
 
 cat > "$demo/mosquitto.conf" <<CONF
 user $(id -un)
@@ -94,14 +135,17 @@ pids+=($!)
 for _ in $(seq 100); do grep -q '^ops-console: http' "$demo/console.log" 2>/dev/null && break; sleep 0.1; done
 grep -q '^ops-console: http' "$demo/console.log" || { echo "demo: the console did not start:" >&2; cat "$demo/console.log" >&2; exit 1; }
 
-pretty() { node node_modules/pino-pretty/bin.js --colorize --translateTime SYS:HH:MM:ss.l --ignore pid,hostname; }
+# The log printers run in sessions of their own too (Node resets ignored signals, so ignoring them
+# here would not do): a signal for the demo does not reach them, and they end when their agent
+# closes its output, so the agent's last lines are shown.
+pretty() { setsid node node_modules/pino-pretty/bin.js --colorize --translateTime SYS:HH:MM:ss.l --ignore pid,hostname; }
 device_id=${BWC_DEVICE_ID:-demo-cam-1}
 device2_id=${BWC_DEVICE2_ID:-demo-cam-2}
 BWC_DEVICE_ID=$device_id BWC_MQTT_URL="mqtt://127.0.0.1:$mqtt_port" BWC_GPSD="127.0.0.1:$gpsd_port" BWC_STATE_DIR="$demo/state" \
-  bin/bwc-agent run --config "$demo/camera-1.yaml" > >(pretty) 2>&1 &
+  setsid bin/bwc-agent run --config "$demo/camera-1.yaml" > >(pretty) 2>&1 &
 agents+=($!)
 BWC_DEVICE_ID=$device2_id BWC_MQTT_URL="mqtt://127.0.0.1:$mqtt_port" BWC_GPSD="127.0.0.1:$gpsd2_port" BWC_STATE_DIR="$demo/state-2" \
-  bin/bwc-agent run --config "$demo/camera-2.yaml" > >(pretty | sed -u 's/^/[cam-2] /') 2>&1 &
+  setsid bin/bwc-agent run --config "$demo/camera-2.yaml" > >(pretty | setsid sed -u 's/^/[cam-2] /') 2>&1 &
 agents+=($!)
 cat <<INFO
 demo: broker   mqtt://127.0.0.1:$mqtt_port   (watch: mosquitto_sub -h 127.0.0.1 -p $mqtt_port -t 'bwc/v1/#' -v)

@@ -52,7 +52,7 @@ t.test('ctl status, one agent per state folder, clean shutdown', async (t) => {
   await recorder.waitFor(() => recorder.on('state').length > states && recorder.on('state').at(-1)?.json?.online === false, 10_000, 'offline state');
   t.equal(recorder.on('state').at(-1)?.json?.reason, 'SIGTERM', 'the offline state says why');
   // Published (PUBACKed) before the agent exited; the broker's hand-off to this subscriber may trail the state by a moment.
-  await recorder.waitFor(() => recorder.on('event').some((m) => m.json?.type === 'agent.stopping'), 5_000, 'agent.stopping event');
+  await recorder.waitFor(() => recorder.on('event').some((m) => m.json?.type === 'agent.stopping'), 30_000, 'agent.stopping event');
   t.pass('agent.stopping event delivered before exit');
 });
 

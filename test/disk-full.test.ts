@@ -71,9 +71,17 @@ t.test('disk full under the state folder', { skip: process.getuid?.() !== 0 ? 'm
   t.match(failing.link.outbox.writeError, /SQLITE_FULL|full/i, `ctl status names the problem: ${failing.link.outbox.writeError}`);
   await agent.waitForOutput(/cannot write to the outbox \(disk full\?\)/, 10_000);
   await recorder.waitFor(() => recorder.on('state').some((m) => typeof (m.json?.link as { outboxWriteError?: unknown } | undefined)?.outboxWriteError === 'string'), 15_000, 'the retained state shows the write error');
-  await sleep(4000);
-  const holding = await status();
-  t.ok(holding.link.outbox.held >= 2, `telemetry held in memory meanwhile (${holding.link.outbox.held})`);
+  // While the disk is full: a health sample raises storage.low (every health.interval, 5 s), and
+  // three messages wait in memory (at most one of them that event). Waited for, not assumed of a
+  // fixed 4 s that a loaded machine may fill with fewer fixes and no health sample.
+  await agent.waitForOutput(/"msg":"storage\.low"/, 30_000);
+  let holding = await status();
+  const holdDeadline = Date.now() + 60_000;
+  while (holding.link.outbox.held < 3 && Date.now() < holdDeadline) {
+    await sleep(250);
+    holding = await status();
+  }
+  t.ok(holding.link.outbox.held >= 3, `telemetry held in memory meanwhile (${holding.link.outbox.held})`);
   t.equal(agent.child.exitCode, null, 'the agent is still running');
 
   await rm(filler);
@@ -88,16 +96,18 @@ t.test('disk full under the state folder', { skip: process.getuid?.() !== 0 ? 'm
   t.equal(after.link.outbox.writeError, undefined, 'the error clears when space returns');
   t.equal(after.link.outbox.held, 0, 'held messages were stored');
   await agent.waitForOutput(/outbox writable again/, 10_000);
-  await sleep(1500);
+  // Stored and published is not yet received here: wait for the held fixes themselves.
+  const heldFixes = () =>
+    recorder.on('gps').filter((m) => {
+      const time = Date.parse(String(m.json?.time));
+      return time > fullAt && time < freedAt;
+    });
+  await recorder.waitFor(() => heldFixes().length >= 2, 30_000, 'the fixes held while the disk was full').catch(() => undefined);
+  t.ok(heldFixes().length >= 2, `fixes taken while the disk was full were delivered (${heldFixes().length})`);
 
   const seqs = recorder.on('gps').map((m) => Number(m.json?.seq));
   const unique = [...new Set(seqs)];
   t.same(unique, Array.from({ length: unique.length }, (_, i) => i + 1), `gps seq 1..${unique.length} contiguous and in order`);
-  const heldFixes = recorder.on('gps').filter((m) => {
-    const time = Date.parse(String(m.json?.time));
-    return time > fullAt && time < freedAt;
-  });
-  t.ok(heldFixes.length >= 2, `fixes taken while the disk was full were delivered (${heldFixes.length})`);
   // storage.low was raised while the disk was full, so it waited in memory like the fixes.
   await recorder.waitFor(() => recorder.on('event').some((m) => m.json?.type === 'storage.low'), 15_000, 'storage.low');
   const events = recorder.on('event').map((m) => Number(m.json?.seq));

@@ -78,9 +78,13 @@ t.test('serial backend: the MCU simulator over a real pty drives the agent; an u
   mcu.stdin.write('press record\n');
   await recorder.waitFor(() => state()?.recording === true, 15_000, 'recording after the MCU button press');
   const deadline = Date.now() + 15_000;
-  while (!mcuLines.some((l) => l.rx === 'NOTIFY' && l.pattern === 'record-start') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  t.ok(mcuLines.some((l) => l.rx === 'NOTIFY' && l.pattern === 'record-start'), 'the record-start pattern reached the MCU');
-  t.ok(mcuLines.some((l) => l.rx === 'LEDS'), 'and the LED state');
+  // The pattern and the LED state are two frames, the LEDs sent after the pattern: wait for both,
+  // not for the first alone (under load the second is still on its way).
+  const recordStart = () => mcuLines.some((l) => l.rx === 'NOTIFY' && l.pattern === 'record-start');
+  const recordingLeds = () => mcuLines.some((l) => l.rx === 'LEDS' && l.recording === true);
+  while (!(recordStart() && recordingLeds()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  t.ok(recordStart(), 'the record-start pattern reached the MCU');
+  t.ok(recordingLeds(), 'and the LED state (recording)');
 
   mcu.stdin.write('battery 37\n');
   await recorder.waitFor(() => state()?.battery?.percent === 37, 15_000, 'battery from the MCU in state');

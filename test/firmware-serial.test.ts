@@ -21,7 +21,7 @@ import { startPtyPair, stopAllPtyPairs } from './helpers/pty.ts';
 const simScript = fileURLToPath(new URL('../firmware-bridge/mcu-sim/mcu-sim.ts', import.meta.url));
 const logger = pino({ level: 'silent' });
 /** Guards against hangs only; no test asserts how fast anything happens. */
-const WAIT_MS = 10_000;
+const WAIT_MS = 30_000; // a hang guard, not a speed check: a loaded machine may need it
 
 type SimLine = Record<string, unknown>;
 

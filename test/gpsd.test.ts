@@ -198,7 +198,7 @@ t.test('haicom-305N.log: SiRF-II fix near Brisbane, walking', async (t) => {
 t.test('bu303-nofix.log: a receiver without a fix never yields a position', async (t) => {
   const { fixes } = await replay(t, 'bu303-nofix.log');
   // The log holds seven epochs; gpsfake loops it, so 21 TPVs mean it played three times.
-  t.ok(await waitFor(() => fixes.length >= 21, 10_000), `TPVs received (${fixes.length})`);
+  t.ok(await waitFor(() => fixes.length >= 21, 30_000), `TPVs received (${fixes.length})`);
   t.ok(fixes.length > 0);
   t.same(
     fixes.filter((f) => f.mode !== 'no-fix' || f.lat !== null || f.lon !== null || f.altitudeM !== null),

@@ -77,13 +77,14 @@ t.test('broker outage, agent restart, kill -9', async (t) => {
 
   // 2. Broker down again, and the agent restarts while it is: the outbox lives in SQLite.
   await broker.stop();
-  await sleep(3000);
+  // A backlog for the next process to find: fixes queued since the broker went (not "3 s must be enough").
+  const queuing = Date.now() + 30_000;
+  while ((await queued(stateDir)) === 0 && Date.now() < queuing) await sleep(200);
   const beforeRestart = (await agent.stop('SIGTERM')).code;
   t.equal(beforeRestart, 0, 'clean exit with the broker down');
   t.match(agent.output, /"msg":"bwc-agent stopped"/);
   agent = spawnAgent(['run', '--config', config], env);
   await agent.waitForOutput(/bwc-agent running/, 30_000);
-  await sleep(3000);
   t.ok((await queued(stateDir)) > 0, 'the new process holds the old backlog');
   await broker.start();
   await recorder.waitFor(() => recorder.on('event').filter((m) => m.json?.type === 'agent.started').length >= 2, 60_000, 'second agent.started');
@@ -92,7 +93,14 @@ t.test('broker outage, agent restart, kill -9', async (t) => {
   const drained = Date.now() + 60_000;
   while ((await queued(stateDir)) > 0 && Date.now() < drained) await sleep(200);
   t.equal(await queued(stateDir), 0, 'outbox drained');
-  await sleep(1500);
+  // Acknowledged by the broker is not yet delivered to the recorder: wait for what is checked below.
+  await recorder
+    .waitFor(
+      () => sequence(recorder.on('gps')).seqs.length > 40 && sequence(recorder.on('event')).seqs.length >= 4 && recorder.on('event').some((m) => m.json?.type === 'agent.stopping'),
+      30_000,
+      'the drained backlog at the recorder',
+    )
+    .catch(() => undefined); // the assertions below name what is missing
 
   const gpsCount = assertContiguous(t, recorder.on('gps'), 'gps');
   const eventCount = assertContiguous(t, recorder.on('event'), 'event');

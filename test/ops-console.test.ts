@@ -92,7 +92,8 @@ t.test('the console server', async (t) => {
     for (const m of tampered) await device.publishAsync('bwc/v1/cam-0043/audit', JSON.stringify(m), { qos: 1 });
     await device.publishAsync('bwc/v1/cam-0044/audit', JSON.stringify(chain.messages.at(-2)), { qos: 1 });
     const view = async (id: string, entries: number) => {
-      for (let i = 0; i < 100; i++) {
+      // A hang guard, not a speed check: 30 s, as a loaded machine may need (it was 100 polls of 50 ms).
+      for (const deadline = Date.now() + 30_000; Date.now() < deadline; ) {
         const r = (await call('GET', `/api/audit/${id}`)).json as { entries: unknown[]; verification: { ok: boolean | null; summary: string } };
         if (r.entries.length >= entries) return r;
         await new Promise((res) => setTimeout(res, 50));
@@ -246,11 +247,13 @@ t.test('the console server', async (t) => {
 });
 
 async function until(check: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 400; i++) {
+  // A hang guard, not a speed check (it was 400 polls of 25 ms: 10 s, short on a loaded machine).
+  for (const deadline = Date.now() + 30_000; Date.now() < deadline; ) {
     if (check()) return;
     await new Promise((res) => setTimeout(res, 25));
   }
-  throw new Error(`never happened: ${what}`);
+  if (check()) return;
+  throw new Error(`never happened within 30 s: ${what}`);
 }
 
 interface ConsoleEvent {
@@ -286,12 +289,14 @@ async function openEvents(base: string, cookie: string, page?: string) {
     events,
     ended,
     async next(match: (e: ConsoleEvent) => boolean): Promise<ConsoleEvent> {
-      for (let i = 0; i < 400; i++) {
+      for (const deadline = Date.now() + 30_000; Date.now() < deadline; ) {
         const found = events.find(match);
         if (found) return found;
         await new Promise((r) => setTimeout(r, 25));
       }
-      throw new Error(`no such event; got ${JSON.stringify(events.map((e) => e.event))}`);
+      const found = events.find(match);
+      if (found) return found;
+      throw new Error(`no such event within 30 s; got ${JSON.stringify(events.map((e) => e.event))}`);
     },
     close: () => abort.abort(),
   };

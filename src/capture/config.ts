@@ -57,7 +57,8 @@ export const captureConfigSchema = z
         'Command prefix for the capture worker, which runs as [...workerLauncher, the agent\'s own node, worker.js], e.g. ["chrt", "-f", "10"] to give it real-time priority, or ["qemu-aarch64-static"] to run an arm64 bundle under qemu-user without binfmt (node there reports the arm64 binary as its own path).',
     }),
     stallTimeoutS: z.number().min(1).max(600).default(10).meta({
-      description: 'A worker whose pipeline produces no data for this long is killed and restarted.',
+      description:
+        'A worker whose pipeline produces no data for this long is killed and restarted. Counted from when its pipeline runs: a worker still starting (a slow board) is not stalled; one not running 5 s + this long after its launch is killed.',
       unit: 's',
     }),
     restartMinDelayMs: int('First restart delay after a capture fault; doubles per consecutive fault.', 'ms', 10, 600_000, 500),

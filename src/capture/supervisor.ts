@@ -63,7 +63,10 @@ export interface CaptureSupervisorOptions {
   /** Shortest gap between two keyframe requests reaching the encoder. */
   keyframeMinIntervalMs?: number;
   failedAfterFaults?: number;
-  /** A worker whose pipeline is not PLAYING this long after launch reports a fault (missing device...). */
+  /**
+   * A worker whose pipeline is not PLAYING this long after it got `start` reports a fault (missing
+   * device...); one not running startTimeoutMs + stallTimeoutS after its launch is killed.
+   */
   startTimeoutMs?: number;
   /** Starting bitrate of a separate live encoder; default settings.bitrateKbps. */
   liveBitrateKbps?: number;
@@ -95,6 +98,10 @@ interface WorkerRun {
   ended: boolean;
   sawSegment: boolean;
   lastFrames: number;
+  launchedAt: number;
+  /** Set at the first `ready`: the stall clock runs only from there (start-up has its own bound). */
+  ready: boolean;
+  slowStartLogged: boolean;
   lastProgressAt: number;
 }
 
@@ -312,7 +319,8 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
       this.#fault(`cannot start the capture worker: ${(err as Error).message}`);
       return;
     }
-    const run: WorkerRun = { child, fault: undefined, ended: false, sawSegment: false, lastFrames: 0, lastProgressAt: Date.now() };
+    const now = Date.now();
+    const run: WorkerRun = { child, fault: undefined, ended: false, sawSegment: false, lastFrames: 0, launchedAt: now, ready: false, slowStartLogged: false, lastProgressAt: now };
     this.#run = run;
     for (const source of this.#rtpSources) {
       source.port = -1;
@@ -341,6 +349,10 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
     if (run !== this.#run) return;
     switch (m.type) {
       case 'ready':
+        if (!run.ready) {
+          run.ready = true;
+          run.lastProgressAt = Date.now();
+        }
         if (this.#status !== 'failed' || run.sawSegment) this.#status = 'running';
         this.#log.info({ pid: m.pid }, 'capture pipeline running');
         this.#emitState();
@@ -380,8 +392,25 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
   #checkStall(): void {
     const run = this.#run;
     if (!run || run.ended || this.#stopping) return;
+    const stallMs = this.#opts.settings.stallTimeoutS * 1000;
+    if (!run.ready) {
+      // Start-up is not a stall: a slow board (node and GStreamer loading, a first registry scan,
+      // qemu) may take longer than stallTimeoutS to start, and killing it then would restart a
+      // healthy worker for ever. The worker bounds its pipeline's start itself (startTimeoutMs, with
+      // the cause named); this bound is for a worker that cannot even say so.
+      const startingMs = Date.now() - run.launchedAt;
+      if (startingMs >= stallMs && !run.slowStartLogged) {
+        run.slowStartLogged = true;
+        this.#log.warn({ pid: run.child.pid, startingMs }, 'capture worker slow to start; the stall timeout applies once it runs');
+      }
+      if (startingMs < this.#opts.startTimeoutMs + stallMs) return;
+      run.fault ??= `capture worker did not start: not running ${Math.round(startingMs / 1000)} s after its launch`;
+      this.#log.warn({ pid: run.child.pid, startingMs }, 'capture worker did not start; killing it');
+      run.child.kill('SIGKILL');
+      return;
+    }
     const silentMs = Date.now() - run.lastProgressAt;
-    if (silentMs < this.#opts.settings.stallTimeoutS * 1000) return;
+    if (silentMs < stallMs) return;
     run.fault ??= `capture stalled: no frames for ${Math.round(silentMs / 1000)} s`;
     this.#log.warn({ pid: run.child.pid, silentMs }, 'capture stalled; killing the worker');
     run.child.kill('SIGKILL');
