@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import os from 'node:os';
 import path from 'node:path';
 import { mkdtemp } from 'node:fs/promises';
@@ -97,13 +98,35 @@ t.test('the writer holds messages in order while the outbox fails, bounded by dr
   writer.on('failing', (why) => seen.push(`failing ${why}`));
   writer.on('recovered', ({ written }) => seen.push(`recovered ${written}`));
   for (let n = 0; n < 12; n += 1) writer.write(n % 4 === 0 ? 'event' : 'gps', { n }, n % 4 === 0 ? 'durable' : 'thinnable');
-  t.same(writer.status(), { held: 10, droppedFromMemory: 2, writeError: 'SQLITE_FULL: database or disk is full' });
+  t.same(writer.status(), { held: 10, droppedFromMemory: 2, eventsDroppedFromMemory: 0, writeError: 'SQLITE_FULL: database or disk is full' });
   failing = false;
-  await new Promise((r) => setTimeout(r, 100));
+  await once(writer, 'recovered'); // the retry, whenever the timer gets to run
   t.same(seen, ['failing SQLITE_FULL: database or disk is full', 'recovered 10']);
-  t.same(stored.map((s) => s.n), [0, 3, 4, 5, 6, 7, 8, 9, 10, 11], 'oldest GPS fixes dropped, every event kept, order kept');
-  t.same(writer.status(), { held: 0, droppedFromMemory: 2, writeError: undefined });
+  t.same(stored.slice(0, 10).map((s) => s.n), [0, 3, 4, 5, 6, 7, 8, 9, 10, 11], 'oldest GPS fixes dropped, every event kept, order kept');
+  t.match(stored[10], { channel: 'event' }, 'then one event counts what was dropped from memory');
+  t.same(writer.status(), { held: 0, droppedFromMemory: 2, eventsDroppedFromMemory: 0, writeError: undefined });
   writer.write('event', { n: 12 }, 'durable');
   t.equal(stored.at(-1)?.n, 12, 'writes straight through when healthy');
   writer.stop();
+});
+
+t.test('with no GPS fix left to drop, the oldest held events go, counted and reported; audit copies are never dropped', async (t) => {
+  const stored: { channel: string; body: Record<string, unknown> }[] = [];
+  let failing = true;
+  const outbox = {
+    enqueue(channel: string, body: Record<string, unknown>) {
+      if (failing) throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+      stored.push({ channel, body });
+      return stored.length;
+    },
+  } as unknown as Outbox;
+  const writer = new OutboxWriter({ outbox, logger, maxHeld: 5, retryMs: 20 });
+  t.teardown(() => writer.stop());
+  for (let n = 0; n < 4; n += 1) writer.write('audit', { n }, 'durable');
+  for (let n = 4; n < 10; n += 1) writer.write('event', { n }, 'durable');
+  t.same(writer.status(), { held: 5, droppedFromMemory: 0, eventsDroppedFromMemory: 5, writeError: 'SQLITE_FULL: database or disk is full' });
+  failing = false;
+  await once(writer, 'recovered');
+  t.same(stored.slice(0, 5).map((s) => [s.channel, s.body.n]), [['audit', 0], ['audit', 1], ['audit', 2], ['audit', 3], ['event', 9]], 'every audit copy kept, the newest event kept');
+  t.match(stored[5], { channel: 'event', body: { type: 'outbox.dropped_in_memory', gpsFixes: 0, events: 5 } }, 'the drop is reported once writes work again');
 });

@@ -4,7 +4,12 @@
 // message reaches SQLite, so they stay contiguous.
 //
 // Memory is bounded: past `maxHeld`, held GPS fixes (thinnable) are dropped oldest first and
-// counted; events and audit entries are kept, since losing them is worse than the memory.
+// counted; when none is left, the oldest held events go, counted too, and once the outbox takes
+// writes again one `outbox.dropped_in_memory` event says how many of each went (nothing silently).
+// Audit copies are never dropped: each is already committed in the audit table (the outbox copy
+// only publishes it), and what can add them is bounded at the source: refusals an outsider can
+// cause are folded into summaries (src/audit/refusal-summary.ts), the rest are the camera's own
+// authority decisions.
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import type { MessageClass, Outbox } from './outbox.ts';
@@ -20,6 +25,8 @@ export interface OutboxWriterStatus {
   held: number;
   /** Thinnable messages dropped from memory because too many were held. */
   droppedFromMemory: number;
+  /** Events dropped from memory because too many were held and no GPS fix was left to drop. */
+  eventsDroppedFromMemory: number;
   /** Why the outbox cannot be written, while that is so. */
   writeError: string | undefined;
 }
@@ -31,6 +38,9 @@ export class OutboxWriter extends EventEmitter<{ failing: [string]; recovered: [
   readonly #retryMs: number;
   #held: Held[] = [];
   #dropped = 0;
+  #eventsDropped = 0;
+  /** Counts at the start of the current failure, for the summary event once writes work again. */
+  #droppedAtFailure = { gps: 0, events: 0 };
   #writeError: string | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
 
@@ -43,7 +53,7 @@ export class OutboxWriter extends EventEmitter<{ failing: [string]; recovered: [
   }
 
   status(): OutboxWriterStatus {
-    return { held: this.#held.length, droppedFromMemory: this.#dropped, writeError: this.#writeError };
+    return { held: this.#held.length, droppedFromMemory: this.#dropped, eventsDroppedFromMemory: this.#eventsDropped, writeError: this.#writeError };
   }
 
   write(channel: string, body: object, cls: MessageClass): void {
@@ -75,6 +85,15 @@ export class OutboxWriter extends EventEmitter<{ failing: [string]; recovered: [
     if (this.#writeError !== undefined) {
       this.#logger.info({ written }, 'outbox writable again; held messages stored');
       this.#writeError = undefined;
+      const gpsFixes = this.#dropped - this.#droppedAtFailure.gps;
+      const events = this.#eventsDropped - this.#droppedAtFailure.events;
+      if (gpsFixes > 0 || events > 0) {
+        try {
+          this.#outbox.enqueue('event', { type: 'outbox.dropped_in_memory', time: new Date().toISOString(), gpsFixes, events }, 'durable');
+        } catch (err) {
+          this.#logger.error({ err: (err as Error).message, gpsFixes, events }, 'cannot report the messages dropped from memory');
+        }
+      }
       this.emit('recovered', { written });
     }
   }
@@ -82,6 +101,7 @@ export class OutboxWriter extends EventEmitter<{ failing: [string]; recovered: [
   #failing(err: NodeJS.ErrnoException): void {
     const reason = `${err.code ?? 'error'}: ${err.message}`;
     if (this.#writeError === undefined) {
+      this.#droppedAtFailure = { gps: this.#dropped, events: this.#eventsDropped };
       this.#logger.error({ err: reason, held: this.#held.length }, 'cannot write to the outbox (disk full?); holding messages in memory and retrying');
       this.#writeError = reason;
       this.emit('failing', reason);
@@ -93,12 +113,21 @@ export class OutboxWriter extends EventEmitter<{ failing: [string]; recovered: [
   }
 
   #shed(): void {
-    const index = this.#held.findIndex((h) => h.cls === 'thinnable');
-    if (index < 0) return;
-    this.#held.splice(index, 1);
-    this.#dropped += 1;
-    if (this.#dropped === 1 || this.#dropped % 1000 === 0) {
-      this.#logger.warn({ dropped: this.#dropped, held: this.#held.length }, 'outbox unwritable for long: dropping the oldest held GPS fixes');
+    const fix = this.#held.findIndex((h) => h.cls === 'thinnable');
+    if (fix >= 0) {
+      this.#held.splice(fix, 1);
+      this.#dropped += 1;
+      if (this.#dropped === 1 || this.#dropped % 1000 === 0) {
+        this.#logger.warn({ dropped: this.#dropped, held: this.#held.length }, 'outbox unwritable for long: dropping the oldest held GPS fixes');
+      }
+      return;
+    }
+    const event = this.#held.findIndex((h) => h.channel === 'event');
+    if (event < 0) return;
+    this.#held.splice(event, 1);
+    this.#eventsDropped += 1;
+    if (this.#eventsDropped === 1 || this.#eventsDropped % 1000 === 0) {
+      this.#logger.warn({ dropped: this.#eventsDropped, held: this.#held.length }, 'outbox unwritable for long: dropping the oldest held events (audit copies are kept)');
     }
   }
 }
