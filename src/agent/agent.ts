@@ -112,8 +112,9 @@ export class Agent {
     this.#notifier = new ServiceNotifier({ logger, isHealthy: () => this.#link.health(), env: options.env ?? process.env });
 
     // Who talks to whom. Each part is built after the parts it calls, and gets them as arguments;
-    // the routes that are events are wired in the last section. Two pairs call each other, so one
-    // side of each reaches the other through a closure over a name built just below it:
+    // the routes that are events are wired in the last section. Two pairs call each other, so the
+    // first-built side of each reaches the stream, built later, through a closure that is only
+    // called once the extensions have started:
     //   capture -> stream          RTP packets (onRtp, onAudioRtp)
     //   iceSignalling -> stream    verified ICE-restart answers, and the refused ones for the audit
     //
