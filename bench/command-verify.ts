@@ -36,6 +36,7 @@ import pino from 'pino';
 import { AuditLog } from '../src/audit/audit-log.ts';
 import { RefusalFolder } from '../src/audit/refusal-summary.ts';
 import { CommandHandler } from '../src/command/command-handler.ts';
+import { RequestChannel } from '../src/link/request-channel.ts';
 import { loadOrCreateDeviceKey } from '../src/keys/device-key.ts';
 import { SystemClock } from '../src/command/clock.ts';
 import { ReplayCache } from '../src/command/replay-cache.ts';
@@ -175,12 +176,11 @@ async function measure(n: number): Promise<Measured> {
   const ok = () => ({ ok: true as const });
   const handlerFor = (refusals: RefusalFolder | undefined) =>
     new CommandHandler({
-      topic: 'cmd',
-      session: session as never,
+      requests: new RequestChannel({ bus: session as never, topic: 'cmd', ...(refusals ? { maxPending: 64 } : {}), logger: silent }),
       verifier,
       audit,
       executors: { 'record.start': ok, 'record.stop': ok, 'stream.start': ok, 'stream.stop': ok },
-      ...(refusals ? { refusals, maxPending: 64 } : {}),
+      ...(refusals ? { refusals } : {}),
       logger: silent,
     });
   const props = { properties: { responseTopic: 'fleet/replies', correlationData: Buffer.from('c') } };

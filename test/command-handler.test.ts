@@ -12,6 +12,7 @@ import t from 'tap';
 import { AuditLog, type AuditMessage } from '../src/audit/audit-log.ts';
 import { verifyAuditMessages } from '../src/audit/verify.ts';
 import { CommandHandler } from '../src/command/command-handler.ts';
+import { RequestChannel } from '../src/link/request-channel.ts';
 import { ReplayCache } from '../src/command/replay-cache.ts';
 import { TrustStore } from '../src/command/trust-store.ts';
 import { defaultReasonCodes, rejectionCodes } from '../src/command/types.ts';
@@ -49,8 +50,7 @@ t.test('payload -> verdict -> audit -> reply, for valid and arbitrary payloads',
   });
   const acted: string[] = [];
   const handler = new CommandHandler({
-    topic: 'bwc/v1/cam-h/cmd',
-    session: session as never,
+    requests: new RequestChannel({ bus: session as never, topic: 'bwc/v1/cam-h/cmd', logger }),
     verifier,
     audit,
     executors: {

@@ -8,7 +8,8 @@ import pino from 'pino';
 import t from 'tap';
 import type { AuditRecord } from '../src/audit/audit-log.ts';
 import { RefusalFolder, refusalSummaryType } from '../src/audit/refusal-summary.ts';
-import { CommandHandler, responseTopicProblem } from '../src/command/command-handler.ts';
+import { CommandHandler } from '../src/command/command-handler.ts';
+import { RequestChannel, responseTopicProblem } from '../src/link/request-channel.ts';
 import type { CommandVerifier } from '../src/command/verifier.ts';
 
 const logger = pino({ level: 'silent' });
@@ -134,14 +135,17 @@ t.test('the command handler: a bounded queue, refused Response Topics, folded re
   };
   const audited: AuditRecord[] = [];
   const handler = new CommandHandler({
-    topic: 'bwc/v1/cam-q/cmd',
-    session: session as never,
+    requests: new RequestChannel({
+      bus: session as never,
+      topic: 'bwc/v1/cam-q/cmd',
+      maxPending: 3,
+      responseTopicProblem: (topic) => responseTopicProblem(topic, 'bwc/v1', []),
+      logger,
+    }),
     verifier,
     audit: { append: (rec) => (audited.push(rec), undefined as never) },
     executors: {} as never,
     refusals: r.folder,
-    maxPending: 3,
-    responseTopicProblem: (topic) => responseTopicProblem(topic, 'bwc/v1', []),
     logger,
   });
   handler.start();

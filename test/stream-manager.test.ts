@@ -10,6 +10,8 @@ import pino from 'pino';
 import t from 'tap';
 import type { AuthorisedCommand } from '../src/command/authorised-command.ts';
 import { CommandHandler } from '../src/command/command-handler.ts';
+import { IceTopics } from '../src/link/ice-topics.ts';
+import { RequestChannel } from '../src/link/request-channel.ts';
 import { ReplayCache } from '../src/command/replay-cache.ts';
 import { SignedTokenVerifier } from '../src/command/signed-token.ts';
 import { TrustStore } from '../src/command/trust-store.ts';
@@ -544,8 +546,7 @@ t.test('ICE answers: the signalling verifies the token before the manager sees i
   // Session ids of the shape the camera mints: any other is refused before the payload is read.
   const [s1, s2] = [newSessionId(), newSessionId()];
   const signalling = new IceSignalling({
-    session: session as never,
-    topic: (suffix) => `bwc/v1/cam-1/${suffix}`,
+    topics: new IceTopics({ bus: session as never, topic: (suffix) => `bwc/v1/cam-1/${suffix}` }),
     deviceId: 'cam-1',
     deviceKey,
     tokens: new SignedTokenVerifier({
@@ -705,8 +706,7 @@ t.test('stream.start gathering does not hold the command queue, and its slot cou
     },
   });
   const handler = new CommandHandler({
-    topic: 'cmd',
-    session: session as never,
+    requests: new RequestChannel({ bus: session as never, topic: 'cmd', logger }),
     verifier,
     audit: { append: () => undefined as never },
     concurrentActions: ['stream.start'],

@@ -7,13 +7,13 @@ import type { Logger } from 'pino';
 import { AuditLog } from '../audit/audit-log.ts';
 import { RefusalFolder } from '../audit/refusal-summary.ts';
 import { CaptureSupervisor, type CaptureHealth } from '../capture/supervisor.ts';
-import { createFirmwareBridge, SimBackend } from '../firmware/create-bridge.ts';
+import { createFirmwareBridge } from '../firmware/create-bridge.ts';
 import { FirmwareExtension } from '../firmware/firmware-extension.ts';
 import { NetworkWatcher } from '../net/network-watcher.ts';
 import { IceSignalling } from '../stream/ice-signalling.ts';
 import { bufferDirOf, evidenceDirOf } from '../recording/layout.ts';
 import { Recorder, type RecordResult } from '../recording/recorder.ts';
-import { CommandHandler, responseTopicProblem, type ActionExecutor } from '../command/command-handler.ts';
+import { CommandHandler } from '../command/command-handler.ts';
 import { SystemClock, type CommandClock } from '../command/clock.ts';
 import { ReplayCache } from '../command/replay-cache.ts';
 import { SignedTokenVerifier } from '../command/signed-token.ts';
@@ -23,7 +23,9 @@ import { ConfigError } from '../config/load.ts';
 import type { AgentConfig } from '../config/schema.ts';
 import { loadOrCreateDeviceKey, type DeviceKey } from '../keys/device-key.ts';
 import { ControlServer } from '../control/control-socket.ts';
+import { registerCtlHandlers } from '../control/ctl-handlers.ts';
 import { FleetLink } from '../link/fleet-link.ts';
+import { responseTopicProblem } from '../link/request-channel.ts';
 import { Outbox } from '../link/outbox.ts';
 import { DeviceState, type CaptureState } from '../state/device-state.ts';
 import { openDatabase, type Db } from '../store/database.ts';
@@ -33,12 +35,8 @@ import { GpsExtension } from '../telemetry/gps-extension.ts';
 import { HealthExtension } from '../telemetry/health-extension.ts';
 import { StreamManager } from '../stream/stream-manager.ts';
 import { agentVersion } from '../version.ts';
-
-export interface Extension {
-  readonly name: string;
-  start(): void | Promise<void>;
-  stop(): void | Promise<void>;
-}
+import type { Extension } from './extension.ts';
+import { errorMessage } from '../errors.ts';
 
 export interface AgentOptions {
   config: AgentConfig;
@@ -86,7 +84,7 @@ export class Agent {
         ? TrustStore.load(config.commands.trustStore, config.commands.revokedKeys)
         : TrustStore.fromJwks({ keys: [] }, config.commands.revokedKeys, '(no commands.trustStore configured)');
     } catch (err) {
-      throw new ConfigError([`commands.trustStore: ${(err as Error).message}`]);
+      throw new ConfigError([`commands.trustStore: ${errorMessage(err)}`]);
     }
     if (!config.commands.trustStore) options.logger.warn('no commands.trustStore configured: every command will be refused (unknown_key)');
     return new Agent(options, { deviceKey, trustStore });
@@ -113,6 +111,20 @@ export class Agent {
     this.#control = new ControlServer({ path: path.join(config.stateDir, 'control.sock'), logger });
     this.#notifier = new ServiceNotifier({ logger, isHealthy: () => this.#link.health(), env: options.env ?? process.env });
 
+    // Who talks to whom. Each part is built after the parts it calls, and gets them as arguments;
+    // the routes that are events are wired in the last section. Two pairs call each other, so the
+    // first-built side of each reaches the stream, built later, through a closure that is only
+    // called once the extensions have started:
+    //   capture -> stream          RTP packets (onRtp, onAudioRtp)
+    //   iceSignalling -> stream    verified ICE-restart answers, and the refused ones for the audit
+    //
+    //   audit      <- recorder, stream, commands, refusals     (the hash-chained trail)
+    //   link       <- gps, health, recorder, firmware, stream, audit   (outbox channels, state)
+    //   link       -> commands (request channel `cmd`), iceSignalling (ice-offer / ice-answer topics)
+    //   tokens     <- verifier (commands), iceSignalling (answers): one replay cache
+    //   recorder   <- commands, firmware (buttons), ctl;   recorder -> capture (segments)
+    //   stream     <- commands, network (address change), capture (packets, running)
+    //   stream     -> capture (live on/off, keyframes, bitrate), firmware (wearer cues), iceSignalling (offers)
     const gps = new GpsExtension({
       gpsd: config.gps.gpsd,
       recordingIntervalS: config.gps.recordingInterval,
@@ -151,25 +163,6 @@ export class Agent {
       logger,
     });
     this.#state.update({ auditHead: this.#audit.head() }, { silent: true });
-    // Made before the capture and the verifier, which hand it packets and ask its count; the
-    // capture and the firmware it drives are made later, so it reaches them through closures.
-    const stream: StreamManager = new StreamManager({
-      config: config.stream,
-      audio: config.capture.audio,
-      maxSessions: config.commands.maxConcurrentStreams,
-      capture: {
-        setLive: (open) => this.#capture.setLive(open),
-        requestKeyframe: () => this.#capture.requestKeyframe(),
-        setLiveBitrate: (kbps) => this.#capture.setLiveBitrate(kbps),
-        liveBitrateAdjustable: () => this.#capture.liveBitrateAdjustable,
-      },
-      audit: this.#audit,
-      sendEvent: (body) => this.#link.send('event', body),
-      state: this.#state,
-      wearer: { streamStarted: () => firmware.streamStarted(), streamStopped: () => firmware.streamStopped(), streaming: (active) => firmware.streaming(active) },
-      publishRestartOffer: (sid, generation, offer, cause) => iceSignalling.publishOffer(sid, generation, offer, cause),
-      logger,
-    });
     const clock = options.clock ?? new SystemClock({ warn: (message) => logger.warn(message) });
     this.#clock = clock;
     // One verifier of signed tokens, one replay cache, for commands and ICE-restart answers alike.
@@ -182,45 +175,7 @@ export class Agent {
       policy: { clockSkewS: config.commands.clockSkew, maxTokenLifetimeS: config.commands.maxTokenLifetime, unsynchronisedClock: config.commands.unsynchronisedClock },
       logger,
     });
-    const iceSignalling = new IceSignalling({
-      session: this.#link.session,
-      topic: (suffix) => this.#link.topic(suffix),
-      deviceId: config.deviceId,
-      deviceKey: parts.deviceKey,
-      tokens,
-      nowMs: () => clock.nowMs(),
-      maxPayloadBytes: config.commands.maxPayloadBytes,
-      onAnswer: (answer) => stream.acceptRestartAnswer(answer),
-      onRefused: (refusal) => stream.restartAnswerRefused(refusal),
-      refusals: this.#refusals,
-      logger,
-    });
-    // A modem that reconnects comes back on a new address: the broker connection is dead (but
-    // would look alive until keep-alive ran out) and every live view needs a new ICE path.
-    const network = new NetworkWatcher({ interfaces: config.stream.ice.interfaces, logger });
-    network.on('change', () => {
-      this.#link.session.reconnectNow('network addresses changed');
-      stream.networkChanged();
-    });
-    const networkExtension: Extension = { name: 'network', start: () => network.start(), stop: () => network.stop() };
-    const verifier = new CommandVerifier({
-      deviceId: config.deviceId,
-      trustStore: parts.trustStore,
-      policy: {
-        allowedReasons: config.commands.reasons,
-        maxTokenLifetimeS: config.commands.maxTokenLifetime,
-        maxStreamDurationS: config.commands.maxStreamDuration,
-        clockSkewS: config.commands.clockSkew,
-        maxConcurrentStreams: config.commands.maxConcurrentStreams,
-        unsynchronisedClock: config.commands.unsynchronisedClock,
-        maxPayloadBytes: config.commands.maxPayloadBytes,
-      },
-      replayCache,
-      clock,
-      activeStreams: () => stream.activeCount,
-      logger,
-      tokens,
-    });
+
     // Capture always runs (the pre-event buffer); recording keeps what it writes.
     const evidenceDir = evidenceDirOf(config.stateDir);
     this.#capture = new CaptureSupervisor({
@@ -249,93 +204,129 @@ export class Agent {
       preEventAudio: config.recording.preEventAudio && config.capture.audio,
       logger,
     });
-    this.#recorder.on('state', (s) => gps.setRecording(s.recording));
-    this.#capture.on('state', (h) => {
-      this.#recorder.captureRunning(h.status === 'running');
-      stream.captureRunning(h.status === 'running' || h.status === 'starting');
-      this.#state.update({ capture: captureSummary(h) });
-    });
-    this.#capture.on('fault', (f) => {
-      const time = new Date().toISOString();
-      this.#link.send('event', { type: 'capture.fault', time, reason: f.reason, restartInMs: f.restartInMs });
-      try {
-        this.#audit.append({ type: 'capture.fault', detail: { reason: f.reason, restartInMs: f.restartInMs } });
-      } catch (err) {
-        logger.error({ err: (err as Error).message }, 'cannot audit a capture fault');
-      }
-    });
+    const capture = this.#capture;
+    const recorder = this.#recorder;
     const captureExtension: Extension = {
       name: 'capture',
-      start: () => this.#capture.start(),
+      start: () => capture.start(),
       stop: async () => {
-        await this.#capture.stop();
-        await this.#recorder.close();
+        await capture.stop();
+        await recorder.close();
       },
     };
+    const bridge = createFirmwareBridge(config.firmware, logger);
+    const firmware = new FirmwareExtension({
+      bridge,
+      recorder,
+      state: this.#state,
+      sendEvent: (body) => this.#link.send('event', body),
+      reminderIntervalS: config.firmware.reminderInterval,
+      logger,
+    });
+    const iceSignalling = new IceSignalling({
+      topics: this.#link.iceTopics(),
+      deviceId: config.deviceId,
+      deviceKey: parts.deviceKey,
+      tokens,
+      nowMs: () => clock.nowMs(),
+      maxPayloadBytes: config.commands.maxPayloadBytes,
+      onAnswer: (answer) => stream.acceptRestartAnswer(answer),
+      onRefused: (refusal) => stream.restartAnswerRefused(refusal),
+      refusals: this.#refusals,
+      logger,
+    });
+    const stream = new StreamManager({
+      config: config.stream,
+      audio: config.capture.audio,
+      maxSessions: config.commands.maxConcurrentStreams,
+      capture: {
+        setLive: (open) => capture.setLive(open),
+        requestKeyframe: () => capture.requestKeyframe(),
+        setLiveBitrate: (kbps) => capture.setLiveBitrate(kbps),
+        liveBitrateAdjustable: () => capture.liveBitrateAdjustable,
+      },
+      audit: this.#audit,
+      sendEvent: (body) => this.#link.send('event', body),
+      state: this.#state,
+      wearer: { streamStarted: () => firmware.streamStarted(), streamStopped: () => firmware.streamStopped(), streaming: (active) => firmware.streaming(active) },
+      publishRestartOffer: (sid, generation, offer, cause) => iceSignalling.publishOffer(sid, generation, offer, cause),
+      logger,
+    });
+    const verifier = new CommandVerifier({
+      deviceId: config.deviceId,
+      trustStore: parts.trustStore,
+      policy: {
+        allowedReasons: config.commands.reasons,
+        maxTokenLifetimeS: config.commands.maxTokenLifetime,
+        maxStreamDurationS: config.commands.maxStreamDuration,
+        clockSkewS: config.commands.clockSkew,
+        maxConcurrentStreams: config.commands.maxConcurrentStreams,
+        unsynchronisedClock: config.commands.unsynchronisedClock,
+        maxPayloadBytes: config.commands.maxPayloadBytes,
+      },
+      replayCache,
+      clock,
+      activeStreams: () => stream.activeCount,
+      logger,
+      tokens,
+    });
     const recordReply = (r: RecordResult) => (r.ok ? { ok: true as const, recordingId: r.recordingId, already: r.already ?? false } : r);
     const commands = new CommandHandler({
-      topic: this.#link.topic('cmd'),
-      session: this.#link.session,
+      requests: this.#link.requestChannel('cmd', {
+        maxPending: config.commands.maxPending,
+        maxPendingBytes: config.commands.maxPendingBytes,
+        responseTopicProblem: (topic) => responseTopicProblem(topic, config.mqtt.topicRoot, config.commands.replyTopicPrefixes),
+        logger,
+      }),
       verifier,
       audit: this.#audit,
       clock,
       // stream.start's reply waits for ICE gathering; the queue need not (command-handler.ts).
       concurrentActions: ['stream.start'],
       executors: {
-        'record.start': (command) => recordReply(this.#recorder.start({ kind: 'command', command })),
-        'record.stop': (command) => recordReply(this.#recorder.stop({ kind: 'command', command })),
+        'record.start': (command) => recordReply(recorder.start({ kind: 'command', command })),
+        'record.stop': (command) => recordReply(recorder.stop({ kind: 'command', command })),
         'stream.start': (command) => stream.startStream(command),
         'stream.stop': (command) => stream.stopStream(command),
       },
       refusals: this.#refusals,
-      maxPending: config.commands.maxPending,
-      maxPendingBytes: config.commands.maxPendingBytes,
-      responseTopicProblem: (topic) => responseTopicProblem(topic, config.mqtt.topicRoot, config.commands.replyTopicPrefixes),
       logger,
     });
-    const bridge = createFirmwareBridge(config.firmware, logger);
-    const firmware = new FirmwareExtension({
-      bridge,
-      recorder: this.#recorder,
-      state: this.#state,
-      sendEvent: (body) => this.#link.send('event', body),
-      reminderIntervalS: config.firmware.reminderInterval,
-      logger,
-    });
-    // Simulated hardware input, for the demo and tests: only the sim backend takes it.
-    const simulated = () => {
-      if (!(bridge instanceof SimBackend)) throw new Error(`the ${bridge.kind} firmware backend takes no simulated input (firmware.backend is "${bridge.kind}")`);
-      return bridge;
-    };
-    this.#control.handle('button', (args) => {
-      const [button, press = 'press'] = Array.isArray(args) ? (args as string[]) : [];
-      if ((button !== 'record' && button !== 'function') || (press !== 'press' && press !== 'long')) throw new Error('button needs "record|function" and "press|long"');
-      simulated().pressButton(button, press);
-      return { button, press };
-    });
-    this.#control.handle('battery', (args) => {
-      const [value, charging] = Array.isArray(args) ? (args as string[]) : [];
-      const percent = Number(value);
-      if (!Number.isFinite(percent) || percent < 0 || percent > 100) throw new Error('battery needs a percentage from 0 to 100');
-      simulated().setBattery(percent, charging === 'charging');
-      return { percent, charging: charging === 'charging' };
-    });
-    this.#control.handle('record', (args) => {
-      const verb = Array.isArray(args) ? args[0] : undefined;
-      if (verb === 'start') return this.#recorder.start({ kind: 'ctl' });
-      if (verb === 'stop') return this.#recorder.stop({ kind: 'ctl' });
-      throw new Error('record needs "start" or "stop"');
-    });
-    // Stopped in reverse: commands first (nothing new), then the live view (audited as agent_shutdown)
-    // while capture and firmware still run, so the wearer feels the stop.
+    const network = new NetworkWatcher({ interfaces: config.stream.ice.interfaces, logger });
+    const networkExtension: Extension = { name: 'network', start: () => network.start(), stop: () => network.stop() };
+    // The ctl verbs (src/control/ctl-handlers.ts): status, record by hand, simulated hardware input.
+    registerCtlHandlers(this.#control, { recorder, bridge, status: () => this.status() });
+
+    // Started in this order, stopped in reverse: commands first (nothing new), then the live view
+    // (audited as agent_shutdown) while capture and firmware still run, so the wearer feels the stop.
     this.#extensions = [health, gps, firmware, captureExtension, networkExtension, stream, iceSignalling, commands];
 
+    // Routes that are events.
+    recorder.on('state', (s) => gps.setRecording(s.recording));
+    capture.on('state', (h) => {
+      recorder.captureRunning(h.status === 'running');
+      stream.captureRunning(h.status === 'running' || h.status === 'starting');
+      this.#state.update({ capture: captureSummary(h) });
+    });
+    capture.on('fault', (f) => {
+      const time = new Date().toISOString();
+      this.#link.send('event', { type: 'capture.fault', time, reason: f.reason, restartInMs: f.restartInMs });
+      try {
+        this.#audit.append({ type: 'capture.fault', detail: { reason: f.reason, restartInMs: f.restartInMs } });
+      } catch (err) {
+        logger.error({ err: errorMessage(err) }, 'cannot audit a capture fault');
+      }
+    });
+    // A modem that reconnects comes back on a new address: the broker connection is dead (but
+    // would look alive until keep-alive ran out) and every live view needs a new ICE path.
+    network.on('change', () => {
+      this.#link.reconnectNow('network addresses changed');
+      stream.networkChanged();
+    });
     this.#outbox.on('thinned', (report) => this.#link.send('event', { type: 'outbox.thinned', time: new Date().toISOString(), ...report }));
     this.#state.on('changed', () => this.#scheduleStatePublish());
-    this.#control.handle('status', () => this.status());
     const refreshLink = () => this.#state.update({ link: this.#link.summary() });
-    this.#link.session.on('connected', refreshLink);
-    this.#link.session.on('disconnected', refreshLink);
+    this.#link.onConnectionChange(refreshLink);
     this.#link.writer.on('failing', refreshLink);
     this.#link.writer.on('recovered', refreshLink);
   }
@@ -386,7 +377,7 @@ export class Agent {
       try {
         await extension.stop();
       } catch (err) {
-        this.#logger.error({ extension: extension.name, err: (err as Error).message }, 'extension failed to stop');
+        this.#logger.error({ extension: extension.name, err: errorMessage(err) }, 'extension failed to stop');
       }
     }
     this.#started = [];
@@ -407,11 +398,9 @@ export class Agent {
     // store file (other kids, other bwc_actions) is a config.change like any other setting.
     const trustStore = { digest: this.#trustStore.digest(), kids: this.#trustStore.kids().sort(), revoked: this.#trustStore.revokedKids() };
     const configDigest = createHash('sha256').update(JSON.stringify({ config: this.config, trustStoreDigest: trustStore.digest })).digest('base64url');
-    const last = this.#db
-      .prepare("SELECT json_extract(entry, '$.detail.configDigest') AS digest FROM audit_entry WHERE json_extract(entry, '$.type') = 'agent.start' ORDER BY seq DESC LIMIT 1")
-      .get() as { digest: string | null } | undefined;
-    if (last && last.digest !== configDigest) {
-      this.#audit.append({ type: 'config.change', detail: { previousDigest: last.digest, configDigest } });
+    const previousDigest = this.#audit.lastStartDigest();
+    if (previousDigest !== undefined && previousDigest !== configDigest) {
+      this.#audit.append({ type: 'config.change', detail: { previousDigest, configDigest } });
     }
     this.#audit.append({ type: 'agent.start', detail: { version: agentVersion, configDigest, deviceKid: this.#deviceKey.kid, trustStore, clock: this.#clock.state?.() ?? null } });
   }

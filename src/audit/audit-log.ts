@@ -25,6 +25,7 @@ import type { Logger } from 'pino';
 import type { DeviceKey } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
 import { canonicalJson } from './canonical-json.ts';
+import { errorMessage } from '../errors.ts';
 
 /** What callers pass to AuditLog.append. */
 export interface AuditRecord {
@@ -161,7 +162,7 @@ export class AuditLog {
       try {
         this.checkpoint();
       } catch (err) {
-        this.#logger.error({ err: (err as Error).message }, 'periodic audit checkpoint failed; will retry');
+        this.#logger.error({ err: errorMessage(err) }, 'periodic audit checkpoint failed; will retry');
       }
     }, intervalMs);
     this.#timer.unref();
@@ -199,14 +200,14 @@ export class AuditLog {
     try {
       this.#onHead?.({ seq, hash });
     } catch (err) {
-      this.#logger.error({ err: (err as Error).message, seq }, 'the new audit head could not be passed on');
+      this.#logger.error({ err: errorMessage(err), seq }, 'the new audit head could not be passed on');
     }
     if (seq - this.#checkpointedSeq >= this.#every) {
       try {
         this.checkpoint();
       } catch (err) {
         // The entry is committed; the next append or the timer tries again.
-        this.#logger.error({ err: (err as Error).message, seq }, 'audit checkpoint failed; will retry');
+        this.#logger.error({ err: errorMessage(err), seq }, 'audit checkpoint failed; will retry');
       }
     }
     return entry;
@@ -224,6 +225,18 @@ export class AuditLog {
     return message;
   }
 
+  /**
+   * The configuration digest the newest `agent.start` entry recorded: null when that entry had
+   * none, undefined when the trail holds no start yet. The agent audits a `config.change` when
+   * the digest of this start differs.
+   */
+  lastStartDigest(): string | null | undefined {
+    const last = this.#db
+      .prepare<[], { digest: string | null }>("SELECT json_extract(entry, '$.detail.configDigest') AS digest FROM audit_entry WHERE json_extract(entry, '$.type') = 'agent.start' ORDER BY seq DESC LIMIT 1")
+      .get();
+    return last?.digest;
+  }
+
   head(): { seq: number; hash: string } {
     return { ...this.#head };
   }
@@ -237,7 +250,7 @@ export class AuditLog {
     } catch (err) {
       // Shutting down must not fail on it: the entries are committed and the next start's
       // first checkpoint covers them.
-      this.#logger.error({ err: (err as Error).message }, 'final audit checkpoint failed');
+      this.#logger.error({ err: errorMessage(err) }, 'final audit checkpoint failed');
     }
   }
 
@@ -246,7 +259,7 @@ export class AuditLog {
       this.#publish(message);
     } catch (err) {
       // Committed already; the tail is sent again at the next start (see #republishTail).
-      this.#logger.error({ err: (err as Error).message }, 'audit message could not be queued for sending');
+      this.#logger.error({ err: errorMessage(err) }, 'audit message could not be queued for sending');
     }
   }
 

@@ -8,6 +8,7 @@ import Database from 'better-sqlite3';
 import type { JWK } from 'jose';
 import { deviceKeyFile } from '../keys/device-key.ts';
 import { parseAuditHead, verifyAuditCapture, verifyAuditDatabase, type AuditHead, type AuditVerifyOptions, type AuditVerifyResult } from './verify.ts';
+import { errorMessage } from '../errors.ts';
 
 export interface AuditVerifyArgs {
   stateDir?: string;
@@ -28,7 +29,7 @@ export async function auditVerifyCommand(args: AuditVerifyArgs, out: NodeJS.Writ
       try {
         expectHead = parseAuditHead(args.expectHead);
       } catch (e) {
-        throw new UsageProblem(`--expect-head: ${(e as Error).message}`);
+        throw new UsageProblem(`--expect-head: ${errorMessage(e)}`);
       }
     }
     let publicJwk = args.publicKeyFile === undefined ? undefined : readPublicKey(args.publicKeyFile);
@@ -50,7 +51,7 @@ export async function auditVerifyCommand(args: AuditVerifyArgs, out: NodeJS.Writ
       try {
         text = readFileSync(args.file!, 'utf8');
       } catch (e) {
-        throw new UsageProblem(`cannot read ${args.file}: ${(e as Error).message}`);
+        throw new UsageProblem(`cannot read ${args.file}: ${errorMessage(e)}`);
       }
       if (!publicJwk) keySource = ' (the key the checkpoints carry: compare it with the device\'s registered key)';
       result = verifyAuditCapture(text, { ...(publicJwk ? { publicJwk } : {}), ...(expectHead ? { expectHead } : {}) });
@@ -58,7 +59,7 @@ export async function auditVerifyCommand(args: AuditVerifyArgs, out: NodeJS.Writ
     out.write(`${summary(result, keySource)}\n`);
     return result.ok ? 0 : 1;
   } catch (e) {
-    err.write(`bwc-agent audit verify: ${(e as Error).message}\n`);
+    err.write(`bwc-agent audit verify: ${errorMessage(e)}\n`);
     return 2;
   }
 }
@@ -69,12 +70,12 @@ function verifyDatabaseFile(file: string, opts: AuditVerifyOptions): AuditVerify
     // Read-only and no migrations: the verifier must not change what it is checking.
     db = new Database(file, { readonly: true, fileMustExist: true });
   } catch (e) {
-    throw new UsageProblem(`cannot open ${file}: ${(e as Error).message}`);
+    throw new UsageProblem(`cannot open ${file}: ${errorMessage(e)}`);
   }
   try {
     return verifyAuditDatabase(db, opts);
   } catch (e) {
-    throw new UsageProblem(`cannot read the audit tables in ${file}: ${(e as Error).message}`);
+    throw new UsageProblem(`cannot read the audit tables in ${file}: ${errorMessage(e)}`);
   } finally {
     db.close();
   }
@@ -85,7 +86,7 @@ function readPublicKey(file: string): JWK {
   try {
     text = readFileSync(file, 'utf8');
   } catch (e) {
-    throw new UsageProblem(`cannot read ${file}: ${(e as Error).message}`);
+    throw new UsageProblem(`cannot read ${file}: ${errorMessage(e)}`);
   }
   return publicJwkOf(text, file);
 }
@@ -102,7 +103,7 @@ function publicJwkOf(text: string, file: string): JWK {
     // Only the public members: a private JWK handed over by mistake must not be used as such.
     return createPublicKey({ key: jwk as import('node:crypto').JsonWebKey, format: 'jwk' }).export({ format: 'jwk' }) as JWK;
   } catch (e) {
-    throw new UsageProblem(`${file} holds no usable public key: ${(e as Error).message}`);
+    throw new UsageProblem(`${file} holds no usable public key: ${errorMessage(e)}`);
   }
 }
 

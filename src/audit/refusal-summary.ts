@@ -14,6 +14,7 @@
 // exactly "audit the first, count the rest, summarise at window end".
 import type { Logger } from 'pino';
 import type { AuditLog } from './audit-log.ts';
+import { errorMessage } from '../errors.ts';
 
 /** Where refusals come from; the `source` of a summary. */
 export type RefusalSource = 'cmd' | 'ice-answer';
@@ -113,7 +114,7 @@ export class RefusalFolder {
         return { audited: true, reply: true };
       } catch (err) {
         open.unaudited += 1;
-        this.#log.error({ source, code, err: (err as Error).message }, 'refusal could not be audited; counted for the next summary');
+        this.#log.error({ source, code, err: errorMessage(err) }, 'refusal could not be audited; counted for the next summary');
       }
     }
     const now = this.#now();
@@ -152,7 +153,7 @@ export class RefusalFolder {
         this.#o.reserve?.check();
         this.#o.audit.append({ type: refusalSummaryType, decision: 'rejected', code: o.code, detail });
       } catch (err) {
-        this.#log.error({ ...detail, code: o.code, err: (err as Error).message }, 'refusal summary could not be audited; kept for the next try');
+        this.#log.error({ ...detail, code: o.code, err: errorMessage(err) }, 'refusal summary could not be audited; kept for the next try');
         this.#arm();
         continue;
       }

@@ -8,6 +8,7 @@ import mqtt from 'mqtt';
 import { calculateJwkThumbprint, compactVerify, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose';
 import { iceAnswerTokenType, iceOfferTokenType } from '../stream/ice-signalling.ts';
 import { commandActions, commandTokenType, type CommandAction } from '../command/types.ts';
+import { errorMessage } from '../errors.ts';
 
 /** exitCode 2: the request is wrong (bad option, unreadable key); 3: the fleet side did not answer. */
 export class ToolError extends Error {
@@ -84,7 +85,7 @@ async function signAsIssuer(
   try {
     jwk = JSON.parse(readFileSync(o.keyFile, 'utf8')) as JWK;
   } catch (err) {
-    throw new ToolError(`cannot read the issuer key ${o.keyFile}: ${(err as Error).message}`);
+    throw new ToolError(`cannot read the issuer key ${o.keyFile}: ${errorMessage(err)}`);
   }
   if (!jwk.kid || !jwk.d) throw new ToolError(`${o.keyFile} is not a private JWK with a kid (make one with: bwc-agent keys generate --out DIR)`);
   const key = await importJWK(jwk, 'EdDSA');
@@ -180,7 +181,7 @@ export async function verifyIceOffer(message: unknown, devicePublicJwk: JWK): Pr
     if (verified.protectedHeader.typ !== iceOfferTokenType) throw new Error(`typ is not ${iceOfferTokenType}`);
     payload = JSON.parse(Buffer.from(verified.payload).toString('utf8')) as Record<string, unknown>;
   } catch (err) {
-    throw new ToolError(`ICE offer not signed by the camera: ${(err as Error).message}`);
+    throw new ToolError(`ICE offer not signed by the camera: ${errorMessage(err)}`);
   }
   if (payload.offer_sha256 !== offerSha256(m.offer)) throw new ToolError('ICE offer does not match its offer_sha256');
   if (typeof payload.sid !== 'string' || typeof payload.gen !== 'number' || typeof payload.cause !== 'string') throw new ToolError('ICE offer claims incomplete');

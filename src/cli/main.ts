@@ -12,6 +12,7 @@ import { evidenceVerifyCommand } from '../recording/cli.ts';
 import { generateIssuerKeys, sendCommand, signCommand, ToolError } from './fleet-tools.ts';
 import { createLogger } from '../log.ts';
 import { agentVersion } from '../version.ts';
+import { errorMessage } from '../errors.ts';
 
 const usage = `bwc-agent ${agentVersion}
 
@@ -195,7 +196,7 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     if (err instanceof UsageError || (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`bwc-agent: ${(err as Error).message}\n\n${usage}\n`);
+      process.stderr.write(`bwc-agent: ${errorMessage(err)}\n\n${usage}\n`);
       return 2;
     }
     if (err instanceof ToolError) {

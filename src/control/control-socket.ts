@@ -11,6 +11,7 @@
 import { chmodSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
+import { errorMessage } from '../errors.ts';
 
 export interface ControlRequest {
   verb: string;
@@ -110,8 +111,8 @@ export class ControlServer {
     try {
       return { ok: true, result: await handler(request.args) };
     } catch (err) {
-      this.#logger.warn({ verb: request.verb, err: (err as Error).message }, 'control request failed');
-      return { ok: false, error: (err as Error).message };
+      this.#logger.warn({ verb: request.verb, err: errorMessage(err) }, 'control request failed');
+      return { ok: false, error: errorMessage(err) };
     }
   }
 

@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import type { FirmwareBridge, LedState, NotificationPattern } from '../../firmware-bridge/src/interface.ts';
 import type { RecorderStatus } from '../recording/recorder.ts';
 import type { DeviceState, FirmwareState } from '../state/device-state.ts';
+import type { Extension } from '../agent/extension.ts';
 
 export interface RecordingControl {
   start(trigger: { kind: 'button' }): unknown;
@@ -29,7 +30,7 @@ export interface FirmwareExtensionOptions {
   logger: Logger;
 }
 
-export class FirmwareExtension {
+export class FirmwareExtension implements Extension {
   readonly name = 'firmware';
   readonly #o: FirmwareExtensionOptions;
   readonly #logger: Logger;

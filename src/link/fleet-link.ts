@@ -4,10 +4,13 @@
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/schema.ts';
 import type { DeviceStateDoc, LinkStatus } from '../state/device-state.ts';
+import { errorMessage } from '../errors.ts';
+import { IceTopics } from './ice-topics.ts';
 import { MqttSession } from './mqtt-session.ts';
 import { NonReplayingStore, OutboxDrain } from './outbox-drain.ts';
 import type { MessageClass, Outbox } from './outbox.ts';
 import { OutboxWriter, type OutboxWriterStatus } from './outbox-writer.ts';
+import { RequestChannel, type RequestChannelOptions } from './request-channel.ts';
 
 /** Channels that go through the outbox, and whether they may be thinned when it is full. */
 export const outboxChannels = { gps: 'thinnable', event: 'durable', audit: 'durable' } as const satisfies Record<string, MessageClass>;
@@ -85,7 +88,7 @@ export class FleetLink {
       const subscribed = Promise.all(inbound.map((t) => this.#session.subscribe(t, 1))).catch((err: unknown) => {
         // The state still goes out (the map must see the camera); the handlers' topics are
         // subscribed again by mqtt.js's resubscribe on the next connection.
-        this.#logger.error({ err: (err as Error).message, topics: inbound }, 'cannot subscribe to the request topics');
+        this.#logger.error({ err: errorMessage(err), topics: inbound }, 'cannot subscribe to the request topics');
       });
       void subscribed.then(() => {
         if (connection !== this.#connections || !this.#session.connected) return; // dropped meanwhile: the next connection does this
@@ -109,8 +112,28 @@ export class FleetLink {
     return `${this.#root}/${channel}`;
   }
 
-  get session(): MqttSession {
-    return this.#session;
+  /**
+   * The request/response channel on `channel` (one of inboundTopics, e.g. `cmd`): one request at a
+   * time, bounded, replies on the checked Response Topic (src/link/request-channel.ts).
+   */
+  requestChannel(channel: string, options: Omit<RequestChannelOptions, 'bus' | 'topic'>): RequestChannel {
+    return new RequestChannel({ ...options, bus: this.#session, topic: this.topic(channel) });
+  }
+
+  /** The ICE-restart offer and answer topics (src/link/ice-topics.ts). */
+  iceTopics(): IceTopics {
+    return new IceTopics({ bus: this.#session, topic: (suffix) => this.topic(suffix) });
+  }
+
+  /** Drops the broker connection and connects again at once (the network under it changed). */
+  reconnectNow(reason: string): void {
+    this.#session.reconnectNow(reason);
+  }
+
+  /** Calls `listener` whenever the broker connection comes up or goes down. */
+  onConnectionChange(listener: () => void): void {
+    this.#session.on('connected', listener);
+    this.#session.on('disconnected', listener);
   }
 
   start(): void {

@@ -79,7 +79,7 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
   }
 
   /**
-   * Healthy while connected, or while reconnect attempts keep happening on schedule. A link
+   * Healthy while connected, or while reconnect attempts keep happening on schedule. A connection
    * whose retry loop has stalled is not healthy, and the systemd watchdog then restarts the agent.
    */
   health(now = Date.now()): { healthy: boolean; reason?: string } {

@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import type { Db } from '../store/database.ts';
+import { errorMessage } from '../errors.ts';
 
 /** `thinnable` messages (GPS fixes) may be thinned when the outbox is full; `durable` never are. */
 export type MessageClass = 'thinnable' | 'durable';
@@ -136,7 +137,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
       // A delete needs WAL space too: on a full disk keep the ids and try again later. The
       // messages are delivered already; at worst they are sent again after a restart.
       this.#pendingAcks = ids.concat(this.#pendingAcks);
-      this.#logger.warn({ err: (err as Error).message, pending: this.#pendingAcks.length }, 'cannot delete acknowledged messages yet; will retry');
+      this.#logger.warn({ err: errorMessage(err), pending: this.#pendingAcks.length }, 'cannot delete acknowledged messages yet; will retry');
       this.#flushTimer = setTimeout(() => this.flush(), 1000);
       return;
     }

@@ -8,13 +8,13 @@
 //   <root>/<deviceId>/stream/<sid>/ice-offer    camera -> viewer  {"token": JWS, "offer": SDP}
 //   <root>/<deviceId>/stream/<sid>/ice-answer   viewer -> camera  {"token": JWS, "answer": SDP}
 import { createHash } from 'node:crypto';
-import type { IPublishPacket } from 'mqtt';
 import type { Logger } from 'pino';
 import type { RefusalFolder } from '../audit/refusal-summary.ts';
 import { decodeUtf8, describe, nonEmptyString, TokenRefusal, type SignedTokenVerifier, type TokenExpectation, type VerifiedToken } from '../command/signed-token.ts';
 import type { DeviceKey } from '../keys/device-key.ts';
-import type { MqttSession } from '../link/mqtt-session.ts';
+import type { IceTopics } from '../link/ice-topics.ts';
 import { isSessionId } from './session-id.ts';
+import type { Extension } from '../agent/extension.ts';
 
 export const iceOfferTokenType = 'bwc-ice-offer+jwt';
 export const iceAnswerTokenType = 'bwc-ice+jwt';
@@ -58,10 +58,8 @@ export interface IceAnswer {
 export type IceAnswerOutcome = { ok: true } | { ok: false; code: string; message: string };
 
 export interface IceSignallingOptions {
-  /** The link subscribes the answer topic (FleetLink's inboundTopics, `stream/+/ice-answer`); this only listens. */
-  session: Pick<MqttSession, 'publish' | 'on' | 'off'>;
-  /** `<root>/<deviceId>/` + suffix. */
-  topic: (suffix: string) => string;
+  /** The link's offer and answer topics (FleetLink.iceTopics; it subscribes the answers, this only listens). */
+  topics: Pick<IceTopics, 'listen' | 'close' | 'publishOffer'>;
   deviceId: string;
   deviceKey: DeviceKey;
   /**
@@ -121,11 +119,10 @@ const answerExpectation: TokenExpectation<AnswerClaims> = {
   action: () => 'stream.start',
 };
 
-export class IceSignalling {
+export class IceSignalling implements Extension {
   readonly name = 'ice-signalling';
   readonly #o: IceSignallingOptions;
   readonly #log: Logger;
-  readonly #answerPrefix: string;
   #queue: Promise<void> = Promise.resolve();
   #pending = 0;
   /**
@@ -134,10 +131,7 @@ export class IceSignalling {
    * with it, so each is sent again on every reconnection until answered or replaced.
    */
   readonly #unanswered = new Map<string, { generation: number; payload: string; at: number }>();
-  readonly #onMessage = (topic: string, payload: Buffer, _packet: IPublishPacket) => {
-    if (!topic.startsWith(this.#answerPrefix) || !topic.endsWith('/ice-answer')) return;
-    const sid = topic.slice(this.#answerPrefix.length, -'/ice-answer'.length);
-    if (sid.includes('/')) return;
+  readonly #onAnswer = (sid: string, payload: Buffer) => {
     // Before anything is parsed or written: a sid of another shape (60 KB of junk, say) is
     // refused by its length and first characters only.
     if (!isSessionId(sid)) {
@@ -168,18 +162,15 @@ export class IceSignalling {
   constructor(options: IceSignallingOptions) {
     this.#o = options;
     this.#log = options.logger.child({ module: 'ice-signalling' });
-    this.#answerPrefix = options.topic('stream/');
   }
 
   start(): void {
-    this.#o.session.on('message', this.#onMessage);
-    this.#o.session.on('connected', this.#onConnected);
+    this.#o.topics.listen({ answer: this.#onAnswer, connected: this.#onConnected });
     this.#onConnected();
   }
 
   async stop(): Promise<void> {
-    this.#o.session.off('message', this.#onMessage);
-    this.#o.session.off('connected', this.#onConnected);
+    this.#o.topics.close();
     await this.#queue;
   }
 
@@ -201,7 +192,7 @@ export class IceSignalling {
   }
 
   #send(sid: string, generation: number, payload: string): void {
-    this.#o.session.publish(this.#o.topic(`stream/${sid}/ice-offer`), payload, { qos: 1 }, (err) => {
+    this.#o.topics.publishOffer(sid, payload, (err) => {
       if (err) this.#log.warn({ sid, generation, err: err.message }, 'ICE restart offer not published (sent again on reconnection)');
     });
   }

@@ -4,6 +4,7 @@ import type { FleetLink } from '../link/fleet-link.ts';
 import type { DeviceState, GpsState } from '../state/device-state.ts';
 import { GpsdClient } from './gpsd-client.ts';
 import { GpsReporter, type GpsReport } from './gps-reporter.ts';
+import type { Extension } from '../agent/extension.ts';
 
 export interface GpsExtensionOptions {
   gpsd: string;
@@ -14,7 +15,7 @@ export interface GpsExtensionOptions {
   logger: Logger;
 }
 
-export class GpsExtension {
+export class GpsExtension implements Extension {
   readonly name = 'gps';
   readonly #client: GpsdClient;
   readonly #reporter: GpsReporter;

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { FleetLink } from '../link/fleet-link.ts';
 import type { DeviceState } from '../state/device-state.ts';
 import { HealthProbe } from './health.ts';
+import type { Extension } from '../agent/extension.ts';
 
 export interface HealthExtensionOptions {
   intervalS: number;
@@ -15,7 +16,7 @@ export interface HealthExtensionOptions {
   logger: Logger;
 }
 
-export class HealthExtension {
+export class HealthExtension implements Extension {
   readonly name = 'health';
   readonly #options: HealthExtensionOptions;
   readonly #probe: HealthProbe;

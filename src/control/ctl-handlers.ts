@@ -1,0 +1,43 @@
+// The verbs `bwc-agent ctl` sends over the control socket (docs/operations.md): the agent's status,
+// a recording started or stopped by hand, and simulated hardware input for the demo and tests
+// (a button press, the battery level), which only the sim firmware backend takes.
+import type { FirmwareBridge } from '../../firmware-bridge/src/interface.ts';
+import { SimBackend } from '../firmware/create-bridge.ts';
+import type { Recorder } from '../recording/recorder.ts';
+import type { ControlServer } from './control-socket.ts';
+
+export interface CtlHandlerParts {
+  recorder: Pick<Recorder, 'start' | 'stop'>;
+  bridge: FirmwareBridge;
+  /** The agent's status document (`ctl status`). */
+  status: () => object;
+}
+
+/** Registers every ctl verb on `control`. */
+export function registerCtlHandlers(control: Pick<ControlServer, 'handle'>, parts: CtlHandlerParts): void {
+  const { recorder, bridge } = parts;
+  const simulated = () => {
+    if (!(bridge instanceof SimBackend)) throw new Error(`the ${bridge.kind} firmware backend takes no simulated input (firmware.backend is "${bridge.kind}")`);
+    return bridge;
+  };
+  control.handle('button', (args) => {
+    const [button, press = 'press'] = Array.isArray(args) ? (args as string[]) : [];
+    if ((button !== 'record' && button !== 'function') || (press !== 'press' && press !== 'long')) throw new Error('button needs "record|function" and "press|long"');
+    simulated().pressButton(button, press);
+    return { button, press };
+  });
+  control.handle('battery', (args) => {
+    const [value, charging] = Array.isArray(args) ? (args as string[]) : [];
+    const percent = Number(value);
+    if (!Number.isFinite(percent) || percent < 0 || percent > 100) throw new Error('battery needs a percentage from 0 to 100');
+    simulated().setBattery(percent, charging === 'charging');
+    return { percent, charging: charging === 'charging' };
+  });
+  control.handle('record', (args) => {
+    const verb = Array.isArray(args) ? args[0] : undefined;
+    if (verb === 'start') return recorder.start({ kind: 'ctl' });
+    if (verb === 'stop') return recorder.stop({ kind: 'ctl' });
+    throw new Error('record needs "start" or "stop"');
+  });
+  control.handle('status', () => parts.status());
+}
