@@ -26,6 +26,7 @@ import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authoris
 import type { ResolvedIce } from './ice.ts';
 import { inspectOffer, type OfferSummary } from './offer.ts';
 import { guardDtlsTransports, type SessionGuard } from './werift-guard.ts';
+import { errorMessage } from '../errors.ts';
 
 /** What the stream manager sees of a session's connection. */
 export type SessionLinkState = 'connecting' | 'connected' | 'failed' | 'closed';
@@ -100,7 +101,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   /** Whether stream.ice.servers names a stun: server (else werift's default must be undone). */
   readonly #stunConfigured: boolean;
   readonly #onSendError = (err: unknown): void => {
-    this.#log.debug({ err: (err as Error).message }, 'RTP not sent');
+    this.#log.debug({ err: errorMessage(err) }, 'RTP not sent');
   };
 
   /**
@@ -220,7 +221,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     for (const dtls of this.#pc.dtlsTransports) {
       const ice = dtls.iceTransport;
       if (ice.state === 'connected' || ice.state === 'closed') continue;
-      ice.start().catch((err: unknown) => this.#log.warn({ err: (err as Error).message }, 'ICE did not reconnect after the restart'));
+      ice.start().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'ICE did not reconnect after the restart'));
     }
   }
 
@@ -353,7 +354,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     try {
       await this.#pc.close();
     } catch (err) {
-      this.#log.warn({ err: (err as Error).message }, 'peer connection did not close cleanly');
+      this.#log.warn({ err: errorMessage(err) }, 'peer connection did not close cleanly');
     }
     this.#setLink('closed');
   }

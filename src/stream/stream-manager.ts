@@ -17,6 +17,7 @@ import { viewerFingerprint } from './offer.ts';
 import type { IceAnswer, IceAnswerOutcome, IceAnswerRefusal } from './ice-signalling.ts';
 import type { SessionLinkState, StreamSessionOptions } from './session.ts';
 import { newSessionId } from './session-id.ts';
+import { errorMessage } from '../errors.ts';
 
 /** Why a session ended: in the audit entry, the event and the log (and the ops console's words). */
 export const streamEndCauses = [
@@ -256,8 +257,8 @@ export class StreamManager {
     } catch (err) {
       const errCode = (err as { code?: unknown }).code;
       const code = isOpenRefusalCode(errCode) ? errCode : 'internal_error';
-      this.#log.warn({ sid, code, reason: (err as Error).message }, 'live view not opened');
-      return { ok: false, code, message: (err as Error).message };
+      this.#log.warn({ sid, code, reason: errorMessage(err) }, 'live view not opened');
+      return { ok: false, code, message: errorMessage(err) };
     } finally {
       this.#opening -= 1;
     }
@@ -292,8 +293,8 @@ export class StreamManager {
     } catch (err) {
       // No audit entry, no live view: authority that cannot be accounted for is not used.
       await session.close();
-      this.#log.error({ sid, err: (err as Error).message }, 'stream.start could not be audited; live view refused');
-      return { ok: false, code: 'audit_failed', message: `the live view could not be audited: ${(err as Error).message}` };
+      this.#log.error({ sid, err: errorMessage(err) }, 'stream.start could not be audited; live view refused');
+      return { ok: false, code: 'audit_failed', message: `the live view could not be audited: ${errorMessage(err)}` };
     }
     const running: Running = {
       session,
@@ -421,7 +422,7 @@ export class StreamManager {
         detail,
       });
     } catch (err) {
-      this.#log.error({ sid, cause, err: (err as Error).message }, 'stream.stop could not be audited');
+      this.#log.error({ sid, cause, err: errorMessage(err) }, 'stream.stop could not be audited');
     }
     this.#log.info(detail, 'live view ended');
     this.#o.sendEvent({ type: 'stream.stopped', time: new Date(now).toISOString(), ...detail });
@@ -495,14 +496,14 @@ export class StreamManager {
       const ice = await this.#resolveIce(this.#o.config.ice);
       offer = await r.session.restartIce(ice);
     } catch (err) {
-      this.#log.warn({ sid, generation, cause, err: (err as Error).message }, 'ICE restart not offered');
+      this.#log.warn({ sid, generation, cause, err: errorMessage(err) }, 'ICE restart not offered');
       return;
     }
     if (this.#sessions.get(sid) !== r || r.restart?.generation !== generation) return;
     try {
       this.#o.audit.append({ type: 'stream.ice_restart', operator: null, action: null, reason: cause, tokenDigest: null, detail: { sid, generation, cause } });
     } catch (err) {
-      this.#log.error({ sid, err: (err as Error).message }, 'ICE restart could not be audited');
+      this.#log.error({ sid, err: errorMessage(err) }, 'ICE restart could not be audited');
     }
     this.#log.info({ sid, generation, cause }, 'ICE restart offered to the viewer');
     this.#o.publishRestartOffer?.(sid, generation, offer, cause);
@@ -524,7 +525,7 @@ export class StreamManager {
     try {
       fingerprint = viewerFingerprint(a.answer, 'the answer');
     } catch (err) {
-      return refuse('wrong_viewer', (err as Error).message);
+      return refuse('wrong_viewer', errorMessage(err));
     }
     if (fingerprint !== r.session.offer.fingerprint) return refuse('wrong_viewer', "the answer's DTLS fingerprint is not the viewer's");
     const { cause } = r.restart;
@@ -534,7 +535,7 @@ export class StreamManager {
     try {
       await r.session.acceptRestartAnswer(a.answer);
     } catch (err) {
-      return refuse('bad_answer', `the answer could not be applied: ${(err as Error).message}`);
+      return refuse('bad_answer', `the answer could not be applied: ${errorMessage(err)}`);
     }
     try {
       this.#o.audit.append({
@@ -546,7 +547,7 @@ export class StreamManager {
         detail: { sid: a.sid, generation: a.generation, cause, issuer: a.issuer, jti: a.jti },
       });
     } catch (err) {
-      this.#log.error({ sid: a.sid, err: (err as Error).message }, 'ICE restart answer could not be audited');
+      this.#log.error({ sid: a.sid, err: errorMessage(err) }, 'ICE restart answer could not be audited');
     }
     this.#log.info({ sid: a.sid, generation: a.generation, cause, operator: a.operator }, 'ICE restart answered; reconnecting');
     this.#o.sendEvent({ type: 'stream.ice_restarted', time: new Date().toISOString(), sid: a.sid, generation: a.generation, cause });
@@ -565,7 +566,7 @@ export class StreamManager {
         detail: { sid: refusal.sid, code: refusal.code, message: refusal.message },
       });
     } catch (err) {
-      this.#log.error({ sid: refusal.sid, err: (err as Error).message }, 'refused ICE answer could not be audited');
+      this.#log.error({ sid: refusal.sid, err: errorMessage(err) }, 'refused ICE answer could not be audited');
     }
   }
 }
