@@ -23,7 +23,7 @@ import { NetworkWatcher, type NetworkChange } from '../src/net/network-watcher.t
 import { signIceAnswer, verifyIceOffer } from '../src/cli/fleet-tools.ts';
 import { hostAddresses, IceConfigError, resolveIce, type ResolvedIce } from '../src/stream/ice.ts';
 import { inspectOffer, OfferError } from '../src/stream/offer.ts';
-import { StreamSession, type SessionLinkState } from '../src/stream/session.ts';
+import { StreamSession, type ViewerConnectionState } from '../src/stream/session.ts';
 import { StreamManager, type LiveSession, type OpenSession } from '../src/stream/stream-manager.ts';
 import { newSessionId } from '../src/stream/session-id.ts';
 import type { DeviceStateDoc } from '../src/state/device-state.ts';
@@ -60,7 +60,7 @@ class FakeSession extends EventEmitter implements LiveSession {
   /** While true and connected, the viewer is heard now (RTCP arriving). */
   alive = true;
   #heard = 0;
-  linkState: SessionLinkState = 'connecting';
+  connection: ViewerConnectionState = 'connecting';
   readonly counters = { videoPackets: 0, audioPackets: 0, videoBytes: 0 };
   readonly video: Buffer[] = [];
   /** What sample() reports next (the link as the test scripts it). */
@@ -70,7 +70,7 @@ class FakeSession extends EventEmitter implements LiveSession {
   readonly restartOffers: ResolvedIce[] = [];
   readonly restartAnswers: string[] = [];
   get lastHeardAt(): number {
-    return this.alive && this.linkState === 'connected' ? Date.now() : this.#heard;
+    return this.alive && this.connection === 'connected' ? Date.now() : this.#heard;
   }
   set lastHeardAt(at: number) {
     this.#heard = at;
@@ -81,10 +81,10 @@ class FakeSession extends EventEmitter implements LiveSession {
     this.sid = sid;
     this.command = command;
   }
-  link(state: SessionLinkState): void {
-    this.linkState = state;
+  setConnection(state: ViewerConnectionState): void {
+    this.connection = state;
     if (state === 'connected') this.lastHeardAt = Date.now();
-    this.emit('link', state);
+    this.emit('connection', state);
   }
   sendVideo(packet: Buffer): void {
     this.counters.videoPackets++;
@@ -102,7 +102,7 @@ class FakeSession extends EventEmitter implements LiveSession {
   }
   async restartIce(ice: ResolvedIce): Promise<string> {
     this.restartOffers.push(ice);
-    this.linkState = 'failed';
+    this.connection = 'failed';
     return `v=0\r\no=restart ${this.restartOffers.length}\r\n`;
   }
   async acceptRestartAnswer(sdp: string): Promise<void> {
@@ -207,7 +207,7 @@ t.test('a session: valve, keyframes, wearer, state, audit; stream.stop ends it',
 
   r.manager.onVideo(rtp(1));
   t.equal(r.sessions[0]!.video.length, 0, 'no media before the viewer connects');
-  r.sessions[0]!.link('connected');
+  r.sessions[0]!.setConnection('connected');
   t.same(r.live, [true], 'valve opens when the first viewer connects');
   t.ok(r.keyframes >= 1, 'a keyframe for the viewer that just joined');
   t.same(r.wearer, ['start', 'led-on'], 'the wearer is told');
@@ -249,11 +249,11 @@ t.test('each way a session ends, audited with its cause', async (t) => {
 
   // viewer_lost: connected, then not heard for the grace.
   await r.manager.startStream(await authorised('stream.start'));
-  r.sessions.at(-1)!.link('connected');
+  r.sessions.at(-1)!.setConnection('connected');
   r.sessions.at(-1)!.alive = false;
-  r.sessions.at(-1)!.link('failed');
+  r.sessions.at(-1)!.setConnection('failed');
   t.equal(r.state().list[0]?.state, 'interrupted', 'state shows the interruption within the grace');
-  r.sessions.at(-1)!.link('connected');
+  r.sessions.at(-1)!.setConnection('connected');
   r.sessions.at(-1)!.lastHeardAt = Date.now() - 600;
   await until('silence alone shown as interrupted', () => r.state().list[0]?.state === 'interrupted');
   await until('viewer_lost', () => r.audit.some((e) => e.detail?.cause === 'viewer_lost'));
@@ -261,18 +261,18 @@ t.test('each way a session ends, audited with its cause', async (t) => {
 
   // viewer_closed: the viewer's side closed the connection.
   await r.manager.startStream(await authorised('stream.start'));
-  r.sessions.at(-1)!.link('connected');
-  r.sessions.at(-1)!.link('closed');
+  r.sessions.at(-1)!.setConnection('connected');
+  r.sessions.at(-1)!.setConnection('closed');
   await until('viewer_closed', () => r.audit.some((e) => e.detail?.cause === 'viewer_closed'));
 
   // max_duration: max_s from the command's arrival.
   await r.manager.startStream(await authorised('stream.start', { max_s: 1 }));
-  r.sessions.at(-1)!.link('connected');
+  r.sessions.at(-1)!.setConnection('connected');
   await until('max_duration', () => r.audit.some((e) => e.detail?.cause === 'max_duration'), 5000);
 
   // capture_failed: the camera down past captureLossGrace; a new view is refused meanwhile.
   await r.manager.startStream(await authorised('stream.start'));
-  r.sessions.at(-1)!.link('connected');
+  r.sessions.at(-1)!.setConnection('connected');
   r.manager.captureRunning(false);
   t.match(await r.manager.startStream(await authorised('stream.start')), { ok: false, code: 'capture_unavailable' });
   await until('capture_failed', () => r.audit.some((e) => e.detail?.cause === 'capture_failed'));
@@ -281,7 +281,7 @@ t.test('each way a session ends, audited with its cause', async (t) => {
   // A capture that comes back within the grace keeps the view.
   await r.manager.startStream(await authorised('stream.start'));
   const survivor = r.sessions.at(-1)!;
-  survivor.link('connected');
+  survivor.setConnection('connected');
   r.manager.captureRunning(false);
   r.manager.captureRunning(true);
   await new Promise((res) => setTimeout(res, 1300));
@@ -306,7 +306,7 @@ t.test('limits: busy at maxSessions, even past the verifier', async (t) => {
 t.test('covert mode: the wearer is not told, and the audit says so', async (t) => {
   const r = rig({ covert: true });
   const reply = await r.manager.startStream(await authorised('stream.start'));
-  r.sessions[0]!.link('connected');
+  r.sessions[0]!.setConnection('connected');
   t.match(r.audit[0], { type: 'stream.start', detail: { covert: true, wearerNotified: false } });
   t.match(r.events[0], { type: 'stream.started', covert: true });
   t.match(r.state().list[0], { covert: true });
@@ -451,7 +451,7 @@ t.test('bandwidth: the manager sets the live encoder from its viewers', async (t
   t.teardown(() => r.manager.stop());
   await r.manager.startStream(await authorised('stream.start'));
   const s = r.sessions[0]!;
-  s.link('connected');
+  s.setConnection('connected');
   t.same(r.bitrates, [800], 'the live encoder starts at startKbps when the valve opens');
   s.nextSample = { sendKbps: 800, lossFraction: 0.5, deliveredKbps: undefined, intervalMs: 1000 };
   await until('the bitrate down', () => r.bitrates.some((b) => b < 500));
@@ -468,7 +468,7 @@ t.test('bandwidth: the manager sets the live encoder from its viewers', async (t
   t.teardown(() => off.manager.stop());
   await off.manager.startStream(await authorised('stream.start'));
   off.sessions[0]!.nextSample = { sendKbps: 800, lossFraction: 0.5, deliveredKbps: undefined, intervalMs: 1000 };
-  off.sessions[0]!.link('connected');
+  off.sessions[0]!.setConnection('connected');
   await new Promise((res) => setTimeout(res, 1500));
   t.same(off.bitrates, [], 'adapt: false leaves the live encoder alone');
   t.equal(off.state().bitrateKbps, null);
@@ -483,7 +483,7 @@ t.test('ICE restart: a network change offers one; only the viewer\'s answer to t
   const accepted = await r.manager.startStream(await authorised('stream.start'));
   const sid = (accepted as unknown as { sid: string }).sid;
   const s = r.sessions[0]!;
-  s.link('connected');
+  s.setConnection('connected');
   r.manager.networkChanged();
   await until('a restart offer', () => r.restartOffers.length === 1);
   t.match(r.restartOffers[0], { sid, generation: 1, cause: 'network_changed' });
@@ -504,7 +504,7 @@ t.test('ICE restart: a network change offers one; only the viewer\'s answer to t
   t.match(r.audit.find((e) => e.type === 'stream.ice_restarted'), { operator: 'console', detail: { sid, generation: 1, cause: 'network_changed' } });
   t.match(await r.manager.acceptRestartAnswer(answer), { ok: false, code: 'stale_generation' }, 'the same answer again is refused');
   t.ok(r.events.some((e) => e.type === 'stream.ice_restarted'));
-  s.link('connected');
+  s.setConnection('connected');
   t.equal(r.state().list[0]?.iceRestarts, 1);
 });
 
@@ -513,9 +513,9 @@ t.test('ICE restart: a failed path offers again until answered, and the grace st
   t.teardown(() => r.manager.stop());
   await r.manager.startStream(await authorised('stream.start'));
   const s = r.sessions[0]!;
-  s.link('connected');
+  s.setConnection('connected');
   s.alive = false;
-  s.link('failed');
+  s.setConnection('failed');
   await until('a restart offer', () => r.restartOffers.length >= 1);
   t.equal(r.restartOffers[0]!.cause, 'ice_failed');
   await until('a second offer after the first went unanswered', () => r.restartOffers.length >= 2, 15_000);
@@ -660,7 +660,7 @@ t.test('ICE restart: an answer naming a second DTLS certificate beside the viewe
   const accepted = await r.manager.startStream(await authorised('stream.start'));
   const sid = (accepted as unknown as { sid: string }).sid;
   const s = r.sessions[0]!;
-  s.link('connected');
+  s.setConnection('connected');
   r.manager.networkChanged();
   await until('a restart offer', () => r.restartOffers.length === 1);
   const answer = { sid, generation: 1, answer: answerSdp('AA:BB'), operator: 'console', issuer: 'fleet', jti: 'j1', tokenDigest: 'd1' };
