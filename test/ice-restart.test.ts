@@ -1,10 +1,10 @@
 // ICE restarts of a live view (src/stream/ice-restart.ts) through StreamManager, with stand-in
 // sessions (helpers/stream-rig.ts): when a restart is offered and re-offered, and which answers are taken.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { answerSdp, authorised, rig, until } from './helpers/stream-rig.ts';
 
-
-t.test('ICE restart: a network change offers one; only the viewer\'s answer to the open restart is taken', async (t) => {
+/** A connected session whose device then changed address: the rig once the restart offer is out. */
+async function restartOffered(t: Test) {
   const r = rig({ viewerLostGrace: 30 });
   t.teardown(() => r.manager.stop());
   const accepted = await r.manager.startStream(await authorised('stream.start'));
@@ -13,6 +13,11 @@ t.test('ICE restart: a network change offers one; only the viewer\'s answer to t
   s.setConnection('connected');
   r.manager.networkChanged();
   await until('a restart offer', () => r.restartOffers.length === 1);
+  return { r, sid, s };
+}
+
+t.test('ICE restart: a network change offers one; only the viewer\'s answer to the open restart is taken', async (t) => {
+  const { r, sid, s } = await restartOffered(t);
   t.match(r.restartOffers[0], { sid, generation: 1, cause: 'network_changed' });
   t.equal(s.restartOffers.length, 1, 'the session made the offer on freshly resolved ICE settings');
   t.match(r.audit.find((e) => e.type === 'stream.ice_restart'), { detail: { sid, generation: 1, cause: 'network_changed' } });
@@ -51,14 +56,7 @@ t.test('ICE restart: a failed path offers again until answered, and the grace st
 });
 
 t.test('ICE restart: an answer naming a second DTLS certificate beside the viewer\'s is refused (issue 14, finding 7)', async (t) => {
-  const r = rig({ viewerLostGrace: 30 });
-  t.teardown(() => r.manager.stop());
-  const accepted = await r.manager.startStream(await authorised('stream.start'));
-  const sid = (accepted as unknown as { sid: string }).sid;
-  const s = r.sessions[0]!;
-  s.setConnection('connected');
-  r.manager.networkChanged();
-  await until('a restart offer', () => r.restartOffers.length === 1);
+  const { r, sid, s } = await restartOffered(t);
   const answer = { sid, generation: 1, answer: answerSdp('AA:BB'), operator: 'console', issuer: 'fleet', jti: 'j1', tokenDigest: 'd1' };
   const withLine = (line: string) => answer.answer.replace('a=mid:0', `a=mid:0\r\n${line}`);
   t.match(await r.manager.acceptRestartAnswer({ ...answer, answer: withLine('a=fingerprint:sha-256 CC:DD') }), { ok: false, code: 'wrong_viewer', message: /names 2 DTLS certificates/ });
