@@ -60,3 +60,75 @@ t.test('no module outside src/link/ imports src/link/mqtt-session.ts', async (t)
   t.same(gone, [], gone.length ? `no longer true, strike off knownMqttSessionImports in test/architecture.test.ts: ${gone.join('; ')}` : 'every known import is still there');
   for (const i of known) t.fail(i, { todo: 'issue 15: the link should hand command/ and stream/ what they need of the MQTT session' });
 });
+
+// werift takes ~120 ms to load, so the agent loads it only when a live view needs it (StreamManager
+// imports session.ts with import() after start-up, ice-restart.ts offer.ts on a restart answer).
+// The rule: no file the agent loads on the way to `online` has a value import of 'werift'. The
+// graph from src/cli/main.ts follows static imports (type-only ones erase at run time) and not
+// import(), which runs when its code does; each import() of a file that reaches werift must be
+// one listed here, with why it runs after start-up.
+const deferredWeriftImports = [
+  'src/stream/stream-manager.ts imports src/stream/session.ts', // on the first stream.start, or 1 s after start in the background
+  'src/stream/ice-restart.ts imports src/stream/offer.ts', // on the first ICE restart answer (a session exists)
+];
+
+/** Each src/ file's run-time imports: static value imports (relative: repository paths; bare: the package), and import() targets. */
+function runtimeImports(): Map<string, { staticImports: string[]; dynamicImports: string[] }> {
+  const out = new Map<string, { staticImports: string[]; dynamicImports: string[] }>();
+  for (const entry of readdirSync(src, { recursive: true, withFileTypes: true })) {
+    if (!entry.isFile() || !entry.name.endsWith('.ts')) continue;
+    const file = path.join(entry.parentPath, entry.name);
+    const source = ts.createSourceFile(file, readFileSync(file, 'utf8'), ts.ScriptTarget.Latest, true);
+    const resolve = (name: string) => (name.startsWith('.') ? path.relative(root, path.resolve(path.dirname(file), name)).split(path.sep).join('/') : name);
+    const staticImports: string[] = [];
+    const dynamicImports: string[] = [];
+    for (const s of source.statements) {
+      if (ts.isImportDeclaration(s) && ts.isStringLiteral(s.moduleSpecifier)) {
+        const clause = s.importClause;
+        // Erased at run time: `import type`, and `import { type A, type B }` with nothing else (verbatimModuleSyntax keeps `import {}`).
+        const typeOnly =
+          clause?.isTypeOnly ||
+          (clause && !clause.name && clause.namedBindings && ts.isNamedImports(clause.namedBindings) && clause.namedBindings.elements.length > 0 && clause.namedBindings.elements.every((e) => e.isTypeOnly));
+        if (!typeOnly) staticImports.push(resolve(s.moduleSpecifier.text));
+      } else if (ts.isExportDeclaration(s) && s.moduleSpecifier && ts.isStringLiteral(s.moduleSpecifier) && !s.isTypeOnly) {
+        staticImports.push(resolve(s.moduleSpecifier.text));
+      }
+    }
+    const visit = (node: ts.Node): void => {
+      if (ts.isCallExpression(node) && node.expression.kind === ts.SyntaxKind.ImportKeyword && node.arguments[0] && ts.isStringLiteral(node.arguments[0])) {
+        dynamicImports.push(resolve(node.arguments[0].text));
+      }
+      ts.forEachChild(node, visit);
+    };
+    visit(source);
+    out.set(path.relative(root, file).split(path.sep).join('/'), { staticImports, dynamicImports });
+  }
+  return out;
+}
+
+t.test('start-up loads no werift: no value import of it on the way to `online`', async (t) => {
+  const imports = runtimeImports();
+  /** Files loaded with `from` (itself included), by static imports, and the chain that reached each. */
+  const closure = (from: string) => {
+    const via = new Map<string, string[]>([[from, [from]]]);
+    const queue = [from];
+    for (let file = queue.shift(); file !== undefined; file = queue.shift()) {
+      for (const next of imports.get(file)?.staticImports ?? []) {
+        if (next.startsWith('src/') && !via.has(next)) {
+          via.set(next, [...via.get(file)!, next]);
+          queue.push(next);
+        }
+      }
+    }
+    return via;
+  };
+  const reachesWerift = (from: string) => [...closure(from)].filter(([file]) => imports.get(file)?.staticImports.includes('werift'));
+  const startUp = closure('src/cli/main.ts');
+  t.ok(startUp.has('src/stream/stream-manager.ts'), 'start-up loads src/stream/stream-manager.ts (the graph was followed)');
+  t.ok(reachesWerift('src/stream/session.ts').length > 0, "session.ts's value import of werift is seen");
+  const eager = reachesWerift('src/cli/main.ts').map(([file, chain]) => `${chain.join(' -> ')} imports werift`);
+  t.same(eager, [], eager.join('; ') || 'no file loaded at start-up imports werift');
+  const deferred = [...startUp.keys()].flatMap((file) => (imports.get(file)?.dynamicImports ?? []).filter((target) => reachesWerift(target).length > 0).map((target) => `${file} imports ${target}`));
+  const unlisted = deferred.filter((i) => !deferredWeriftImports.includes(i));
+  t.same(unlisted, [], unlisted.join('; ') || 'every import() that reaches werift from start-up code is a listed, deferred one');
+});

@@ -8,7 +8,8 @@ import t from 'tap';
 import { actionFailedCode } from '../src/command/command-handler.ts';
 import { handlerRejectionCodes, rejectionCodes } from '../src/command/types.ts';
 import { recordRefusalCodes } from '../src/recording/recorder.ts';
-import { restartCauses, streamEndCauses, streamRefusalCodes } from '../src/stream/stream-manager.ts';
+import { restartCauses } from '../src/stream/ice-restart.ts';
+import { streamEndCauses, streamRefusalCodes } from '../src/stream/stream-manager.ts';
 import { consoleOnlyCodes, inWords, wordedCodes } from '../ops-console/words.ts';
 
 /** Every code a camera's command reply can carry: the verifier's, the handler's, and each action's. */
@@ -54,7 +55,7 @@ t.test('every stream end cause has words in the page (CAUSES), and no others', a
 });
 
 t.test('every ICE restart cause has words in the page (RESTART_WORDS), and no others', async (t) => {
-  const problems = gaps('restartCauses in src/stream/stream-manager.ts', restartCauses, 'RESTART_WORDS in ops-console/public/app.js', Object.keys(appJsWords('RESTART_WORDS')));
+  const problems = gaps('restartCauses in src/stream/ice-restart.ts', restartCauses, 'RESTART_WORDS in ops-console/public/app.js', Object.keys(appJsWords('RESTART_WORDS')));
   t.same(problems, [], problems.join('; '));
 });
 

@@ -23,6 +23,7 @@ import {
   PROTOCOL_VERSION,
 } from '../src/serial/frames.ts';
 import { FrameLink } from '../src/serial/link.ts';
+import { errorMessage } from '../../src/errors.ts';
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -154,7 +155,7 @@ function pressButton(press: string, button: string): void {
   }
   link.request(MSG.BUTTON, Buffer.from([b, p])).then(
     () => out({ tx: 'BUTTON', button, press, acked: true }),
-    (err: unknown) => out({ tx: 'BUTTON', button, press, acked: false, error: (err as Error).message }),
+    (err: unknown) => out({ tx: 'BUTTON', button, press, acked: false, error: errorMessage(err) }),
   );
 }
 

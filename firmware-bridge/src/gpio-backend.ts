@@ -30,6 +30,7 @@ import type {
 } from './interface.ts';
 import { NOTIFICATION_PATTERNS, UNKNOWN_BATTERY, patternSteps } from './interface.ts';
 import { gpioConfigSchema, type GpioConfig, type GpioConfigInput } from './gpio-config.ts';
+import { errorMessage } from '../../src/errors.ts';
 
 export const GPIO_FIRMWARE_VERSION = 'gpio';
 
@@ -413,7 +414,7 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
     try {
       r = await this.run(name, args);
     } catch (err) {
-      this.lastError = `gpio: ${what}: ${(err as Error).message}`;
+      this.lastError = `gpio: ${what}: ${errorMessage(err)}`;
       throw new Error(this.lastError);
     }
     if (r.code !== 0) {

@@ -11,6 +11,7 @@ import type { CaptureConfig } from './config.ts';
 import { liveBitrateAdjustable, type CaptureSettings } from './presets.ts';
 import { isWorkerMessage, type ParentMessage, type SegmentInfo, type WorkerMessage } from './protocol.ts';
 import { udpPortOwnedBy } from './rtp-source.ts';
+import { errorMessage } from '../errors.ts';
 
 export type { SegmentInfo } from './protocol.ts';
 
@@ -219,7 +220,7 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
     try {
       owned = udpPortOwnedBy(pid, port);
     } catch (err) {
-      this.#log.error({ err: (err as Error).message, port }, 'cannot check who sends the live RTP (/proc unreadable): packets refused');
+      this.#log.error({ err: errorMessage(err), port }, 'cannot check who sends the live RTP (/proc unreadable): packets refused');
       owned = false;
     }
     if (owned) {
@@ -316,7 +317,7 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
       });
     } catch (err) {
       // spawn throws synchronously only for bad arguments; treat like a failed start.
-      this.#fault(`cannot start the capture worker: ${(err as Error).message}`);
+      this.#fault(`cannot start the capture worker: ${errorMessage(err)}`);
       return;
     }
     const now = Date.now();

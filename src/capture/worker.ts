@@ -6,6 +6,7 @@ import { statSync, unlinkSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { buildPipeline, liveBitrateProperty, type CaptureSettings, type PipelineElements } from './presets.ts';
 import { isParentMessage, type ParentMessage, type WorkerMessage } from './protocol.ts';
+import { errorMessage } from '../errors.ts';
 
 interface GstElement {
   [property: string]: unknown;
@@ -149,7 +150,7 @@ function start(message: Extract<ParentMessage, { type: 'start' }>): void {
   try {
     pipeline = new gst.Pipeline(built.description);
   } catch (err) {
-    void send({ type: 'error', message: `pipeline does not parse: ${(err as Error).message}`, debug: built.description }).then(() =>
+    void send({ type: 'error', message: `pipeline does not parse: ${errorMessage(err)}`, debug: built.description }).then(() =>
       process.exit(1),
     );
     return;

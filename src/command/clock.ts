@@ -14,9 +14,15 @@
 // so in its state.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { errorMessage } from '../errors.ts';
 
+/**
+ * The clock every signed token is checked against (commands, ICE answers, every signed-token
+ * check): the one clock interface. SystemClock is the device's; tests pass fixed ones.
+ */
 export interface CommandClock {
   nowMs(): number;
+  /** Whether the device clock is known to be right (NTP/GNSS synchronised). */
   synchronised(): boolean;
   /** What the clock knows about its own accuracy, for the audit; absent on test clocks. */
   state?(): ClockState;
@@ -139,7 +145,7 @@ export class SystemClock implements CommandClock {
     try {
       this.#adjtimex = (o.loadAdjtimex ?? loadAdjtimex)();
     } catch (err) {
-      this.#loadError = (err as Error).message;
+      this.#loadError = errorMessage(err);
       o.warn?.(`cannot read the kernel clock state (adjtimex through koffi: ${this.#loadError}); using ${this.#flag} instead`);
     }
   }

@@ -37,12 +37,7 @@ import type { Logger } from 'pino';
 import type { ReplayCache } from './replay-cache.ts';
 import type { TrustedKey, TrustStore } from './trust-store.ts';
 import type { CommandAction, RejectionCode } from './types.ts';
-
-export interface TokenClock {
-  nowMs(): number;
-  /** Whether the device clock is known to be right (NTP/GNSS synchronised). */
-  synchronised(): boolean;
-}
+import type { CommandClock } from './clock.ts';
 
 /** The time and clock policy every signed token is held to (the `commands.*` settings). */
 export interface TokenPolicy {
@@ -58,7 +53,7 @@ export interface SignedTokenVerifierOptions {
   deviceId: string;
   trustStore: Pick<TrustStore, 'lookup'>;
   replayCache: ReplayCache;
-  clock: TokenClock;
+  clock: CommandClock;
   policy: TokenPolicy;
   logger: Logger;
 }

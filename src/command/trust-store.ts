@@ -10,6 +10,7 @@ import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { canonicalJson } from '../audit/canonical-json.ts';
 import { readFileSync } from 'node:fs';
 import { commandActions, type CommandAction } from './types.ts';
+import { errorMessage } from '../errors.ts';
 
 export class TrustStoreError extends Error {
   override name = 'TrustStoreError';
@@ -59,13 +60,13 @@ export class TrustStore {
       text = readFileSync(file, 'utf8');
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      throw new TrustStoreError(`trust store ${file}: cannot read: ${code ?? (err as Error).message}`);
+      throw new TrustStoreError(`trust store ${file}: cannot read: ${code ?? errorMessage(err)}`);
     }
     let json: unknown;
     try {
       json = JSON.parse(text);
     } catch (err) {
-      throw new TrustStoreError(`trust store ${file}: not valid JSON: ${(err as Error).message}`);
+      throw new TrustStoreError(`trust store ${file}: not valid JSON: ${errorMessage(err)}`);
     }
     return TrustStore.fromJwks(json, revokedKids, file);
   }
@@ -159,7 +160,7 @@ function checkKey(jwk: unknown, fail: (what: string) => never): TrustedKey {
   try {
     publicKey = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: k.x as string }, format: 'jwk' });
   } catch (err) {
-    fail(`not a usable Ed25519 public key: ${(err as Error).message}`);
+    fail(`not a usable Ed25519 public key: ${errorMessage(err)}`);
   }
   return { kid: k.kid as string, actions, exp: k.exp as number | undefined, publicKey: publicKey! };
 }

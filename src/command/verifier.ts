@@ -15,20 +15,19 @@
 import type { Logger } from 'pino';
 import { mintAuthorisedCommand, type AuthorisedCommand } from './authorised-command.ts';
 import type { ReplayCache } from './replay-cache.ts';
-import { clip, decodeUtf8, describe, nonEmptyString, sha256, SignedTokenVerifier, TokenRefusal, type TokenAudit, type TokenClock, type TokenExpectation } from './signed-token.ts';
+import { clip, decodeUtf8, describe, nonEmptyString, sha256, SignedTokenVerifier, TokenRefusal, type TokenAudit, type TokenExpectation } from './signed-token.ts';
 import type { TrustStore } from './trust-store.ts';
 import { commandActions, commandTokenType, type CommandAction, type CommandClaims, type CommandPolicy, type RejectionCode } from './types.ts';
+import type { CommandClock } from './clock.ts';
 
 export { maxJtiLength } from './signed-token.ts';
-
-export type VerifierClock = TokenClock;
 
 export interface VerifierOptions {
   deviceId: string;
   trustStore: TrustStore;
   policy: CommandPolicy;
   replayCache: ReplayCache;
-  clock: VerifierClock;
+  clock: CommandClock;
   /** Live streams now running; stream.start is refused as busy at policy.maxConcurrentStreams. */
   activeStreams: () => number;
   logger: Logger;

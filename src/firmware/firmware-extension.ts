@@ -11,6 +11,7 @@ import type { FirmwareBridge, LedState, NotificationPattern } from '../../firmwa
 import type { RecorderStatus } from '../recording/recorder.ts';
 import type { DeviceState, FirmwareState } from '../state/device-state.ts';
 import type { Extension } from '../agent/extension.ts';
+import { errorMessage } from '../errors.ts';
 
 export interface RecordingControl {
   start(trigger: { kind: 'button' }): unknown;
@@ -75,8 +76,8 @@ export class FirmwareExtension implements Extension {
       await this.#o.bridge.start();
     } catch (err) {
       // No MCU is no reason not to record: report it and carry on; the backend keeps retrying.
-      this.#logger.error({ err: (err as Error).message, backend: this.#o.bridge.kind }, 'firmware bridge did not start');
-      this.#o.sendEvent({ type: 'firmware.link_lost', time: new Date().toISOString(), backend: this.#o.bridge.kind, reason: (err as Error).message });
+      this.#logger.error({ err: errorMessage(err), backend: this.#o.bridge.kind }, 'firmware bridge did not start');
+      this.#o.sendEvent({ type: 'firmware.link_lost', time: new Date().toISOString(), backend: this.#o.bridge.kind, reason: errorMessage(err) });
     }
     this.#publishFirmware();
     this.#onRecording(this.#o.recorder.status().recording);
@@ -84,7 +85,7 @@ export class FirmwareExtension implements Extension {
 
   async stop(): Promise<void> {
     clearInterval(this.#reminder);
-    await this.#o.bridge.stop().catch((err: unknown) => this.#logger.warn({ err: (err as Error).message }, 'firmware bridge stop failed'));
+    await this.#o.bridge.stop().catch((err: unknown) => this.#logger.warn({ err: errorMessage(err) }, 'firmware bridge stop failed'));
   }
 
   /** The live view's notices to the wearer (src/stream, WearerNotice); the manager skips them in covert mode. */
@@ -126,7 +127,7 @@ export class FirmwareExtension implements Extension {
   }
 
   #failed(what: string, err: unknown): void {
-    this.#logger.warn({ err: (err as Error).message, what }, 'the wearer could not be notified');
+    this.#logger.warn({ err: errorMessage(err), what }, 'the wearer could not be notified');
   }
 
   #publishFirmware(): void {

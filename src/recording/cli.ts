@@ -8,6 +8,7 @@ import Database from 'better-sqlite3';
 import { evidenceDirOf } from './layout.ts';
 import { parseAuditHead, type AuditHead } from '../audit/verify.ts';
 import { deviceJwkFromStateDir, verifyEvidence, type EvidenceVerifyResult } from './verify.ts';
+import { errorMessage } from '../errors.ts';
 
 export interface EvidenceVerifyArgs {
   stateDir: string;
@@ -22,7 +23,7 @@ export async function evidenceVerifyCommand(args: EvidenceVerifyArgs, out: NodeJ
   try {
     expectHead = args.expectHead === undefined ? undefined : parseAuditHead(args.expectHead);
   } catch (e) {
-    err.write(`bwc-agent evidence verify: --expect-head: ${(e as Error).message}\n`);
+    err.write(`bwc-agent evidence verify: --expect-head: ${errorMessage(e)}\n`);
     return 2;
   }
   let db: Database.Database;
@@ -31,7 +32,7 @@ export async function evidenceVerifyCommand(args: EvidenceVerifyArgs, out: NodeJ
     // Read-only and no migrations: the verifier must not change what it is checking.
     db = new Database(file, { readonly: true, fileMustExist: true });
   } catch (e) {
-    err.write(`bwc-agent evidence verify: cannot open ${file}: ${(e as Error).message}\n`);
+    err.write(`bwc-agent evidence verify: cannot open ${file}: ${errorMessage(e)}\n`);
     return 2;
   }
   try {
@@ -43,7 +44,7 @@ export async function evidenceVerifyCommand(args: EvidenceVerifyArgs, out: NodeJ
     out.write(`${summary(result)}\n`);
     return result.ok ? 0 : 1;
   } catch (e) {
-    err.write(`bwc-agent evidence verify: ${(e as Error).message}\n`);
+    err.write(`bwc-agent evidence verify: ${errorMessage(e)}\n`);
     return 2;
   } finally {
     db.close();

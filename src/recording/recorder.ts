@@ -51,6 +51,7 @@ import type { DeviceKey } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
 import { bufferDirOf, isManifestName, manifestFile, newRecordingId, parseSegmentFileName, recordingsDirOf, segmentFileName, segmentRelPath, signatureFile } from './layout.ts';
 import { buildManifest, genesisSha256, hashFile, manifestDigest, segmentRows, type Manifest, type RecordingRow } from './manifest.ts';
+import { errorMessage } from '../errors.ts';
 
 /** What the capture supervisor reports for each closed segment: the capture protocol declares it. */
 export type { SegmentInfo };
@@ -396,8 +397,8 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
       await fsyncDir(rec.dir);
       await this.#index(rec, name, s, position, partial);
     } catch (err) {
-      this.#log.error({ err: (err as Error).message, file: s.file, recordingId: rec.id }, 'segment could not join the recording');
-      this.#event({ type: 'recording.segment_failed', time: this.#now().toISOString(), recordingId: rec.id, file: s.file, error: (err as Error).message });
+      this.#log.error({ err: errorMessage(err), file: s.file, recordingId: rec.id }, 'segment could not join the recording');
+      this.#event({ type: 'recording.segment_failed', time: this.#now().toISOString(), recordingId: rec.id, file: s.file, error: errorMessage(err) });
     }
   }
 
@@ -418,7 +419,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
       try {
         await unlink(file);
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.#log.warn({ err: (err as Error).message, file }, 'buffer segment could not be deleted');
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.#log.warn({ err: errorMessage(err), file }, 'buffer segment could not be deleted');
       }
     }
   }
@@ -444,8 +445,8 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
       const durationS = segments.reduce((sum, s) => sum + s.duration_s, 0);
       this.#event({ type: status === 'closed' ? 'recording.closed' : 'recording.sealed_interrupted', time: this.#now().toISOString(), recordingId: id, segments: segments.length, durationS, chainHead: manifest.chainHead, manifestSha256 });
     } catch (err) {
-      this.#log.error({ err: (err as Error).message, recordingId: id }, 'recording manifest could not be written');
-      this.#event({ type: 'recording.manifest_failed', time: this.#now().toISOString(), recordingId: id, error: (err as Error).message });
+      this.#log.error({ err: errorMessage(err), recordingId: id }, 'recording manifest could not be written');
+      this.#event({ type: 'recording.manifest_failed', time: this.#now().toISOString(), recordingId: id, error: errorMessage(err) });
     }
   }
 
@@ -534,8 +535,8 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
       }
       await fsyncDir(dir);
     } catch (err) {
-      this.#log.error({ err: (err as Error).message, recordingId: row.id }, 'recovery of an interrupted recording failed');
-      this.#event({ type: 'recording.recovery_failed', time: this.#now().toISOString(), recordingId: row.id, error: (err as Error).message });
+      this.#log.error({ err: errorMessage(err), recordingId: row.id }, 'recovery of an interrupted recording failed');
+      this.#event({ type: 'recording.recovery_failed', time: this.#now().toISOString(), recordingId: row.id, error: errorMessage(err) });
     }
     await this.#seal(row.id, 'interrupted');
   }
@@ -544,7 +545,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
 
   #enqueue(job: () => Promise<void>): void {
     this.#queue = this.#queue.then(job).catch((err: unknown) => {
-      this.#log.error({ err: (err as Error).message }, 'recording job failed');
+      this.#log.error({ err: errorMessage(err) }, 'recording job failed');
     });
   }
 
@@ -570,7 +571,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
     try {
       this.#o.state?.update({ recording: s.recording });
     } catch (err) {
-      this.#log.error({ err: (err as Error).message }, 'state update failed');
+      this.#log.error({ err: errorMessage(err) }, 'state update failed');
     }
     this.emit('state', s);
   }
@@ -584,8 +585,8 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
     try {
       this.#o.audit.append(record);
     } catch (err) {
-      this.#log.error({ err: (err as Error).message, type: record.type }, 'recording audit entry could not be committed; recording goes on');
-      this.#event({ type: 'recording.audit_failed', time: this.#now().toISOString(), auditType: record.type, error: (err as Error).message });
+      this.#log.error({ err: errorMessage(err), type: record.type }, 'recording audit entry could not be committed; recording goes on');
+      this.#event({ type: 'recording.audit_failed', time: this.#now().toISOString(), auditType: record.type, error: errorMessage(err) });
     }
   }
 
@@ -593,7 +594,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
     try {
       this.#o.link.send('event', body);
     } catch (err) {
-      this.#log.error({ err: (err as Error).message, type: body.type }, 'recording event could not be queued');
+      this.#log.error({ err: errorMessage(err), type: body.type }, 'recording event could not be queued');
     }
   }
 }

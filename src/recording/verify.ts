@@ -26,6 +26,7 @@ import type { Db } from '../store/database.ts';
 import { isManifestName, manifestFile, recordingsDirOf, signatureFile } from './layout.ts';
 import { genesisSha256, hashFile, manifestDigest, manifestSegment, segmentRows, type Manifest, type ManifestSegment, type RecordingRow } from './manifest.ts';
 import { canonicalJson } from '../audit/canonical-json.ts';
+import { errorMessage } from '../errors.ts';
 
 export type EvidenceProblemKind = 'modified' | 'missing' | 'unindexed' | 'chain_broken' | 'row_missing' | 'manifest_mismatch' | 'bad_signature' | 'audit_chain';
 
@@ -211,7 +212,7 @@ function checkManifest(
     m = JSON.parse(rec.manifest) as Manifest;
     if (!Array.isArray(m.segments)) throw new Error('no segments');
   } catch (e) {
-    p('manifest_mismatch', `the manifest is not readable: ${(e as Error).message}`);
+    p('manifest_mismatch', `the manifest is not readable: ${errorMessage(e)}`);
     return;
   }
   const fields: [string, unknown, unknown][] = [

@@ -7,7 +7,9 @@
 // of GCC's loss controller (RFC draft-ietf-rmcat-gcc §6): it probes upward while loss is low, holds
 // through moderate loss (random 4G loss must not collapse the picture), and on heavy loss drops to
 // just under what was delivered. werift's transport-wide-cc estimate (receive rate falling behind
-// send rate: a queue filling) brings it down before the queue overflows.
+// send rate: a queue filling) brings it down before the queue overflows. LiveBitrateLoop, at the
+// end, is the loop that samples the connected viewers and sets the encoder.
+import type { Logger } from 'pino';
 
 export interface BitrateLimits {
   minKbps: number;
@@ -122,5 +124,89 @@ export class EncoderRateHysteresis {
   reset(kbps: number): void {
     this.#appliedKbps = Math.round(kbps);
     this.#lastIncreaseAt = -Infinity;
+  }
+}
+
+// How often the live bitrate is reconsidered.
+const adaptIntervalMs = 1000;
+
+/** The capture side the bitrate loop sets (CaptureSupervisor, through StreamManager's LiveSource). */
+export interface LiveEncoder {
+  /** The live encoder's bitrate (bandwidth adaptation). */
+  setLiveBitrate(kbps: number): void;
+  /** Whether the live view has an encoder of its own whose bitrate can change. */
+  liveBitrateAdjustable(): boolean;
+}
+
+/** One connected viewer as the loop samples it. */
+export interface SampledViewer {
+  readonly sid: string;
+  sample(now: number): LinkSample;
+  readonly bitrate: LinkBitrate;
+}
+
+/**
+ * The bitrate loop: the live encoder follows the worst connected viewer's link. StreamManager
+ * tells it when viewers come and go and calls tick() from its periodic check; the loop samples
+ * each connected viewer once a second and sets the encoder through the hysteresis.
+ */
+export class LiveBitrateLoop {
+  readonly #config: { adapt: boolean } & BitrateLimits;
+  readonly #encoder: LiveEncoder;
+  readonly #rate: EncoderRateHysteresis;
+  readonly #log: Pick<Logger, 'info'>;
+  #lastAdaptAt = 0;
+
+  constructor(config: { adapt: boolean } & BitrateLimits, encoder: LiveEncoder, log: Pick<Logger, 'info'>) {
+    this.#config = config;
+    this.#encoder = encoder;
+    this.#log = log;
+    this.#rate = new EncoderRateHysteresis(config.startKbps);
+  }
+
+  /** Whether the live bitrate adapts: configured so, and the live view has an encoder of its own. */
+  adaptive(): boolean {
+    return this.#config.adapt && this.#encoder.liveBitrateAdjustable();
+  }
+
+  /** A new viewer's link; a second viewer starts from the rate the first has: the encoder is theirs together. */
+  newLink(othersWatching: boolean): LinkBitrate {
+    return new LinkBitrate({ ...this.#config, startKbps: othersWatching ? this.#rate.appliedKbps : this.#config.startKbps });
+  }
+
+  /** The first viewer connected: the live encoder idled while nobody watched, so a new view starts at the starting rate. */
+  firstViewer(): void {
+    if (!this.adaptive()) return;
+    this.#rate.reset(this.#config.startKbps);
+    this.#encoder.setLiveBitrate(this.#config.startKbps);
+  }
+
+  /** The bitrate shown in `state`: null while nobody watches or the rate does not adapt. */
+  shownKbps(watching: boolean): number | null {
+    return watching && this.adaptive() ? this.#rate.appliedKbps : null;
+  }
+
+  /**
+   * From the periodic check: once a second, samples the viewers connected now (while anyone
+   * watches); true when the encoder's bitrate changed.
+   */
+  tick(now: number, watching: boolean, connected: () => readonly SampledViewer[]): boolean {
+    if (now - this.#lastAdaptAt < adaptIntervalMs) return false;
+    this.#lastAdaptAt = now;
+    if (!watching || !this.adaptive()) return false;
+    let lowest = Infinity;
+    const links: { sid: string; sendKbps: number; loss: number | undefined; deliveredKbps: number | undefined; targetKbps: number }[] = [];
+    for (const v of connected()) {
+      const sample = v.sample(now);
+      const target = v.bitrate.update(sample, now);
+      lowest = Math.min(lowest, target);
+      links.push({ sid: v.sid, sendKbps: Math.round(sample.sendKbps), loss: sample.lossFraction, deliveredKbps: sample.deliveredKbps && Math.round(sample.deliveredKbps), targetKbps: Math.round(target) });
+    }
+    if (lowest === Infinity) return false;
+    const next = this.#rate.next(lowest, now);
+    if (next === undefined) return false;
+    this.#encoder.setLiveBitrate(next);
+    this.#log.info({ kbps: next, links }, 'live bitrate');
+    return true;
   }
 }

@@ -4,6 +4,7 @@
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import type { StreamConfig } from './config.ts';
+import { errorMessage } from '../errors.ts';
 
 export interface ResolvedIce {
   servers: { urls: string[]; username?: string; credential?: string }[];
@@ -50,7 +51,7 @@ export async function resolveIce(ice: StreamConfig['ice'], interfaces?: Interfac
         try {
           server.credential = (await readFile(s.credentialFile, 'utf8')).trim();
         } catch (err) {
-          throw new IceConfigError(`stream.ice.servers credentialFile ${s.credentialFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+          throw new IceConfigError(`stream.ice.servers credentialFile ${s.credentialFile}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`);
         }
       }
       return server;
@@ -61,7 +62,7 @@ export async function resolveIce(ice: StreamConfig['ice'], interfaces?: Interfac
     try {
       turnTlsCa = await readFile(ice.turnCaFile, 'utf8');
     } catch (err) {
-      throw new IceConfigError(`stream.ice.turnCaFile ${ice.turnCaFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new IceConfigError(`stream.ice.turnCaFile ${ice.turnCaFile}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`);
     }
   }
   return {

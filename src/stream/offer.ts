@@ -3,6 +3,7 @@
 // through offer_sha256), and H.264 constrained baseline with packetization-mode 1, the one stream
 // the capture pipeline makes. Audio is answered only if the viewer asks for Opus.
 import { SessionDescription } from 'werift';
+import { errorMessage } from '../errors.ts';
 
 export interface OfferSummary {
   /** sha-256 DTLS fingerprint of the viewer: recorded in the audit so the view names its receiver. */
@@ -39,7 +40,7 @@ export function inspectOffer(sdp: string): OfferSummary {
   try {
     parsed = SessionDescription.parse(sdp);
   } catch (err) {
-    throw new OfferError(`the offer is not SDP: ${(err as Error).message}`);
+    throw new OfferError(`the offer is not SDP: ${errorMessage(err)}`);
   }
   if (!/^v=0\r?\n/.test(sdp)) throw new OfferError('the offer is not SDP (no "v=0" first line)');
   const video = parsed.media.filter((m) => m.kind === 'video' && m.port !== 0);

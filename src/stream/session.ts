@@ -26,12 +26,13 @@ import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authoris
 import type { ResolvedIce } from './ice.ts';
 import { inspectOffer, type OfferSummary } from './offer.ts';
 import { guardDtlsTransports, type SessionGuard } from './werift-guard.ts';
+import { errorMessage } from '../errors.ts';
 
-/** What the stream manager sees of a session's connection. */
-export type SessionLinkState = 'connecting' | 'connected' | 'failed' | 'closed';
+/** The viewer's connection (ICE and DTLS) as the stream manager sees it. */
+export type ViewerConnectionState = 'connecting' | 'connected' | 'failed' | 'closed';
 
 export interface StreamSessionEvents {
-  link: [SessionLinkState];
+  connection: [ViewerConnectionState];
   /** The viewer reported picture loss (PLI): it needs a keyframe. */
   pictureLoss: [];
 }
@@ -79,7 +80,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   readonly audio: boolean;
   /** Date.now() of the last RTCP packet or ICE connection from the viewer. */
   lastHeardAt = 0;
-  linkState: SessionLinkState = 'connecting';
+  connection: ViewerConnectionState = 'connecting';
   readonly counters: SessionCounters = { videoPackets: 0, audioPackets: 0, videoBytes: 0 };
   // The link since the last sample(): bytes sent, werift's delivered-rate estimates, a new loss report.
   #sampledAt = Date.now();
@@ -100,7 +101,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   /** Whether stream.ice.servers names a stun: server (else werift's default must be undone). */
   readonly #stunConfigured: boolean;
   readonly #onSendError = (err: unknown): void => {
-    this.#log.debug({ err: (err as Error).message }, 'RTP not sent');
+    this.#log.debug({ err: errorMessage(err) }, 'RTP not sent');
   };
 
   /**
@@ -169,18 +170,18 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     this.#pc.connectionStateChange.subscribe((state) => {
       if (state === 'connected') {
         heard();
-        this.#setLink('connected');
-      } else if (state === 'failed') this.#setLink('failed');
-      else if (state === 'closed') this.#setLink('closed');
+        this.#setConnection('connected');
+      } else if (state === 'failed') this.#setConnection('failed');
+      else if (state === 'closed') this.#setConnection('closed');
     });
     this.#pc.iceConnectionStateChange.subscribe((state) => {
       this.#log.debug({ ice: state }, 'ICE state');
-      if (state === 'failed' || state === 'disconnected') this.#setLink('failed');
+      if (state === 'failed' || state === 'disconnected') this.#setConnection('failed');
       // ICE back within the grace: werift's connection state never left "connected", so no event
       // of its own says so.
-      else if ((state === 'connected' || state === 'completed') && this.linkState === 'failed' && this.#pc.connectionState === 'connected') {
+      else if ((state === 'connected' || state === 'completed') && this.connection === 'failed' && this.#pc.connectionState === 'connected') {
         heard();
-        this.#setLink('connected');
+        this.#setConnection('connected');
       }
     });
   }
@@ -192,7 +193,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
    */
   async restartIce(ice: ResolvedIce): Promise<string> {
     const began = Date.now();
-    this.#setLink('failed');
+    this.#setConnection('failed');
     // werift reads its host addresses once, at construction: a modem's new address must be put
     // where the next gathering looks for it.
     for (const dtls of this.#pc.dtlsTransports) {
@@ -220,7 +221,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     for (const dtls of this.#pc.dtlsTransports) {
       const ice = dtls.iceTransport;
       if (ice.state === 'connected' || ice.state === 'closed') continue;
-      ice.start().catch((err: unknown) => this.#log.warn({ err: (err as Error).message }, 'ICE did not reconnect after the restart'));
+      ice.start().catch((err: unknown) => this.#log.warn({ err: errorMessage(err) }, 'ICE did not reconnect after the restart'));
     }
   }
 
@@ -275,7 +276,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
       // A viewer that hangs up (RTCPeerConnection.close) sends an encrypted close_notify.
       peerClosed: (alert) => {
         this.#log.debug({ alert }, 'the viewer closed its DTLS association');
-        if (!this.#closed) this.#setLink('closed');
+        if (!this.#closed) this.#setConnection('closed');
       },
     });
     // DTLS server (setup:passive, which RFC 8842 lets the answerer of an "actpass" offer choose, and
@@ -353,18 +354,18 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     try {
       await this.#pc.close();
     } catch (err) {
-      this.#log.warn({ err: (err as Error).message }, 'peer connection did not close cleanly');
+      this.#log.warn({ err: errorMessage(err) }, 'peer connection did not close cleanly');
     }
-    this.#setLink('closed');
+    this.#setConnection('closed');
   }
 
   get closed(): boolean {
     return this.#closed;
   }
 
-  #setLink(state: SessionLinkState): void {
-    if (this.linkState === state || this.linkState === 'closed') return;
-    this.linkState = state;
-    this.emit('link', state);
+  #setConnection(state: ViewerConnectionState): void {
+    if (this.connection === state || this.connection === 'closed') return;
+    this.connection = state;
+    this.emit('connection', state);
   }
 }

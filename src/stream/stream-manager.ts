@@ -6,17 +6,19 @@
 // agent shutdown. Each start and end is audited with its cause, sent as an event, shown in
 // `state`, and (unless covert mode is configured) felt by the wearer.
 import type { Logger } from 'pino';
+import type { Extension } from '../agent/extension.ts';
 import type { AuditLog } from '../audit/audit-log.ts';
 import type { AuthorisedCommand } from '../command/authorised-command.ts';
 import type { ActionResult } from '../command/command-handler.ts';
 import type { DeviceState, StreamSessionState } from '../state/device-state.ts';
-import { EncoderRateHysteresis, LinkBitrate, type LinkSample } from './bitrate.ts';
+import { LiveBitrateLoop, type LinkBitrate, type LinkSample, type LiveEncoder } from './bitrate.ts';
 import type { StreamConfig } from './config.ts';
 import { resolveIce, type ResolvedIce } from './ice.ts';
-import { viewerFingerprint } from './offer.ts';
+import { auditRefusedAnswer, IceRestart, type RestartableSession, type RestartCause } from './ice-restart.ts';
 import type { IceAnswer, IceAnswerOutcome, IceAnswerRefusal } from './ice-signalling.ts';
-import type { SessionLinkState, StreamSessionOptions } from './session.ts';
+import type { ViewerConnectionState, StreamSessionOptions } from './session.ts';
 import { newSessionId } from './session-id.ts';
+import { errorMessage } from '../errors.ts';
 
 /** Why a session ended: in the audit entry, the event and the log (and the ops console's words). */
 export const streamEndCauses = [
@@ -31,14 +33,10 @@ export const streamEndCauses = [
 ] as const;
 export type StreamEndCause = (typeof streamEndCauses)[number];
 
-/** The capture side the live view needs (CaptureSupervisor). */
-export interface LiveSource {
+/** The capture side the live view needs (CaptureSupervisor); its bitrate is LiveBitrateLoop's. */
+export interface LiveSource extends LiveEncoder {
   setLive(open: boolean): void;
   requestKeyframe(): void;
-  /** The live encoder's bitrate (bandwidth adaptation). */
-  setLiveBitrate(kbps: number): void;
-  /** Whether the live view has an encoder of its own whose bitrate can change. */
-  liveBitrateAdjustable(): boolean;
 }
 
 /** Tells the wearer (firmware extension); never called in covert mode. */
@@ -50,26 +48,21 @@ export interface WearerNotice {
 }
 
 /** The parts of StreamSession the manager uses: lets tests drive it without sockets. */
-export interface LiveSession {
+export interface LiveSession extends RestartableSession {
   readonly sid: string;
   readonly command: AuthorisedCommand;
-  readonly offer: { fingerprint: string };
   readonly audio: boolean;
-  lastHeardAt: number;
-  linkState: SessionLinkState;
+  connection: ViewerConnectionState;
   readonly counters: { videoPackets: number; audioPackets: number };
-  on(event: 'link', listener: (s: SessionLinkState) => void): unknown;
+  on(event: 'connection', listener: (s: ViewerConnectionState) => void): unknown;
   on(event: 'pictureLoss', listener: () => void): unknown;
   sendVideo(packet: Buffer): void;
   sendAudio(packet: Buffer): void;
   sourceChanged(kind: 'video' | 'audio'): void;
-  /** The link since the last call: bandwidth adaptation. */
+  /** The viewer's link since the last call: bandwidth adaptation. */
   sample(now: number): LinkSample;
   readonly rttMs: number | undefined;
   readonly iceRestarts: number;
-  /** Starts an ICE restart as offerer; resolves with the offer for the viewer. */
-  restartIce(ice: ResolvedIce): Promise<string>;
-  acceptRestartAnswer(sdp: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -116,15 +109,6 @@ export interface StreamManagerOptions {
   publishRestartOffer?: (sid: string, generation: number, offer: string, cause: RestartCause) => void;
 }
 
-/** Why the camera restarted ICE (in the offer's claims, the audit and the ops console's words). */
-export const restartCauses = ['network_changed', 'ice_failed', 'viewer_silent'] as const;
-export type RestartCause = (typeof restartCauses)[number];
-
-// A restart offer not answered (or not connecting) within this long is made again, with the
-// next generation, until the viewer answers or viewerLostGrace ends the session.
-const restartRetryMs = 5000;
-// How often the live bitrate is reconsidered.
-const adaptIntervalMs = 1000;
 
 interface Running {
   session: LiveSession;
@@ -136,16 +120,13 @@ interface Running {
   /** Shown in `state`: connected once, and the viewer not heard for a while (or ICE failed). */
   interrupted: boolean;
   maxTimer: NodeJS.Timeout;
-  link: LinkBitrate;
-  /** Restart offers made (the generation of the latest). */
-  generation: number;
-  /** The restart offered and not yet answered. */
-  restart: { generation: number; cause: RestartCause; offeredAt: number } | undefined;
-  /** The device's addresses changed since the session's path was set up. */
-  networkChanged: boolean;
+  /** The viewer's target bitrate (LiveBitrateLoop). */
+  bitrate: LinkBitrate;
+  /** Mends the session's path (ice-restart.ts). */
+  iceRestart: IceRestart;
 }
 
-export class StreamManager {
+export class StreamManager implements Extension {
   readonly name = 'stream';
   readonly #o: StreamManagerOptions;
   readonly #log: Logger;
@@ -160,20 +141,19 @@ export class StreamManager {
   #videoSsrc = -1;
   #audioSsrc = -1;
   #stopped = false;
-  readonly #rate: EncoderRateHysteresis;
-  #lastAdaptAt = 0;
+  readonly #bitrate: LiveBitrateLoop;
 
   constructor(options: StreamManagerOptions) {
     this.#o = options;
     this.#log = options.logger.child({ module: 'stream' });
     this.#open = options.openSession ?? openStreamSession;
     this.#resolveIce = options.resolveIce ?? resolveIce;
-    this.#rate = new EncoderRateHysteresis(options.config.bitrate.startKbps);
+    this.#bitrate = new LiveBitrateLoop(options.config.bitrate, options.capture, this.#log);
   }
 
   /** The device's addresses changed: every connected session restarts ICE on the new ones. */
   networkChanged(): void {
-    for (const r of this.#sessions.values()) if (r.connectedAt !== undefined) r.networkChanged = true;
+    for (const r of this.#sessions.values()) if (r.connectedAt !== undefined) r.iceRestart.networkChanged();
     this.#check();
   }
 
@@ -256,8 +236,8 @@ export class StreamManager {
     } catch (err) {
       const errCode = (err as { code?: unknown }).code;
       const code = isOpenRefusalCode(errCode) ? errCode : 'internal_error';
-      this.#log.warn({ sid, code, reason: (err as Error).message }, 'live view not opened');
-      return { ok: false, code, message: (err as Error).message };
+      this.#log.warn({ sid, code, reason: errorMessage(err) }, 'live view not opened');
+      return { ok: false, code, message: errorMessage(err) };
     } finally {
       this.#opening -= 1;
     }
@@ -292,8 +272,8 @@ export class StreamManager {
     } catch (err) {
       // No audit entry, no live view: authority that cannot be accounted for is not used.
       await session.close();
-      this.#log.error({ sid, err: (err as Error).message }, 'stream.start could not be audited; live view refused');
-      return { ok: false, code: 'audit_failed', message: `the live view could not be audited: ${(err as Error).message}` };
+      this.#log.error({ sid, err: errorMessage(err) }, 'stream.start could not be audited; live view refused');
+      return { ok: false, code: 'audit_failed', message: `the live view could not be audited: ${errorMessage(err)}` };
     }
     const running: Running = {
       session,
@@ -303,14 +283,16 @@ export class StreamManager {
       notified: false,
       interrupted: false,
       maxTimer: setTimeout(() => void this.#end(sid, 'max_duration'), Math.max(0, endsBy - now)),
-      // A second viewer starts from the rate the first has: the encoder is theirs together.
-      link: new LinkBitrate({ ...this.#o.config.bitrate, startKbps: this.#receivers.length > 0 ? this.#rate.appliedKbps : this.#o.config.bitrate.startKbps }),
-      generation: 0,
-      restart: undefined,
-      networkChanged: false,
+      bitrate: this.#bitrate.newLink(this.#receivers.length > 0),
+      iceRestart: new IceRestart(
+        sid,
+        session,
+        { config: this.#o.config, resolveIce: this.#resolveIce, audit: this.#o.audit, sendEvent: this.#o.sendEvent, publishRestartOffer: this.#o.publishRestartOffer, logger: this.#o.logger },
+        this.#log,
+      ),
     };
     this.#sessions.set(sid, running);
-    session.on('link', (s) => this.#onLink(sid, s));
+    session.on('connection', (s) => this.#onConnection(sid, s));
     session.on('pictureLoss', () => this.#o.capture.requestKeyframe());
     this.#log.info({ sid, operator: command.operator, reason: command.reason, maxDurationS: command.maxDurationS, covert, audio: session.audio }, 'live view accepted');
     this.#o.sendEvent({ type: 'stream.started', time: new Date(now).toISOString(), sid, operator: command.operator, reason: command.reason, endsBy: new Date(endsBy).toISOString(), covert });
@@ -326,7 +308,7 @@ export class StreamManager {
     return { ok: true, sid };
   }
 
-  #onLink(sid: string, state: SessionLinkState): void {
+  #onConnection(sid: string, state: ViewerConnectionState): void {
     const r = this.#sessions.get(sid);
     if (!r) return;
     if (state === 'connected') {
@@ -367,26 +349,15 @@ export class StreamManager {
         void this.#end(sid, 'viewer_lost');
         continue;
       }
-      const interrupted = r.session.linkState !== 'connected' || silentMs > quietMs;
+      const interrupted = r.session.connection !== 'connected' || silentMs > quietMs;
       if (interrupted !== r.interrupted) {
         r.interrupted = interrupted;
         changed = true;
       }
-      const cause: RestartCause | undefined = r.networkChanged
-        ? 'network_changed'
-        : r.session.linkState === 'failed'
-          ? 'ice_failed'
-          : silentMs > quietMs
-            ? 'viewer_silent'
-            : undefined;
-      // A new address overrides a restart still open: its offer named the old one.
-      if (cause && this.#o.publishRestartOffer && (r.restart === undefined || cause === 'network_changed' || now - r.restart.offeredAt > restartRetryMs)) {
-        r.networkChanged = false;
-        void this.#restart(sid, r, cause);
-      }
+      r.iceRestart.check(now, r.session.connection, silentMs, quietMs);
     }
     if (changed) this.#publish();
-    if (now - this.#lastAdaptAt >= adaptIntervalMs) this.#adapt(now);
+    if (this.#bitrate.tick(now, this.#receivers.length > 0, () => this.#connectedViewers())) this.#publish();
     if (this.#captureDownSince !== undefined && now - this.#captureDownSince > this.#o.config.captureLossGrace * 1000) {
       for (const sid of this.#sessions.keys()) void this.#end(sid, 'capture_failed');
     }
@@ -397,6 +368,7 @@ export class StreamManager {
     if (!r) return;
     this.#sessions.delete(sid);
     clearTimeout(r.maxTimer);
+    r.iceRestart.end();
     this.#refreshReceivers();
     const now = Date.now();
     const { session } = r;
@@ -421,7 +393,7 @@ export class StreamManager {
         detail,
       });
     } catch (err) {
-      this.#log.error({ sid, cause, err: (err as Error).message }, 'stream.stop could not be audited');
+      this.#log.error({ sid, cause, err: errorMessage(err) }, 'stream.stop could not be audited');
     }
     this.#log.info(detail, 'live view ended');
     this.#o.sendEvent({ type: 'stream.stopped', time: new Date(now).toISOString(), ...detail });
@@ -432,15 +404,11 @@ export class StreamManager {
 
   #refreshReceivers(): void {
     const next: LiveSession[] = [];
-    for (const r of this.#sessions.values()) if (r.session.linkState === 'connected') next.push(r.session);
+    for (const r of this.#sessions.values()) if (r.session.connection === 'connected') next.push(r.session);
     const was = this.#receivers.length > 0;
     this.#receivers = next;
     if (was !== next.length > 0) {
-      if (next.length > 0 && this.#adaptive()) {
-        // The live encoder idled while nobody watched: a new view starts at the starting rate.
-        this.#rate.reset(this.#o.config.bitrate.startKbps);
-        this.#o.capture.setLiveBitrate(this.#o.config.bitrate.startKbps);
-      }
+      if (next.length > 0) this.#bitrate.firstViewer();
       this.#o.capture.setLive(next.length > 0);
       if (!this.#o.config.covert) this.#o.wearer.streaming(next.length > 0);
     }
@@ -451,121 +419,37 @@ export class StreamManager {
       sid: r.session.sid,
       operator: r.session.command.operator,
       reason: r.session.command.reason,
-      state: r.connectedAt === undefined ? 'connecting' : r.interrupted || r.session.linkState !== 'connected' ? 'interrupted' : 'connected',
+      state: r.connectedAt === undefined ? 'connecting' : r.interrupted || r.session.connection !== 'connected' ? 'interrupted' : 'connected',
       startedAt: new Date(r.startedAt).toISOString(),
       endsBy: new Date(r.endsBy).toISOString(),
       covert: this.#o.config.covert,
       rttMs: r.session.rttMs ?? null,
       iceRestarts: r.session.iceRestarts,
     }));
-    const bitrateKbps = this.#receivers.length > 0 && this.#adaptive() ? this.#rate.appliedKbps : null;
+    const bitrateKbps = this.#bitrate.shownKbps(this.#receivers.length > 0);
     this.#o.state.update({ streaming: { sessions: list.length, bitrateKbps, list } });
   }
 
-  #adaptive(): boolean {
-    return this.#o.config.bitrate.adapt && this.#o.capture.liveBitrateAdjustable();
+  /** The viewers connected now, for the bitrate loop. */
+  #connectedViewers(): { sid: string; sample: (now: number) => LinkSample; bitrate: LinkBitrate }[] {
+    const out: { sid: string; sample: (now: number) => LinkSample; bitrate: LinkBitrate }[] = [];
+    for (const [sid, r] of this.#sessions) if (r.session.connection === 'connected') out.push({ sid, sample: (now) => r.session.sample(now), bitrate: r.bitrate });
+    return out;
   }
 
-  /** The live encoder follows the worst connected viewer's link. */
-  #adapt(now: number): void {
-    this.#lastAdaptAt = now;
-    if (this.#receivers.length === 0 || !this.#adaptive()) return;
-    let lowest = Infinity;
-    const links: { sid: string; sendKbps: number; loss: number | undefined; deliveredKbps: number | undefined; targetKbps: number }[] = [];
-    for (const [sid, r] of this.#sessions) {
-      if (r.session.linkState !== 'connected') continue;
-      const sample = r.session.sample(now);
-      const target = r.link.update(sample, now);
-      lowest = Math.min(lowest, target);
-      links.push({ sid, sendKbps: Math.round(sample.sendKbps), loss: sample.lossFraction, deliveredKbps: sample.deliveredKbps && Math.round(sample.deliveredKbps), targetKbps: Math.round(target) });
-    }
-    if (lowest === Infinity) return;
-    const next = this.#rate.next(lowest, now);
-    if (next === undefined) return;
-    this.#o.capture.setLiveBitrate(next);
-    this.#log.info({ kbps: next, links }, 'live bitrate');
-    this.#publish();
-  }
-
-  async #restart(sid: string, r: Running, cause: RestartCause): Promise<void> {
-    const generation = ++r.generation;
-    r.restart = { generation, cause, offeredAt: Date.now() };
-    let offer: string;
-    try {
-      const ice = await this.#resolveIce(this.#o.config.ice);
-      offer = await r.session.restartIce(ice);
-    } catch (err) {
-      this.#log.warn({ sid, generation, cause, err: (err as Error).message }, 'ICE restart not offered');
-      return;
-    }
-    if (this.#sessions.get(sid) !== r || r.restart?.generation !== generation) return;
-    try {
-      this.#o.audit.append({ type: 'stream.ice_restart', operator: null, action: null, reason: cause, tokenDigest: null, detail: { sid, generation, cause } });
-    } catch (err) {
-      this.#log.error({ sid, err: (err as Error).message }, 'ICE restart could not be audited');
-    }
-    this.#log.info({ sid, generation, cause }, 'ICE restart offered to the viewer');
-    this.#o.publishRestartOffer?.(sid, generation, offer, cause);
-  }
-
-  /** A verified restart answer (IceSignalling): applied only to its session's current restart, from its viewer. */
+  /** A verified restart answer (IceSignalling): applied only to its session's current restart, from its viewer (ice-restart.ts). */
   async acceptRestartAnswer(a: IceAnswer): Promise<IceAnswerOutcome> {
     const r = this.#sessions.get(a.sid);
-    const refuse = (code: string, message: string): IceAnswerOutcome => {
-      this.restartAnswerRefused({ sid: a.sid, code, message, tokenDigest: a.tokenDigest });
-      return { ok: false, code, message };
-    };
-    if (!r) return refuse('unknown_session', `no live session ${JSON.stringify(a.sid)}`);
-    if (r.restart?.generation !== a.generation) {
-      return refuse('stale_generation', `answer is for restart ${a.generation}; the session's open restart is ${r.restart?.generation ?? 'none'}`);
+    if (!r) {
+      const refusal = { ok: false as const, code: 'unknown_session', message: `no live session ${JSON.stringify(a.sid)}` };
+      this.restartAnswerRefused({ sid: a.sid, code: refusal.code, message: refusal.message, tokenDigest: a.tokenDigest });
+      return refusal;
     }
-    // Only the viewer the stream.start named (its DTLS certificate, and no other beside it) may move the media.
-    let fingerprint: string;
-    try {
-      fingerprint = viewerFingerprint(a.answer, 'the answer');
-    } catch (err) {
-      return refuse('wrong_viewer', (err as Error).message);
-    }
-    if (fingerprint !== r.session.offer.fingerprint) return refuse('wrong_viewer', "the answer's DTLS fingerprint is not the viewer's");
-    const { cause } = r.restart;
-    r.restart = undefined;
-    // A signed answer is the viewer speaking: it is there, whatever the media path is doing.
-    r.session.lastHeardAt = Date.now();
-    try {
-      await r.session.acceptRestartAnswer(a.answer);
-    } catch (err) {
-      return refuse('bad_answer', `the answer could not be applied: ${(err as Error).message}`);
-    }
-    try {
-      this.#o.audit.append({
-        type: 'stream.ice_restarted',
-        operator: a.operator,
-        action: null,
-        reason: cause,
-        tokenDigest: a.tokenDigest,
-        detail: { sid: a.sid, generation: a.generation, cause, issuer: a.issuer, jti: a.jti },
-      });
-    } catch (err) {
-      this.#log.error({ sid: a.sid, err: (err as Error).message }, 'ICE restart answer could not be audited');
-    }
-    this.#log.info({ sid: a.sid, generation: a.generation, cause, operator: a.operator }, 'ICE restart answered; reconnecting');
-    this.#o.sendEvent({ type: 'stream.ice_restarted', time: new Date().toISOString(), sid: a.sid, generation: a.generation, cause });
-    return { ok: true };
+    return r.iceRestart.accept(a);
   }
 
   /** A restart answer refused (here or by IceSignalling): audited, as every decision about authority is. */
   restartAnswerRefused(refusal: { sid: string; code: IceAnswerRefusal | string; message: string; tokenDigest: string | undefined }): void {
-    try {
-      this.#o.audit.append({
-        type: 'stream.ice_refused',
-        operator: null,
-        action: null,
-        reason: refusal.code,
-        tokenDigest: refusal.tokenDigest ?? null,
-        detail: { sid: refusal.sid, code: refusal.code, message: refusal.message },
-      });
-    } catch (err) {
-      this.#log.error({ sid: refusal.sid, err: (err as Error).message }, 'refused ICE answer could not be audited');
-    }
+    auditRefusedAnswer(this.#o.audit, this.#log, refusal);
   }
 }

@@ -5,6 +5,7 @@ import type { FleetLink } from '../link/fleet-link.ts';
 import type { DeviceState } from '../state/device-state.ts';
 import { HealthProbe } from './health.ts';
 import type { Extension } from '../agent/extension.ts';
+import { errorMessage } from '../errors.ts';
 
 export interface HealthExtensionOptions {
   intervalS: number;
@@ -45,7 +46,7 @@ export class HealthExtension implements Extension {
     try {
       health = await this.#probe.sample();
     } catch (err) {
-      this.#logger.error({ err: (err as Error).message }, 'health sampling failed');
+      this.#logger.error({ err: errorMessage(err) }, 'health sampling failed');
       return;
     }
     const low = health.storage.freePercent < this.#options.storageLowPercent;

@@ -1,5 +1,6 @@
 import type { Frame } from './frames.ts';
 import { decodeFrame, encodeFrame, FrameSplitter, MSG, MSG_NAMES, PROTOCOL_VERSION } from './frames.ts';
+import { errorMessage } from '../../../src/errors.ts';
 
 export interface LinkCounters {
   framesIn: number;
@@ -106,7 +107,7 @@ export class FrameLink {
           this.send(type, seq, payload);
         } catch (err) {
           this.pending.delete(seq);
-          reject(new LinkClosedError(`write failed: ${(err as Error).message}`));
+          reject(new LinkClosedError(`write failed: ${errorMessage(err)}`));
           return;
         }
         const timer = setTimeout(() => {

@@ -26,6 +26,7 @@ import {
 } from './frames.ts';
 import type { LinkCounters } from './link.ts';
 import { FrameLink, LinkClosedError, LinkTimeoutError } from './link.ts';
+import { errorMessage } from '../../../src/errors.ts';
 
 export interface SerialBackendOptions {
   /** Serial device, e.g. /dev/ttyAMA0 or a stable udev/pty symlink; reopened by path after an unplug. */
@@ -143,11 +144,11 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
     try {
       await this.link.request(type, payload);
     } catch (err) {
-      const message = `${what} failed: ${(err as Error).message}`;
+      const message = `${what} failed: ${errorMessage(err)}`;
       this.lastError = message;
       if (err instanceof LinkTimeoutError) {
         // Silence after all retries means the MCU is gone or wedged: say so, then keep trying to re-handshake.
-        this.markDown(`mcu not answering: ${(err as Error).message}`);
+        this.markDown(`mcu not answering: ${errorMessage(err)}`);
         this.scheduleHandshake();
       }
       throw new Error(message, { cause: err });
@@ -239,8 +240,8 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
       this.onHello(reply, false);
     } catch (err) {
       if (err instanceof LinkClosedError) return;
-      this.lastError = `handshake failed: ${(err as Error).message}`;
-      this.log.warn({ err: (err as Error).message }, 'firmware handshake failed; retrying');
+      this.lastError = `handshake failed: ${errorMessage(err)}`;
+      this.log.warn({ err: errorMessage(err) }, 'firmware handshake failed; retrying');
       this.scheduleHandshake();
     } finally {
       this.handshaking = false;
@@ -280,7 +281,7 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
   private restoreLeds(): void {
     if (this.leds === null) return;
     this.link.request(MSG.LEDS, encodeLeds(this.leds)).catch((err: unknown) => {
-      this.lastError = `restoring LEDs failed: ${(err as Error).message}`;
+      this.lastError = `restoring LEDs failed: ${errorMessage(err)}`;
     });
   }
 
@@ -323,7 +324,7 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
     try {
       this.link.send(type, seq, payload);
     } catch (err) {
-      this.log.debug({ err: (err as Error).message }, 'reply not sent');
+      this.log.debug({ err: errorMessage(err) }, 'reply not sent');
     }
   }
 

@@ -1,0 +1,189 @@
+// The stand-ins the live view's unit tests drive StreamManager with (stream-manager.test.ts,
+// ice-restart.test.ts, bitrate.test.ts): sessions without sockets, real authorised commands from
+// the real verifier, and a rig that records what the manager audits, sends and sets.
+import { EventEmitter } from 'node:events';
+import { mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import pino from 'pino';
+import type { AuthorisedCommand } from '../../src/command/authorised-command.ts';
+import { ReplayCache } from '../../src/command/replay-cache.ts';
+import { TrustStore } from '../../src/command/trust-store.ts';
+import { CommandVerifier } from '../../src/command/verifier.ts';
+import type { StreamConfig } from '../../src/stream/config.ts';
+import { streamConfigSchema } from '../../src/stream/config.ts';
+import type { LinkSample } from '../../src/stream/bitrate.ts';
+import type { ResolvedIce } from '../../src/stream/ice.ts';
+import type { ViewerConnectionState } from '../../src/stream/session.ts';
+import { StreamManager, type LiveSession, type OpenSession } from '../../src/stream/stream-manager.ts';
+import type { DeviceStateDoc } from '../../src/state/device-state.ts';
+import { openDatabase } from '../../src/store/database.ts';
+import { makeCommand, makeIssuer, testPolicy, trustStoreJwks } from './command-tokens.ts';
+
+export const logger = pino({ level: 'silent' });
+export const deviceId = 'cam-unit';
+
+export async function authorised(action: 'stream.start' | 'stream.stop', overrides: Record<string, unknown> = {}): Promise<AuthorisedCommand> {
+  const issuer = await makeIssuer();
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bwc-stream-unit-'));
+  const db = openDatabase({ stateDir: dir });
+  const verifier = new CommandVerifier({
+    deviceId,
+    trustStore: TrustStore.fromJwks(trustStoreJwks([issuer]), [], 'test'),
+    policy: { ...testPolicy, maxConcurrentStreams: 8 },
+    replayCache: new ReplayCache(db),
+    clock: { nowMs: () => Date.now(), synchronised: () => true },
+    activeStreams: () => 0,
+    logger,
+  });
+  const verdict = await verifier.verify(makeCommand({ issuer, deviceId, action, overrides }).payload);
+  db.close();
+  if (!verdict.ok) throw new Error(`test command refused: ${verdict.code} ${verdict.message}`);
+  return verdict.command;
+}
+
+export class FakeSession extends EventEmitter implements LiveSession {
+  readonly sid: string;
+  readonly command: AuthorisedCommand;
+  readonly offer = { fingerprint: 'sha-256 AA:BB' };
+  readonly audio = false;
+  /** While true and connected, the viewer is heard now (RTCP arriving). */
+  alive = true;
+  #heard = 0;
+  connection: ViewerConnectionState = 'connecting';
+  readonly counters = { videoPackets: 0, audioPackets: 0, videoBytes: 0 };
+  readonly video: Buffer[] = [];
+  /** What sample() reports next (the link as the test scripts it). */
+  nextSample: LinkSample = { sendKbps: 0, lossFraction: undefined, deliveredKbps: undefined, intervalMs: 1000 };
+  rttMs: number | undefined = 42;
+  iceRestarts = 0;
+  readonly restartOffers: ResolvedIce[] = [];
+  readonly restartAnswers: string[] = [];
+  get lastHeardAt(): number {
+    return this.alive && this.connection === 'connected' ? Date.now() : this.#heard;
+  }
+  set lastHeardAt(at: number) {
+    this.#heard = at;
+  }
+  closed = false;
+  constructor(sid: string, command: AuthorisedCommand) {
+    super();
+    this.sid = sid;
+    this.command = command;
+  }
+  setConnection(state: ViewerConnectionState): void {
+    this.connection = state;
+    if (state === 'connected') this.lastHeardAt = Date.now();
+    this.emit('connection', state);
+  }
+  sendVideo(packet: Buffer): void {
+    this.counters.videoPackets++;
+    this.video.push(packet);
+  }
+  sendAudio(): void {
+    this.counters.audioPackets++;
+  }
+  readonly sourceChanges: string[] = [];
+  sourceChanged(kind: 'video' | 'audio'): void {
+    this.sourceChanges.push(kind);
+  }
+  sample(): LinkSample {
+    return this.nextSample;
+  }
+  async restartIce(ice: ResolvedIce): Promise<string> {
+    this.restartOffers.push(ice);
+    this.connection = 'failed';
+    return `v=0\r\no=restart ${this.restartOffers.length}\r\n`;
+  }
+  async acceptRestartAnswer(sdp: string): Promise<void> {
+    this.restartAnswers.push(sdp);
+    this.iceRestarts++;
+  }
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}
+
+export interface Rig {
+  manager: StreamManager;
+  sessions: FakeSession[];
+  audit: { type: string; detail?: Record<string, unknown>; operator?: string | null }[];
+  events: Record<string, unknown>[];
+  live: boolean[];
+  keyframes: number;
+  wearer: string[];
+  bitrates: number[];
+  restartOffers: { sid: string; generation: number; offer: string; cause: string }[];
+  state: () => DeviceStateDoc['streaming'];
+}
+
+export function rig(config: Partial<StreamConfig> = {}, options: { failAudit?: boolean; open?: OpenSession; maxSessions?: number } = {}): Rig {
+  const sessions: FakeSession[] = [];
+  const r: Rig = {
+    sessions,
+    audit: [],
+    events: [],
+    live: [],
+    keyframes: 0,
+    wearer: [],
+    bitrates: [],
+    restartOffers: [],
+    state: () => streaming,
+    manager: undefined as unknown as StreamManager,
+  };
+  let streaming: DeviceStateDoc['streaming'] = { sessions: 0, bitrateKbps: null, list: [] };
+  r.manager = new StreamManager({
+    config: { ...streamConfigSchema.parse({}), viewerLostGrace: 1, connectTimeout: 2, captureLossGrace: 1, ...config },
+    audio: false,
+    maxSessions: options.maxSessions ?? 2,
+    capture: {
+      setLive: (open) => r.live.push(open),
+      requestKeyframe: () => r.keyframes++,
+      setLiveBitrate: (kbps) => r.bitrates.push(kbps),
+      liveBitrateAdjustable: () => true,
+    },
+    publishRestartOffer: (sid, generation, offer, cause) => r.restartOffers.push({ sid, generation, offer, cause }),
+    audit: {
+      append: (record) => {
+        if (options.failAudit && record.type === 'stream.start') throw new Error('SQLITE_FULL: database or disk is full');
+        r.audit.push(record);
+        return undefined as never;
+      },
+    },
+    sendEvent: (body) => r.events.push(body),
+    state: { update: (change) => (streaming = change.streaming ?? streaming) },
+    wearer: { streamStarted: () => r.wearer.push('start'), streamStopped: () => r.wearer.push('stop'), streaming: (a) => r.wearer.push(a ? 'led-on' : 'led-off') },
+    logger,
+    resolveIce: async () => ({ servers: [], transportPolicy: 'all', hostAddresses: ['127.0.0.1'], portRange: undefined }),
+    openSession:
+      options.open ??
+      (async (o) => {
+        const s = new FakeSession(o.sid, o.command);
+        sessions.push(s);
+        return { session: s, answer: 'v=0\r\n' };
+      }),
+    checkIntervalMs: 50,
+  });
+  r.manager.start();
+  return r;
+}
+
+/** An RTP header's worth of bytes with this SSRC. */
+export function rtp(ssrc: number): Buffer {
+  const b = Buffer.alloc(24);
+  b[0] = 0x80;
+  b.writeUInt32BE(ssrc, 8);
+  return b;
+}
+
+export const until = async (what: string, predicate: () => boolean, timeoutMs = 10_000) => {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`not reached within ${timeoutMs} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+
+/** A viewer's SDP answer naming the DTLS certificate `fingerprint` (sha-256). */
+export const answerSdp = (fingerprint: string) =>
+  ['v=0', 'o=- 1 2 IN IP4 127.0.0.1', 's=-', 't=0 0', `a=fingerprint:sha-256 ${fingerprint}`, 'm=video 9 UDP/TLS/RTP/SAVPF 96', 'c=IN IP4 0.0.0.0', 'a=mid:0', 'a=recvonly', 'a=rtpmap:96 H264/90000', ''].join('\r\n');
