@@ -27,7 +27,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 say() { printf 'test-arm64: %s\n' "$*" >&2; }
 
-emulated=(audit audit-tamper clock command-fuzz command-handler command-verifier device-key evidence-verify firmware-sim gpsd outbox recording stream-manager)
+# bitrate and ice-restart hold tests that were in stream-manager until the manager was split.
+emulated=(audit audit-tamper bitrate clock command-fuzz command-handler command-verifier device-key evidence-verify firmware-sim gpsd ice-restart outbox recording stream-manager)
 
 scripts/setup.sh emulation || exit 1
 host_node="$here/.runtime/node/bin/node"
