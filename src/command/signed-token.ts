@@ -36,7 +36,7 @@ import { compactVerify, errors as joseErrors } from 'jose';
 import type { Logger } from 'pino';
 import type { ReplayCache } from './replay-cache.ts';
 import type { TrustedKey, TrustStore } from './trust-store.ts';
-import type { CommandAction, RejectionCode } from './types.ts';
+import type { CommandAction, RejectionCode, TokenClaims } from './types.ts';
 import type { CommandClock } from './clock.ts';
 
 /** The time and clock policy every signed token is held to (the `commands.*` settings). */
@@ -58,16 +58,6 @@ export interface SignedTokenVerifierOptions {
   logger: Logger;
 }
 
-/** The claims every signed token has, known to be well typed. */
-export interface TokenClaims {
-  iss: string;
-  sub: string;
-  aud: string;
-  iat: number;
-  exp: number;
-  nbf?: number;
-  jti: string;
-}
 
 /**
  * What the audit may say about a token. Claims (issuer, operator, jti) appear only when `verified`

@@ -71,8 +71,8 @@ export interface CommandPolicy {
   maxPayloadBytes: number;
 }
 
-/** The claims of a command token that are known to be well-typed (some may be absent). */
-export interface CommandClaims {
+/** The claims every signed token has (commands and ICE answers), known to be well typed. */
+export interface TokenClaims {
   iss: string;
   sub: string;
   aud: string;
@@ -80,6 +80,10 @@ export interface CommandClaims {
   exp: number;
   nbf?: number;
   jti: string;
+}
+
+/** The claims of a command token that are known to be well-typed (some may be absent). */
+export interface CommandClaims extends TokenClaims {
   act: CommandAction;
   reason?: string;
   max_s?: number;

@@ -15,12 +15,9 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import mqtt from 'mqtt';
 import t from 'tap';
-import { spawnAgent, tempStateDir } from '../helpers/agent-process.ts';
-import { writeAgentConfig } from '../helpers/agent-config.ts';
-import { makeCommand, makeIssuer, writeTrustStore } from '../helpers/command-tokens.ts';
+import { makeCommand, makeIssuer } from '../helpers/command-tokens.ts';
 import { FleetClient } from '../helpers/fleet-client.ts';
-import { startBroker } from '../helpers/mosquitto.ts';
-import { MqttRecorder } from '../helpers/mqtt-recorder.ts';
+import { startAgentOnBroker } from '../helpers/agent-on-broker.ts';
 
 const deviceId = 'cam-flood';
 const junkCommands = 3000;
@@ -43,22 +40,13 @@ interface Entry {
 
 t.test('a flood of junk commands and long-topic ICE answers', async (t) => {
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
-  const stateDir = await tempStateDir();
-  const trustStore = writeTrustStore(stateDir, [issuer]);
-  const broker = await startBroker();
-  const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/#`);
-  const config = await writeAgentConfig(stateDir, { commands: { trustStore, unsynchronisedClock: 'accept' } });
-  const agent = spawnAgent(['run', '--config', config], { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: broker.url, BWC_STATE_DIR: stateDir, BWC_GPSD: '127.0.0.1:9', BWC_LOG_LEVEL: 'info' });
+  const { broker, recorder, agent, stateDir } = await startAgentOnBroker(t, { deviceId, issuers: [issuer] });
   const attacker = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
   const fleet = await FleetClient.connect(broker.url);
   t.teardown(async () => {
-    await agent.stop('SIGKILL');
     await attacker.endAsync(true);
     await fleet.close();
-    await recorder.close();
-    await broker.dispose();
   });
-  await recorder.waitFor(() => recorder.on('state').some((m) => m.json?.online === true), 30_000, 'the agent online');
   await agent.waitForOutput(/bwc-agent running/, 30_000);
   const before = await databaseBytes(stateDir);
 
@@ -127,22 +115,14 @@ t.test('a flood while free space is inside the evidence reserve', { skip: proces
   const stateDir = path.join(mountPoint, 'state');
   await mkdir(stateDir);
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
-  const trustStore = writeTrustStore(mountPoint, [issuer]);
-  const broker = await startBroker();
-  const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/#`);
   // A short pre-event buffer, so the capture's own segments stay small beside the reserve.
-  const config = await writeAgentConfig(stateDir, { commands: { trustStore, unsynchronisedClock: 'accept' }, recording: { preEvent: 2 } });
-  const agent = spawnAgent(['run', '--config', config], { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: broker.url, BWC_STATE_DIR: stateDir, BWC_GPSD: '127.0.0.1:9', BWC_LOG_LEVEL: 'info' });
+  const { broker, recorder, agent } = await startAgentOnBroker(t, { deviceId, issuers: [issuer], stateDir, config: { recording: { preEvent: 2 } } });
   const attacker = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
   const fleet = await FleetClient.connect(broker.url);
   t.teardown(async () => {
-    await agent.stop('SIGKILL');
     await attacker.endAsync(true);
     await fleet.close();
-    await recorder.close();
-    await broker.dispose();
   });
-  await recorder.waitFor(() => recorder.on('state').some((m) => m.json?.online === true), 30_000, 'the agent online');
 
   // Fill until 1.5 MiB is free: inside the 5 % reserve (3.2 MiB of 64 MiB).
   const fs = await statfs(mountPoint);

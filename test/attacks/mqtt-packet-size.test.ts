@@ -9,22 +9,14 @@
 import { randomBytes } from 'node:crypto';
 import mqtt from 'mqtt';
 import t from 'tap';
-import { spawnAgent, tempStateDir } from '../helpers/agent-process.ts';
-import { writeAgentConfig } from '../helpers/agent-config.ts';
-import { makeCommand, makeIssuer, writeTrustStore } from '../helpers/command-tokens.ts';
-import { startBroker } from '../helpers/mosquitto.ts';
-import { MqttRecorder } from '../helpers/mqtt-recorder.ts';
+import { makeCommand, makeIssuer } from '../helpers/command-tokens.ts';
+import { startAgentOnBroker } from '../helpers/agent-on-broker.ts';
 
 const deviceId = 'cam-big';
 
 t.test('a payload above the Maximum Packet Size', async (t) => {
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
-  const stateDir = await tempStateDir();
-  const trustStore = writeTrustStore(stateDir, [issuer]);
-  const broker = await startBroker();
-  const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/#`);
-  const config = await writeAgentConfig(stateDir, { commands: { trustStore, unsynchronisedClock: 'accept' } });
-  const agent = spawnAgent(['run', '--config', config], { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: broker.url, BWC_STATE_DIR: stateDir, BWC_GPSD: '127.0.0.1:9', BWC_LOG_LEVEL: 'info' });
+  const { broker, recorder, agent } = await startAgentOnBroker(t, { deviceId, issuers: [issuer] });
   const attacker = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
   const replies: { topic: string; body: string; correlation: string | undefined }[] = [];
   let onReply = () => {};
@@ -33,13 +25,7 @@ t.test('a payload above the Maximum Packet Size', async (t) => {
     onReply();
   });
   await attacker.subscribeAsync('attacker/replies', { qos: 1 });
-  t.teardown(async () => {
-    await agent.stop('SIGKILL');
-    await attacker.endAsync(true);
-    await recorder.close();
-    await broker.dispose();
-  });
-  await recorder.waitFor(() => recorder.on('state').some((m) => m.json?.online === true), 30_000, 'the agent online');
+  t.teardown(() => attacker.endAsync(true));
   await agent.waitForOutput(/bwc-agent running/, 30_000);
   const connections = () => agent.output.split('\n').filter((l) => l.includes('connected to the broker') && !l.includes('disconnected')).length;
   const connectedBefore = connections();

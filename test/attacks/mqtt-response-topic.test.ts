@@ -7,33 +7,25 @@
 import { randomBytes } from 'node:crypto';
 import mqtt from 'mqtt';
 import t from 'tap';
-import { spawnAgent, tempStateDir } from '../helpers/agent-process.ts';
-import { writeAgentConfig } from '../helpers/agent-config.ts';
-import { makeCommand, makeIssuer, writeTrustStore } from '../helpers/command-tokens.ts';
+import { makeCommand, makeIssuer } from '../helpers/command-tokens.ts';
 import { FleetClient } from '../helpers/fleet-client.ts';
-import { startBroker } from '../helpers/mosquitto.ts';
 import { MqttRecorder } from '../helpers/mqtt-recorder.ts';
+import { startAgentOnBroker } from '../helpers/agent-on-broker.ts';
 
 const deviceId = 'cam-reply';
 
 t.test('a Response Topic on the camera\'s own topics', async (t) => {
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
-  const stateDir = await tempStateDir();
-  const trustStore = writeTrustStore(stateDir, [issuer]);
-  const broker = await startBroker();
+  const { broker } = await startAgentOnBroker(t, { deviceId, issuers: [issuer] });
+  // Beside the rig's own recorder (the device's topics): this one also sees another device's.
   const recorder = await MqttRecorder.connect(broker.url, 'bwc/v1/#');
-  const config = await writeAgentConfig(stateDir, { commands: { trustStore, unsynchronisedClock: 'accept' } });
-  const agent = spawnAgent(['run', '--config', config], { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: broker.url, BWC_STATE_DIR: stateDir, BWC_GPSD: '127.0.0.1:9', BWC_LOG_LEVEL: 'info' });
   const attacker = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
   const fleet = await FleetClient.connect(broker.url);
   t.teardown(async () => {
-    await agent.stop('SIGKILL');
     await attacker.endAsync(true);
     await fleet.close();
     await recorder.close();
-    await broker.dispose();
   });
-  await recorder.waitFor(() => recorder.on('state').some((m) => m.json?.online === true), 30_000, 'the agent online');
 
   const cmd = `bwc/v1/${deviceId}/cmd`;
   const hostile = [`bwc/v1/${deviceId}/audit`, `bwc/v1/${deviceId}/state`, 'bwc/v1/cam-other/event'];

@@ -1,0 +1,56 @@
+// The rig most agent-level tests start from: a real mosquitto, a recorder subscribed to the
+// device's topics, and the real agent process (its embedded defaults plus the given config) with
+// the given issuers trusted, online (the retained state says so, which the agent publishes only
+// once it listens on its request topics). Torn down with the test, the agent killed first.
+import type { Test } from 'tap';
+import { spawnAgent, tempStateDir, type AgentProcess } from './agent-process.ts';
+import { writeAgentConfig } from './agent-config.ts';
+import { writeTrustStore, type Issuer } from './command-tokens.ts';
+import { startBroker, type Broker } from './mosquitto.ts';
+import { MqttRecorder } from './mqtt-recorder.ts';
+
+export interface AgentOnBroker {
+  broker: Broker;
+  recorder: MqttRecorder;
+  agent: AgentProcess;
+  stateDir: string;
+}
+
+export interface AgentOnBrokerOptions {
+  deviceId: string;
+  /** Trusted for commands (their trust store is written into the state folder). */
+  issuers?: readonly Issuer[];
+  /** Config on top of the trust store and `commands.unsynchronisedClock: accept`. */
+  config?: Record<string, unknown>;
+  /** Extra mosquitto config lines (e.g. `log_type subscribe`). */
+  brokerLines?: string[];
+  /** The state folder to use (default: a fresh temporary one). */
+  stateDir?: string;
+  logLevel?: string;
+}
+
+export async function startAgentOnBroker(t: Test, o: AgentOnBrokerOptions): Promise<AgentOnBroker> {
+  const stateDir = o.stateDir ?? (await tempStateDir());
+  const broker = await startBroker(o.brokerLines ? { listenerLines: o.brokerLines } : undefined);
+  const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${o.deviceId}/#`);
+  const { commands, ...rest } = o.config ?? {};
+  const trustStore = o.issuers ? writeTrustStore(stateDir, o.issuers) : undefined;
+  const config = await writeAgentConfig(stateDir, {
+    ...rest,
+    commands: { ...(trustStore ? { trustStore } : {}), unsynchronisedClock: 'accept', ...(commands as object | undefined) },
+  });
+  const agent = spawnAgent(['run', '--config', config], {
+    BWC_DEVICE_ID: o.deviceId,
+    BWC_MQTT_URL: broker.url,
+    BWC_STATE_DIR: stateDir,
+    BWC_GPSD: '127.0.0.1:9',
+    BWC_LOG_LEVEL: o.logLevel ?? 'info',
+  });
+  t.teardown(async () => {
+    await agent.stop('SIGKILL');
+    await recorder.close();
+    await broker.dispose();
+  });
+  await recorder.waitFor(() => recorder.on('state').some((m) => m.json?.online === true), 30_000, 'the agent online');
+  return { broker, recorder, agent, stateDir };
+}
