@@ -40,7 +40,7 @@ interface Entry {
 
 t.test('a flood of junk commands and long-topic ICE answers', async (t) => {
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
-  const { broker, recorder, agent, stateDir } = await startAgentOnBroker(t, { deviceId, issuers: [issuer] });
+  const { broker, recorder, agent, stateDir } = await startAgentOnBroker(t, { deviceId, issuers: [issuer], logLevel: 'info' });
   const attacker = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
   const fleet = await FleetClient.connect(broker.url);
   t.teardown(async () => {
@@ -116,7 +116,7 @@ t.test('a flood while free space is inside the evidence reserve', { skip: proces
   await mkdir(stateDir);
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
   // A short pre-event buffer, so the capture's own segments stay small beside the reserve.
-  const { broker, recorder, agent } = await startAgentOnBroker(t, { deviceId, issuers: [issuer], stateDir, config: { recording: { preEvent: 2 } } });
+  const { broker, recorder, agent } = await startAgentOnBroker(t, { deviceId, issuers: [issuer], logLevel: 'info', stateDir, config: { recording: { preEvent: 2 } } });
   const attacker = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
   const fleet = await FleetClient.connect(broker.url);
   t.teardown(async () => {

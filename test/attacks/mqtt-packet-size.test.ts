@@ -16,7 +16,7 @@ const deviceId = 'cam-big';
 
 t.test('a payload above the Maximum Packet Size', async (t) => {
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
-  const { broker, recorder, agent } = await startAgentOnBroker(t, { deviceId, issuers: [issuer] });
+  const { broker, recorder, agent } = await startAgentOnBroker(t, { deviceId, issuers: [issuer], logLevel: 'info' });
   const attacker = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });
   const replies: { topic: string; body: string; correlation: string | undefined }[] = [];
   let onReply = () => {};

@@ -16,7 +16,7 @@ const deviceId = 'cam-reply';
 
 t.test('a Response Topic on the camera\'s own topics', async (t) => {
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
-  const { broker } = await startAgentOnBroker(t, { deviceId, issuers: [issuer] });
+  const { broker } = await startAgentOnBroker(t, { deviceId, issuers: [issuer], logLevel: 'info' });
   // Beside the rig's own recorder (the device's topics): this one also sees another device's.
   const recorder = await MqttRecorder.connect(broker.url, 'bwc/v1/#');
   const attacker = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clean: true });

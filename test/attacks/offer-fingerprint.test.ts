@@ -6,12 +6,9 @@
 // backend) could do this. The camera must refuse any offer that does not name exactly one
 // sha-256 certificate, before any socket is opened, with a message naming what is wrong.
 import t from 'tap';
-import { spawnAgent, tempStateDir, type AgentProcess } from '../helpers/agent-process.ts';
-import { writeAgentConfig } from '../helpers/agent-config.ts';
-import { makeCommand, makeIssuer, sdpOffer, writeTrustStore } from '../helpers/command-tokens.ts';
+import { makeCommand, makeIssuer, sdpOffer } from '../helpers/command-tokens.ts';
 import { FleetClient } from '../helpers/fleet-client.ts';
-import { startBroker } from '../helpers/mosquitto.ts';
-import { MqttRecorder } from '../helpers/mqtt-recorder.ts';
+import { startAgentOnBroker } from '../helpers/agent-on-broker.ts';
 
 const deviceId = 'cam-fingerprint-attack';
 const viewerFp = '7B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:DC:B8:5F:64:1A:24:C2:43:F0:A1:58:D0:A1:2C:19:08';
@@ -20,31 +17,14 @@ const sha512 = Array.from({ length: 64 }, (_, i) => (i % 256).toString(16).padSt
 
 t.test('offers naming more than one DTLS certificate, or not by sha-256, are refused', async (t) => {
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
-  const stateDir = await tempStateDir();
-  const broker = await startBroker();
-  const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/#`);
-  const config = await writeAgentConfig(stateDir, {
-    commands: { trustStore: writeTrustStore(stateDir, [issuer]), unsynchronisedClock: 'accept', maxConcurrentStreams: 2 },
-    stream: { ice: { interfaces: ['lo'] } },
-  });
-  const agent: AgentProcess = spawnAgent(['run', '--config', config], {
-    BWC_DEVICE_ID: deviceId,
-    BWC_MQTT_URL: broker.url,
-    BWC_STATE_DIR: stateDir,
-    BWC_GPSD: '127.0.0.1:9',
+  const { broker, recorder, agent } = await startAgentOnBroker(t, {
+    deviceId,
+    issuers: [issuer],
+    capturing: true,
+    config: { commands: { maxConcurrentStreams: 2 }, stream: { ice: { interfaces: ['lo'] } } },
   });
   const fleet = await FleetClient.connect(broker.url);
-  t.teardown(async () => {
-    await agent.stop('SIGKILL');
-    await fleet.close();
-    await recorder.close();
-    await broker.dispose();
-  });
-  await recorder.waitFor(
-    () => recorder.on('state').some((m) => m.json?.online === true && (m.json?.capture as { status?: string } | null)?.status === 'running'),
-    60_000,
-    'online and capturing',
-  );
+  t.teardown(() => fleet.close());
   const start = (offer: string) => fleet.request(deviceId, makeCommand({ issuer, deviceId, action: 'stream.start', offer, overrides: { sub: 'insp-0042', reason: 'public-safety' } }).payload);
   const { offer } = sdpOffer('fingerprint-attack');
   const viewerLine = `a=fingerprint:sha-256 ${viewerFp}`;

@@ -11,13 +11,10 @@ import dgram from 'node:dgram';
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { Message } from 'werift';
-import { spawnAgent, tempStateDir, type AgentProcess } from '../helpers/agent-process.ts';
-import { writeAgentConfig } from '../helpers/agent-config.ts';
 import { ChromiumViewers, type Viewer } from '../helpers/chromium-viewer.ts';
-import { makeCommand, makeIssuer, writeTrustStore } from '../helpers/command-tokens.ts';
+import { makeCommand, makeIssuer } from '../helpers/command-tokens.ts';
 import { FleetClient } from '../helpers/fleet-client.ts';
-import { startBroker } from '../helpers/mosquitto.ts';
-import { MqttRecorder } from '../helpers/mqtt-recorder.ts';
+import { startAgentOnBroker } from '../helpers/agent-on-broker.ts';
 
 const deviceId = 'cam-udp-attack';
 
@@ -93,34 +90,22 @@ function icePort(answer: string): number {
 
 t.test('spoofed UDP to the ICE port neither ends nor disturbs a live view', async (t) => {
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
-  const stateDir = await tempStateDir();
-  const broker = await startBroker();
-  const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/#`);
-  const config = await writeAgentConfig(stateDir, {
-    commands: { trustStore: writeTrustStore(stateDir, [issuer]), unsynchronisedClock: 'accept', maxConcurrentStreams: 2 },
-    capture: { width: 320, height: 240, framerate: 15, bitrateKbps: 300 },
-    stream: { ice: { interfaces: ['lo'] }, viewerLostGrace: 10, connectTimeout: 20 },
-  });
-  const agent: AgentProcess = spawnAgent(['run', '--config', config], {
-    BWC_DEVICE_ID: deviceId,
-    BWC_MQTT_URL: broker.url,
-    BWC_STATE_DIR: stateDir,
-    BWC_GPSD: '127.0.0.1:9',
+  const { broker, recorder, agent } = await startAgentOnBroker(t, {
+    deviceId,
+    issuers: [issuer],
+    capturing: true,
+    config: {
+      commands: { maxConcurrentStreams: 2 },
+      capture: { width: 320, height: 240, framerate: 15, bitrateKbps: 300 },
+      stream: { ice: { interfaces: ['lo'] }, viewerLostGrace: 10, connectTimeout: 20 },
+    },
   });
   const viewers = await ChromiumViewers.launch();
   const fleet = await FleetClient.connect(broker.url);
   t.teardown(async () => {
-    await agent.stop('SIGKILL');
     await viewers.close();
     await fleet.close();
-    await recorder.close();
-    await broker.dispose();
   });
-  await recorder.waitFor(
-    () => recorder.on('state').some((m) => m.json?.online === true && (m.json?.capture as { status?: string } | null)?.status === 'running'),
-    60_000,
-    'online and capturing',
-  );
 
   const auditEntries = () => recorder.on('audit').map((m) => m.json?.entry as AuditEntry | undefined).filter((e): e is AuditEntry => e !== undefined);
   const stopEntries = (sid: string) => auditEntries().filter((e) => e.type === 'stream.stop' && e.detail.sid === sid);

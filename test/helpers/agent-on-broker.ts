@@ -26,31 +26,40 @@ export interface AgentOnBrokerOptions {
   brokerLines?: string[];
   /** The state folder to use (default: a fresh temporary one). */
   stateDir?: string;
+  /** BWC_LOG_LEVEL; default: spawnAgent's. */
   logLevel?: string;
+  /** Also wait until the capture runs (a live view needs frames). */
+  capturing?: boolean;
 }
 
 export async function startAgentOnBroker(t: Test, o: AgentOnBrokerOptions): Promise<AgentOnBroker> {
   const stateDir = o.stateDir ?? (await tempStateDir());
   const broker = await startBroker(o.brokerLines ? { listenerLines: o.brokerLines } : undefined);
   const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${o.deviceId}/#`);
-  const { commands, ...rest } = o.config ?? {};
+  const { commands, stream, ...rest } = o.config ?? {};
   const trustStore = o.issuers ? writeTrustStore(stateDir, o.issuers) : undefined;
   const config = await writeAgentConfig(stateDir, {
     ...rest,
     commands: { ...(trustStore ? { trustStore } : {}), unsynchronisedClock: 'accept', ...(commands as object | undefined) },
+    // Loopback only, for ICE and for the network watcher: the netns tests running beside this one
+    // add and move veth interfaces in the root namespace, which an agent watching every interface
+    // takes for a new network and answers by reconnecting (seen: a "did not reconnect" check failed).
+    stream: { ice: { interfaces: ['lo'] }, ...(stream as object | undefined) },
   });
   const agent = spawnAgent(['run', '--config', config], {
     BWC_DEVICE_ID: o.deviceId,
     BWC_MQTT_URL: broker.url,
     BWC_STATE_DIR: stateDir,
     BWC_GPSD: '127.0.0.1:9',
-    BWC_LOG_LEVEL: o.logLevel ?? 'info',
+    ...(o.logLevel === undefined ? {} : { BWC_LOG_LEVEL: o.logLevel }),
   });
   t.teardown(async () => {
     await agent.stop('SIGKILL');
     await recorder.close();
     await broker.dispose();
   });
-  await recorder.waitFor(() => recorder.on('state').some((m) => m.json?.online === true), 30_000, 'the agent online');
+  const ready = (m: { json?: Record<string, unknown> }) =>
+    m.json?.online === true && (!o.capturing || (m.json?.capture as { status?: string } | null)?.status === 'running');
+  await recorder.waitFor(() => recorder.on('state').some(ready), 60_000, o.capturing ? 'the agent online and capturing' : 'the agent online');
   return { broker, recorder, agent, stateDir };
 }
