@@ -6,19 +6,12 @@ import dgram from 'node:dgram';
 import t from 'tap';
 import { DtlsClient, DtlsServer, Message, RTCDtlsTransport, StunProtocol } from 'werift';
 import { guardProtocol, screenDatagram, type Address, type DtlsSocketView, type GuardHooks, type GuardState } from '../src/stream/werift-guard.ts';
+import { dtlsRecord } from './helpers/dtls-record.ts';
 
 const viewerAddr: Address = ['192.0.2.10', 40000];
 const attackerAddr: Address = ['192.0.2.66', 50000];
 
-function record(contentType: number, epoch: number, sequence: number, fragment: Buffer): Buffer {
-  const header = Buffer.alloc(13);
-  header.writeUInt8(contentType, 0);
-  header.writeUInt16BE(0xfefd, 1);
-  header.writeUInt16BE(epoch, 3);
-  header.writeUIntBE(sequence, 5, 6);
-  header.writeUInt16BE(fragment.length, 11);
-  return Buffer.concat([header, fragment]);
-}
+const record = dtlsRecord;
 
 /** A record encrypted under `socket`'s association keys, as its peer would decrypt it. */
 function encrypted(socket: DtlsClient, contentType: number, sequence: number, plain: Buffer): Buffer {

@@ -14,22 +14,13 @@ import { Message } from 'werift';
 import { ChromiumViewers, type Viewer } from '../helpers/chromium-viewer.ts';
 import { makeCommand, makeIssuer } from '../helpers/command-tokens.ts';
 import { FleetClient } from '../helpers/fleet-client.ts';
+import { dtlsRecord } from '../helpers/dtls-record.ts';
 import { startAgentOnBroker } from '../helpers/agent-on-broker.ts';
 
 const deviceId = 'cam-udp-attack';
 
 type AuditEntry = { type: string; operator: string | null; reason: string | null; detail: Record<string, unknown> };
 
-/** A DTLS 1.2 record (RFC 6347 §4.1): type, version fefd, epoch, 48-bit sequence, length, fragment. */
-function dtlsRecord(contentType: number, epoch: number, sequence: number, fragment: Buffer): Buffer {
-  const header = Buffer.alloc(13);
-  header.writeUInt8(contentType, 0);
-  header.writeUInt16BE(0xfefd, 1);
-  header.writeUInt16BE(epoch, 3);
-  header.writeUIntBE(sequence, 5, 6);
-  header.writeUInt16BE(fragment.length, 11);
-  return Buffer.concat([header, fragment]);
-}
 
 /** (a) The 15-byte plaintext close_notify: content type 21 (alert), epoch 0, level 1 (warning), description 0. */
 const closeNotify = () => dtlsRecord(21, 0, 7, Buffer.from([1, 0]));
