@@ -1,13 +1,13 @@
 // Bandwidth adaptation (src/stream/bitrate.ts): one viewer's target, the encoder's hysteresis, and
 // the loop that sets the live encoder from the connected viewers, driven through StreamManager.
 import t from 'tap';
-import { EncoderRateHysteresis, LinkBitrate, type LinkSample } from '../src/stream/bitrate.ts';
+import { EncoderRateHysteresis, PathBitrate, type PathSample } from '../src/stream/bitrate.ts';
 import { authorised, rig, until } from './helpers/stream-rig.ts';
 
 t.test('bandwidth: per-link target, then the encoder at the lowest, with hysteresis', async (t) => {
   const limits = { minKbps: 150, maxKbps: 2000, startKbps: 800 };
-  const link = new LinkBitrate(limits);
-  const s = (sendKbps: number, lossFraction?: number, deliveredKbps?: number): LinkSample => ({ sendKbps, lossFraction, deliveredKbps, intervalMs: 1000 });
+  const link = new PathBitrate(limits);
+  const s = (sendKbps: number, lossFraction?: number, deliveredKbps?: number): PathSample => ({ sendKbps, lossFraction, deliveredKbps, intervalMs: 1000 });
   t.equal(link.update(s(800, 0.5), 0), 360, 'heavy loss: 90 % of what was delivered');
   t.equal(link.update(s(360, 0.03), 1000), 360, 'moderate (random) loss: hold');
   t.equal(link.update(s(360, 0), 2000), 360 * 1.01, 'no loss just under where the link gave way: cautious growth');
@@ -16,10 +16,10 @@ t.test('bandwidth: per-link target, then the encoder at the lowest, with hystere
   t.equal(link.update(s(100, 0), 21_000), after, 'no growth beyond what the encoder uses');
   t.equal(link.update(s(400, 0, 300), 22_000), 270, 'delivered rate falling behind the send rate, nothing lost: a queue is building');
   t.equal(link.update(s(270, 0.03, 150), 23_000), 270, 'under random loss werift\'s delivered estimate is not trusted');
-  const floor = new LinkBitrate(limits);
+  const floor = new PathBitrate(limits);
   for (let i = 0; i < 20; i++) floor.update(s(800, 0.9), i * 1000);
   t.equal(floor.targetKbps, 150, 'never under minKbps');
-  const ceiling = new LinkBitrate(limits);
+  const ceiling = new PathBitrate(limits);
   for (let i = 0; i < 40; i++) ceiling.update(s(ceiling.targetKbps, 0), i * 1000);
   t.equal(ceiling.targetKbps, 2000, 'never over maxKbps');
 

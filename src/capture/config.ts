@@ -46,7 +46,7 @@ export const captureConfigSchema = z
       .prefault({}),
     liveEncoder: z.enum(['separate', 'shared']).default('separate').meta({
       description:
-        '"separate": the live view has an encoder of its own, started only while someone watches, whose bitrate follows the viewer\'s link (stream.bitrate) while the recording keeps bitrateKbps; it costs a second encode while a view runs. "shared": the live view sends the recording\'s own stream (no adaptation, and a viewer\'s keyframe requests also shorten the recording\'s GOPs). v4l2.h264Passthrough always shares (the camera encodes once).',
+        '"separate": the live view has an encoder of its own, started only while someone watches, whose bitrate follows the viewer\'s network path (stream.bitrate) while the recording keeps bitrateKbps; it costs a second encode while a view runs. "shared": the live view sends the recording\'s own stream (no adaptation, and a viewer\'s keyframe requests also shorten the recording\'s GOPs). v4l2.h264Passthrough always shares (the camera encodes once).',
     }),
     audio: z.boolean().default(false).meta({
       description: 'Record audio into the segments (Opus in MPEG-TS; audiotestsrc for "test", alsasrc otherwise).',

@@ -7,7 +7,7 @@
 //       t. ! meter: appsink the worker counts, so the supervisor can tell a stalled camera from a quiet one
 //     vt. ! live: valve (closed unless someone watches) ! <encoder liveenc> ! capsfilter name=livekf
 //           ! rtph264pay ! udpsink to the main process
-// The live encoder's bitrate follows the viewer's link while the recording keeps its own, and a
+// The live encoder's bitrate follows the viewer's network path while the recording keeps its own, and a
 // viewer's keyframe requests never shorten the recording's GOPs; closed, the valve leaves the live
 // encoder idle. Shared (and always for a camera that encodes itself), the live branch hangs off
 // `t` and the one encoder serves both.

@@ -13,6 +13,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import type { MessageClass, Outbox } from './outbox.ts';
+import { errorMessage } from '../errors.ts';
 
 interface Held {
   channel: string;
@@ -91,7 +92,7 @@ export class OutboxWriter extends EventEmitter<{ failing: [string]; recovered: [
         try {
           this.#outbox.enqueue('event', { type: 'outbox.dropped_in_memory', time: new Date().toISOString(), gpsFixes, events }, 'durable');
         } catch (err) {
-          this.#logger.error({ err: (err as Error).message, gpsFixes, events }, 'cannot report the messages dropped from memory');
+          this.#logger.error({ err: errorMessage(err), gpsFixes, events }, 'cannot report the messages dropped from memory');
         }
       }
       this.emit('recovered', { written });

@@ -1,4 +1,4 @@
-// Bandwidth adaptation of the live view: what each viewer's link carries, turned into the bitrate
+// Bandwidth adaptation of the live view: what each viewer's network path carries, turned into the bitrate
 // of the live encoder. One encoder serves every viewer, so it runs at the lowest of their targets.
 //
 // Why not werift's estimate alone: SenderBandwidthEstimator reports min(send rate, receive rate)
@@ -17,8 +17,8 @@ export interface BitrateLimits {
   startKbps: number;
 }
 
-/** What one viewer's link did over the last interval. */
-export interface LinkSample {
+/** What one viewer's network path did over the last interval. */
+export interface PathSample {
   /** Video bits handed to the transport over the interval, per second. */
   sendKbps: number;
   /** Fraction of packets the viewer reported lost in its last receiver report (0..1). */
@@ -41,7 +41,7 @@ const congestionMemoryMs = 10_000;
 const queueingRatio = 0.85;
 
 /** One viewer's target bitrate. */
-export class LinkBitrate {
+export class PathBitrate {
   #targetKbps: number;
   #congestedAtKbps = 0;
   #congestedAt = -Infinity;
@@ -56,7 +56,7 @@ export class LinkBitrate {
     return this.#targetKbps;
   }
 
-  update(sample: LinkSample, now: number): number {
+  update(sample: PathSample, now: number): number {
     const { minKbps, maxKbps } = this.#limits;
     const loss = sample.lossFraction ?? 0;
     const dtS = Math.min(sample.intervalMs, 2000) / 1000;
@@ -88,7 +88,7 @@ export class LinkBitrate {
 }
 
 /**
- * When the encoder's bitrate changes: a decrease at once (the link is being overrun), an increase
+ * When the encoder's bitrate changes: a decrease at once (the path is being overrun), an increase
  * only once it is worth it (10 % or more) and at most once a second, so x264 is not reconfigured
  * on every report.
  */
@@ -141,12 +141,12 @@ export interface LiveEncoder {
 /** One connected viewer as the loop samples it. */
 export interface SampledViewer {
   readonly sid: string;
-  sample(now: number): LinkSample;
-  readonly bitrate: LinkBitrate;
+  sample(now: number): PathSample;
+  readonly bitrate: PathBitrate;
 }
 
 /**
- * The bitrate loop: the live encoder follows the worst connected viewer's link. StreamManager
+ * The bitrate loop: the live encoder follows the worst connected viewer's network path. StreamManager
  * tells it when viewers come and go and calls tick() from its periodic check; the loop samples
  * each connected viewer once a second and sets the encoder through the hysteresis.
  */
@@ -169,9 +169,9 @@ export class LiveBitrateLoop {
     return this.#config.adapt && this.#encoder.liveBitrateAdjustable();
   }
 
-  /** A new viewer's link; a second viewer starts from the rate the first has: the encoder is theirs together. */
-  newLink(othersWatching: boolean): LinkBitrate {
-    return new LinkBitrate({ ...this.#config, startKbps: othersWatching ? this.#rate.appliedKbps : this.#config.startKbps });
+  /** A new viewer's network path; a second viewer starts from the rate the first has: the encoder is theirs together. */
+  newLink(othersWatching: boolean): PathBitrate {
+    return new PathBitrate({ ...this.#config, startKbps: othersWatching ? this.#rate.appliedKbps : this.#config.startKbps });
   }
 
   /** The first viewer connected: the live encoder idled while nobody watched, so a new view starts at the starting rate. */

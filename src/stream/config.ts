@@ -58,7 +58,7 @@ export const streamConfigSchema = z
       .strictObject({
         adapt: z.boolean().default(true).meta({
           description:
-            'Follow each viewer\'s link (transport-wide congestion control and loss reports) with the live encoder\'s bitrate, between minKbps and maxKbps. Needs capture.liveEncoder "separate" on an x264 preset; the recording keeps capture.bitrateKbps.',
+            'Follow each viewer\'s network path (transport-wide congestion control and loss reports) with the live encoder\'s bitrate, between minKbps and maxKbps. Needs capture.liveEncoder "separate" on an x264 preset; the recording keeps capture.bitrateKbps.',
         }),
         minKbps: z.number().int().min(50).max(50_000).default(150).meta({ description: 'Floor of the live bitrate.', unit: 'kbit/s' }),
         maxKbps: z.number().int().min(50).max(50_000).default(2000).meta({ description: 'Ceiling of the live bitrate.', unit: 'kbit/s' }),

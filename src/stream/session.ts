@@ -21,7 +21,7 @@ import {
   useTWCC,
   type RTCRtpSender,
 } from 'werift';
-import type { LinkSample } from './bitrate.ts';
+import type { PathSample } from './bitrate.ts';
 import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authorised-command.ts';
 import type { ResolvedIce } from './ice.ts';
 import { inspectOffer, type OfferSummary } from './offer.ts';
@@ -304,8 +304,8 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     this.#audio.sendRtp(packet).catch(this.#onSendError);
   }
 
-  /** What the viewer's link did since the last call (bandwidth adaptation). */
-  sample(now: number): LinkSample {
+  /** What the viewer's network path did since the last call (bandwidth adaptation). */
+  sample(now: number): PathSample {
     const intervalMs = Math.max(1, now - this.#sampledAt);
     // Loss over the interval from the reports' cumulative counters (RFC 3550 §6.4.1), not their
     // fraction-lost byte: measured here under 3 % random loss Chromium's fraction read 12-33 % in
@@ -319,7 +319,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     }
     // Too few packets: keep the older report, so the next sample spans a longer interval.
     if (latest && (lossFraction !== undefined || !previous)) this.#sampledReport = latest;
-    const sample: LinkSample = {
+    const sample: PathSample = {
       sendKbps: ((this.counters.videoBytes - this.#sampledBytes) * 8) / intervalMs,
       lossFraction,
       deliveredKbps: this.#deliveredCount > 0 ? this.#deliveredSumBps / this.#deliveredCount / 1000 : undefined,

@@ -11,7 +11,7 @@ import type { AuditLog } from '../audit/audit-log.ts';
 import type { AuthorisedCommand } from '../command/authorised-command.ts';
 import type { ActionResult } from '../command/command-handler.ts';
 import type { DeviceState, StreamSessionState } from '../state/device-state.ts';
-import { LiveBitrateLoop, type LinkBitrate, type LinkSample, type LiveEncoder } from './bitrate.ts';
+import { LiveBitrateLoop, type PathBitrate, type PathSample, type LiveEncoder } from './bitrate.ts';
 import type { StreamConfig } from './config.ts';
 import { resolveIce, type ResolvedIce } from './ice.ts';
 import { auditRefusedAnswer, IceRestart, type RestartableSession, type RestartCause } from './ice-restart.ts';
@@ -59,8 +59,8 @@ export interface LiveSession extends RestartableSession {
   sendVideo(packet: Buffer): void;
   sendAudio(packet: Buffer): void;
   sourceChanged(kind: 'video' | 'audio'): void;
-  /** The viewer's link since the last call: bandwidth adaptation. */
-  sample(now: number): LinkSample;
+  /** The viewer's network path since the last call: bandwidth adaptation. */
+  sample(now: number): PathSample;
   readonly rttMs: number | undefined;
   readonly iceRestarts: number;
   close(): Promise<void>;
@@ -121,7 +121,7 @@ interface Running {
   interrupted: boolean;
   maxTimer: NodeJS.Timeout;
   /** The viewer's target bitrate (LiveBitrateLoop). */
-  bitrate: LinkBitrate;
+  bitrate: PathBitrate;
   /** Mends the session's path (ice-restart.ts). */
   iceRestart: IceRestart;
 }
@@ -431,8 +431,8 @@ export class StreamManager implements Extension {
   }
 
   /** The viewers connected now, for the bitrate loop. */
-  #connectedViewers(): { sid: string; sample: (now: number) => LinkSample; bitrate: LinkBitrate }[] {
-    const out: { sid: string; sample: (now: number) => LinkSample; bitrate: LinkBitrate }[] = [];
+  #connectedViewers(): { sid: string; sample: (now: number) => PathSample; bitrate: PathBitrate }[] {
+    const out: { sid: string; sample: (now: number) => PathSample; bitrate: PathBitrate }[] = [];
     for (const [sid, r] of this.#sessions) if (r.session.connection === 'connected') out.push({ sid, sample: (now) => r.session.sample(now), bitrate: r.bitrate });
     return out;
   }

@@ -12,7 +12,7 @@ import { TrustStore } from '../../src/command/trust-store.ts';
 import { CommandVerifier } from '../../src/command/verifier.ts';
 import type { StreamConfig } from '../../src/stream/config.ts';
 import { streamConfigSchema } from '../../src/stream/config.ts';
-import type { LinkSample } from '../../src/stream/bitrate.ts';
+import type { PathSample } from '../../src/stream/bitrate.ts';
 import type { ResolvedIce } from '../../src/stream/ice.ts';
 import type { ViewerConnectionState } from '../../src/stream/session.ts';
 import { StreamManager, type LiveSession, type OpenSession } from '../../src/stream/stream-manager.ts';
@@ -54,7 +54,7 @@ export class FakeSession extends EventEmitter implements LiveSession {
   readonly counters = { videoPackets: 0, audioPackets: 0, videoBytes: 0 };
   readonly video: Buffer[] = [];
   /** What sample() reports next (the link as the test scripts it). */
-  nextSample: LinkSample = { sendKbps: 0, lossFraction: undefined, deliveredKbps: undefined, intervalMs: 1000 };
+  nextSample: PathSample = { sendKbps: 0, lossFraction: undefined, deliveredKbps: undefined, intervalMs: 1000 };
   rttMs: number | undefined = 42;
   iceRestarts = 0;
   readonly restartOffers: ResolvedIce[] = [];
@@ -87,7 +87,7 @@ export class FakeSession extends EventEmitter implements LiveSession {
   sourceChanged(kind: 'video' | 'audio'): void {
     this.sourceChanges.push(kind);
   }
-  sample(): LinkSample {
+  sample(): PathSample {
     return this.nextSample;
   }
   async restartIce(ice: ResolvedIce): Promise<string> {
