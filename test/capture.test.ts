@@ -439,8 +439,11 @@ t.test('a worker slower to start than stallTimeoutS (a slow board) is not taken 
   const slow = await Promise.race([watched.line(/slow to start/), waitFor<[{ reason: string }]>(sup, 'fault').then(([f]) => f)]);
   t.notOk('reason' in slow, `the starting worker is left to start (${JSON.stringify(slow)})`);
   if ('reason' in slow) return;
+  // Listen before releasing: the worker sees the file as soon as it is created, and its `ready`
+  // can be handled before writeFile's own completion (seen once under load: the event was missed).
+  const running = waitFor<[CaptureHealth]>(sup, 'state', (h) => h.status === 'running');
   await writeFile(release, '');
-  await waitFor<[CaptureHealth]>(sup, 'state', (h) => h.status === 'running');
+  await running;
   await until(() => sup.health().frames > 3, 'frames from the worker');
   t.same(faults, [], 'no fault');
   t.equal(sup.health().restarts, 0, 'the worker was not restarted');
