@@ -2,32 +2,20 @@
 // commands through a real mosquitto with MQTT 5 request/response; the agent answers each with
 // its verdict, audits every decision before acting, survives a restart with its replay cache,
 // and the audit trail it published verifies with `bwc-agent audit verify`.
-import { execFile } from 'node:child_process';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import t from 'tap';
-import { agentBin, spawnAgent, tempStateDir, type AgentProcess } from './helpers/agent-process.ts';
+import { runCli, spawnAgent, tempStateDir, type AgentProcess } from './helpers/agent-process.ts';
 import { writeAgentConfig } from './helpers/agent-config.ts';
 import { envelope, makeCommand, makeIssuer, signToken, commandClaims, sdpOffer } from './helpers/command-tokens.ts';
 import { startBroker } from './helpers/mosquitto.ts';
 import { FleetClient } from './helpers/fleet-client.ts';
 import { MqttRecorder } from './helpers/mqtt-recorder.ts';
 
-const run = promisify(execFile);
 const deviceId = 'cam-cmd';
 
-type CliResult = { code: number; stdout: string; stderr: string };
-async function cli(args: string[]): Promise<CliResult> {
-  try {
-    const r = await run(agentBin, args);
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const cli = runCli;
 
 t.test('commands through a real broker', async (t) => {
   const keysDir = await mkdtemp(path.join(os.tmpdir(), 'bwc-keys-'));

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import t from 'tap';
-import { agentBin, spawnAgent, tempStateDir, type AgentProcess } from './helpers/agent-process.ts';
+import { runCli, spawnAgent, tempStateDir, type AgentProcess } from './helpers/agent-process.ts';
 import { writeAgentConfig } from './helpers/agent-config.ts';
 import { decodedVideo } from './helpers/decode.ts';
 import { startBroker } from './helpers/mosquitto.ts';
@@ -24,15 +24,7 @@ interface Status {
   capture: { status: string; pid: number | null; restarts: number } | null;
 }
 
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(agentBin, args);
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const cli = runCli;
 
 async function status(stateDir: string): Promise<Status> {
   return JSON.parse((await cli(['ctl', 'status', '--state-dir', stateDir])).stdout) as Status;

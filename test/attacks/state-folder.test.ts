@@ -24,7 +24,7 @@ import { canonicalJson } from '../../src/audit/canonical-json.ts';
 import { TrustStore } from '../../src/command/trust-store.ts';
 import { loadOrCreateDeviceKey } from '../../src/keys/device-key.ts';
 import { buildManifest, segmentRows, type RecordingRow } from '../../src/recording/manifest.ts';
-import { agentBin, repoRoot, spawnAgent, tempStateDir, type AgentProcess } from '../helpers/agent-process.ts';
+import { agentBin, repoRoot, runCli, spawnAgent, tempStateDir, type AgentProcess } from '../helpers/agent-process.ts';
 import { writeAgentConfig } from '../helpers/agent-config.ts';
 import { makeIssuer, trustStoreJwks, writeTrustStore } from '../helpers/command-tokens.ts';
 import { startBroker, type Broker } from '../helpers/mosquitto.ts';
@@ -36,15 +36,7 @@ const startTimeoutMs = 60_000;
 /** The agent as a board without systemd runs it: umask 022. */
 const withUmask022 = ['sh', '-c', 'umask 022; exec "$0" "$@"', agentBin];
 
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(agentBin, args);
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const cli = runCli;
 
 interface Running {
   agent: AgentProcess;

@@ -1,12 +1,30 @@
 // Runs the built agent (bin/bwc-agent, as a field engineer would) as a child process.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 export const agentBin = path.join(repoRoot, 'bin', 'bwc-agent');
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `bwc-agent ARGS` to its end: a non-zero exit is a result to check, not an error. */
+export async function runCli(args: string[]): Promise<CliResult> {
+  try {
+    const r = await promisify(execFile)(agentBin, args);
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (err) {
+    const e = err as CliResult;
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
 
 export interface AgentProcess {
   child: ChildProcess;
