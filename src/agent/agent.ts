@@ -2,6 +2,7 @@
 // extensions in order and stops them in reverse. Each extension does one job and talks to the
 // others only through the link, the device state and the calls it is given.
 import { createHash } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { AuditLog } from '../audit/audit-log.ts';
@@ -11,7 +12,8 @@ import { createFirmwareBridge } from '../firmware/create-bridge.ts';
 import { FirmwareExtension } from '../firmware/firmware-extension.ts';
 import { NetworkWatcher } from '../net/network-watcher.ts';
 import { IceSignalling } from '../stream/ice-signalling.ts';
-import { bufferDirOf, evidenceDirOf } from '../recording/layout.ts';
+import { checkPlaintextDir, recipientProblem } from '../recording/encryption.ts';
+import { bufferDirOf, evidenceDirOf, plaintextSegmentsDirOf } from '../recording/layout.ts';
 import { Recorder, type RecordResult } from '../recording/recorder.ts';
 import { CommandHandler } from '../command/command-handler.ts';
 import { SystemClock, type CommandClock } from '../command/clock.ts';
@@ -87,6 +89,7 @@ export class Agent {
       throw new ConfigError([`commands.trustStore: ${errorMessage(err)}`]);
     }
     if (!config.commands.trustStore) options.logger.warn('no commands.trustStore configured: every command will be refused (unknown_key)');
+    await checkEncryptionConfig(config, options.logger);
     return new Agent(options, { deviceKey, trustStore });
   }
 
@@ -178,9 +181,11 @@ export class Agent {
 
     // Capture always runs (the pre-event buffer); recording keeps what it writes.
     const evidenceDir = evidenceDirOf(config.stateDir);
+    const encryption = config.recording.encryption.enabled ? { recipients: config.recording.encryption.recipients, plaintextDir: config.recording.plaintextDir } : undefined;
     this.#capture = new CaptureSupervisor({
       settings: config.capture,
-      segmentDir: bufferDirOf(evidenceDir),
+      // With encryption the open segment is in RAM only (the recorder encrypts it once closed).
+      segmentDir: encryption ? plaintextSegmentsDirOf(encryption.plaintextDir) : bufferDirOf(evidenceDir),
       keyframeMinIntervalMs: config.stream.keyframeMinInterval,
       liveBitrateKbps: config.stream.bitrate.startKbps,
       onRtp: (packet) => stream.onVideo(packet),
@@ -202,6 +207,7 @@ export class Agent {
       },
       preEventS: config.recording.preEvent,
       preEventAudio: config.recording.preEventAudio && config.capture.audio,
+      ...(encryption ? { encryption } : {}),
       logger,
     });
     const capture = this.#capture;
@@ -416,4 +422,36 @@ export class Agent {
 
 function captureSummary(h: CaptureHealth): CaptureState {
   return { status: h.status, restarts: h.restarts, lastFault: h.lastFault ?? null, live: h.live, pid: h.pid ?? null };
+}
+
+/**
+ * Encryption at rest is on by default and then needs the force's recipient(s) and a plaintext
+ * folder in RAM: each missing or wrong piece is a configuration error naming its setting, so the
+ * agent never starts writing footage to disk in the clear by accident.
+ */
+async function checkEncryptionConfig(config: AgentConfig, logger: Logger): Promise<void> {
+  const enc = config.recording.encryption;
+  if (!enc.enabled) {
+    logger.warn('recording.encryption.enabled is false: evidence is written to disk in the clear');
+    return;
+  }
+  const problems: string[] = [];
+  if (enc.recipients.length === 0) {
+    problems.push(
+      'recording.encryption.recipients: no recipient configured: give the force\'s age X25519 public key(s) (age1...), or set recording.encryption.enabled: false to record in the clear explicitly',
+    );
+  }
+  enc.recipients.forEach((r, i) => {
+    const problem = recipientProblem(r);
+    if (problem) problems.push(`recording.encryption.recipients.${i}: ${problem}`);
+  });
+  const dir = config.recording.plaintextDir;
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    if (config.recording.plaintextDirOnDisk) logger.warn({ plaintextDir: dir }, 'recording.plaintextDirOnDisk: the open segment may reach the disk in the clear (tests only)');
+    else await checkPlaintextDir(dir);
+  } catch (err) {
+    problems.push(`recording.plaintextDir: ${errorMessage(err)} (mount a tmpfs there, or point it at one such as /run or /dev/shm)`);
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
 }

@@ -8,7 +8,7 @@ import { Agent } from '../agent/agent.ts';
 import { ConfigError, loadConfig, resolveStateDir } from '../config/load.ts';
 import { ControlClientError, controlRequest } from '../control/control-socket.ts';
 import { auditVerifyCommand } from '../audit/cli.ts';
-import { evidenceVerifyCommand } from '../recording/cli.ts';
+import { evidenceExportCommand, evidenceVerifyCommand } from '../recording/cli.ts';
 import { generateIssuerKeys, sendCommand, signCommand, ToolError } from './fleet-tools.ts';
 import { createLogger } from '../log.ts';
 import { agentVersion } from '../version.ts';
@@ -22,9 +22,13 @@ Usage:
   bwc-agent ctl record start|stop [--state-dir DIR]
   bwc-agent ctl button record|function press|long   simulated firmware (firmware.backend: sim)
   bwc-agent ctl battery PERCENT [charging]          simulated firmware
-  bwc-agent evidence verify [--state-dir DIR] [--expect-head SEQ:HASH]
+  bwc-agent evidence verify [--state-dir DIR] [--expect-head SEQ:HASH] [--identity FILE]
                                                 check every evidence file against the index, the signed manifests
-                                                and the recordings the audit trail names
+                                                and the recordings the audit trail names (with an age identity
+                                                file: also decrypt each file and check it is playable video)
+  bwc-agent evidence export --identity FILE --recording ID --out DIR [--state-dir DIR]
+                                                decrypt a recording to playable .ts files, with its manifest,
+                                                signature, GPS track and a verification report (JSON)
   bwc-agent audit verify [--state-dir DIR | --file CAPTURE] [--public-key JWK_FILE] [--expect-head SEQ:HASH]
                                                 check the audit chain (exit 1 naming the first bad entry;
                                                 with the fleet's newest head, a rollback or fork too)
@@ -95,9 +99,19 @@ async function audit(argv: string[]): Promise<number> {
 }
 
 async function evidence(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, options: { 'state-dir': { type: 'string' }, 'expect-head': { type: 'string' } }, allowPositionals: true, strict: true });
-  if (positionals[0] !== 'verify') throw new UsageError('evidence needs the verb "verify"');
-  return evidenceVerifyCommand({ stateDir: resolveStateDir(values['state-dir'], process.env, process.cwd()), expectHead: values['expect-head'] }, process.stdout, process.stderr);
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { 'state-dir': { type: 'string' }, 'expect-head': { type: 'string' }, identity: { type: 'string' }, recording: { type: 'string' }, out: { type: 'string' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  const stateDir = resolveStateDir(values['state-dir'], process.env, process.cwd());
+  if (positionals[0] === 'export') {
+    if (!values.identity || !values.recording || !values.out) throw new UsageError('evidence export needs --identity FILE --recording ID --out DIR');
+    return evidenceExportCommand({ stateDir, identityFile: values.identity, recordingId: values.recording, outDir: values.out }, process.stdout, process.stderr);
+  }
+  if (positionals[0] !== 'verify') throw new UsageError('evidence needs the verb "verify" or "export"');
+  return evidenceVerifyCommand({ stateDir, expectHead: values['expect-head'], identityFile: values.identity }, process.stdout, process.stderr);
 }
 
 async function keys(argv: string[]): Promise<number> {

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { gpioConfigSchema } from '../../firmware-bridge/src/gpio-config.ts';
 import { captureConfigSchema } from '../capture/config.ts';
 import { defaultReasonCodes } from '../command/types.ts';
+import { x25519RecipientPattern } from '../recording/encryption.ts';
 import { streamConfigSchema } from '../stream/config.ts';
 
 const deviceIdPattern = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -152,6 +153,28 @@ export const configSchema = z.strictObject({
         description:
           'Share of the state folder\'s file system kept for evidence: below it the outbox (GPS, events, audit copies) holds messages in memory and refusals are only counted, while segments and the audit entries of recordings and live views may use it. 0 turns it off.',
         unit: '%',
+      }),
+      encryption: z
+        .strictObject({
+          enabled: z.boolean().default(true).meta({
+            description:
+              'Encrypt every segment, the pre-event buffer and the GPS track at rest with age (docs/evidence.md). On with no recipient is a start-up refusal, so the embedded defaults never write footage in the clear; false is the explicit opt-out (segments in the clear, as before).',
+          }),
+          recipients: z
+            .array(z.string().regex(x25519RecipientPattern, 'an age X25519 public key ("age1" and 58 lower-case bech32 characters, as age-keygen prints)'))
+            .default([])
+            .meta({
+              description:
+                'The force\'s age X25519 public key(s) (`age1...`), e.g. a primary and an escrow key: every file is decryptable by any one of them. The camera holds no key that decrypts its footage.',
+            }),
+        })
+        .prefault({}),
+      plaintextDir: z.string().min(1).default('/run/bwc-agent').meta({
+        description:
+          'Folder in RAM (tmpfs or ramfs, checked at start-up) where the capture writes the segment still open, in the clear; each closed segment is encrypted to the state folder and unlinked here. The systemd unit\'s RuntimeDirectory. Used only with encryption.enabled.',
+      }),
+      plaintextDirOnDisk: z.boolean().default(false).meta({
+        description: 'Tests and development only: accept a recording.plaintextDir that is not tmpfs/ramfs (plaintext would reach the disk).',
       }),
     })
     .prefault({}),

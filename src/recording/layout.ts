@@ -4,18 +4,28 @@
 //
 //   <stateDir>/evidence/buffer/                      the capture worker writes every segment here
 //   <stateDir>/evidence/recordings/<recordingId>/    one folder per recording:
-//       000000_20261124T140406.123Z_2000ms.ts        segments: index, start time, duration
+//       000000_20261124T140406.123Z_2000ms.ts.age    segments (age-encrypted; `.ts` when encryption is off)
+//       track.json.age                               the GPS track, encrypted (encryption on only)
 //       manifest.json  manifest.sig                  once closed (or found interrupted)
+//   <recording.plaintextDir>/segments/               tmpfs: the segment being written, in the clear
+//   <recording.plaintextDir>/tracks/<recordingId>.jsonl  tmpfs: the open recording's track
 // Segment names carry their index and times so a file that a crash left unindexed can be indexed
 // at the next start with the metadata it had.
 import path from 'node:path';
 
 export const manifestFile = 'manifest.json';
 export const signatureFile = 'manifest.sig';
+export const trackFile = 'track.json.age';
 
-/** The manifest, its signature, and the temporary names they are written under. */
+/** The manifest, its signature, the encrypted track, and the temporary names they are written under. */
 export function isManifestName(name: string): boolean {
-  return name === manifestFile || name === signatureFile || name === `.${manifestFile}.tmp` || name === `.${signatureFile}.tmp`;
+  return [manifestFile, signatureFile, trackFile].some((n) => name === n || name === `.${n}.tmp`);
+}
+
+/** A segment file's extension: `.ts`, or `.ts.age` once encrypted. */
+export function segmentExt(file: string): string {
+  const base = path.basename(file);
+  return base.endsWith('.age') ? `${path.extname(base.slice(0, -4))}.age` : path.extname(base);
 }
 
 export function evidenceDirOf(stateDir: string): string {
@@ -24,6 +34,11 @@ export function evidenceDirOf(stateDir: string): string {
 
 export function bufferDirOf(evidenceDir: string): string {
   return path.join(evidenceDir, 'buffer');
+}
+
+/** Where the capture writes segments when they are encrypted: in RAM, under recording.plaintextDir. */
+export function plaintextSegmentsDirOf(plaintextDir: string): string {
+  return path.join(plaintextDir, 'segments');
 }
 
 export function recordingsDirOf(evidenceDir: string): string {
@@ -41,7 +56,7 @@ export function segmentFileName(index: number, startedAt: string, durationS: num
   return `${String(index).padStart(6, '0')}_${compact(startedAt)}_${Math.round(durationS * 1000)}ms${ext}`;
 }
 
-const namePattern = /^(\d{6,})_(\d{8}T\d{6}(?:\.\d+)?Z)_(\d+)ms(\.[A-Za-z0-9]+)?$/;
+const namePattern = /^(\d{6,})_(\d{8}T\d{6}(?:\.\d+)?Z)_(\d+)ms((?:\.[A-Za-z0-9]+){0,2})$/;
 
 /** Index and times from a name segmentFileName made; undefined for any other name. */
 export function parseSegmentFileName(name: string): { index: number; startedAt: string; durationS: number } | undefined {

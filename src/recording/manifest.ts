@@ -47,6 +47,19 @@ export interface Manifest {
   /** The last segment's sha256 (64 zeros for an empty recording). */
   chainHead: string;
   kid: string;
+  /**
+   * Present when the files are encrypted: the format and the public keys they are encrypted to.
+   * Segment hashes, bytes and the chain cover the ciphertext as stored, so the manifest verifies
+   * without a private key; positions are then only in the encrypted track (segments' lat/lon null).
+   */
+  encryption?: { format: 'age-v1'; recipients: string[] };
+  /** The encrypted GPS track (encryption on, and a position was known), as stored. */
+  track?: { file: string; sha256: string; bytes: number } | null;
+}
+
+export interface ManifestExtras {
+  encryption?: Manifest['encryption'];
+  track?: Manifest['track'];
 }
 
 export interface RecordingRow {
@@ -103,7 +116,7 @@ export function manifestSegment(r: SegmentRow): ManifestSegment {
   };
 }
 
-export function buildManifest(rec: RecordingRow, status: Manifest['status'], stoppedAt: string | null, segments: SegmentRow[], deviceId: string, kid: string): Manifest {
+export function buildManifest(rec: RecordingRow, status: Manifest['status'], stoppedAt: string | null, segments: SegmentRow[], deviceId: string, kid: string, extras: ManifestExtras = {}): Manifest {
   return {
     version: 1,
     recordingId: rec.id,
@@ -119,6 +132,7 @@ export function buildManifest(rec: RecordingRow, status: Manifest['status'], sto
     segments: segments.map(manifestSegment),
     chainHead: segments.at(-1)?.sha256 ?? genesisSha256,
     kid,
+    ...(extras.encryption ? { encryption: extras.encryption, track: extras.track ?? null } : {}),
   };
 }
 

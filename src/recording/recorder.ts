@@ -37,10 +37,18 @@
 //   event (recording.segment_failed) and the next one is tried. The low-space warning is the
 //   health extension's storage.low event. If the audit entry for a start cannot be committed the
 //   recording starts anyway (losing evidence is worse) and the failure is logged and an event.
+// - Encryption at rest (options.encryption, src/recording/encryption.ts): the capture writes into
+//   captureDir, a tmpfs folder; each closed segment is first encrypted into the buffer folder
+//   (`<name>.ts.age`) and its plaintext unlinked, as the first queued job of that segment, so every
+//   decision above works on ciphertext and nothing in the clear reaches the disk. Positions are
+//   then kept out of the index and the manifest: the open recording's track is a JSON-lines file
+//   in tmpfs, re-encrypted to track.json.age in the recording folder after each segment (a power
+//   cut loses at most the last segment's position) and listed with its hash in the manifest.
+//   Plaintext segments found in captureDir at start (RAM survives a kill -9) are encrypted first.
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
-import { mkdir, open, rename, unlink, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { AuditRecord } from '../audit/audit-log.ts';
@@ -49,8 +57,9 @@ import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authoris
 import type { SegmentInfo } from '../capture/protocol.ts';
 import type { DeviceKey } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
-import { bufferDirOf, isManifestName, manifestFile, newRecordingId, parseSegmentFileName, recordingsDirOf, segmentFileName, segmentRelPath, signatureFile } from './layout.ts';
-import { buildManifest, genesisSha256, hashFile, manifestDigest, segmentRows, type Manifest, type RecordingRow } from './manifest.ts';
+import { bufferDirOf, isManifestName, manifestFile, newRecordingId, parseSegmentFileName, plaintextSegmentsDirOf, recordingsDirOf, segmentExt, segmentFileName, segmentRelPath, signatureFile, trackFile } from './layout.ts';
+import { buildManifest, genesisSha256, hashFile, manifestDigest, segmentRows, type Manifest, type ManifestExtras, type RecordingRow } from './manifest.ts';
+import { ageSuffix, encryptFile, encryptTextFile } from './encryption.ts';
 import { errorMessage } from '../errors.ts';
 
 /** What the capture supervisor reports for each closed segment: the capture protocol declares it. */
@@ -109,6 +118,12 @@ export interface RecorderOptions {
   preEventAudio?: boolean;
   /** How long a stopped recording waits for the segment open at stop; default 10 s. */
   stopGraceMs?: number;
+  /**
+   * Encrypt every segment and the GPS track to these age X25519 recipients; the capture then writes
+   * into `<plaintextDir>/segments` (captureDir), which must be tmpfs (the agent checks). Without
+   * it segments are written into the buffer folder in the clear (recording.encryption.enabled: false).
+   */
+  encryption?: { recipients: readonly string[]; plaintextDir: string };
   logger: Logger;
   now?: () => Date;
 }
@@ -133,6 +148,9 @@ type TriggerColumns = { kind: 'ctl' | 'button' | 'command'; operator: string | n
 
 export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
   readonly bufferDir: string;
+  /** Where the capture writes segments: the buffer folder, or with encryption the tmpfs folder. */
+  readonly captureDir: string;
+  readonly #tracksDir: string | undefined;
   readonly recordingsDir: string;
   readonly #o: RecorderOptions;
   readonly #log: Logger;
@@ -166,8 +184,12 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
     this.#stopGraceMs = o.stopGraceMs ?? 10_000;
     this.bufferDir = bufferDirOf(o.evidenceDir);
     this.recordingsDir = recordingsDirOf(o.evidenceDir);
+    this.captureDir = o.encryption ? plaintextSegmentsDirOf(o.encryption.plaintextDir) : this.bufferDir;
+    this.#tracksDir = o.encryption ? path.join(o.encryption.plaintextDir, 'tracks') : undefined;
     mkdirSync(this.bufferDir, { recursive: true, mode: 0o700 });
     mkdirSync(this.recordingsDir, { recursive: true, mode: 0o700 });
+    mkdirSync(this.captureDir, { recursive: true, mode: 0o700 });
+    if (this.#tracksDir) mkdirSync(this.#tracksDir, { recursive: true, mode: 0o700 });
     this.#recoverAfterCrash();
     o.source.on('segment', this.#onSegment);
     o.source.on('segment-opened', this.#onOpened);
@@ -338,7 +360,8 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
   }
 
   /** Decides now, in arrival order, where a closed (or partial) segment goes; the file work is queued. */
-  #route(s: SegmentInfo, partial: boolean): void {
+  #route(plain: SegmentInfo, partial: boolean): void {
+    const s = this.#encryptFirst(plain);
     const position = this.#nextStartPosition !== undefined ? this.#nextStartPosition : this.#position();
     this.#nextStartPosition = this.#position();
     const startMs = Date.parse(s.startedAt);
@@ -366,6 +389,27 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
     }
   }
 
+  /** With encryption, queues the segment's encryption into the buffer folder and names the ciphertext. */
+  #encryptFirst(s: SegmentInfo): SegmentInfo {
+    if (!this.#o.encryption || path.dirname(s.file) !== this.captureDir) return s;
+    const encrypted = path.join(this.bufferDir, `${path.basename(s.file)}${ageSuffix}`);
+    this.#enqueue(() => this.#encryptSegment(s.file, encrypted));
+    return { ...s, file: encrypted };
+  }
+
+  async #encryptSegment(plain: string, encrypted: string): Promise<void> {
+    try {
+      await encryptFile(plain, encrypted, this.#o.encryption!.recipients);
+      await fsyncDir(this.bufferDir);
+      await unlink(plain);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !existsSync(plain)) return; // never written (a worker that died at once)
+      // The plaintext stays in RAM: the next start encrypts it again. The segment's later jobs find no ciphertext and say so.
+      this.#log.error({ err: errorMessage(err), file: plain }, 'segment could not be encrypted');
+      this.#event({ type: 'recording.segment_failed', time: this.#now().toISOString(), file: plain, error: `encryption: ${errorMessage(err)}` });
+    }
+  }
+
   #close(rec: Active): void {
     const i = this.#closing.indexOf(rec);
     if (i < 0) return;
@@ -389,7 +433,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
       const endMs = Math.max(Date.parse(s.startedAt), st.mtimeMs);
       s = { ...s, endedAt: new Date(endMs).toISOString(), durationS: (endMs - Date.parse(s.startedAt)) / 1000 };
     }
-    const name = segmentFileName(rec.nextIdx, s.startedAt, s.durationS, path.extname(s.file));
+    const name = segmentFileName(rec.nextIdx, s.startedAt, s.durationS, segmentExt(s.file));
     const dest = path.join(rec.dir, name);
     try {
       // Moved first: from here on the file is out of the buffer's reach whatever happens next.
@@ -404,14 +448,65 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
 
   async #index(rec: Active, name: string, s: SegmentInfo, position: { lat: number; lon: number } | null, recovered: boolean): Promise<void> {
     const { sha256, bytes } = await hashFile(path.join(rec.dir, name));
+    // With encryption the position goes into the encrypted track only, never into the index.
+    const track = this.#o.encryption ? position : null;
+    if (this.#o.encryption) position = null;
     this.#o.db
       .prepare(
         `INSERT INTO evidence_segment (recording_id, idx, file, started_at, ended_at, duration_s, lat, lon, sha256, prev_sha256, bytes, recovered)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(rec.id, rec.nextIdx, segmentRelPath(rec.id, name), s.startedAt, s.endedAt, s.durationS, position?.lat ?? null, position?.lon ?? null, sha256, rec.head, bytes, recovered ? 1 : 0);
+    if (track) await this.#addToTrack(rec.id, { index: rec.nextIdx, startedAt: s.startedAt, endedAt: s.endedAt, lat: track.lat, lon: track.lon });
     rec.head = sha256;
     rec.nextIdx += 1;
+  }
+
+  #trackPlainFile(id: string): string {
+    return path.join(this.#tracksDir!, `${id}.jsonl`);
+  }
+
+  /** Appends a position to the recording's track in RAM and re-encrypts the whole track to disk. */
+  async #addToTrack(id: string, point: { index: number; startedAt: string; endedAt: string; lat: number; lon: number }): Promise<void> {
+    try {
+      await appendFile(this.#trackPlainFile(id), `${JSON.stringify(point)}\n`, { mode: 0o600 });
+      await this.#writeTrack(id);
+    } catch (err) {
+      this.#log.error({ err: errorMessage(err), recordingId: id }, 'GPS track could not be written');
+    }
+  }
+
+  /** track.json.age from the track in RAM; false when RAM holds none (a power cut, or no position). */
+  async #writeTrack(id: string): Promise<boolean> {
+    let lines: string;
+    try {
+      lines = await readFile(this.#trackPlainFile(id), 'utf8');
+    } catch {
+      return false;
+    }
+    const points = lines.split('\n').filter((l) => l !== '').flatMap((l) => {
+      try {
+        return [JSON.parse(l) as unknown];
+      } catch {
+        return []; // a line cut by a kill -9
+      }
+    });
+    const text = JSON.stringify({ version: 1, recordingId: id, deviceId: this.#o.deviceId, points });
+    const dir = path.join(this.recordingsDir, id);
+    await encryptTextFile(text, path.join(dir, trackFile), this.#o.encryption!.recipients);
+    await fsyncDir(dir);
+    return true;
+  }
+
+  /** What the manifest says about encryption and the track: hashed as stored. */
+  async #manifestExtras(id: string): Promise<ManifestExtras> {
+    if (!this.#o.encryption) return {};
+    const encryption = { format: 'age-v1' as const, recipients: [...this.#o.encryption.recipients] };
+    await this.#writeTrack(id);
+    const file = path.join(this.recordingsDir, id, trackFile);
+    if (!existsSync(file)) return { encryption, track: null };
+    const { sha256, bytes } = await hashFile(file);
+    return { encryption, track: { file: segmentRelPath(id, trackFile), sha256, bytes } };
   }
 
   async #deleteBuffered(files: string[]): Promise<void> {
@@ -431,7 +526,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
       const row = db.prepare<[string], RecordingRow>('SELECT * FROM recording WHERE id = ?').get(id)!;
       const segments = segmentRows(db, id);
       const stoppedAt = status === 'closed' ? row.stopped_at : (segments.at(-1)?.ended_at ?? row.started_at);
-      const manifest = buildManifest(row, status, stoppedAt, segments, this.#o.deviceId, this.#o.deviceKey.kid);
+      const manifest = buildManifest(row, status, stoppedAt, segments, this.#o.deviceId, this.#o.deviceKey.kid, await this.#manifestExtras(id));
       const text = canonicalJson(manifest);
       const sig = this.#o.deviceKey.sign(text);
       db.prepare('UPDATE recording SET status = ?, stopped_at = ?, manifest = ?, manifest_sig = ?, kid = ? WHERE id = ?').run(status, stoppedAt, text, sig, this.#o.deviceKey.kid, id);
@@ -443,6 +538,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
       this.#appendAudit({ type: 'recording.sealed', detail: { recordingId: id, status, manifestSha256, segments: segments.length, chainHead: manifest.chainHead, kid: this.#o.deviceKey.kid } });
       await this.#writeManifestFiles(path.join(this.recordingsDir, id), text, sig);
       const durationS = segments.reduce((sum, s) => sum + s.duration_s, 0);
+      if (this.#tracksDir) await unlink(this.#trackPlainFile(id)).catch(() => undefined);
       this.#event({ type: status === 'closed' ? 'recording.closed' : 'recording.sealed_interrupted', time: this.#now().toISOString(), recordingId: id, segments: segments.length, durationS, chainHead: manifest.chainHead, manifestSha256 });
     } catch (err) {
       this.#log.error({ err: errorMessage(err), recordingId: id }, 'recording manifest could not be written');
@@ -469,6 +565,21 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
       .filter((n) => !n.startsWith('.'))
       .map((n) => path.join(this.bufferDir, n))
       .filter((f) => statSync(f, { throwIfNoEntry: false })?.isFile() === true);
+    // Interrupted encryptions leave temporary files; the plaintext they came from is still in RAM.
+    for (const n of readdirSync(this.bufferDir).filter((n) => n.startsWith('.') && n.endsWith('.tmp'))) {
+      this.#enqueue(() => unlink(path.join(this.bufferDir, n)).catch(() => undefined));
+    }
+    // With encryption: plaintext segments a killed process left in RAM are encrypted first, and
+    // their ciphertext counts as a buffer leftover. (A power cut empties tmpfs: nothing to do.)
+    if (this.#o.encryption) {
+      for (const n of readdirSync(this.captureDir).filter((n) => !n.startsWith('.')).sort()) {
+        const plain = path.join(this.captureDir, n);
+        if (statSync(plain, { throwIfNoEntry: false })?.isFile() !== true) continue;
+        const encrypted = this.#encryptFirst({ file: plain, startedAt: '', endedAt: '', durationS: 0 }).file;
+        if (!leftovers.includes(encrypted)) leftovers.push(encrypted);
+        this.#log.warn({ file: plain }, 'plaintext segment left in RAM by the last process: encrypting it');
+      }
+    }
     const open = db.prepare<[], RecordingRow>("SELECT * FROM recording WHERE status = 'recording' ORDER BY started_at").all();
     let adoptedBy: RecordingRow | undefined;
     for (const row of open) {
@@ -514,7 +625,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
           ? { file: name, startedAt: parsed.startedAt, durationS: parsed.durationS, endedAt: new Date(Date.parse(parsed.startedAt) + parsed.durationS * 1000).toISOString() }
           : timesFromStat(name, st);
         // Renamed to its place in the chain: the name must carry the index it is indexed at.
-        const target = segmentFileName(rec.nextIdx, info.startedAt, info.durationS, path.extname(name));
+        const target = segmentFileName(rec.nextIdx, info.startedAt, info.durationS, segmentExt(name));
         if (target !== name) await rename(path.join(dir, name), path.join(dir, target));
         await this.#index(rec, target, info, null, true);
         this.#log.warn({ recordingId: row.id, file: target }, 'unindexed segment found after a crash: indexed as recovered');
@@ -528,7 +639,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
           continue;
         }
         const info = timesFromStat(file.f, file.st);
-        const name = segmentFileName(rec.nextIdx, info.startedAt, info.durationS, path.extname(file.f));
+        const name = segmentFileName(rec.nextIdx, info.startedAt, info.durationS, segmentExt(file.f));
         await rename(file.f, path.join(dir, name));
         await this.#index(rec, name, info, null, true);
         this.#log.warn({ recordingId: row.id, file: name }, 'buffer segment left by a crash joined the interrupted recording as recovered');

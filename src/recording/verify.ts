@@ -10,6 +10,11 @@
 //   bad_signature      a manifest's signature does not verify with the device key, or another key signed it
 //   audit_chain        the audit chain the cross-check below relies on is broken (or rolled back or
 //                      forked against an expected head)
+//   undecryptable      (with identities) an encrypted file does not decrypt: a bad age header, a key
+//                      that is not among the identities, or a truncated or altered ciphertext
+//   not_video          (with identities) a segment decrypts but is not MPEG-TS holding an H.264 keyframe
+// Hashes, the chain and the manifest cover the files as stored (the ciphertext), so all but the last
+// two need no private key.
 // Then every recording the audit chain names must be indexed ("missing" names one deleted whole),
 // and a sealed one's manifest must have the SHA-256 its recording.sealed entry holds
 // ("manifest_mismatch": rebuilt and re-signed, e.g. with the device key from the SD card).
@@ -24,11 +29,12 @@ import { jwkThumbprint, verifyAuditDatabase, type AuditHead } from '../audit/ver
 import { deviceKeyFile } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
 import { isManifestName, manifestFile, recordingsDirOf, signatureFile } from './layout.ts';
+import { TsVideoCheck, ageSuffix, decryptFileTo, decryptSmallFile } from './encryption.ts';
 import { genesisSha256, hashFile, manifestDigest, manifestSegment, segmentRows, type Manifest, type ManifestSegment, type RecordingRow } from './manifest.ts';
 import { canonicalJson } from '../audit/canonical-json.ts';
 import { errorMessage } from '../errors.ts';
 
-export type EvidenceProblemKind = 'modified' | 'missing' | 'unindexed' | 'chain_broken' | 'row_missing' | 'manifest_mismatch' | 'bad_signature' | 'audit_chain';
+export type EvidenceProblemKind = 'modified' | 'missing' | 'unindexed' | 'chain_broken' | 'row_missing' | 'manifest_mismatch' | 'bad_signature' | 'audit_chain' | 'undecryptable' | 'not_video';
 
 export interface EvidenceProblem {
   kind: EvidenceProblemKind;
@@ -50,6 +56,8 @@ export interface EvidenceVerifyResult {
   kid?: string;
   /** Recordings the audit trail names, and its head: every one of them was looked for. */
   audit: { recordingsNamed: number; head: AuditHead | null };
+  /** With identities: the encrypted segments decrypted and found to be MPEG-TS with an H.264 keyframe. */
+  decrypted?: { segments: number; tracks: number };
 }
 
 export interface EvidenceVerifyOptions {
@@ -59,6 +67,22 @@ export interface EvidenceVerifyOptions {
   publicJwk?: JWK;
   /** The newest audit head the fleet saw (see verifyAuditDatabase): the chain must hold it. */
   expectHead?: AuditHead;
+  /** age identities (AGE-SECRET-KEY-1...): each encrypted file is also decrypted and its content checked. */
+  identities?: readonly string[];
+  /** Only this recording (export); the audit cross-check still runs. */
+  recordingId?: string;
+}
+
+/** Decrypts one encrypted segment and checks its plaintext is playable video; a problem message or undefined. */
+export async function checkEncryptedSegment(file: string, identities: readonly string[]): Promise<{ kind: 'undecryptable' | 'not_video'; message: string } | undefined> {
+  const check = new TsVideoCheck();
+  try {
+    await decryptFileTo(file, identities, check);
+  } catch (e) {
+    return { kind: 'undecryptable', message: `does not decrypt with the given identity: ${errorMessage(e)}` };
+  }
+  const problem = check.problem();
+  return problem ? { kind: 'not_video', message: problem } : undefined;
 }
 
 export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<EvidenceVerifyResult> {
@@ -67,9 +91,12 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
   const problems: EvidenceProblem[] = [];
   const kid = o.publicJwk ? jwkThumbprint(o.publicJwk) : undefined;
   const key = o.publicJwk ? createPublicKey({ key: o.publicJwk as import('node:crypto').JsonWebKey, format: 'jwk' }) : undefined;
-  const recordings = o.db.prepare<[], RecordingRow>('SELECT * FROM recording ORDER BY started_at, id').all();
+  const allRecordings = o.db.prepare<[], RecordingRow>('SELECT * FROM recording ORDER BY started_at, id').all();
+  const recordings = allRecordings.filter((r) => o.recordingId === undefined || r.id === o.recordingId);
+  const concerns = (p: EvidenceProblem) => o.recordingId === undefined || p.recordingId === o.recordingId || p.recordingId === '';
   let segments = 0;
   let bytes = 0;
+  const decrypted = { segments: 0, tracks: 0 };
   for (const rec of recordings) {
     const p = (kind: EvidenceProblemKind, message: string, file?: string) => problems.push({ kind, recordingId: rec.id, message, ...(file === undefined ? {} : { file }) });
     const rows = segmentRows(o.db, rec.id);
@@ -92,6 +119,11 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
         continue;
       }
       bytes += st.size;
+      if (o.identities && row.file.endsWith(ageSuffix)) {
+        const bad = await checkEncryptedSegment(abs, o.identities);
+        if (bad) p(bad.kind, `segment ${row.idx} ${bad.message}`, row.file);
+        else decrypted.segments += 1;
+      }
       if (st.size !== row.bytes) {
         p('modified', `segment ${row.idx} is ${st.size} bytes, the index says ${row.bytes}`, row.file);
         continue;
@@ -99,11 +131,16 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
       const { sha256 } = await hashFile(abs);
       if (sha256 !== row.sha256) p('modified', `segment ${row.idx}'s SHA-256 is ${sha256.slice(0, 12)}…, the index says ${row.sha256.slice(0, 12)}…`, row.file);
     }
-    if (rec.status !== 'recording') checkManifest(o, rec, rows.map(manifestSegment), key, kid, p);
+    if (rec.status !== 'recording') {
+      const m = checkManifest(o, rec, rows.map(manifestSegment), key, kid, p);
+      if (m?.track) {
+        if (await checkTrack(o, m.track, p)) decrypted.tracks += 1;
+      }
+    }
   }
-  problems.push(...unindexed(o, recordings));
-  const audit = auditCrossCheck(o, recordings);
-  problems.push(...audit.problems);
+  problems.push(...unindexed(o, allRecordings).filter(concerns));
+  const audit = auditCrossCheck(o, allRecordings);
+  problems.push(...audit.problems.filter(concerns));
   return {
     ok: problems.length === 0,
     recordings: recordings.length,
@@ -113,7 +150,27 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
     signaturesChecked: key !== undefined,
     ...(kid ? { kid } : {}),
     audit: { recordingsNamed: audit.named, head: audit.head },
+    ...(o.identities ? { decrypted } : {}),
   };
+}
+
+/** The encrypted track the manifest lists: there, as hashed; with identities, decrypts to JSON. True when decrypted. */
+async function checkTrack(o: EvidenceVerifyOptions, track: NonNullable<Manifest['track']>, p: (kind: EvidenceProblemKind, message: string, file?: string) => void): Promise<boolean> {
+  const abs = path.join(o.evidenceDir, ...track.file.split('/'));
+  if (!existsSync(abs)) {
+    p('missing', 'the GPS track the manifest lists is gone', track.file);
+    return false;
+  }
+  const { sha256, bytes } = await hashFile(abs);
+  if (sha256 !== track.sha256 || bytes !== track.bytes) p('modified', `the GPS track's SHA-256 is ${sha256.slice(0, 12)}… (${bytes} bytes), the manifest says ${track.sha256.slice(0, 12)}… (${track.bytes} bytes)`, track.file);
+  if (!o.identities) return false;
+  try {
+    JSON.parse(await decryptSmallFile(abs, o.identities));
+    return true;
+  } catch (e) {
+    p('undecryptable', `the GPS track does not decrypt to JSON with the given identity: ${errorMessage(e)}`, track.file);
+    return false;
+  }
 }
 
 /**
@@ -185,11 +242,11 @@ function checkManifest(
   key: ReturnType<typeof createPublicKey> | undefined,
   kid: string | undefined,
   p: (kind: EvidenceProblemKind, message: string, file?: string) => void,
-): void {
+): Manifest | undefined {
   const dirRel = `recordings/${rec.id}`;
   if (rec.manifest === null || rec.manifest_sig === null) {
     p('manifest_mismatch', `the recording is ${rec.status} but has no manifest in the database`);
-    return;
+    return undefined;
   }
   if (key) {
     if (rec.kid !== kid) p('bad_signature', `the manifest names key ${rec.kid}, not the device key ${kid}`, `${dirRel}/${signatureFile}`);
@@ -213,7 +270,7 @@ function checkManifest(
     if (!Array.isArray(m.segments)) throw new Error('no segments');
   } catch (e) {
     p('manifest_mismatch', `the manifest is not readable: ${errorMessage(e)}`);
-    return;
+    return undefined;
   }
   const fields: [string, unknown, unknown][] = [
     ['recordingId', m.recordingId, rec.id],
@@ -234,6 +291,7 @@ function checkManifest(
     else if (canonicalJson(row) !== canonicalJson(s)) p('manifest_mismatch', `segment ${s.index}'s index row differs from the signed manifest`, row.file);
   }
   for (const row of byIndex.values()) p('manifest_mismatch', `segment ${row.index} is indexed but not in the signed manifest`, row.file);
+  return m;
 }
 
 function unindexed(o: EvidenceVerifyOptions, recordings: RecordingRow[]): EvidenceProblem[] {

@@ -2,6 +2,7 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { stringify } from 'yaml';
+import { testAgeRecipient, testPlaintextDir } from './age-keys.ts';
 
 export async function writeAgentConfig(stateDir: string, overrides: Record<string, unknown> = {}): Promise<string> {
   const config = {
@@ -12,6 +13,12 @@ export async function writeAgentConfig(stateDir: string, overrides: Record<strin
     // on two cores. Tests about capture itself set their own.
     capture: { width: 320, height: 240, framerate: 10, bitrateKbps: 300 },
     ...overrides,
+    // Evidence encrypted to the test process's own key, the open segment in a tmpfs folder of its own.
+    recording: {
+      encryption: { recipients: [testAgeRecipient] },
+      plaintextDir: testPlaintextDir(),
+      ...(overrides.recording as Record<string, unknown> | undefined),
+    },
   };
   const file = path.join(stateDir, 'config.yaml');
   await writeFile(file, stringify(config));
