@@ -38,7 +38,7 @@ t.test('ctl status, one agent per state folder, clean shutdown', async (t) => {
   const viaFlag = await run(agentBin, ['ctl', 'status', '--state-dir', stateDir], { env: { ...process.env, BWC_STATE_DIR: '' } });
   t.equal((JSON.parse(viaFlag.stdout) as { deviceId: string }).deviceId, 'cam-ctl', '--state-dir works too');
 
-  const second = spawnAgent(['run'], env);
+  const second = spawnAgent(['run', '--config', await writeAgentConfig(stateDir)], env);
   const r = await second.exited;
   t.equal(r.code, 1, 'a second agent on the same state folder refuses to start');
   t.match(second.output, /another agent is already running/);

@@ -1,6 +1,6 @@
 // Capture and evidence recording with the real `test` pipeline in its worker, driven the way an
 // operator would (`bwc-agent ctl record start|stop`), checked the way an auditor would
-// (`bwc-agent evidence verify`, GStreamer decoding the files).
+// (`bwc-agent evidence verify`, GStreamer decoding the files, decrypted with the test's age key).
 import { execFile } from 'node:child_process';
 import { readdir, open, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -10,6 +10,7 @@ import t from 'tap';
 import { runCli, spawnAgent, tempStateDir, type AgentProcess } from './helpers/agent-process.ts';
 import { writeAgentConfig } from './helpers/agent-config.ts';
 import { decodedVideo } from './helpers/decode.ts';
+import { decryptedCopy } from './helpers/age-keys.ts';
 import { startBroker } from './helpers/mosquitto.ts';
 
 const run = promisify(execFile);
@@ -71,7 +72,7 @@ async function recordingDirs(stateDir: string): Promise<string[]> {
 }
 
 async function segmentsOf(dir: string): Promise<string[]> {
-  return (await readdir(dir)).filter((f) => f.endsWith('.ts')).sort().map((f) => path.join(dir, f));
+  return (await readdir(dir)).filter((f) => f.endsWith('.ts.age')).sort().map((f) => path.join(dir, f));
 }
 
 t.test('10 s recording with a 5 s pre-event buffer, verified and decoded; tampering is named', async (t) => {
@@ -99,7 +100,7 @@ t.test('10 s recording with a 5 s pre-event buffer, verified and decoded; tamper
   const files = await segmentsOf(dir!);
   let total = 0;
   for (const f of files) {
-    const { seconds } = await decodedVideo(f);
+    const { seconds } = await decodedVideo(await decryptedCopy(f));
     t.ok(seconds > 0, `${path.basename(f)} decodes with GStreamer (${seconds.toFixed(1)} s)`);
     total += Math.max(0, seconds);
   }
@@ -192,7 +193,7 @@ t.test('kill -9 of the worker and of the whole agent during recording, 12 times'
   for (const dir of dirs) {
     for (const f of await segmentsOf(dir)) {
       files += 1;
-      if ((await stat(f)).size > 0 && (await decodedFrames(f)) <= 0) unreadable += 1;
+      if ((await stat(f)).size > 0 && (await decodedFrames(await decryptedCopy(f))) <= 0) unreadable += 1;
     }
   }
   t.equal(unreadable, 0, `all ${files} segments, the ones cut by a kill included, are readable video`);
