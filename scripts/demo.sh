@@ -15,7 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 demo="${DEMO_DIR:-$root/.demo}"
-rm -rf "$demo/state" "$demo/state-2" "$demo/issuer" "$demo/mosquitto.db" "$demo"/*.yaml "$demo/users.json"
+rm -rf "$demo/state" "$demo/state-2" "$demo/issuer" "$demo/mosquitto.db" "$demo"/*.yaml "$demo/users.json" "$demo/force.agekey"
+# The open segment of each camera, in the clear, in RAM only (recording.plaintextDir must be tmpfs).
+demo_ram=/dev/shm/bwc-demo-$(id -u)
+rm -rf "$demo_ram"
 mkdir -p "$demo"
 export PATH="$root/.runtime/node/bin:$PATH"
 
@@ -107,13 +110,19 @@ pids+=($!)
 # store, and one demo operator.
 bin/bwc-agent keys generate --out "$demo/issuer" --actions stream.start,stream.stop,record.start,record.stop >/dev/null
 node ops-console/users.ts add --file "$demo/users.json" --user demo --operator sgt-demo --name "Sgt Demo" --password demo-password >/dev/null
+# The force's age key pair: the cameras get only the public key and encrypt their evidence to it;
+# the identity stays with the "force" ($demo/force.agekey) for evidence verify|export --identity.
+age-keygen -o "$demo/force.agekey" 2>/dev/null
+force_recipient=$(age-keygen -y "$demo/force.agekey")
 
-# Everything else on the embedded defaults. The demo machine's clock may not be NTP-synchronised,
+# Everything else on the embedded defaults, but for the force's public key (evidence is encrypted
+# to it) and a RAM folder per camera. The demo machine's clock may not be NTP-synchronised,
 # and its viewer is a browser on this machine (loopback candidates).
 camera_config() { # file [capture]
   {
     echo "commands: {trustStore: $demo/issuer/trust.jwks.json, unsynchronisedClock: accept}"
     echo "stream: {ice: {interfaces: [lo]}}"
+    echo "recording: {encryption: {recipients: [$force_recipient]}, plaintextDir: $demo_ram/$(basename "$1" .yaml)}"
     if [ -n "${2:-}" ]; then echo "capture: $2"; fi
   } > "$1"
 }
@@ -152,6 +161,7 @@ demo: broker   mqtt://127.0.0.1:$mqtt_port   (watch: mosquitto_sub -h 127.0.0.1 
 demo: gpsd     127.0.0.1:$gpsd_port replaying $(basename "$gps_log"), 127.0.0.1:$gpsd2_port replaying $(basename "$gps2_log")
 demo: agent    device $device_id, state in $demo/state   (status: BWC_STATE_DIR=$demo/state bin/bwc-agent ctl status)
 demo: agent    device $device2_id, state in $demo/state-2
+demo: evidence encrypted to $demo/force.agekey's public key   (BWC_STATE_DIR=$demo/state bin/bwc-agent evidence verify --identity $demo/force.agekey)
 demo: console  http://127.0.0.1:$console_port/   sign in as demo / demo-password   (log: $demo/console.log)
 demo: Ctrl-C stops everything
 INFO
