@@ -21,6 +21,7 @@ const benches: Bench[] = [
   { name: 'rtp-guard', file: 'bench/rtp-guard.ts', flags: [] },
   { name: 'command-roundtrip', file: 'bench/command-roundtrip.ts', flags: ['runs'] },
   { name: 'capture', file: 'bench/capture.ts', flags: ['preset', 'seconds', 'requests'] },
+  { name: 'encryption', file: 'bench/encryption.ts', flags: ['window-s', 'rounds'] },
   { name: 'stream', file: 'bench/stream.ts', flags: ['runs', 'window-s'] },
   { name: 'live-encoder', file: 'bench/live-encoder.ts', flags: ['window-s'] },
   { name: 'bad-link', file: 'bench/bad-link.ts', flags: ['moves', 'window-s'] },
