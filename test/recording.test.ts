@@ -404,3 +404,62 @@ t.test('a segment whose worker died before closing it is kept as a partial segme
   t.ok((await verify(rig)).ok);
   await rig.shutdown();
 });
+
+t.test('encryption at rest: the capture writes in RAM, the buffer and recordings hold age ciphertext, positions only in the encrypted track', async (t) => {
+  const { testAgeIdentity, testAgeRecipient, testPlaintextDir } = await import('./helpers/age-keys.ts');
+  const { Decrypter } = await import('age-encryption');
+  const decrypt = async (file: string) => {
+    const d = new Decrypter();
+    d.addIdentity(testAgeIdentity);
+    return Buffer.from(await d.decrypt(new Uint8Array(readFileSync(file))));
+  };
+  const plaintextDir = testPlaintextDir();
+  let rig = await makeRig({ preEventS: 4, encryption: { recipients: [testAgeRecipient], plaintextDir } });
+  t.equal(rig.recorder.captureDir, path.join(plaintextDir, 'segments'), 'the capture writes into the RAM folder');
+  rig.recorder.captureRunning(true);
+  const buffered = await runSegments(rig, 3);
+  const plain = readFileSync(buffered.at(-1)!.file);
+  await rig.recorder.flush();
+  t.same(readdirSync(rig.recorder.captureDir), [], 'closed segments leave RAM');
+  t.ok(bufferFiles(rig).length > 0 && bufferFiles(rig).every((f) => f.endsWith('.ts.age')), `the pre-event buffer is ciphertext: ${bufferFiles(rig).join(' ')}`);
+  t.same(await decrypt(path.join(rig.recorder.bufferDir, `${path.basename(buffered.at(-1)!.file)}.age`)), plain, 'and decrypts to the segment');
+
+  const r = rig.recorder.start({ kind: 'ctl' });
+  const id = r.ok ? r.recordingId : '';
+  await runSegments(rig, 2);
+  rig.recorder.stop({ kind: 'ctl' });
+  await runSegments(rig, 1);
+  await rig.recorder.flush();
+  const files = recordingFiles(rig, id);
+  t.ok(files.filter((f) => f.endsWith('.ts.age')).length >= 4, `the recording's segments are .ts.age: ${files.join(' ')}`);
+  t.ok(files.includes('track.json.age') && files.includes('manifest.json') && files.includes('manifest.sig'));
+  const rows = segments(rig, id);
+  t.ok(rows.every((x) => x.lat === null && x.lon === null), 'no position in the index');
+  const m = JSON.parse(recordings(rig)[0]!.manifest!) as Manifest;
+  t.same(m.encryption, { format: 'age-v1', recipients: [testAgeRecipient] });
+  t.ok(m.segments.every((x) => x.lat === null), 'nor in the manifest');
+  const track = JSON.parse((await decrypt(path.join(rig.recorder.recordingsDir, id, 'track.json.age'))).toString('utf8')) as { points: { index: number; lat: number }[] };
+  t.same(track.points.map((p) => p.index), rows.map((x) => x.idx), 'the encrypted track has each segment\'s position');
+  t.ok(track.points.every((p) => p.lat === 51.5));
+  t.same(readdirSync(path.join(plaintextDir, 'tracks')), [], 'the track in RAM is gone once sealed');
+  t.ok((await verify(rig)).ok, 'verifies without the key');
+  const withKey = await verifyEvidence({ db: rig.db, evidenceDir: rig.evidenceDir, publicJwk: rig.key.publicJwk, identities: [testAgeIdentity] });
+  t.match(withKey.problems, [{ kind: 'not_video' }], 'with the key, the random test segments are found not to be video');
+
+  // A kill -9: a recording runs, one segment closed but never handled and one open are left in RAM.
+  const r2 = rig.recorder.start({ kind: 'ctl' });
+  const id2 = r2.ok ? r2.recordingId : '';
+  await runSegments(rig, 1);
+  await rig.recorder.flush();
+  writeFileSync(path.join(rig.recorder.captureDir, 'capture-left-in-ram.ts'), 'the open segment at the kill');
+  writeFileSync(path.join(rig.recorder.bufferDir, '.capture-9.ts.age.tmp'), 'an interrupted encryption');
+  rig = await rig.restart({ encryption: { recipients: [testAgeRecipient], plaintextDir } });
+  await rig.recorder.flush();
+  t.same(readdirSync(rig.recorder.captureDir), [], 'the plaintext left in RAM is encrypted at start');
+  t.same(bufferFiles(rig).filter((f) => f.endsWith('.tmp')), [], 'the interrupted encryption\'s temporary file is gone');
+  const recovered = segments(rig, id2).filter((x) => x.recovered === 1);
+  t.equal(recovered.length, 1, 'and joins the interrupted recording as recovered');
+  t.match(recovered[0]!.file, /\.ts\.age$/);
+  t.equal((await decrypt(path.join(rig.evidenceDir, recovered[0]!.file))).toString(), 'the open segment at the kill');
+  await rig.shutdown();
+});

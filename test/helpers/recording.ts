@@ -41,7 +41,7 @@ export interface Rig {
   clock: TestClock;
   recorder: Recorder;
   position: { value: { lat: number; lon: number } | null };
-  /** Writes a segment of `durationS` ending at the clock's now into the buffer and reports it. */
+  /** Writes a segment of `durationS` ending at the clock's now where the capture writes (the buffer, or RAM with encryption) and reports it. */
   segment(durationS?: number, bytes?: number): Promise<SegmentInfo>;
   /** Closes the recorder and the database (the files stay). */
   shutdown(): Promise<void>;
@@ -95,7 +95,7 @@ export async function makeRig(options: Partial<RecorderOptions> & { stateDir?: s
     async segment(durationS = 2, bytes = 512) {
       const end = clock.ms;
       const start = end - durationS * 1000;
-      const file = path.join(recorder.bufferDir, `capture-${++segCounter}.ts`);
+      const file = path.join(recorder.captureDir, `capture-${++segCounter}.ts`);
       await writeFile(file, randomBytes(bytes));
       const info: SegmentInfo = { file, startedAt: new Date(start).toISOString(), endedAt: new Date(end).toISOString(), durationS };
       capture.emit('segment', info);
