@@ -101,7 +101,7 @@ t.test('the arm64 agent, emulated: online at a native broker, a 5 s recording th
   const root = path.join(stateDir, 'evidence', 'recordings');
   const dirs = await readdir(root);
   t.equal(dirs.length, 1, 'one recording folder');
-  const segments = (await readdir(path.join(root, dirs[0]!))).filter((f) => f.endsWith('.ts'));
+  const segments = (await readdir(path.join(root, dirs[0]!))).filter((f) => f.endsWith('.ts.age'));
   t.ok(segments.length >= 2, `segments written (${segments.length})`);
   const verify = await cli(['evidence', 'verify', '--state-dir', stateDir]);
   t.equal(verify.code, 0, `evidence verify (arm64, emulated) passes: ${verify.stdout.trim().split('\n').at(-1)}`);
