@@ -2,8 +2,8 @@
 // standard format a force decrypts with the `age` tool it already has, and the camera holds only
 // the force's PUBLIC keys, so nothing on the camera decrypts its own footage. The age-encryption
 // npm package does the format (header, X25519 stanzas, ChaCha20-Poly1305 in 64 KiB chunks); this
-// file only streams files through it, so a segment is never held whole in memory and each chunk
-// of work on the event loop is small.
+// file only streams files through it, so a segment is never held whole in memory, and the
+// recorder runs segment encryption on a worker thread (EncryptionThread), off the event loop.
 //
 // Plaintext exists only in RAM: the capture worker writes the open segment into a tmpfs folder
 // (recording.plaintextDir), and a closed segment is encrypted into the buffer folder on disk and
@@ -15,6 +15,8 @@ import path from 'node:path';
 import { Readable, Writable, type Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { Decrypter, Encrypter } from 'age-encryption';
 import { errorMessage } from '../errors.ts';
 
@@ -62,7 +64,9 @@ export async function encryptFile(src: string, dest: string, recipients: readonl
   const st = await stat(src);
   const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.tmp`);
   try {
-    const input = Readable.toWeb(createReadStream(src, { highWaterMark: 256 * 1024 })) as unknown as ReadableStream<Uint8Array>;
+    // 64 KiB reads, age's chunk size: each step on the event loop encrypts one chunk (about a
+    // millisecond on a Pi-class core) and then yields to the file read.
+    const input = Readable.toWeb(createReadStream(src, { highWaterMark: 64 * 1024 })) as unknown as ReadableStream<Uint8Array>;
     const encrypted = await e.encrypt(input);
     await pipeline(Readable.fromWeb(encrypted as unknown as WebReadableStream<Uint8Array>), createWriteStream(tmp, { mode: 0o600, flush: true }));
     await utimes(tmp, st.atime, st.mtime);
@@ -72,6 +76,60 @@ export async function encryptFile(src: string, dest: string, recipients: readonl
     throw err;
   }
   return { bytes: (await stat(dest)).size };
+}
+
+type Reply = { id: number; ok: true; bytes: number } | { id: number; ok: false; message: string; code: string | null };
+
+/**
+ * encryptFile on a worker thread of its own (encryption-worker.ts), started on first use: the
+ * recorder's queue hands it one segment at a time. The thread holds the event loop open only while
+ * a segment is being encrypted; if it dies, what it was doing fails and the next call starts a new one.
+ */
+export class EncryptionThread {
+  #worker: Worker | undefined;
+  #nextId = 0;
+  readonly #pending = new Map<number, { resolve: (r: { bytes: number }) => void; reject: (e: Error) => void }>();
+
+  encrypt(src: string, dest: string, recipients: readonly string[]): Promise<{ bytes: number }> {
+    const worker = this.#start();
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      worker.ref();
+      worker.postMessage({ id, src, dest, recipients: [...recipients] });
+    });
+  }
+
+  async close(): Promise<void> {
+    const w = this.#worker;
+    this.#worker = undefined;
+    if (w) await w.terminate();
+  }
+
+  #start(): Worker {
+    if (this.#worker) return this.#worker;
+    // Under type stripping this module is the worker's sibling .ts; built, both are .js in dist/.
+    const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+    const worker = new Worker(fileURLToPath(new URL(`./encryption-worker.${ext}`, import.meta.url)));
+    worker.unref();
+    worker.on('message', (r: Reply) => {
+      const p = this.#pending.get(r.id);
+      this.#pending.delete(r.id);
+      if (this.#pending.size === 0) worker.unref();
+      if (!p) return;
+      if (r.ok) p.resolve({ bytes: r.bytes });
+      else p.reject(Object.assign(new Error(r.message), r.code ? { code: r.code } : {}));
+    });
+    const fail = (err: Error) => {
+      if (this.#worker === worker) this.#worker = undefined;
+      for (const p of this.#pending.values()) p.reject(err);
+      this.#pending.clear();
+    };
+    worker.on('error', fail);
+    worker.on('exit', (code) => fail(new Error(`the encryption thread exited (code ${code})`)));
+    this.#worker = worker;
+    return worker;
+  }
 }
 
 /** Encrypts a small in-memory text (the GPS track) to `dest`, atomically. */

@@ -59,7 +59,7 @@ import type { DeviceKey } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
 import { bufferDirOf, isManifestName, manifestFile, newRecordingId, parseSegmentFileName, plaintextSegmentsDirOf, recordingsDirOf, segmentExt, segmentFileName, segmentRelPath, signatureFile, trackFile } from './layout.ts';
 import { buildManifest, genesisSha256, hashFile, manifestDigest, segmentRows, type Manifest, type ManifestExtras, type RecordingRow } from './manifest.ts';
-import { ageSuffix, encryptFile, encryptTextFile } from './encryption.ts';
+import { ageSuffix, EncryptionThread, encryptTextFile } from './encryption.ts';
 import { errorMessage } from '../errors.ts';
 
 /** What the capture supervisor reports for each closed segment: the capture protocol declares it. */
@@ -151,6 +151,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
   /** Where the capture writes segments: the buffer folder, or with encryption the tmpfs folder. */
   readonly captureDir: string;
   readonly #tracksDir: string | undefined;
+  readonly #encryptor: EncryptionThread | undefined;
   readonly recordingsDir: string;
   readonly #o: RecorderOptions;
   readonly #log: Logger;
@@ -186,6 +187,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
     this.recordingsDir = recordingsDirOf(o.evidenceDir);
     this.captureDir = o.encryption ? plaintextSegmentsDirOf(o.encryption.plaintextDir) : this.bufferDir;
     this.#tracksDir = o.encryption ? path.join(o.encryption.plaintextDir, 'tracks') : undefined;
+    this.#encryptor = o.encryption ? new EncryptionThread() : undefined;
     mkdirSync(this.bufferDir, { recursive: true, mode: 0o700 });
     mkdirSync(this.recordingsDir, { recursive: true, mode: 0o700 });
     mkdirSync(this.captureDir, { recursive: true, mode: 0o700 });
@@ -261,6 +263,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
     this.#o.source.off('segment-opened', this.#onOpened);
     for (const rec of this.#closing) clearTimeout(rec.closeTimer);
     await this.flush();
+    await this.#encryptor?.close();
   }
 
   // ---- triggers and transitions -------------------------------------------------------------
@@ -399,7 +402,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
 
   async #encryptSegment(plain: string, encrypted: string): Promise<void> {
     try {
-      await encryptFile(plain, encrypted, this.#o.encryption!.recipients);
+      await this.#encryptor!.encrypt(plain, encrypted, this.#o.encryption!.recipients);
       await fsyncDir(this.bufferDir);
       await unlink(plain);
     } catch (err) {
