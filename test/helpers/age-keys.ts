@@ -14,12 +14,16 @@ const dir = mkdtempSync(path.join(os.tmpdir(), 'bwc-age-'));
 export const testAgeIdentityFile = path.join(dir, 'force.agekey');
 writeFileSync(testAgeIdentityFile, `# created: ${new Date().toISOString()}\n# public key: ${testAgeRecipient}\n${testAgeIdentity}\n`, { mode: 0o600 });
 
-const plaintextDirs: string[] = [];
-/** A fresh plaintext folder on tmpfs (/dev/shm) for one agent under test, removed when the test process exits. */
-export function testPlaintextDir(): string {
-  mkdirSync('/dev/shm', { recursive: true });
-  const d = mkdtempSync('/dev/shm/bwc-plain-');
-  plaintextDirs.push(d);
+const plaintextDirs = new Set<string>();
+/**
+ * The plaintext folder on tmpfs (/dev/shm) for the agent of one state folder: the same for every
+ * config written for that state folder (so a restart finds what a kill left, and the config digest
+ * stays the same), fresh without one; removed when the test process exits.
+ */
+export function testPlaintextDir(stateDir?: string): string {
+  const d = stateDir ? `/dev/shm/bwc-plain-${path.basename(stateDir)}` : mkdtempSync('/dev/shm/bwc-plain-');
+  mkdirSync(d, { recursive: true, mode: 0o700 });
+  plaintextDirs.add(d);
   return d;
 }
 

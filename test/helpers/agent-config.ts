@@ -16,7 +16,7 @@ export async function writeAgentConfig(stateDir: string, overrides: Record<strin
     // Evidence encrypted to the test process's own key, the open segment in a tmpfs folder of its own.
     recording: {
       encryption: { recipients: [testAgeRecipient] },
-      plaintextDir: testPlaintextDir(),
+      plaintextDir: testPlaintextDir(stateDir),
       ...(overrides.recording as Record<string, unknown> | undefined),
     },
   };
