@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import path from 'node:path';
 import { Agent } from '../agent/agent.ts';
-import { ConfigError, loadConfig, resolveStateDir } from '../config/load.ts';
+import { ConfigError, resolveStateDir } from '../config/load.ts';
 import { ControlClientError, controlRequest } from '../control/control-socket.ts';
 import { auditVerifyCommand } from '../audit/cli.ts';
 import { evidenceVerifyCommand } from '../recording/cli.ts';
@@ -13,6 +13,9 @@ import { generateIssuerKeys, sendCommand, signCommand, ToolError } from './fleet
 import { createLogger } from '../log.ts';
 import { agentVersion } from '../version.ts';
 import { errorMessage } from '../errors.ts';
+import { loadStartConfig } from '../fleet/config-start.ts';
+import { RecentLog } from '../fleet/diagnostics.ts';
+import { restartExitCode } from '../fleet/fleet-management.ts';
 
 const usage = `bwc-agent ${agentVersion}
 
@@ -43,11 +46,25 @@ export class UsageError extends Error {}
 
 async function run(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } }, strict: true });
-  const config = loadConfig({ file: values.config, env: process.env, cwd: process.cwd() });
-  const logger = createLogger({ level: config.log.level, pretty: config.log.pretty, deviceId: config.deviceId });
-  const agent = await Agent.create({ config, logger });
+  // The local file, then what signed config.apply commands left (src/fleet/config-start.ts).
+  const { config, source } = loadStartConfig({ file: values.config, env: process.env, cwd: process.cwd() });
+  const recentLog = new RecentLog();
+  const logger = createLogger({ level: config.log.level, pretty: config.log.pretty, deviceId: config.deviceId, recent: recentLog });
   let exitCode = 0;
-  const shutdown = (signal: string) => {
+  let shutdown: (signal: string) => void = () => undefined;
+  const agent = await Agent.create({
+    config,
+    logger,
+    configSource: source,
+    recentLog,
+    requestRestart: (reason) => {
+      // systemd restarts on this status (Restart=on-failure; only 2 is RestartPreventExitStatus).
+      exitCode = restartExitCode;
+      logger.info({ reason, exitCode }, 'restarting for a configuration change');
+      shutdown(reason);
+    },
+  });
+  shutdown = (signal: string) => {
     void agent.stop(signal).then(
       () => process.exit(exitCode),
       (err: unknown) => {

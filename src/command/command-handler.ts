@@ -30,7 +30,16 @@ export type ActionResult = { ok: true; [member: string]: unknown } | { ok: false
 /** The result code when an action's executor throws instead of answering. */
 export const actionFailedCode = 'internal_error';
 
-export type ActionExecutor = (command: AuthorisedCommand) => Promise<ActionResult> | ActionResult;
+/**
+ * `reply.more` publishes a further message on the command's Response Topic, with its Correlation
+ * Data (a diag.collect bundle's chunks after the reply); nothing when the command had no
+ * Response Topic.
+ */
+export interface ActionReply {
+  more(body: object): void;
+}
+
+export type ActionExecutor = (command: AuthorisedCommand, reply: ActionReply) => Promise<ActionResult> | ActionResult;
 
 export interface CommandHandlerOptions {
   /** The link's channel for `cmd` (FleetLink.requestChannel): queue, bounds, Response Topic, reply. */
@@ -146,7 +155,7 @@ export class CommandHandler implements Extension, RequestHandler {
     // before the next command is verified.
     let running: Promise<ActionResult>;
     try {
-      running = Promise.resolve(this.#options.executors[command.action](command));
+      running = Promise.resolve(this.#options.executors[command.action](command, { more: (body) => request.reply(body) }));
     } catch (err) {
       running = Promise.reject(err as Error);
     }
