@@ -46,7 +46,12 @@ export interface CommandHandlerOptions {
   requests: Pick<RequestChannel, 'listen' | 'close'>;
   verifier: Pick<CommandVerifier, 'verify'>;
   audit: Pick<AuditLog, 'append'>;
-  executors: Record<CommandAction, ActionExecutor>;
+  /**
+   * One per action this handler carries out. Partial so that a handler built for some actions (a
+   * test's, a bench's) need not list the fleet-management ones; an action without one is
+   * answered `not_supported` after its acceptance is audited.
+   */
+  executors: Partial<Record<CommandAction, ActionExecutor>>;
   logger: Logger;
   /** Folds repeated refusals; without one every refusal is audited in full and answered. */
   refusals?: Pick<RefusalFolder, 'refused' | 'flush'>;
@@ -155,7 +160,10 @@ export class CommandHandler implements Extension, RequestHandler {
     // before the next command is verified.
     let running: Promise<ActionResult>;
     try {
-      running = Promise.resolve(this.#options.executors[command.action](command, { more: (body) => request.reply(body) }));
+      const executor = this.#options.executors[command.action];
+      running = executor
+        ? Promise.resolve(executor(command, { more: (body) => request.reply(body) }))
+        : Promise.resolve({ ok: false, code: 'not_supported', message: `this agent does not carry out ${command.action}` });
     } catch (err) {
       running = Promise.reject(err as Error);
     }
