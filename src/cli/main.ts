@@ -36,7 +36,7 @@ Usage:
 Fleet-side tools (for a backend's operators and tests; see docs/protocol.md):
   bwc-agent keys generate --out DIR [--actions LIST]
   bwc-agent command sign --key FILE --device ID --action ACT --reason CODE [--operator ID]
-                         [--issuer ISS] [--ttl S] [--max-s S] [--offer FILE] [--sid SID]
+                         [--issuer ISS] [--ttl S] [--max-s S] [--offer FILE] [--sid SID] [--params JSON_FILE]
   bwc-agent command send --url MQTT_URL <the sign options>      (prints the device's reply)
 
 Environment overrides: BWC_DEVICE_ID, BWC_MQTT_URL, BWC_STATE_DIR, BWC_GPSD, BWC_LOG_LEVEL, BWC_TRUST_STORE, BWC_CAMERA, BWC_FIRMWARE.
@@ -138,9 +138,18 @@ const signOptions = {
   'max-s': { type: 'string' },
   offer: { type: 'string' },
   sid: { type: 'string' },
+  params: { type: 'string' },
   url: { type: 'string' },
   'topic-root': { type: 'string' },
 } as const;
+
+function readJsonFile(file: string, option: string): unknown {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as unknown;
+  } catch (err) {
+    throw new UsageError(`${option} ${file}: not readable JSON (${errorMessage(err)})`);
+  }
+}
 
 function positiveInt(name: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
@@ -168,6 +177,7 @@ async function commandTool(argv: string[]): Promise<number> {
     maxS: positiveInt('max-s', values['max-s']),
     offer,
     sid: values.sid,
+    params: values.params === undefined ? undefined : readJsonFile(values.params, '--params'),
   });
   if (verb === 'sign') {
     process.stdout.write(`${token}\n`);
