@@ -61,10 +61,12 @@ t.test('config.apply, trust.update and diag.collect on the real agent under a sy
   await sup.waitFor('ready', (e) => e.run === 1, 90_000);
   await waitState((s) => s.online === true && s.config?.version === 0, 'online on the local file (version 0)');
 
-  await t.test('a live change: new reason codes, no restart', async (t) => {
+  await t.test('a live change: new reason codes and GPS cadence, no restart', async (t) => {
     const reasons = [...defaultReasonCodes, 'custody-transfer'];
-    const reply = await send(admin, 'config.apply', { config: { document: { commands: { reasons } } } });
-    t.match(reply, { ok: true, applied: 'live', version: 1, changed: ['commands.reasons'] });
+    const gpsBefore = recorder.on('gps').length;
+    const reply = await send(admin, 'config.apply', { config: { document: { commands: { reasons }, gps: { idleInterval: 3 } } } });
+    t.match(reply, { ok: true, applied: 'live', version: 1, changed: ['commands.reasons', 'gps.idleInterval'] });
+    await recorder.waitFor(() => recorder.on('gps').length > gpsBefore, 20_000, 'a GPS report on the cadence change');
     await waitState((s) => s.config?.version === 1 && s.config.digest === reply.digest, 'state.config version 1 with the digest');
     const cmd = await send(records, 'record.stop', { reason: 'custody-transfer' });
     t.ok(passedVerifier(cmd), `the new reason is accepted at once (${cmd.code ?? 'ok'})`);
@@ -89,8 +91,8 @@ t.test('config.apply, trust.update and diag.collect on the real agent under a sy
     const revoke = await send(admin, 'trust.update', { trust: { revoke: [records.kid] } });
     t.equal(revoke.ok, true, `revoked: ${revoke.message ?? ''}`);
     const from = states().length;
-    const reply = await send(admin, 'config.apply', { config: { patch: { gps: { idleInterval: 7 } }, base: 1 } });
-    t.match(reply, { ok: true, applied: 'restart', version: 2, changed: ['gps.idleInterval'] });
+    const reply = await send(admin, 'config.apply', { config: { patch: { health: { interval: 7 } }, base: 1 } });
+    t.match(reply, { ok: true, applied: 'restart', version: 2, changed: ['health.interval'] });
     const exit = await sup.waitFor('exit', (e) => e.run === 1, 60_000);
     t.match(exit, { code: 75, willRestart: true }, 'exit 75: restarted by Restart=on-failure');
     await sup.waitFor('ready', (e) => e.run === 2, 90_000);

@@ -290,6 +290,7 @@ export class Agent {
       state: this.#state,
       trustStore: parts.trustStore,
       policy,
+      gps,
       link: { connected: () => link.status().connected, health: () => link.health(), onConnectionChange: (l) => link.onConnectionChange(l) },
       requestRestart: options.requestRestart ?? ((reason) => logger.error({ reason }, 'a restart was asked for, but nothing can restart this agent')),
       ...(options.recentLog ? { recentLog: options.recentLog } : {}),

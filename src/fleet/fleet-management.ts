@@ -32,7 +32,7 @@ import { applyTrustChange, type TrustChange } from './trust-updates.ts';
 export const restartExitCode = 75;
 
 /** Settings a config.apply changes without a restart. */
-export const liveKeys = ['commands.reasons', 'commands.maxStreamDuration'] as const;
+export const liveKeys = ['commands.reasons', 'commands.maxStreamDuration', 'gps.recordingInterval', 'gps.idleInterval'] as const;
 
 /** Where the running config came from, to validate a change exactly as a start would. */
 export interface ConfigSource {
@@ -54,6 +54,8 @@ export interface FleetManagementOptions {
   /** The verifier's policy object, changed in place by live keys. */
   policy: CommandPolicy;
   link: { connected: () => boolean; health: () => { healthy: boolean; reason?: string }; onConnectionChange: (listener: () => void) => void };
+  /** The GPS cadence, changed in place by live keys. */
+  gps?: { setIntervals(recordingIntervalS: number, idleIntervalS: number): void };
   /** Stops the agent and exits with restartExitCode. */
   requestRestart: (reason: string) => void;
   recentLog?: RecentLog;
@@ -217,6 +219,9 @@ export class FleetManagement implements Extension {
     const policy = this.#o.policy;
     policy.allowedReasons = [...next.commands.reasons];
     policy.maxStreamDurationS = next.commands.maxStreamDuration;
+    if (next.gps.recordingInterval !== this.#config.gps.recordingInterval || next.gps.idleInterval !== this.#config.gps.idleInterval) {
+      this.#o.gps?.setIntervals(next.gps.recordingInterval, next.gps.idleInterval);
+    }
     const c = next.commands;
     this.#o.state.update({ commandPolicy: { reasons: [...c.reasons], maxStreamDurationS: c.maxStreamDuration, maxConcurrentStreams: c.maxConcurrentStreams } });
   }
