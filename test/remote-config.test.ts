@@ -7,7 +7,7 @@ import path from 'node:path';
 import { tempStateDir } from './helpers/agent-process.ts';
 import { writeAgentConfig } from './helpers/agent-config.ts';
 import { loadStartConfig } from '../src/fleet/config-start.ts';
-import { maxTrialAttempts, mergePatch, protectedKeysIn, RemoteConfigStore } from '../src/fleet/remote-config.ts';
+import { dropsTls, maxTrialAttempts, mergePatch, protectedKeysIn, RemoteConfigStore, remoteFileProblems } from '../src/fleet/remote-config.ts';
 import { localOnlyKeys } from '../src/config/docs.ts';
 
 t.test('mergePatch is RFC 7396', async (t) => {
@@ -26,6 +26,18 @@ t.test('local-only keys: named, found below and above, unlockable', async (t) =>
   t.same(protectedKeysIn({ stream: { covert: true } }, ['stream.covert']), [], 'unlocked by the local file');
   t.same(protectedKeysIn({ mqtt: { tls: { caFile: '/x' } } }, ['mqtt.tls']), [], 'a prefix unlocks what is below it');
   t.same(protectedKeysIn({ gps: { idleInterval: 5 }, commands: { reasons: ['a'] } }, []), []);
+});
+
+t.test('files named remotely stay in the config folder; TLS is not dropped', async (t) => {
+  const doc = { stream: { ice: { servers: [{ urls: 't', credentialFile: '/etc/bwc-agent/turn.pw' }, { urls: 'u', credentialFile: '/var/lib/bwc-agent/device-key.private.pem' }], turnCaFile: '/etc/bwc-agent/../shadow' } } };
+  const state = '/var/lib/bwc-agent';
+  t.same(remoteFileProblems(doc, '/etc/bwc-agent/config.yaml', state), ['stream.ice.servers[1].credentialFile', 'stream.ice.turnCaFile']);
+  t.same(remoteFileProblems({ stream: { ice: { turnCaFile: 'ca.pem' } } }, '/etc/bwc-agent/config.yaml', state), [], 'relative to the config folder');
+  t.same(remoteFileProblems({ stream: { ice: { turnCaFile: '/etc/bwc-agent/ca.pem' } } }, undefined, state), ['stream.ice.turnCaFile'], 'no config file: none');
+  t.same(remoteFileProblems({ stream: { ice: { turnCaFile: '/srv/x/keys/k.pem' } } }, '/srv/x/config.yaml', '/srv/x/keys'), ['stream.ice.turnCaFile'], 'never in the state folder, even beside the config file');
+  t.equal(dropsTls('mqtts://b:8883', 'mqtt://b:1883'), true);
+  t.equal(dropsTls('mqtts://b:8883', 'wss://b/mqtt'), false);
+  t.equal(dropsTls('mqtt://b:1883', 'mqtt://c:1883'), false);
 });
 
 t.test('a start reverts a trial past its deadline, or after 3 failed starts', async (t) => {

@@ -110,6 +110,10 @@ export function renderConfigDoc(): string {
     '',
     ...localOnlyKeys().map((key) => `- \`${key}\``),
     '',
+    'Two more rules hold for every remote document: a file it names (any key ending in `File`, such as',
+    '`stream.ice.servers[].credentialFile`) must be in this file\'s folder and not in the state folder, and it may not',
+    'move `mqtt.url` from TLS (`mqtts:`, `wss:`) to plain text unless `remoteConfig.unlockedKeys` lists `mqtt.url`.',
+    '',
   );
   return lines.join('\n');
 }

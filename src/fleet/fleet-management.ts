@@ -25,7 +25,7 @@ import { deviceKeyFile } from '../keys/device-key.ts';
 import type { DeviceState } from '../state/device-state.ts';
 import type { Extension } from '../agent/extension.ts';
 import { collectBundle, HealthHistory, RecentLog, defaultBundleBytes } from './diagnostics.ts';
-import { configDigest, mergePatch, protectedKeysIn, type RemoteConfigStore, type RemoteDocument, type RevertNote, type Trial } from './remote-config.ts';
+import { configDigest, dropsTls, mergePatch, protectedKeysIn, remoteFileProblems, type RemoteConfigStore, type RemoteDocument, type RevertNote, type Trial } from './remote-config.ts';
 import { applyTrustChange, type TrustChange } from './trust-updates.ts';
 
 /** Exit status asking systemd for a restart (EX_TEMPFAIL): not 0 (no restart) nor 2 (config error). */
@@ -176,6 +176,7 @@ export class FleetManagement implements Extension {
       document = mergePatch(current?.document ?? {}, params.patch) as Record<string, unknown>;
     }
     const locked = protectedKeysIn(document, this.#config.remoteConfig.unlockedKeys);
+
     if (locked.length > 0) {
       return {
         ok: false,
@@ -183,12 +184,24 @@ export class FleetManagement implements Extension {
         message: `${locked.join(', ')}: local-only (docs/configuration.md); changed only in the device's own config file, or remotely once that file lists it in remoteConfig.unlockedKeys`,
       };
     }
+    const unlocked = this.#config.remoteConfig.unlockedKeys;
+    const files = remoteFileProblems(document, this.#o.source.load.file, this.#config.stateDir);
+    if (files.length > 0) {
+      const where =
+        this.#o.source.load.file === undefined
+          ? 'the agent runs without a config file, so no file may be named remotely'
+          : `a file named remotely must be in ${path.dirname(path.resolve(this.#o.source.load.file))}/ and not in the state folder`;
+      return { ok: false, code: 'config_key_protected', message: `${files.join(', ')}: ${where}` };
+    }
     let next: AgentConfig;
     try {
       next = loadConfig({ ...this.#o.source.load, remote: document });
     } catch (err) {
       if (err instanceof ConfigError) return { ok: false, code: 'config_invalid', message: err.problems.join('; ') };
       throw err;
+    }
+    if (dropsTls(this.#config.mqtt.url, next.mqtt.url) && !unlocked.includes('mqtt.url')) {
+      return { ok: false, code: 'config_key_protected', message: `mqtt.url: a remote change may not drop TLS (${this.#config.mqtt.url.split(':')[0]}: to ${next.mqtt.url.split(':')[0]}:) unless remoteConfig.unlockedKeys lists mqtt.url` };
     }
     const changed = changedKeys(this.#config, next);
     const version = currentVersion + 1;

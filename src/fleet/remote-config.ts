@@ -85,6 +85,41 @@ export function protectedKeysIn(document: Record<string, unknown>, unlocked: rea
   return [...hits];
 }
 
+/**
+ * Files a remote document names (every member whose name ends in `File`, in arrays too, e.g.
+ * stream.ice.servers[0].credentialFile) must lie in the local config file's folder
+ * (/etc/bwc-agent under systemd): otherwise a fleet key could point a TURN credential at the
+ * device's private key and have the agent use it with a server of its choosing. Nothing in the
+ * state folder either, wherever the config file is (keys, evidence, the database). Returns the keys
+ * that break the rule; all of them when there is no local config file.
+ */
+export function remoteFileProblems(document: unknown, configFile: string | undefined, stateDir: string, prefix = ''): string[] {
+  const allowedDir = configFile === undefined ? undefined : path.dirname(path.resolve(configFile));
+  const state = path.resolve(stateDir);
+  const problems: string[] = [];
+  const walk = (value: unknown, at: string) => {
+    if (Array.isArray(value)) value.forEach((v, i) => walk(v, `${at}[${i}]`));
+    else if (typeof value === 'object' && value !== null) {
+      for (const [k, v] of Object.entries(value)) {
+        const key = at ? `${at}.${k}` : k;
+        if (k.endsWith('File') && typeof v === 'string') {
+          const resolved = path.resolve(allowedDir ?? '/', v);
+          const inState = resolved === state || resolved.startsWith(`${state}${path.sep}`);
+          if (allowedDir === undefined || !resolved.startsWith(`${allowedDir}${path.sep}`) || inState) problems.push(key);
+        } else walk(v, key);
+      }
+    }
+  };
+  walk(document, prefix);
+  return problems;
+}
+
+/** mqtts: and wss: are TLS; a remote change may not go from TLS to plain text. */
+export function dropsTls(fromUrl: string, toUrl: string): boolean {
+  const tls = (u: string) => /^(mqtts|wss):/.test(u);
+  return tls(fromUrl) && !tls(toUrl);
+}
+
 export class RemoteConfigStore {
   readonly dir: string;
 

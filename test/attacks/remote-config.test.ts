@@ -2,7 +2,8 @@
 // config change to do what no command may: make live views covert (the wearer no longer told),
 // point the camera at a trust store or state folder of the attacker's choosing, run a program of
 // its choice as the capture worker (capture.workerLauncher), drop TLS checks, un-revoke keys, or
-// unlock those keys for a later push. Keys flagged local-only in the schema
+// unlock those keys for a later push, or name a file outside the config folder (a TURN
+// "password" read from the device's private key file). Keys flagged local-only in the schema
 // (src/config/schema.ts, docs/configuration.md "Local-only keys") change only in the device's own
 // config file, unless that file lists them in remoteConfig.unlockedKeys. An everyday operator key
 // may not push configuration at all.
@@ -39,6 +40,12 @@ t.test('config.apply cannot change local-only keys, and needs a key that holds c
     ['stateDir', { document: { stateDir: '/tmp/elsewhere' } }],
     ['mqtt.tls.rejectUnauthorized', { document: { mqtt: { tls: { rejectUnauthorized: false } } } }],
     ['remoteConfig.unlockedKeys', { document: { remoteConfig: { unlockedKeys: ['stream.covert'] } } }],
+    // A TURN server of the attacker's, its "password" the device's private key.
+    [
+      'stream.ice.servers[0].credentialFile',
+      { document: { stream: { ice: { servers: [{ urls: 'turn:198.51.100.7:3478', username: 'x', credentialFile: `${rig.stateDir}/device-key.private.pem` }] } } } },
+    ],
+    ['stream.ice.turnCaFile', { document: { stream: { ice: { turnCaFile: '/tmp/attacker-ca.pem' } } } }],
   ];
   for (const [key, config] of attempts) {
     const reply = await apply(admin, config);
