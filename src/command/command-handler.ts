@@ -30,6 +30,9 @@ export type ActionResult = { ok: true; [member: string]: unknown } | { ok: false
 /** The result code when an action's executor throws instead of answering. */
 export const actionFailedCode = 'internal_error';
 
+/** The result code of an accepted action this handler has no executor for. */
+export const notSupportedCode = 'not_supported';
+
 /**
  * `reply.more` publishes a further message on the command's Response Topic, with its Correlation
  * Data (a diag.collect bundle's chunks after the reply); nothing when the command had no
@@ -163,7 +166,7 @@ export class CommandHandler implements Extension, RequestHandler {
       const executor = this.#options.executors[command.action];
       running = executor
         ? Promise.resolve(executor(command, { more: (body) => request.reply(body) }))
-        : Promise.resolve({ ok: false, code: 'not_supported', message: `this agent does not carry out ${command.action}` });
+        : Promise.resolve({ ok: false, code: notSupportedCode, message: `this agent does not carry out ${command.action}` });
     } catch (err) {
       running = Promise.reject(err as Error);
     }

@@ -31,6 +31,9 @@ import { applyTrustChange, type TrustChange } from './trust-updates.ts';
 /** Exit status asking systemd for a restart (EX_TEMPFAIL): not 0 (no restart) nor 2 (config error). */
 export const restartExitCode = 75;
 
+/** Codes a config.apply or trust.update reply can refuse with, after acceptance (docs/protocol.md). */
+export const fleetRefusalCodes = ['config_invalid', 'config_key_protected', 'config_conflict', 'config_pending', 'trust_admin_local_only', 'trust_update_invalid'] as const;
+
 /** Settings a config.apply changes without a restart. */
 export const liveKeys = ['commands.reasons', 'commands.maxStreamDuration', 'gps.recordingInterval', 'gps.idleInterval'] as const;
 
