@@ -46,6 +46,13 @@ t.test('trust.update: self-escalation refused, admin limits, revocation effectiv
     t.equal(again.code, 'action_not_permitted');
   });
 
+  await t.test('a trust change smuggled on another action is malformed, never acted on', async (t) => {
+    const rogue = await makeIssuer({ kid: 'smuggled', actions: ['stream.start'] });
+    const reply = await send(operator, 'stream.stop', { sid: 'x', trust: { add: [rogue.publicJwk] } });
+    t.equal(reply.code, 'malformed');
+    t.match(reply.message, /trust is only for trust\.update/);
+  });
+
   await t.test('a fleet-admin key cannot mint or change admin keys remotely', async (t) => {
     const rogue = await makeIssuer({ kid: 'rogue-admin', actions: ['trust.update' as CommandAction] });
     const mint = await send(admin, 'trust.update', { trust: { add: [rogue.publicJwk] } });
