@@ -43,6 +43,13 @@ const words: Record<string, string> = {
   overloaded: 'the camera has too many requests waiting; try again shortly',
   response_topic_refused: 'the camera will not answer on the reply topic this console gave',
   not_recording: 'the camera is not recording',
+  not_supported: 'this camera\'s software cannot do that yet',
+  config_invalid: 'the camera refused the configuration: a setting is not valid (see the message)',
+  config_key_protected: 'that setting can only be changed on the camera itself',
+  config_conflict: 'the camera runs another configuration version than the change was made against; reload and try again',
+  config_pending: 'the camera is still trying out the previous configuration change; try again shortly',
+  trust_admin_local_only: 'fleet-admin keys can only be changed on the camera itself',
+  trust_update_invalid: 'the camera refused the key change (see the message)',
 };
 
 /** Codes the console itself answers with, never a camera: a reply that did not come. */

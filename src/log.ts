@@ -6,6 +6,8 @@ export interface LoggerOptions {
   level: string;
   pretty: boolean;
   deviceId?: string;
+  /** Also keeps the newest lines here, for a diag.collect bundle (src/fleet/diagnostics.ts). */
+  recent?: { write(line: string): void };
 }
 
 export function createLogger(options: LoggerOptions): Logger {
@@ -16,6 +18,16 @@ export function createLogger(options: LoggerOptions): Logger {
       base,
       transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } },
     });
+  }
+  if (options.recent) {
+    const level = options.level as pino.Level;
+    return pino(
+      { level: options.level, base, timestamp: pino.stdTimeFunctions.isoTime },
+      pino.multistream([
+        { level, stream: pino.destination(1) },
+        { level, stream: options.recent },
+      ]),
+    );
   }
   return pino({ level: options.level, base, timestamp: pino.stdTimeFunctions.isoTime });
 }

@@ -19,7 +19,7 @@ import type { AuthorisedCommand } from '../../src/command/authorised-command.ts'
 import { StreamSession } from '../../src/stream/session.ts';
 const fields = {
   action: 'stream.start' as const, operator: 'sgt-1', issuer: 'console', reason: 'officer-safety', jti: 'j1', kid: 'k1',
-  tokenDigest: 'd', expiresAt: 0, issuedAt: 0, receivedAt: 0, maxDurationS: 60, offer: 'v=0', offerSha256: 'x', sid: undefined,
+  tokenDigest: 'd', expiresAt: 0, issuedAt: 0, receivedAt: 0, maxDurationS: 60, offer: 'v=0', offerSha256: 'x', sid: undefined, params: undefined,
   toJSON() { return {} as ReturnType<AuthorisedCommand['toJSON']>; },
 };
 export function use(command: AuthorisedCommand): AuthorisedCommand { return command; }
@@ -30,7 +30,7 @@ const cases = {
   control: 'declare const real: AuthorisedCommand;\nuse(real);\n',
   literal: 'use({ ...fields });\n',
   lookAlike: `
-class LookAlike { ${'action = fields.action; operator = ""; issuer = ""; reason = ""; jti = ""; kid = ""; tokenDigest = ""; expiresAt = 0; issuedAt = 0; receivedAt = 0; maxDurationS = 1; offer = ""; offerSha256 = ""; sid = undefined; toJSON = fields.toJSON;'} }
+class LookAlike { ${'action = fields.action; operator = ""; issuer = ""; reason = ""; jti = ""; kid = ""; tokenDigest = ""; expiresAt = 0; issuedAt = 0; receivedAt = 0; maxDurationS = 1; offer = ""; offerSha256 = ""; sid = undefined; params = undefined; toJSON = fields.toJSON;'} }
 use(new LookAlike());
 `,
   session: 'void StreamSession.open({ sid: "s", command: { ...fields }, ice: {} as never, audio: false, logger: {} as never });\n',

@@ -5,7 +5,8 @@
 import { readFileSync } from 'node:fs';
 import vm from 'node:vm';
 import t from 'tap';
-import { actionFailedCode } from '../src/command/command-handler.ts';
+import { actionFailedCode, notSupportedCode } from '../src/command/command-handler.ts';
+import { fleetRefusalCodes } from '../src/fleet/fleet-management.ts';
 import { handlerRejectionCodes, rejectionCodes } from '../src/command/types.ts';
 import { recordRefusalCodes } from '../src/recording/recorder.ts';
 import { restartCauses } from '../src/stream/ice-restart.ts';
@@ -13,7 +14,7 @@ import { streamEndCauses, streamRefusalCodes } from '../src/stream/stream-manage
 import { consoleOnlyCodes, inWords, wordedCodes } from '../ops-console/words.ts';
 
 /** Every code a camera's command reply can carry: the verifier's, the handler's, and each action's. */
-const replyCodes = [...new Set<string>([...rejectionCodes, ...handlerRejectionCodes, actionFailedCode, ...streamRefusalCodes, ...recordRefusalCodes])];
+const replyCodes = [...new Set<string>([...rejectionCodes, ...handlerRejectionCodes, actionFailedCode, notSupportedCode, ...streamRefusalCodes, ...recordRefusalCodes, ...fleetRefusalCodes])];
 
 /**
  * The keys of `const NAME = { ... };` in the page's script. app.js is a browser script with no

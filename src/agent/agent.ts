@@ -19,7 +19,7 @@ import { CommandHandler } from '../command/command-handler.ts';
 import { SystemClock, type CommandClock } from '../command/clock.ts';
 import { ReplayCache } from '../command/replay-cache.ts';
 import { SignedTokenVerifier } from '../command/signed-token.ts';
-import { TrustStore } from '../command/trust-store.ts';
+import type { TrustStore } from '../command/trust-store.ts';
 import { CommandVerifier } from '../command/verifier.ts';
 import { ConfigError } from '../config/load.ts';
 import type { AgentConfig } from '../config/schema.ts';
@@ -39,12 +39,22 @@ import { StreamManager } from '../stream/stream-manager.ts';
 import { agentVersion } from '../version.ts';
 import type { Extension } from './extension.ts';
 import { errorMessage } from '../errors.ts';
+import { FleetManagement, type ConfigSource } from '../fleet/fleet-management.ts';
+import type { RecentLog } from '../fleet/diagnostics.ts';
+import { RemoteConfigStore } from '../fleet/remote-config.ts';
+import { loadTrustStore } from '../fleet/trust-updates.ts';
 
 export interface AgentOptions {
   config: AgentConfig;
   logger: Logger;
   env?: NodeJS.ProcessEnv;
   clock?: CommandClock;
+  /** Where the config came from (src/fleet/config-start.ts), for config.apply; default: the state folder's remote config, nothing on trial. */
+  configSource?: ConfigSource;
+  /** Recent log lines for diag.collect. */
+  recentLog?: RecentLog;
+  /** Asked by a config.apply or a revert: stop and exit with restartExitCode (src/cli/main.ts). */
+  requestRestart?: (reason: string) => void;
 }
 
 interface AgentParts {
@@ -82,9 +92,8 @@ export class Agent {
     const deviceKey = await loadOrCreateDeviceKey(config.stateDir);
     let trustStore: TrustStore;
     try {
-      trustStore = config.commands.trustStore
-        ? TrustStore.load(config.commands.trustStore, config.commands.revokedKeys)
-        : TrustStore.fromJwks({ keys: [] }, config.commands.revokedKeys, '(no commands.trustStore configured)');
+      // The file, then the changes signed trust.update commands made (src/fleet/trust-updates.ts).
+      trustStore = loadTrustStore(config);
     } catch (err) {
       throw new ConfigError([`commands.trustStore: ${errorMessage(err)}`]);
     }
@@ -258,23 +267,40 @@ export class Agent {
       publishRestartOffer: (sid, generation, offer, cause) => iceSignalling.publishOffer(sid, generation, offer, cause),
       logger,
     });
+    // One object: a live config.apply changes it in place (src/fleet/fleet-management.ts).
+    const policy = {
+      allowedReasons: config.commands.reasons,
+      maxTokenLifetimeS: config.commands.maxTokenLifetime,
+      maxStreamDurationS: config.commands.maxStreamDuration,
+      clockSkewS: config.commands.clockSkew,
+      maxConcurrentStreams: config.commands.maxConcurrentStreams,
+      unsynchronisedClock: config.commands.unsynchronisedClock,
+      maxPayloadBytes: config.commands.maxPayloadBytes,
+    };
     const verifier = new CommandVerifier({
       deviceId: config.deviceId,
       trustStore: parts.trustStore,
-      policy: {
-        allowedReasons: config.commands.reasons,
-        maxTokenLifetimeS: config.commands.maxTokenLifetime,
-        maxStreamDurationS: config.commands.maxStreamDuration,
-        clockSkewS: config.commands.clockSkew,
-        maxConcurrentStreams: config.commands.maxConcurrentStreams,
-        unsynchronisedClock: config.commands.unsynchronisedClock,
-        maxPayloadBytes: config.commands.maxPayloadBytes,
-      },
+      policy,
       replayCache,
       clock,
       activeStreams: () => stream.activeCount,
       logger,
       tokens,
+    });
+    const link = this.#link;
+    const fleet = new FleetManagement({
+      config,
+      source: options.configSource ?? { load: { env: {}, cwd: process.cwd() }, store: new RemoteConfigStore(config.stateDir), active: undefined, trial: undefined, revertNote: undefined },
+      audit: this.#audit,
+      sendEvent: (body) => this.#link.send('event', body),
+      state: this.#state,
+      trustStore: parts.trustStore,
+      policy,
+      gps,
+      link: { connected: () => link.status().connected, health: () => link.health(), onConnectionChange: (l) => link.onConnectionChange(l) },
+      requestRestart: options.requestRestart ?? ((reason) => logger.error({ reason }, 'a restart was asked for, but nothing can restart this agent')),
+      ...(options.recentLog ? { recentLog: options.recentLog } : {}),
+      logger,
     });
     const recordReply = (r: RecordResult) => (r.ok ? { ok: true as const, recordingId: r.recordingId, already: r.already ?? false } : r);
     const commands = new CommandHandler({
@@ -294,6 +320,7 @@ export class Agent {
         'record.stop': (command) => recordReply(recorder.stop({ kind: 'command', command })),
         'stream.start': (command) => stream.startStream(command),
         'stream.stop': (command) => stream.stopStream(command),
+        ...fleet.executors(),
       },
       refusals: this.#refusals,
       logger,
@@ -305,7 +332,7 @@ export class Agent {
 
     // Started in this order, stopped in reverse: commands first (nothing new), then the live view
     // (audited as agent_shutdown) while capture and firmware still run, so the wearer feels the stop.
-    this.#extensions = [health, gps, firmware, captureExtension, networkExtension, stream, iceSignalling, commands];
+    this.#extensions = [health, gps, firmware, captureExtension, networkExtension, stream, iceSignalling, fleet, commands];
 
     // Routes that are events.
     recorder.on('state', (s) => gps.setRecording(s.recording));

@@ -55,6 +55,7 @@ export const captureConfigSchema = z
     workerLauncher: z.array(z.string().min(1)).default([]).meta({
       description:
         'Command prefix for the capture worker, which runs as [...workerLauncher, the agent\'s own node, worker.js], e.g. ["chrt", "-f", "10"] to give it real-time priority, or ["qemu-aarch64-static"] to run an arm64 bundle under qemu-user without binfmt (node there reports the arm64 binary as its own path).',
+      localOnly: true,
     }),
     stallTimeoutS: z.number().min(1).max(600).default(10).meta({
       description:

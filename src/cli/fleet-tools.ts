@@ -52,7 +52,12 @@ export interface SignOptions {
   maxS?: number | undefined;
   offer?: string | undefined;
   sid?: string | undefined;
+  /** config.apply, trust.update, diag.collect: the action's claim (`config`, `trust`, `diag`), parsed JSON. */
+  params?: unknown;
 }
+
+/** The claim that carries a fleet-management action's parameters (docs/protocol.md, "Fleet management"). */
+export const paramsClaim: Partial<Record<CommandAction, string>> = { 'config.apply': 'config', 'trust.update': 'trust', 'diag.collect': 'diag' };
 
 export function offerSha256(offer: string): string {
   return createHash('sha256').update(offer, 'utf8').digest('base64url');
@@ -71,6 +76,13 @@ export async function signCommand(o: SignOptions): Promise<string> {
   if (action === 'stream.stop') {
     if (!o.sid) throw new ToolError('stream.stop needs --sid SID');
     claims.sid = o.sid;
+  }
+  const claim = paramsClaim[action];
+  if (o.params !== undefined) {
+    if (!claim) throw new ToolError(`--params is only for ${Object.keys(paramsClaim).join(', ')}`);
+    claims[claim] = o.params;
+  } else if (action === 'config.apply' || action === 'trust.update') {
+    throw new ToolError(`${action} needs --params FILE (the JSON of its "${claim}" claim)`);
   }
   return signAsIssuer(o, commandTokenType, claims);
 }

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import path from 'node:path';
 import { Agent } from '../agent/agent.ts';
-import { ConfigError, loadConfig, resolveStateDir } from '../config/load.ts';
+import { ConfigError, resolveStateDir } from '../config/load.ts';
 import { ControlClientError, controlRequest } from '../control/control-socket.ts';
 import { auditVerifyCommand } from '../audit/cli.ts';
 import { evidenceExportCommand, evidenceVerifyCommand } from '../recording/cli.ts';
@@ -13,6 +13,9 @@ import { generateIssuerKeys, sendCommand, signCommand, ToolError } from './fleet
 import { createLogger } from '../log.ts';
 import { agentVersion } from '../version.ts';
 import { errorMessage } from '../errors.ts';
+import { loadStartConfig } from '../fleet/config-start.ts';
+import { RecentLog } from '../fleet/diagnostics.ts';
+import { restartExitCode } from '../fleet/fleet-management.ts';
 
 const usage = `bwc-agent ${agentVersion}
 
@@ -37,7 +40,7 @@ Usage:
 Fleet-side tools (for a backend's operators and tests; see docs/protocol.md):
   bwc-agent keys generate --out DIR [--actions LIST]
   bwc-agent command sign --key FILE --device ID --action ACT --reason CODE [--operator ID]
-                         [--issuer ISS] [--ttl S] [--max-s S] [--offer FILE] [--sid SID]
+                         [--issuer ISS] [--ttl S] [--max-s S] [--offer FILE] [--sid SID] [--params JSON_FILE]
   bwc-agent command send --url MQTT_URL <the sign options>      (prints the device's reply)
 
 Environment overrides: BWC_DEVICE_ID, BWC_MQTT_URL, BWC_STATE_DIR, BWC_GPSD, BWC_LOG_LEVEL, BWC_TRUST_STORE, BWC_CAMERA, BWC_FIRMWARE.
@@ -47,11 +50,25 @@ export class UsageError extends Error {}
 
 async function run(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } }, strict: true });
-  const config = loadConfig({ file: values.config, env: process.env, cwd: process.cwd() });
-  const logger = createLogger({ level: config.log.level, pretty: config.log.pretty, deviceId: config.deviceId });
-  const agent = await Agent.create({ config, logger });
+  // The local file, then what signed config.apply commands left (src/fleet/config-start.ts).
+  const { config, source } = loadStartConfig({ file: values.config, env: process.env, cwd: process.cwd() });
+  const recentLog = new RecentLog();
+  const logger = createLogger({ level: config.log.level, pretty: config.log.pretty, deviceId: config.deviceId, recent: recentLog });
   let exitCode = 0;
-  const shutdown = (signal: string) => {
+  let shutdown: (signal: string) => void = () => undefined;
+  const agent = await Agent.create({
+    config,
+    logger,
+    configSource: source,
+    recentLog,
+    requestRestart: (reason) => {
+      // systemd restarts on this status (Restart=on-failure; only 2 is RestartPreventExitStatus).
+      exitCode = restartExitCode;
+      logger.info({ reason, exitCode }, 'restarting for a configuration change');
+      shutdown(reason);
+    },
+  });
+  shutdown = (signal: string) => {
     void agent.stop(signal).then(
       () => process.exit(exitCode),
       (err: unknown) => {
@@ -135,9 +152,18 @@ const signOptions = {
   'max-s': { type: 'string' },
   offer: { type: 'string' },
   sid: { type: 'string' },
+  params: { type: 'string' },
   url: { type: 'string' },
   'topic-root': { type: 'string' },
 } as const;
+
+function readJsonFile(file: string, option: string): unknown {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as unknown;
+  } catch (err) {
+    throw new UsageError(`${option} ${file}: not readable JSON (${errorMessage(err)})`);
+  }
+}
 
 function positiveInt(name: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
@@ -165,6 +191,7 @@ async function commandTool(argv: string[]): Promise<number> {
     maxS: positiveInt('max-s', values['max-s']),
     offer,
     sid: values.sid,
+    params: values.params === undefined ? undefined : readJsonFile(values.params, '--params'),
   });
   if (verb === 'sign') {
     process.stdout.write(`${token}\n`);

@@ -40,6 +40,8 @@ export interface AuthorisedCommandFields {
   offerSha256?: string;
   /** stream.stop only: the stream session to stop. */
   sid?: string;
+  /** config.apply, trust.update, diag.collect: the signed claim of the action (`config`, `trust`, `diag`), deep-frozen. */
+  params?: Readonly<Record<string, unknown>>;
 }
 
 export class AuthorisedCommand {
@@ -62,6 +64,7 @@ export class AuthorisedCommand {
   readonly offer: string | undefined;
   readonly offerSha256: string | undefined;
   readonly sid: string | undefined;
+  readonly params: Readonly<Record<string, unknown>> | undefined;
 
   constructor(key: symbol, fields: AuthorisedCommandFields) {
     if (key !== mintKey) throw new TypeError('AuthorisedCommand can only be created by the command verifier');
@@ -79,6 +82,8 @@ export class AuthorisedCommand {
     this.offer = fields.offer;
     this.offerSha256 = fields.offerSha256;
     this.sid = fields.sid;
+    // A copy the executor cannot change under the audit's feet, nor the caller after minting.
+    this.params = fields.params === undefined ? undefined : deepFreeze(structuredClone(fields.params));
     Object.freeze(this);
     minted.add(this);
   }
@@ -98,6 +103,14 @@ export class AuthorisedCommand {
     const { offer: _offer, ...rest } = { ...this };
     return rest;
   }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
 }
 
 // The class's constructor and prototype are frozen too, so no module can patch isAuthorisedCommand

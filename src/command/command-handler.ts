@@ -30,14 +30,31 @@ export type ActionResult = { ok: true; [member: string]: unknown } | { ok: false
 /** The result code when an action's executor throws instead of answering. */
 export const actionFailedCode = 'internal_error';
 
-export type ActionExecutor = (command: AuthorisedCommand) => Promise<ActionResult> | ActionResult;
+/** The result code of an accepted action this handler has no executor for. */
+export const notSupportedCode = 'not_supported';
+
+/**
+ * `reply.more` publishes a further message on the command's Response Topic, with its Correlation
+ * Data (a diag.collect bundle's chunks after the reply); nothing when the command had no
+ * Response Topic.
+ */
+export interface ActionReply {
+  more(body: object): void;
+}
+
+export type ActionExecutor = (command: AuthorisedCommand, reply: ActionReply) => Promise<ActionResult> | ActionResult;
 
 export interface CommandHandlerOptions {
   /** The link's channel for `cmd` (FleetLink.requestChannel): queue, bounds, Response Topic, reply. */
   requests: Pick<RequestChannel, 'listen' | 'close'>;
   verifier: Pick<CommandVerifier, 'verify'>;
   audit: Pick<AuditLog, 'append'>;
-  executors: Record<CommandAction, ActionExecutor>;
+  /**
+   * One per action this handler carries out. Partial so that a handler built for some actions (a
+   * test's, a bench's) need not list the fleet-management ones; an action without one is
+   * answered `not_supported` after its acceptance is audited.
+   */
+  executors: Partial<Record<CommandAction, ActionExecutor>>;
   logger: Logger;
   /** Folds repeated refusals; without one every refusal is audited in full and answered. */
   refusals?: Pick<RefusalFolder, 'refused' | 'flush'>;
@@ -146,7 +163,10 @@ export class CommandHandler implements Extension, RequestHandler {
     // before the next command is verified.
     let running: Promise<ActionResult>;
     try {
-      running = Promise.resolve(this.#options.executors[command.action](command));
+      const executor = this.#options.executors[command.action];
+      running = executor
+        ? Promise.resolve(executor(command, { more: (body) => request.reply(body) }))
+        : Promise.resolve({ ok: false, code: notSupportedCode, message: `this agent does not carry out ${command.action}` });
     } catch (err) {
       running = Promise.reject(err as Error);
     }

@@ -43,12 +43,15 @@ export type KeyLookup =
 const base64url = /^[A-Za-z0-9_-]*$/;
 
 export class TrustStore {
-  readonly source: string;
-  readonly #keys: ReadonlyMap<string, TrustedKey>;
-  readonly #revoked: ReadonlySet<string>;
+  #source: string;
+  // Not readonly: a signed trust.update (src/fleet/trust-updates.ts) swaps them in place through
+  // replaceWith(), so the command verifier and the ICE-answer verifier, which hold this object,
+  // see a revocation on the very next token.
+  #keys: ReadonlyMap<string, TrustedKey>;
+  #revoked: ReadonlySet<string>;
 
   private constructor(source: string, keys: ReadonlyMap<string, TrustedKey>, revoked: ReadonlySet<string>) {
-    this.source = source;
+    this.#source = source;
     this.#keys = keys;
     this.#revoked = revoked;
   }
@@ -88,6 +91,46 @@ export class TrustStore {
       keys.set(key.kid, key);
     });
     return new TrustStore(source, keys, new Set(revokedKids));
+  }
+
+  get source(): string {
+    return this.#source;
+  }
+
+  /** Takes over another store's keys and revocations (a trust.update, checked whole beforehand). */
+  replaceWith(other: TrustStore): void {
+    this.#source = other.#source;
+    this.#keys = other.#keys;
+    this.#revoked = other.#revoked;
+  }
+
+  /** The key by kid, whatever its status (revoked and expired included). */
+  key(kid: string): TrustedKey | undefined {
+    return this.#keys.get(kid);
+  }
+
+  /** The public JWKs as a trust-store file would hold them (kid, x, bwc_actions, exp). */
+  jwks(): { keys: Record<string, unknown>[] } {
+    return {
+      keys: [...this.#keys.values()].map((k) => ({
+        kty: 'OKP',
+        crv: 'Ed25519',
+        x: (k.publicKey.export({ format: 'jwk' }) as { x: string }).x,
+        kid: k.kid,
+        alg: 'EdDSA',
+        use: 'sig',
+        bwc_actions: [...k.actions],
+        ...(k.exp === undefined ? {} : { exp: k.exp }),
+      })),
+    };
+  }
+
+  /** Who may do what, for the audit: every key's kid, actions and exp (sorted by kid), and the revoked kids. */
+  describe(): { digest: string; keys: { kid: string; actions: string[]; exp: number | null }[]; revoked: string[] } {
+    const keys = [...this.#keys.values()]
+      .sort((a, b) => (a.kid < b.kid ? -1 : a.kid > b.kid ? 1 : 0))
+      .map((k) => ({ kid: k.kid, actions: [...k.actions].sort(), exp: k.exp ?? null }));
+    return { digest: this.digest(), keys, revoked: this.revokedKids() };
   }
 
   lookup(kid: string, nowS: number): KeyLookup {

@@ -1,7 +1,16 @@
 // The shared vocabulary of signed commands (docs/protocol.md, "Commands"): actions, the stable
 // rejection codes in the order they are checked, and the envelope that arrives on `cmd`.
 
-export const commandActions = ['record.start', 'record.stop', 'stream.start', 'stream.stop'] as const;
+export const commandActions = [
+  'record.start',
+  'record.stop',
+  'stream.start',
+  'stream.stop',
+  // Fleet management (docs/protocol.md, "Fleet management"): a key holding these is a fleet-admin key.
+  'config.apply',
+  'trust.update',
+  'diag.collect',
+] as const;
 export type CommandAction = (typeof commandActions)[number];
 
 /** Rejection codes, in the order the verifier checks them: the first that applies is reported. */
@@ -43,6 +52,8 @@ export const defaultReasonCodes = [
   'evidence-preservation',
   'welfare-check',
   'officer-request',
+  // Configuration, trust-store and diagnostics commands from fleet ops.
+  'fleet-maintenance',
 ] as const;
 
 /** `typ` header every command token must carry. */
@@ -89,4 +100,10 @@ export interface CommandClaims extends TokenClaims {
   max_s?: number;
   offer_sha256?: string;
   sid?: string;
+  /** config.apply: a whole remote document, or a JSON merge patch against the version `base`. */
+  config?: { document: Record<string, unknown> } | { patch: Record<string, unknown>; base: number };
+  /** trust.update: keys to add, key ids to revoke, keys to expire. */
+  trust?: { add?: unknown[]; revoke?: string[]; expire?: { kid: string; exp: number }[] };
+  /** diag.collect: the largest bundle wanted, bytes. */
+  diag?: { maxBytes?: number };
 }

@@ -161,6 +161,9 @@ export class CommandVerifier {
       receivedAt: verified.receivedMs,
       ...(claims.act === 'stream.start' ? { maxDurationS: claims.max_s!, offer: offer!, offerSha256: claims.offer_sha256! } : {}),
       ...(claims.act === 'stream.stop' ? { sid: claims.sid! } : {}),
+      ...(claims.act === 'config.apply' ? { params: claims.config as Record<string, unknown> } : {}),
+      ...(claims.act === 'trust.update' ? { params: claims.trust as Record<string, unknown> } : {}),
+      ...(claims.act === 'diag.collect' ? { params: (claims.diag ?? {}) as Record<string, unknown> } : {}),
     });
   }
 }
@@ -238,6 +241,10 @@ function objectOfStringsKeys(text: string): string[] | undefined {
  * - an envelope `offer` only with stream.start.
  * Claims not listed here are ignored, so issuers may add their own (e.g. a ticket number).
  */
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
 function checkClaims(c: Record<string, unknown>, offer: string | undefined): CommandClaims | TokenRefusal {
   const bad = (what: string) => new TokenRefusal('malformed', `token claim ${what}`);
   if (typeof c.act !== 'string' || !(commandActions as readonly string[]).includes(c.act)) {
@@ -259,6 +266,42 @@ function checkClaims(c: Record<string, unknown>, offer: string | undefined): Com
     if (!nonEmptyString(c.sid)) return bad('sid must be a non-empty string');
   } else if (c.sid !== undefined) {
     return bad(`sid is only for stream.stop, not ${act}`);
+  }
+  const own = { 'config.apply': 'config', 'trust.update': 'trust', 'diag.collect': 'diag' } as const;
+  for (const [action, claim] of Object.entries(own)) {
+    if (act !== action && c[claim] !== undefined) return bad(`${claim} is only for ${action}, not ${act}`);
+  }
+  if (act === 'config.apply') {
+    const cfg = c.config;
+    if (!isObject(cfg)) return bad('config is required with config.apply: {"document": {...}} or {"patch": {...}, "base": VERSION}');
+    if ('document' in cfg) {
+      if (!isObject(cfg.document) || Object.keys(cfg).length !== 1) return bad('config.document must be an object, alone');
+    } else if ('patch' in cfg) {
+      if (!isObject(cfg.patch)) return bad('config.patch must be an object (a JSON merge patch, RFC 7396)');
+      if (typeof cfg.base !== 'number' || !Number.isSafeInteger(cfg.base) || cfg.base < 0) return bad('config.base must be the version the patch applies to (a whole number >= 0)');
+      if (Object.keys(cfg).length !== 2) return bad('config has members other than patch and base');
+    } else {
+      return bad('config must hold "document" or "patch"');
+    }
+  }
+  if (act === 'trust.update') {
+    const tr = c.trust;
+    if (!isObject(tr)) return bad('trust is required with trust.update: {"add": [JWK...], "revoke": [kid...], "expire": [{"kid", "exp"}...]}');
+    const extra = Object.keys(tr).filter((k) => k !== 'add' && k !== 'revoke' && k !== 'expire');
+    if (extra.length > 0) return bad(`trust has unknown member(s): ${extra.slice(0, 5).map((k) => describe(k)).join(', ')}`);
+    if (tr.add !== undefined && !Array.isArray(tr.add)) return bad('trust.add must be an array of JWKs');
+    if (tr.revoke !== undefined && (!Array.isArray(tr.revoke) || !tr.revoke.every(nonEmptyString))) return bad('trust.revoke must be an array of key ids');
+    if (tr.expire !== undefined && (!Array.isArray(tr.expire) || !tr.expire.every((e) => isObject(e) && nonEmptyString(e.kid) && Number.isSafeInteger(e.exp) && (e.exp as number) > 0))) {
+      return bad('trust.expire must be an array of {"kid": string, "exp": unix seconds}');
+    }
+    if (((tr.add as unknown[] | undefined)?.length ?? 0) + ((tr.revoke as unknown[] | undefined)?.length ?? 0) + ((tr.expire as unknown[] | undefined)?.length ?? 0) === 0) {
+      return bad('trust names no change');
+    }
+  }
+  if (act === 'diag.collect' && c.diag !== undefined) {
+    if (!isObject(c.diag)) return bad('diag must be an object');
+    const max = c.diag.maxBytes;
+    if (max !== undefined && (typeof max !== 'number' || !Number.isSafeInteger(max) || max < 1024)) return bad('diag.maxBytes must be a whole number >= 1024');
   }
   return c as unknown as CommandClaims;
 }

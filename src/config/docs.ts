@@ -8,6 +8,8 @@ interface JsonSchemaNode {
   description?: string;
   unit?: string;
   env?: string;
+  /** Changed only in the device's own config file, never by a remote config.apply (unless unlocked there). */
+  localOnly?: boolean;
   default?: unknown;
   enum?: unknown[];
   minimum?: number;
@@ -34,6 +36,16 @@ export function configKeys(): string[] {
   const rows: Row[] = [];
   flatten(z.toJSONSchema(configSchema, { io: 'input' }) as JsonSchemaNode, '', rows);
   return rows.map((r) => r.key);
+}
+
+/**
+ * The keys flagged `localOnly` in the schema: a signed config.apply may not set them (nor anything
+ * below them) unless the device's own file lists them in remoteConfig.unlockedKeys.
+ */
+export function localOnlyKeys(): string[] {
+  const rows: Row[] = [];
+  flatten(z.toJSONSchema(configSchema, { io: 'input' }) as JsonSchemaNode, '', rows);
+  return rows.filter((r) => r.node.localOnly === true).map((r) => r.key);
 }
 
 function typeOf(node: JsonSchemaNode): string {
@@ -72,7 +84,8 @@ export function renderConfigDoc(): string {
   for (const { key, node } of rows) {
     const dflt = node.default === undefined ? '—' : `\`${JSON.stringify(node.default)}\``;
     const env = node.env ? `\`${node.env}\`` : '';
-    lines.push(`| \`${key}\` | ${typeOf(node)} | ${node.unit ?? ''} | ${dflt} | ${env} | ${node.description ?? ''} |`);
+    const localOnly = node.localOnly ? ' **Local only.**' : '';
+    lines.push(`| \`${key}\` | ${typeOf(node)} | ${node.unit ?? ''} | ${dflt} | ${env} | ${node.description ?? ''}${localOnly} |`);
   }
   lines.push(
     '',
@@ -84,6 +97,22 @@ export function renderConfigDoc(): string {
     '',
     '`STATE_DIRECTORY` (set by systemd from `StateDirectory=`) is the state folder when neither `stateDir` nor',
     '`BWC_STATE_DIR` is set.',
+    '',
+    '## Remote configuration and local-only keys',
+    '',
+    'Fleet ops change settings with a signed `config.apply` (docs/protocol.md, "Fleet management"). The remote',
+    'document is layered over this file (and under the environment overrides), kept in the state folder',
+    '(`remote-config/`), and checked against this same schema before anything is written. These keys are',
+    '**local only**: a config.apply that sets any of them, or anything below them, is refused',
+    '(`config_key_protected`, naming the key) unless this file lists it in `remoteConfig.unlockedKeys`. They decide',
+    'whom the camera obeys and where its evidence and keys live, whether the wearer is told of a live view, and what',
+    'program runs as the capture worker; none of that may be changed by someone holding a fleet key alone.',
+    '',
+    ...localOnlyKeys().map((key) => `- \`${key}\``),
+    '',
+    'Two more rules hold for every remote document: a file it names (any key ending in `File`, such as',
+    '`stream.ice.servers[].credentialFile`) must be in this file\'s folder and not in the state folder, and it may not',
+    'move `mqtt.url` from TLS (`mqtts:`, `wss:`) to plain text unless `remoteConfig.unlockedKeys` lists `mqtt.url`.',
     '',
   );
   return lines.join('\n');

@@ -24,13 +24,22 @@ export interface LoadConfigOptions {
   cwd: string;
   /** Where the default device id comes from; injectable for tests. */
   machineIdFile?: string;
+  /**
+   * The remote document of a signed config.apply (src/fleet/remote-config.ts): layered over the
+   * file, under the environment overrides, validated by the same schema.
+   */
+  remote?: Record<string, unknown> | undefined;
 }
 
-type Origin = { kind: 'file'; file: string } | { kind: 'env'; variable: string };
+type Origin = { kind: 'file'; file: string } | { kind: 'env'; variable: string } | { kind: 'remote' };
 
 export function loadConfig(options: LoadConfigOptions): AgentConfig {
   const raw = options.file === undefined ? {} : readConfigFile(options.file);
   const origins = new Map<string, Origin>();
+  if (options.remote !== undefined) {
+    overlay(raw, options.remote);
+    for (const key of leafKeys(options.remote)) origins.set(key, { kind: 'remote' });
+  }
   for (const [variable, key] of Object.entries(envOverrides)) {
     const value = options.env[variable];
     if (value === undefined || value === '') continue;
@@ -74,6 +83,24 @@ function readConfigFile(file: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
+/** Deep merge of a remote document into the file's settings: objects merge, anything else replaces. */
+function overlay(target: Record<string, unknown>, source: Record<string, unknown>): void {
+  for (const [key, value] of Object.entries(source)) {
+    const current = target[key];
+    if (isMapping(value) && isMapping(current)) overlay(current, value);
+    else target[key] = isMapping(value) ? structuredClone(value) : value;
+  }
+}
+
+function isMapping(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Dotted paths of the leaves of a document (an array is a leaf), e.g. `mqtt.tls.caFile`. */
+export function leafKeys(doc: Record<string, unknown>, prefix = ''): string[] {
+  return Object.entries(doc).flatMap(([k, v]) => (isMapping(v) && Object.keys(v).length > 0 ? leafKeys(v, `${prefix}${k}.`) : [`${prefix}${k}`]));
+}
+
 function setPath(target: Record<string, unknown>, keys: string[], value: unknown): void {
   let node = target;
   for (const key of keys.slice(0, -1)) {
@@ -87,10 +114,11 @@ function setPath(target: Record<string, unknown>, keys: string[], value: unknown
 function describeIssue(issue: z.core.$ZodIssue, origins: Map<string, Origin>, file: string | undefined): string {
   const key = issue.path.map(String).join('.') || '(top level)';
   const origin = origins.get(key);
-  const where = origin?.kind === 'env' ? `${origin.variable} (${key})` : file ? `${file}: ${key}` : key;
+  const where = origin?.kind === 'env' ? `${origin.variable} (${key})` : origin?.kind === 'remote' ? `remote config: ${key}` : file ? `${file}: ${key}` : key;
   if (issue.code === 'unrecognized_keys') {
     const prefix = issue.path.length ? `${issue.path.join('.')}.` : '';
-    return `${file ? `${file}: ` : ''}unknown setting ${issue.keys.map((k) => `"${prefix}${k}"`).join(', ')} (see docs/configuration.md for the valid keys)`;
+    const remote = issue.keys.some((k) => origins.get(`${prefix}${k}`)?.kind === 'remote');
+    return `${remote ? 'remote config: ' : file ? `${file}: ` : ''}unknown setting ${issue.keys.map((k) => `"${prefix}${k}"`).join(', ')} (see docs/configuration.md for the valid keys)`;
   }
   return `${where}: expected ${expectation(issue)}, got ${describeValue(issue.input)}`;
 }

@@ -26,11 +26,13 @@ export const configSchema = z.strictObject({
       description:
         'Device id, used in the MQTT topic root and as the MQTT client id. Default: "bwc-" and the first 12 characters of /etc/machine-id (else the host name).',
       env: 'BWC_DEVICE_ID',
+      localOnly: true,
     }),
   stateDir: z.string().min(1).optional().meta({
     description:
       'Folder for the database, keys and control socket. Default: $STATE_DIRECTORY (set by systemd), else ./var under the working directory.',
     env: 'BWC_STATE_DIR',
+    localOnly: true,
   }),
   log: z
     .strictObject({
@@ -51,14 +53,14 @@ export const configSchema = z.strictObject({
         .default('bwc/v1')
         .meta({ description: 'Topic prefix; the device publishes under <topicRoot>/<deviceId>/.' }),
       clientId: z.string().min(1).max(64).optional().meta({ description: 'MQTT client id. Default: the device id (fixed, so the broker keeps the session).' }),
-      username: z.string().optional().meta({ description: 'Broker user name.' }),
-      passwordFile: z.string().optional().meta({ description: 'File holding the broker password (kept out of the config file).' }),
+      username: z.string().optional().meta({ description: 'Broker user name.', localOnly: true }),
+      passwordFile: z.string().optional().meta({ description: 'File holding the broker password (kept out of the config file).', localOnly: true }),
       tls: z
         .strictObject({
-          caFile: z.string().optional().meta({ description: 'PEM file of the CA(s) that sign the broker certificate.' }),
-          certFile: z.string().optional().meta({ description: 'PEM client certificate for mutual TLS.' }),
-          keyFile: z.string().optional().meta({ description: 'PEM private key of the client certificate.' }),
-          rejectUnauthorized: z.boolean().default(true).meta({ description: 'Refuse a broker whose certificate does not verify.' }),
+          caFile: z.string().optional().meta({ description: 'PEM file of the CA(s) that sign the broker certificate.', localOnly: true }),
+          certFile: z.string().optional().meta({ description: 'PEM client certificate for mutual TLS.', localOnly: true }),
+          keyFile: z.string().optional().meta({ description: 'PEM private key of the client certificate.', localOnly: true }),
+          rejectUnauthorized: z.boolean().default(true).meta({ description: 'Refuse a broker whose certificate does not verify.', localOnly: true }),
         })
         .prefault({}),
       keepalive: seconds('MQTT keep-alive interval.', 5, 600, 30),
@@ -101,8 +103,12 @@ export const configSchema = z.strictObject({
       trustStore: z.string().min(1).optional().meta({
         description: 'JWKS file of the issuers whose signed commands are accepted; each key lists its actions in `bwc_actions`. Without one every command is refused (unknown_key).',
         env: 'BWC_TRUST_STORE',
+        localOnly: true,
       }),
-      revokedKeys: z.array(z.string().min(1)).default([]).meta({ description: 'Key ids (kid) no longer trusted, whatever the trust store says.' }),
+      revokedKeys: z.array(z.string().min(1)).default([]).meta({
+        description: 'Key ids (kid) no longer trusted, whatever the trust store says (a signed trust.update revokes keys remotely; this list cannot be shortened by one).',
+        localOnly: true,
+      }),
       reasons: z
         .array(z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/, 'a reason code: lower-case letters, digits and "-"'))
         .min(1)
@@ -115,6 +121,7 @@ export const configSchema = z.strictObject({
       unsynchronisedClock: z.enum(['reject', 'accept']).default('reject').meta({
         description:
           'When the device clock is not known to be synchronised (the kernel, asked with adjtimex, does not call it synchronised: no NTP daemon, chrony or GNSS time source disciplines it): refuse commands and ICE-restart answers (clock_unsynchronised), or accept them with the fact in the audit.',
+        localOnly: true,
       }),
       maxPayloadBytes: z.number().int().min(1024).max(1_048_576).default(65_536).meta({ description: 'Largest command payload considered (token and SDP offer).', unit: 'bytes' }),
       maxPending: z.number().int().min(1).max(100_000).default(4096).meta({
@@ -140,6 +147,7 @@ export const configSchema = z.strictObject({
         .meta({
           description:
             'Response Topics under mqtt.topicRoot are refused (`response_topic_refused`, never published to) unless they start with one of these; topics outside the root are allowed.',
+          localOnly: true,
         }),
     })
     .prefault({}),
@@ -192,6 +200,24 @@ export const configSchema = z.strictObject({
         .prefault({}),
       gpio: gpioConfigSchema,
       reminderInterval: seconds('Reminder vibration while recording; 0 turns it off.', 0, 3600, 120),
+    })
+    .prefault({}),
+  remoteConfig: z
+    .strictObject({
+      healthyWithin: z.number().min(5).max(3600).default(120).meta({
+        description:
+          'After a config.apply that restarts the agent: if it is not connected to the broker and healthy within this long (or fails to start 3 times), it goes back to the last good configuration by itself (event and audit `config.reverted`).',
+        unit: 's',
+        localOnly: true,
+      }),
+      unlockedKeys: z
+        .array(z.string().min(1))
+        .default([])
+        .meta({
+          description:
+            'Local-only keys (marked so in this table) that a signed config.apply may nevertheless change on this device, e.g. ["stream.covert"] where the force allows fleet ops to set it. A key here unlocks every key below it.',
+          localOnly: true,
+        }),
     })
     .prefault({}),
   audit: z

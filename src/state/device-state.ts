@@ -101,6 +101,11 @@ export interface DeviceStateDoc {
   gps: GpsState | null;
   health: HealthState | null;
   link: LinkStatus;
+  /**
+   * The running configuration: version of the remote document (0: the local file alone), digest
+   * of the effective settings, whether a change is still on trial, and the trust store's digest.
+   */
+  config: { version: number; digest: string; pending: boolean; trustDigest: string } | null;
   startedAt: string;
   time: string;
 }
@@ -127,6 +132,7 @@ export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
       gps: null,
       health: null,
       link: { connected: false, reconnects: 0, outboxQueued: 0, outboxThinned: {}, outboxHeldInMemory: 0, outboxWriteError: null },
+      config: null,
       startedAt: new Date().toISOString(),
     };
   }

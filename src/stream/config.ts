@@ -75,6 +75,7 @@ export const streamConfigSchema = z
     covert: z.boolean().default(false).meta({
       description:
         'Covert live view: the wearer is NOT told (no haptic, tone or LED) when a live view starts or stops. Only where the force\'s policy allows it; every stream started under it says so in the audit.',
+      localOnly: true,
     }),
   })
   .prefault({});

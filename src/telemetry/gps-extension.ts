@@ -46,6 +46,11 @@ export class GpsExtension implements Extension {
     this.#reporter.setRecording(recording);
   }
 
+  /** A live config.apply of gps.recordingInterval / gps.idleInterval. */
+  setIntervals(recordingIntervalS: number, idleIntervalS: number): void {
+    this.#reporter.setIntervals(recordingIntervalS, idleIntervalS);
+  }
+
   start(): void {
     this.#client.start();
     this.#reporter.start();

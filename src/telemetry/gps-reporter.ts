@@ -39,8 +39,8 @@ const DEFAULT_FIX_STALE_AFTER_S = 10;
 export class GpsReporter {
   readonly #source: GpsFixSource;
   readonly #publish: (report: GpsReport) => void;
-  readonly #recordingIntervalMs: number;
-  readonly #idleIntervalMs: number;
+  #recordingIntervalMs: number;
+  #idleIntervalMs: number;
   readonly #fixStaleAfterMs: number;
   readonly #logger: Logger;
 
@@ -109,6 +109,13 @@ export class GpsReporter {
     this.#source.off('connected', this.#onConnected);
     this.#source.off('disconnected', this.#onDisconnected);
     this.#clearTimer();
+  }
+
+  /** New cadences (a live config.apply): a report now, then the new interval from it. */
+  setIntervals(recordingIntervalS: number, idleIntervalS: number): void {
+    this.#recordingIntervalMs = secondsToPositiveMs(recordingIntervalS, 'recordingIntervalS');
+    this.#idleIntervalMs = secondsToPositiveMs(idleIntervalS, 'idleIntervalS');
+    if (this.#running) this.#publishNow('intervals changed');
   }
 
   setRecording(recording: boolean): void {
