@@ -13,6 +13,13 @@ import path from 'node:path';
 export const manifestFile = 'manifest.json';
 export const signatureFile = 'manifest.sig';
 
+/**
+ * Files of a closed recording's folder that go to the object store besides the segments its
+ * manifest lists and the manifest and its signature (src/offload/). Add a per-recording file here
+ * (a GPS track, say) and the uploader takes it, whatever its extension.
+ */
+export const offloadedExtraFiles: readonly string[] = [];
+
 /** The manifest, its signature, and the temporary names they are written under. */
 export function isManifestName(name: string): boolean {
   return name === manifestFile || name === signatureFile || name === `.${manifestFile}.tmp` || name === `.${signatureFile}.tmp`;
