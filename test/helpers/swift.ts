@@ -105,7 +105,7 @@ for kind, port in (('object', ${ports.object}), ('container', ${ports.container}
     endpoint: `http://127.0.0.1:${ports.proxy}`,
     port: ports.proxy,
     accessKeyId: 'test:tester',
-    secretAccessKey: 'testing',
+    secretAccessKey: 'bwc-swift-secret-7f3e9a',
     region: 'us-east-1',
     get log() {
       return log;
@@ -147,7 +147,7 @@ for kind, port in (('object', ${ports.object}), ('container', ${ports.container}
 function extraFilterLines(filter: string, memcachedPort: number): string[] {
   if (filter === 'cache') return [`memcache_servers = 127.0.0.1:${memcachedPort}`];
   if (filter === 's3api') return ['location = us-east-1'];
-  if (filter === 'tempauth') return ['user_test_tester = testing .admin', 'user_test_other = otherpass'];
+  if (filter === 'tempauth') return ['user_test_tester = bwc-swift-secret-7f3e9a .admin', 'user_test_other = otherpass'];
   return [];
 }
 
