@@ -108,6 +108,18 @@ pids+=($!)
 bin/bwc-agent keys generate --out "$demo/issuer" --actions stream.start,stream.stop,record.start,record.stop >/dev/null
 node ops-console/users.ts add --file "$demo/users.json" --user demo --operator sgt-demo --name "Sgt Demo" --password demo-password >/dev/null
 
+# The evidence store: an all-in-one OpenStack Swift on loopback (test/helpers/swift.ts), reached
+# through its S3 API; both cameras upload their closed recordings to bucket "evidence".
+swift_endpoint=""
+if command -v swift-proxy-server >/dev/null && command -v memcached >/dev/null; then
+  rm -f "$demo/swift.log" "$demo/store.yaml"
+  setsid node test/helpers/swift.ts "$demo" evidence >"$demo/swift.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 600); do grep -q '^swift: http' "$demo/swift.log" 2>/dev/null && break; sleep 0.1; done
+  swift_endpoint=$(sed -n 's/^swift: //p' "$demo/swift.log")
+  [ -n "$swift_endpoint" ] || { echo "demo: Swift did not start:" >&2; cat "$demo/swift.log" >&2; exit 1; }
+fi
+
 # Everything else on the embedded defaults. The demo machine's clock may not be NTP-synchronised,
 # and its viewer is a browser on this machine (loopback candidates).
 camera_config() { # file [capture]
@@ -115,6 +127,9 @@ camera_config() { # file [capture]
     echo "commands: {trustStore: $demo/issuer/trust.jwks.json, unsynchronisedClock: accept}"
     echo "stream: {ice: {interfaces: [lo]}}"
     if [ -n "${2:-}" ]; then echo "capture: $2"; fi
+    if [ -n "$swift_endpoint" ]; then
+      echo "offload: {enabled: true, endpoint: '$swift_endpoint', bucket: evidence, credentialsFile: $demo/store.yaml, interfaces: [lo]}"
+    fi
   } > "$1"
 }
 capture_of() { # WxH@FPS -> YAML flow map
@@ -153,6 +168,9 @@ demo: gpsd     127.0.0.1:$gpsd_port replaying $(basename "$gps_log"), 127.0.0.1:
 demo: agent    device $device_id, state in $demo/state   (status: BWC_STATE_DIR=$demo/state bin/bwc-agent ctl status)
 demo: agent    device $device2_id, state in $demo/state-2
 demo: console  http://127.0.0.1:$console_port/   sign in as demo / demo-password   (log: $demo/console.log)
+demo: store    ${swift_endpoint:-(OpenStack Swift not installed: no offload)} bucket evidence; record, stop, then:
+                 swift -A ${swift_endpoint:-URL}/auth/v1.0 -U test:tester -K \$(sed -n 's/^secretAccessKey: "\(.*\)"/\1/p' $demo/store.yaml) list evidence
+                 bin/bwc-agent evidence verify --bucket ${swift_endpoint:-URL}/evidence --recording ID --credentials $demo/store.yaml
 demo: Ctrl-C stops everything
 INFO
 

@@ -178,3 +178,34 @@ async function waitForHealthy(url: string, deadline: number, log: () => string):
     await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+// `node test/helpers/swift.ts DIR BUCKET`: the demo's store (scripts/demo.sh). Starts Swift, creates
+// BUCKET, writes DIR/store.yaml (the agent's offload.credentialsFile), prints one line
+// `swift: ENDPOINT` and runs until SIGTERM or SIGINT, then stops every server and removes its data.
+if (process.argv[1] && path.resolve(process.argv[1]) === new URL(import.meta.url).pathname) {
+  const [dir, bucket] = process.argv.slice(2);
+  if (!dir || !bucket) {
+    process.stderr.write('usage: node test/helpers/swift.ts DIR BUCKET\n');
+    process.exit(2);
+  }
+  const swift = await startSwift();
+  const stop = async () => {
+    await swift.dispose();
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void stop());
+  process.once('SIGINT', () => void stop());
+  const { CreateBucketCommand, S3Client } = await import('@aws-sdk/client-s3');
+  const client = new S3Client({
+    endpoint: swift.endpoint,
+    region: swift.region,
+    forcePathStyle: true,
+    credentials: { accessKeyId: swift.accessKeyId, secretAccessKey: swift.secretAccessKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  });
+  await client.send(new CreateBucketCommand({ Bucket: bucket }));
+  client.destroy();
+  writeFileSync(path.join(dir, 'store.yaml'), `accessKeyId: "${swift.accessKeyId}"\nsecretAccessKey: "${swift.secretAccessKey}"\n`, { mode: 0o600 });
+  process.stdout.write(`swift: ${swift.endpoint}\n`);
+}
