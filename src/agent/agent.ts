@@ -71,6 +71,7 @@ export class Agent {
   readonly #recorder: Recorder;
   readonly #refusals: RefusalFolder;
   readonly #clock: CommandClock;
+  #offload: Offloader | undefined;
   #started: Extension[] = [];
   #statePublishTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
@@ -196,7 +197,14 @@ export class Agent {
       deviceKey: parts.deviceKey,
       source: this.#capture,
       audit: this.#audit,
-      link: this.#link,
+      // A sealed recording (its manifest files written) is the offload's cue.
+      link: {
+        send: (channel, body) => {
+          this.#link.send(channel, body);
+          const type = (body as { type?: unknown }).type;
+          if (type === 'recording.closed' || type === 'recording.sealed_interrupted') this.#offload?.wake();
+        },
+      },
       state: this.#state,
       position: () => {
         const g = this.#state.snapshot().gps;
@@ -299,7 +307,7 @@ export class Agent {
     // The ctl verbs (src/control/ctl-handlers.ts): status, record by hand, simulated hardware input.
     // Evidence offload (src/offload/): sealed recordings to the object store; held while a live
     // view runs (state.streaming.sessions, below), woken when a recording closes or the network changes.
-    const offload = config.offload.enabled
+    const offload = (this.#offload = config.offload.enabled
       ? new Offloader({
           config: config.offload,
           deviceId: config.deviceId,
@@ -311,7 +319,7 @@ export class Agent {
           reserve,
           logger,
         })
-      : undefined;
+      : undefined);
     registerCtlHandlers(this.#control, { recorder, bridge, status: () => this.status(), ...(offload ? { offload } : {}) });
 
     // Started in this order, stopped in reverse: commands first (nothing new), then the live view

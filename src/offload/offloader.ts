@@ -269,6 +269,10 @@ export class Offloader implements Extension {
       )
       .all();
     for (const row of rows) {
+      // The row is sealed before manifest.json and .sig are written: wait for the files (the
+      // recorder's recording.closed event wakes the uploader once they are).
+      const dirAbs = this.#abs(`recordings/${row.id}`);
+      if (!existsSync(path.join(dirAbs, manifestFile)) || !existsSync(path.join(dirAbs, signatureFile))) continue;
       const m = JSON.parse(row.manifest) as Manifest;
       const prefix = recordingPrefix(this.#o.prefix, this.#opts.deviceId, row.id);
       const dirRel = `recordings/${row.id}`;

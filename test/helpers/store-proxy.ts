@@ -25,6 +25,9 @@ export class StoreProxy extends EventEmitter<{ put: [PutRecord]; held: [string];
   readonly #server: http.Server;
   readonly #upstream: URL;
   #port = 0;
+  #host = '127.0.0.1';
+  /** Request body bytes taken in, every request. */
+  bytesIn = 0;
 
   private constructor(upstream: string) {
     super();
@@ -32,16 +35,18 @@ export class StoreProxy extends EventEmitter<{ put: [PutRecord]; held: [string];
     this.#server = http.createServer((req, res) => this.#handle(req, res));
   }
 
-  static async start(upstream: string): Promise<StoreProxy> {
+  /** `host`: where it listens (default loopback; the offload bench gives the veth's root side). */
+  static async start(upstream: string, host = '127.0.0.1'): Promise<StoreProxy> {
     const p = new StoreProxy(upstream);
-    p.#server.listen(0, '127.0.0.1');
+    p.#host = host;
+    p.#server.listen(0, host);
     await once(p.#server, 'listening');
     p.#port = (p.#server.address() as AddressInfo).port;
     return p;
   }
 
   get endpoint(): string {
-    return `http://127.0.0.1:${this.#port}`;
+    return `http://${this.#host}:${this.#port}`;
   }
 
   /** Complete, accepted PUTs of whole objects (not parts) per key. */
@@ -92,6 +97,7 @@ export class StoreProxy extends EventEmitter<{ put: [PutRecord]; held: [string];
     up.on('error', () => res.destroy());
     req.on('data', (d: Buffer) => {
       bytes += d.length;
+      this.bytesIn += d.length;
     });
     req.pipe(up);
   }
