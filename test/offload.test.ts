@@ -12,6 +12,9 @@ import { startAgentOnBroker } from './helpers/agent-on-broker.ts';
 import { auditEntries, createBucket, offloadConfig, offloadStates, recordSegments, s3Client, waitAudit, waitOffloadState, writeCredentials } from './helpers/offload-rig.ts';
 import { StoreProxy } from './helpers/store-proxy.ts';
 import { startSwift, swiftInstalled } from './helpers/swift.ts';
+import { ChromiumViewers } from './helpers/chromium-viewer.ts';
+import { makeCommand, makeIssuer } from './helpers/command-tokens.ts';
+import { FleetClient } from './helpers/fleet-client.ts';
 
 t.setTimeout(600_000);
 if (!swiftInstalled()) {
@@ -108,6 +111,34 @@ if (!swiftInstalled()) {
     t.notOk(existsSync(dir), 'released: the retention policy deletes it');
     const types = auditEntries(a.recorder).map((e) => e.type);
     t.ok(['offload.pause', 'offload.resume', 'offload.hold', 'offload.release'].every((x) => types.includes(x)), 'pause, resume, hold and release are audited');
+  });
+
+  t.test('a live view holds uploads until it ends (offload.pauseDuringLiveView)', async (t) => {
+    const issuer = await makeIssuer({ iss: 'bwc-fleet' });
+    const a = await startAgentOnBroker(t, { deviceId: 'cam-live', issuers: [issuer], capturing: true, config: offloadConfig({ endpoint: swift.endpoint, bucket, credentialsFile: creds }) });
+    await runCli(['ctl', 'offload', 'pause', '--state-dir', a.stateDir]);
+    const rec = await recordSegments(a.stateDir, 1);
+    await waitAudit(a.recorder, (e) => e.type === 'recording.sealed' && e.detail.recordingId === rec.id, 'sealed');
+    const viewers = await ChromiumViewers.launch();
+    const fleet = await FleetClient.connect(a.broker.url);
+    t.teardown(async () => {
+      await viewers.close();
+      await fleet.close();
+    });
+    const viewer = await viewers.open();
+    const reply = await fleet.request('cam-live', makeCommand({ issuer, deviceId: 'cam-live', action: 'stream.start', offer: await viewer.createOffer(), overrides: { sub: 'insp-0042', reason: 'public-safety' } }).payload);
+    t.ok(reply.ok, 'the live view starts');
+    await viewer.applyAnswer(reply.answer!);
+    await waitOffloadState(a.recorder, (o) => o.pausedBy.includes('live-view'), 'state: paused by the live view');
+    // The hand-set pause is lifted: only the live view holds the upload now.
+    await runCli(['ctl', 'offload', 'resume', '--state-dir', a.stateDir]);
+    await waitOffloadState(a.recorder, (o) => o.status === 'paused' && o.pausedBy.join() === 'live-view' && o.recordingsPending === 1, 'state: still paused, by the live view alone');
+    t.notOk(auditEntries(a.recorder).some((e) => e.type === 'offload.upload'), 'nothing uploaded while the view runs');
+    const stop = await fleet.request('cam-live', makeCommand({ issuer, deviceId: 'cam-live', action: 'stream.stop', overrides: { sid: reply.sid!, sub: 'insp-0042' } }).payload);
+    t.ok(stop.ok, 'the live view stops');
+    await waitAudit(a.recorder, (e) => e.type === 'offload.recording' && e.detail.recordingId === rec.id, 'uploaded once the view ended');
+    const stopSeq = auditEntries(a.recorder).find((e) => e.type === 'stream.stop')!.seq;
+    t.ok(auditEntries(a.recorder).filter((e) => e.type === 'offload.upload').every((e) => e.seq > stopSeq), 'every upload came after the view stopped');
   });
 
   t.test('kill -9 mid-upload, then restart: the upload resumes, nothing sent twice in full, nothing lost', async (t) => {

@@ -129,8 +129,8 @@ export class ObjectStore {
   }
 
   /** A single PUT with Content-MD5 and the SHA-256 metadata; returns the MD5 (hex) sent. */
-  async put(key: string, src: ObjectSource, bucket: TokenBucket, gate: UploadGate, onBytes: (n: number) => void, signal?: AbortSignal): Promise<string> {
-    const md5 = src.data ? createHash('md5').update(src.data).digest('hex') : await md5OfRange(src.file!, 0, src.bytes);
+  async put(key: string, src: ObjectSource & { md5?: string }, bucket: TokenBucket, gate: UploadGate, onBytes: (n: number) => void, signal?: AbortSignal): Promise<string> {
+    const md5 = src.md5 ?? (src.data ? createHash('md5').update(src.data).digest('hex') : await md5OfRange(src.file!, 0, src.bytes));
     const chunks: AsyncIterable<Buffer> = src.data ? (async function* () { yield src.data!; })() : createReadStream(src.file!, { highWaterMark: 256 * 1024 });
     await this.#call(() =>
       this.client.send(

@@ -131,6 +131,7 @@ export const migrations: readonly Migration[] = [
         sha256        TEXT    NOT NULL,       -- hex, of the bytes to upload
         bytes         INTEGER NOT NULL,
         upload_id     TEXT,                   -- an open multipart upload, resumed with ListParts
+        attempts      INTEGER NOT NULL DEFAULT 0,  -- PUTs begun: after one, the store may hold it already (HEAD first)
         verified_at   TEXT,                   -- HEAD showed the same size, MD5 ETag and SHA-256
         PRIMARY KEY (recording_id, key)
       );
