@@ -83,6 +83,7 @@ export class Offloader implements Extension {
   readonly #deviceKeySha256: string;
   #store: { store: ObjectStore; localAddress: string | undefined } | undefined;
   #abort = new AbortController();
+  #passAbort: AbortController | undefined;
   #loop: Promise<void> | undefined;
   #wake: (() => void) | undefined;
   #woken = false;
@@ -127,6 +128,7 @@ export class Offloader implements Extension {
   pause(by: 'ctl' | 'live-view'): void {
     if (!this.#gate.closedBy.includes(by)) {
       this.#gate.close(by);
+      this.#passAbort?.abort(new Error(`offload paused (${by})`));
       if (by === 'ctl') this.#audit({ type: 'offload.pause', detail: { by } });
       this.#publish();
     }
@@ -186,12 +188,23 @@ export class Offloader implements Extension {
         await this.#sleep(this.#opts.idleScanMs ?? 30_000, true);
         continue;
       }
+      // A pause aborts the pass's requests: bytes already in the socket's send buffer (hundreds
+      // of KiB, seconds of a narrow uplink) would otherwise still compete with the live view. The
+      // cut object goes again later (a multipart one from its last whole part).
+      const pass = new AbortController();
+      const stopPass = () => pass.abort(signal.reason);
+      signal.addEventListener('abort', stopPass, { once: true });
+      this.#passAbort = pass;
       try {
-        const more = await this.#pass(signal);
+        const more = await this.#pass(pass.signal);
         this.#failures = 0;
         if (!more) await this.#sleep(this.#opts.idleScanMs ?? 30_000, true);
       } catch (err) {
         if (signal.aborted) break;
+        if (pass.signal.aborted) {
+          this.#working = false;
+          continue; // paused: the loop waits for the gate
+        }
         this.#failures++;
         const message = errorMessage(err);
         this.#counters.lastError = { message, at: this.#now().toISOString() };
@@ -201,6 +214,9 @@ export class Offloader implements Extension {
         this.#publish();
         // A wake (a new recording) does not cut a back-off short: the store is what failed.
         await this.#sleep(delay, false);
+      } finally {
+        signal.removeEventListener('abort', stopPass);
+        this.#passAbort = undefined;
       }
     }
   }
