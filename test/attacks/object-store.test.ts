@@ -26,10 +26,12 @@ t.test('a store answering a wrong checksum: retried, audited, never followed by 
   const a = await startAgentOnBroker(t, { deviceId: 'cam-hostile', capturing: true, config: offloadConfig({ endpoint: proxy.endpoint, bucket: 'evidence', credentialsFile: creds }) });
   const rec = await recordSegments(a.stateDir, 2);
 
-  // Three verification failures: the object was sent again after each.
-  const mismatches = await waitAudit(a.recorder, (e) => e.type === 'offload.verify' && e.detail.result === 'mismatch', 'three audited mismatches', 60_000, 3);
-  t.match(mismatches[0]!.detail, { key: new RegExp(`^cam-hostile/${rec.id}/`), sha256: /^[0-9a-f]{64}$/, problem: /is not what was sent: .*sha256 ffffffffffffffff…, expected/ }, 'the mismatch names the key, our checksum and what the store said');
+  // Three verification failures of one object: it was sent again after each.
+  const mismatchesOf = (key: unknown) => auditEntries(a.recorder).filter((e) => e.type === 'offload.verify' && e.detail.result === 'mismatch' && e.detail.key === key);
+  const mismatches = await waitAudit(a.recorder, (e) => e.type === 'offload.verify' && e.detail.result === 'mismatch', 'a mismatch audited');
   const firstKey = mismatches[0]!.detail.key as string;
+  await a.recorder.waitFor(() => mismatchesOf(firstKey).length >= 3, 60_000, `three audited mismatches of ${firstKey}`);
+  t.match(mismatches[0]!.detail, { key: new RegExp(`^cam-hostile/${rec.id}/`), sha256: /^[0-9a-f]{64}$/, problem: /is not what was sent: .*sha256 ffffffffffffffff…, expected/ }, 'the mismatch names the key, our checksum and what the store said');
   t.ok(proxy.puts.filter((p) => p.key === firstKey).length >= 3, 'the object was sent again after each mismatch');
   const st = await waitOffloadState(a.recorder, (o) => o.lastError !== null && /is not what was sent/.test(o.lastError.message), 'state: the last error says the store does not hold what was sent');
   t.equal(st.recordingsPending, 1, 'state: the recording is still pending');
