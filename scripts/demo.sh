@@ -87,6 +87,18 @@ stop_all() {
 trap stop_all EXIT
 trap 'stop_all; exit 0' INT TERM HUP PIPE
 
+# The evidence store: an all-in-one OpenStack Swift on loopback (test/helpers/swift.ts), reached
+# through its S3 API; both cameras upload their closed recordings to bucket "evidence". Started
+# first, as it takes the longest (5-20 s); waited for before the cameras' configs are written.
+swift_endpoint=""
+swift_wanted=""
+if command -v swift-proxy-server >/dev/null && command -v memcached >/dev/null; then
+  swift_wanted=1
+  rm -f "$demo/swift.log" "$demo/store.yaml"
+  setsid node test/helpers/swift.ts "$demo" evidence >"$demo/swift.log" 2>&1 &
+  pids+=($!)
+fi
+
 cat > "$demo/mosquitto.conf" <<CONF
 user $(id -un)
 listener $mqtt_port 127.0.0.1
@@ -108,13 +120,7 @@ pids+=($!)
 bin/bwc-agent keys generate --out "$demo/issuer" --actions stream.start,stream.stop,record.start,record.stop >/dev/null
 node ops-console/users.ts add --file "$demo/users.json" --user demo --operator sgt-demo --name "Sgt Demo" --password demo-password >/dev/null
 
-# The evidence store: an all-in-one OpenStack Swift on loopback (test/helpers/swift.ts), reached
-# through its S3 API; both cameras upload their closed recordings to bucket "evidence".
-swift_endpoint=""
-if command -v swift-proxy-server >/dev/null && command -v memcached >/dev/null; then
-  rm -f "$demo/swift.log" "$demo/store.yaml"
-  setsid node test/helpers/swift.ts "$demo" evidence >"$demo/swift.log" 2>&1 &
-  pids+=($!)
+if [ -n "$swift_wanted" ]; then
   for _ in $(seq 600); do grep -q '^swift: http' "$demo/swift.log" 2>/dev/null && break; sleep 0.1; done
   swift_endpoint=$(sed -n 's/^swift: //p' "$demo/swift.log")
   [ -n "$swift_endpoint" ] || { echo "demo: Swift did not start:" >&2; cat "$demo/swift.log" >&2; exit 1; }
@@ -144,6 +150,8 @@ sleep 1
 
 # The console first, so its subscription exists before the cameras publish their first audit
 # entries: it holds each chain from entry 1 and can check it.
+# Picked again: another program may have taken the first pick while Swift started.
+port_free "$console_port" || console_port=$(pick_port "$console_port")
 setsid node ops-console/server.ts --broker "mqtt://127.0.0.1:$mqtt_port" --issuer-key "$demo/issuer/issuer.private.jwk.json" \
   --users "$demo/users.json" --port "$console_port" --client-id "bwc-ops-console-demo-$$" >"$demo/console.log" 2>&1 &
 pids+=($!)
