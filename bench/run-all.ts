@@ -25,6 +25,7 @@ const benches: Bench[] = [
   { name: 'stream', file: 'bench/stream.ts', flags: ['runs', 'window-s'] },
   { name: 'live-encoder', file: 'bench/live-encoder.ts', flags: ['window-s'] },
   { name: 'bad-link', file: 'bench/bad-link.ts', flags: ['moves', 'window-s'] },
+  { name: 'offload', file: 'bench/offload.ts', flags: ['window-s'] },
 ];
 
 function run(file: string, args: string[]): Promise<number | null> {

@@ -90,6 +90,18 @@ stop_all() {
 trap stop_all EXIT
 trap 'stop_all; exit 0' INT TERM HUP PIPE
 
+# The evidence store: an all-in-one OpenStack Swift on loopback (test/helpers/swift.ts), reached
+# through its S3 API; both cameras upload their closed recordings to bucket "evidence". Started
+# first, as it takes the longest (5-20 s); waited for before the cameras' configs are written.
+swift_endpoint=""
+swift_wanted=""
+if command -v swift-proxy-server >/dev/null && command -v memcached >/dev/null; then
+  swift_wanted=1
+  rm -f "$demo/swift.log" "$demo/store.yaml"
+  setsid node test/helpers/swift.ts "$demo" evidence >"$demo/swift.log" 2>&1 &
+  pids+=($!)
+fi
+
 cat > "$demo/mosquitto.conf" <<CONF
 user $(id -un)
 listener $mqtt_port 127.0.0.1
@@ -115,6 +127,12 @@ node ops-console/users.ts add --file "$demo/users.json" --user demo --operator s
 age-keygen -o "$demo/force.agekey" 2>/dev/null
 force_recipient=$(age-keygen -y "$demo/force.agekey")
 
+if [ -n "$swift_wanted" ]; then
+  for _ in $(seq 600); do grep -q '^swift: http' "$demo/swift.log" 2>/dev/null && break; sleep 0.1; done
+  swift_endpoint=$(sed -n 's/^swift: //p' "$demo/swift.log")
+  [ -n "$swift_endpoint" ] || { echo "demo: Swift did not start:" >&2; cat "$demo/swift.log" >&2; exit 1; }
+fi
+
 # Everything else on the embedded defaults, but for the force's public key (evidence is encrypted
 # to it) and a RAM folder per camera. The demo machine's clock may not be NTP-synchronised,
 # and its viewer is a browser on this machine (loopback candidates).
@@ -124,6 +142,9 @@ camera_config() { # file [capture]
     echo "stream: {ice: {interfaces: [lo]}}"
     echo "recording: {encryption: {recipients: [$force_recipient]}, plaintextDir: $demo_ram/$(basename "$1" .yaml)}"
     if [ -n "${2:-}" ]; then echo "capture: $2"; fi
+    if [ -n "$swift_endpoint" ]; then
+      echo "offload: {enabled: true, endpoint: '$swift_endpoint', bucket: evidence, credentialsFile: $demo/store.yaml, interfaces: [lo]}"
+    fi
   } > "$1"
 }
 capture_of() { # WxH@FPS -> YAML flow map
@@ -138,6 +159,8 @@ sleep 1
 
 # The console first, so its subscription exists before the cameras publish their first audit
 # entries: it holds each chain from entry 1 and can check it.
+# Picked again: another program may have taken the first pick while Swift started.
+port_free "$console_port" || console_port=$(pick_port "$console_port")
 setsid node ops-console/server.ts --broker "mqtt://127.0.0.1:$mqtt_port" --issuer-key "$demo/issuer/issuer.private.jwk.json" \
   --users "$demo/users.json" --port "$console_port" --client-id "bwc-ops-console-demo-$$" >"$demo/console.log" 2>&1 &
 pids+=($!)
@@ -163,6 +186,9 @@ demo: agent    device $device_id, state in $demo/state   (status: BWC_STATE_DIR=
 demo: agent    device $device2_id, state in $demo/state-2
 demo: evidence encrypted to $demo/force.agekey's public key   (BWC_STATE_DIR=$demo/state bin/bwc-agent evidence verify --identity $demo/force.agekey)
 demo: console  http://127.0.0.1:$console_port/   sign in as demo / demo-password   (log: $demo/console.log)
+demo: store    ${swift_endpoint:-(OpenStack Swift not installed: no offload)} bucket evidence; record, stop, then:
+                 swift -A ${swift_endpoint:-URL}/auth/v1.0 -U test:tester -K \$(sed -n 's/^secretAccessKey: "\(.*\)"/\1/p' $demo/store.yaml) list evidence
+                 bin/bwc-agent evidence verify --bucket ${swift_endpoint:-URL}/evidence --recording ID --credentials $demo/store.yaml
 demo: Ctrl-C stops everything
 INFO
 

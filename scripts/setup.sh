@@ -54,6 +54,23 @@ setup_apt() {
     as_root ln -sfn /dev/null /etc/systemd/system/coturn.service
     if [ -d /run/systemd/system ]; then as_root systemctl daemon-reload; as_root systemctl stop coturn.service 2>/dev/null || true; fi
   fi
+  # OpenStack Swift and memcached are for the tests and the demo only (test/helpers/swift.ts runs
+  # an all-in-one Swift on loopback ports): their packages would start system services (the proxy
+  # on port 8080). Masked before they are first installed; a machine that already had them keeps
+  # its own units as they were.
+  local unit
+  for unit in memcached swift-proxy swift-object swift-object-auditor swift-object-replicator swift-object-updater \
+    swift-object-reconstructor swift-object-expirer swift-container swift-container-auditor swift-container-replicator \
+    swift-container-updater swift-container-sync swift-container-sharder swift-container-reconciler swift-account \
+    swift-account-auditor swift-account-reaper swift-account-replicator; do
+    local pkg=${unit%%-auditor}; pkg=${pkg%%-replicator}; pkg=${pkg%%-updater}; pkg=${pkg%%-reconstructor}
+    pkg=${pkg%%-expirer}; pkg=${pkg%%-sync}; pkg=${pkg%%-sharder}; pkg=${pkg%%-reconciler}; pkg=${pkg%%-reaper}
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' && continue
+    [ -e "/etc/systemd/system/$unit.service" ] && continue
+    as_root mkdir -p /etc/systemd/system
+    as_root ln -sfn /dev/null "/etc/systemd/system/$unit.service"
+  done
+  if [ -d /run/systemd/system ]; then as_root systemctl daemon-reload; fi
   # shellcheck disable=SC2086 # one package name per word
   apt_install_missing $wanted
 }

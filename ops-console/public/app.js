@@ -341,7 +341,21 @@ function cameraRow(id, { state: st, receivedAt }) {
     h('td', {}, fixCell(st.gps, receivedAt)),
     h('td', {}, st.agentVersion ?? '—'),
     h('td', cap?.lastFault ? { class: 'has-tip', title: `Last fault at ${clock(cap.lastFault.at)}: ${cap.lastFault.reason}` } : {},
-      cap ? `${cap.status}${cap.restarts ? ` (${plural(cap.restarts, 'restart')})` : ''}` : '—'));
+      cap ? `${cap.status}${cap.restarts ? ` (${plural(cap.restarts, 'restart')})` : ''}` : '—'),
+    h('td', { 'data-testid': `offload-${id}`, ...(st.offload?.lastError ? { class: 'has-tip', title: `Last error at ${clock(st.offload.lastError.at)}: ${st.offload.lastError.message}` } : {}) }, offloadCell(st.offload)));
+}
+
+// Evidence offload (state.offload, docs/protocol.md): what is still on the camera only.
+function offloadCell(o) {
+  if (!o) return 'off';
+  const pending = o.recordingsPending ? `${plural(o.recordingsPending, 'recording')} (${mebibytes(o.bytesPending)}) pending` : 'all in the store';
+  const how = o.status === 'paused' ? ` · paused (${o.pausedBy.join(', ')})` : o.lastError ? ' · failing' : o.status === 'uploading' ? ' · uploading' : '';
+  const last = o.lastUploadAt ? [' · last ', ageEl(parseTime(o.lastUploadAt))] : [];
+  return [pending, how, ...last];
+}
+
+function mebibytes(bytes) {
+  return `${(bytes / 1048576).toFixed(bytes < 10 * 1048576 ? 1 : 0)} MiB`;
 }
 
 function fixCell(gps, receivedAt) {

@@ -11,6 +11,7 @@ import { CaptureSupervisor, type CaptureHealth } from '../capture/supervisor.ts'
 import { createFirmwareBridge } from '../firmware/create-bridge.ts';
 import { FirmwareExtension } from '../firmware/firmware-extension.ts';
 import { NetworkWatcher } from '../net/network-watcher.ts';
+import { Offloader } from '../offload/offloader.ts';
 import { IceSignalling } from '../stream/ice-signalling.ts';
 import { checkPlaintextDir, recipientProblem } from '../recording/encryption.ts';
 import { bufferDirOf, evidenceDirOf, plaintextSegmentsDirOf } from '../recording/layout.ts';
@@ -82,6 +83,7 @@ export class Agent {
   readonly #recorder: Recorder;
   readonly #refusals: RefusalFolder;
   readonly #clock: CommandClock;
+  #offload: Offloader | undefined;
   #started: Extension[] = [];
   #statePublishTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
@@ -137,6 +139,7 @@ export class Agent {
     //   recorder   <- commands, firmware (buttons), ctl;   recorder -> capture (segments)
     //   stream     <- commands, network (address change), capture (packets, running)
     //   stream     -> capture (live on/off, keyframes, bitrate), firmware (wearer cues), iceSignalling (offers)
+    //   offload    <- recorder (a recording closed), state (live view sessions), network, ctl;  offload -> audit, state
     const gps = new GpsExtension({
       gpsd: config.gps.gpsd,
       recordingIntervalS: config.gps.recordingInterval,
@@ -208,7 +211,14 @@ export class Agent {
       deviceKey: parts.deviceKey,
       source: this.#capture,
       audit: this.#audit,
-      link: this.#link,
+      // A sealed recording (its manifest files written) is the offload's cue.
+      link: {
+        send: (channel, body) => {
+          this.#link.send(channel, body);
+          const type = (body as { type?: unknown }).type;
+          if (type === 'recording.closed' || type === 'recording.sealed_interrupted') this.#offload?.wake();
+        },
+      },
       state: this.#state,
       position: () => {
         const g = this.#state.snapshot().gps;
@@ -328,14 +338,41 @@ export class Agent {
     const network = new NetworkWatcher({ interfaces: config.stream.ice.interfaces, logger });
     const networkExtension: Extension = { name: 'network', start: () => network.start(), stop: () => network.stop() };
     // The ctl verbs (src/control/ctl-handlers.ts): status, record by hand, simulated hardware input.
-    registerCtlHandlers(this.#control, { recorder, bridge, status: () => this.status() });
+    // Evidence offload (src/offload/): sealed recordings to the object store; held while a live
+    // view runs (state.streaming.sessions, below), woken when a recording closes or the network changes.
+    const offload = (this.#offload = config.offload.enabled
+      ? new Offloader({
+          config: config.offload,
+          deviceId: config.deviceId,
+          db: this.#db,
+          evidenceDir,
+          devicePublicJwk: parts.deviceKey.publicJwk,
+          audit: this.#audit,
+          state: this.#state,
+          reserve,
+          logger,
+        })
+      : undefined);
+    registerCtlHandlers(this.#control, { recorder, bridge, status: () => this.status(), ...(offload ? { offload } : {}) });
 
     // Started in this order, stopped in reverse: commands first (nothing new), then the live view
     // (audited as agent_shutdown) while capture and firmware still run, so the wearer feels the stop.
-    this.#extensions = [health, gps, firmware, captureExtension, networkExtension, stream, iceSignalling, fleet, commands];
+    // Offload stops before capture, so a recording closing at stop waits for the next start.
+    this.#extensions = [health, gps, firmware, captureExtension, ...(offload ? [offload] : []), networkExtension, stream, iceSignalling, fleet, commands];
 
     // Routes that are events.
-    recorder.on('state', (s) => gps.setRecording(s.recording));
+    recorder.on('state', (s) => {
+      gps.setRecording(s.recording);
+      offload?.wake();
+    });
+    if (offload) {
+      let sessions = 0;
+      this.#state.on('changed', (doc) => {
+        if (doc.streaming.sessions === sessions) return;
+        sessions = doc.streaming.sessions;
+        offload.liveViews(sessions);
+      });
+    }
     capture.on('state', (h) => {
       recorder.captureRunning(h.status === 'running');
       stream.captureRunning(h.status === 'running' || h.status === 'starting');
@@ -355,6 +392,7 @@ export class Agent {
     network.on('change', () => {
       this.#link.reconnectNow('network addresses changed');
       stream.networkChanged();
+      offload?.wake();
     });
     this.#outbox.on('thinned', (report) => this.#link.send('event', { type: 'outbox.thinned', time: new Date().toISOString(), ...report }));
     this.#state.on('changed', () => this.#scheduleStatePublish());

@@ -25,6 +25,8 @@ Usage:
   bwc-agent ctl record start|stop [--state-dir DIR]
   bwc-agent ctl button record|function press|long   simulated firmware (firmware.backend: sim)
   bwc-agent ctl battery PERCENT [charging]          simulated firmware
+  bwc-agent ctl offload status|pause|resume     evidence offload to the object store
+  bwc-agent ctl offload hold ID REASON | release ID   keep a recording's local copy (retention never deletes it)
   bwc-agent evidence verify [--state-dir DIR] [--expect-head SEQ:HASH] [--identity FILE]
                                                 check every evidence file against the index, the signed manifests
                                                 and the recordings the audit trail names (with an age identity
@@ -32,6 +34,9 @@ Usage:
   bwc-agent evidence export --identity FILE --recording ID --out DIR [--state-dir DIR]
                                                 decrypt a recording to playable .ts files, with its manifest,
                                                 signature, GPS track and a verification report (JSON)
+  bwc-agent evidence verify --bucket http(s)://ENDPOINT/BUCKET[/PREFIX] --recording [DEVICE/]ID
+                  [--credentials FILE] [--public-key JWK_FILE | --kid KID]
+                                                check one recording in the object store: signature, chain, every object
   bwc-agent audit verify [--state-dir DIR | --file CAPTURE] [--public-key JWK_FILE] [--expect-head SEQ:HASH]
                                                 check the audit chain (exit 1 naming the first bad entry;
                                                 with the fleet's newest head, a rollback or fork too)
@@ -94,7 +99,7 @@ async function run(argv: string[]): Promise<number> {
 async function ctl(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, options: { 'state-dir': { type: 'string' } }, allowPositionals: true, strict: true });
   const [verb, ...rest] = positionals;
-  const verbs = ['status', 'record', 'button', 'battery'];
+  const verbs = ['status', 'record', 'button', 'battery', 'offload'];
   if (!verb || !verbs.includes(verb)) throw new UsageError(verb ? `unknown ctl verb "${verb}" (known: ${verbs.join(', ')})` : `ctl needs a verb (${verbs.join(', ')})`);
   if (verb === 'record' && rest[0] !== 'start' && rest[0] !== 'stop') throw new UsageError('ctl record needs "start" or "stop"');
   const stateDir = resolveStateDir(values['state-dir'], process.env, process.cwd());
@@ -118,16 +123,37 @@ async function audit(argv: string[]): Promise<number> {
 async function evidence(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { 'state-dir': { type: 'string' }, 'expect-head': { type: 'string' }, identity: { type: 'string' }, recording: { type: 'string' }, out: { type: 'string' } },
+    options: {
+      'state-dir': { type: 'string' },
+      'expect-head': { type: 'string' },
+      identity: { type: 'string' },
+      recording: { type: 'string' },
+      out: { type: 'string' },
+      bucket: { type: 'string' },
+      credentials: { type: 'string' },
+      'public-key': { type: 'string' },
+      kid: { type: 'string' },
+      region: { type: 'string' },
+    },
     allowPositionals: true,
     strict: true,
   });
-  const stateDir = resolveStateDir(values['state-dir'], process.env, process.cwd());
   if (positionals[0] === 'export') {
     if (!values.identity || !values.recording || !values.out) throw new UsageError('evidence export needs --identity FILE --recording ID --out DIR');
+    const stateDir = resolveStateDir(values['state-dir'], process.env, process.cwd());
     return evidenceExportCommand({ stateDir, identityFile: values.identity, recordingId: values.recording, outDir: values.out }, process.stdout, process.stderr);
   }
   if (positionals[0] !== 'verify') throw new UsageError('evidence needs the verb "verify" or "export"');
+  if (values.bucket !== undefined) {
+    if (!values.recording) throw new UsageError('evidence verify --bucket URL needs --recording ID');
+    const { evidenceVerifyBucketCommand } = await import('../offload/bucket-cli.ts');
+    return evidenceVerifyBucketCommand(
+      { bucketUrl: values.bucket, recording: values.recording, credentialsFile: values.credentials, publicKeyFile: values['public-key'], kid: values.kid, region: values.region },
+      process.stdout,
+      process.stderr,
+    );
+  }
+  const stateDir = resolveStateDir(values['state-dir'], process.env, process.cwd());
   return evidenceVerifyCommand({ stateDir, expectHead: values['expect-head'], identityFile: values.identity }, process.stdout, process.stderr);
 }
 

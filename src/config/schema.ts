@@ -220,6 +220,51 @@ export const configSchema = z.strictObject({
         }),
     })
     .prefault({}),
+  offload: z
+    .strictObject({
+      enabled: z.boolean().default(false).meta({ description: 'Upload closed recordings to an S3-compatible object store (AWS S3, Ceph RGW, MinIO, OpenStack Swift s3api); docs/protocol.md, "Evidence offload".' }),
+      endpoint: z
+        .string()
+        .regex(/^https?:\/\/[^\s/]+\/?$/, 'an http(s) URL of the store, e.g. https://s3.example.org or http://127.0.0.1:8080')
+        .optional()
+        .meta({ description: 'The store\'s S3 endpoint (path-style requests: ENDPOINT/BUCKET/KEY). Needed when enabled.' }),
+      bucket: z
+        .string()
+        .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'an S3 bucket name: 3-63 lower-case letters, digits, "." or "-"')
+        .optional()
+        .meta({ description: 'Bucket the recordings go to; it must exist (the camera never creates one). Needed when enabled.' }),
+      region: z.string().min(1).default('us-east-1').meta({ description: 'Region used in the request signature (any the store accepts).' }),
+      prefix: z
+        .string()
+        .regex(/^([A-Za-z0-9._-]+\/)*$/, 'empty, or path segments each ending in "/", e.g. "fleet-a/"')
+        .default('')
+        .meta({ description: 'Key prefix before <deviceId>/<recordingId>/ (docs/protocol.md).' }),
+      credentialsFile: z.string().min(1).optional().meta({
+        description: 'File holding the store credentials as YAML or JSON: `accessKeyId`, `secretAccessKey` (and optionally `sessionToken`). Re-read when it changes; never logged or put in state. Needed when enabled.',
+      }),
+      interfaces: z.array(z.string().min(1)).default([]).meta({
+        description: 'Network interfaces uploads may use (e.g. ["wlan0", "eth0"] for Wi-Fi or a dock); uploads wait while none has an address, and go out from that address. Empty: any.',
+      }),
+      bandwidthKbps: z.number().int().min(0).max(10_000_000).default(0).meta({ description: 'Upload bandwidth cap (request bodies, token bucket); 0: no cap.', unit: 'kbit/s' }),
+      pauseDuringLiveView: z.boolean().default(true).meta({ description: 'Hold uploads while a live view runs, so the view keeps the uplink.' }),
+      keepDays: z.number().min(0).max(3650).default(7).meta({
+        description:
+          'Retention: the local copy of a recording is deleted this many days after it stopped, and only once every object of it is in the store with the same SHA-256 (checked again just before). A recording not yet uploaded, or under hold (`bwc-agent ctl offload hold`), is never deleted. 0: delete as soon as verified.',
+        unit: 'days',
+      }),
+      multipartThresholdBytes: z.number().int().min(5_242_880).max(5_368_709_120).default(67_108_864).meta({ description: 'Objects this large or larger go up in parts (multipart upload, resumed with ListParts).', unit: 'bytes' }),
+      partSizeBytes: z.number().int().min(5_242_880).max(536_870_912).default(8_388_608).meta({ description: 'Part size of a multipart upload (S3\'s minimum is 5 MiB).', unit: 'bytes' }),
+      retryMinDelay: milliseconds('First retry delay after a failed upload pass; doubles on each failure.', 100, 600_000, 2000),
+      retryMaxDelay: milliseconds('Cap of the retry delay.', 1000, 3_600_000, 300_000),
+      requestTimeout: milliseconds('A store request that makes no progress for this long fails (and is retried).', 1000, 600_000, 60_000),
+    })
+    .prefault({})
+    .superRefine((o, ctx) => {
+      if (!o.enabled) return;
+      for (const key of ['endpoint', 'bucket', 'credentialsFile'] as const) {
+        if (o[key] === undefined) ctx.addIssue({ code: 'custom', path: [key], message: `required when offload.enabled is true` });
+      }
+    }),
   audit: z
     .strictObject({
       checkpointEvery: z.number().int().min(1).max(100_000).default(100).meta({ description: 'A signed checkpoint after this many audit entries...' }),

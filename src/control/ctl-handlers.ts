@@ -3,6 +3,7 @@
 // (a button press, the battery level), which only the sim firmware backend takes.
 import type { FirmwareBridge } from '../../firmware-bridge/src/interface.ts';
 import { SimBackend } from '../firmware/create-bridge.ts';
+import type { Offloader } from '../offload/offloader.ts';
 import type { Recorder } from '../recording/recorder.ts';
 import type { ControlServer } from './control-socket.ts';
 
@@ -11,6 +12,8 @@ export interface CtlHandlerParts {
   bridge: FirmwareBridge;
   /** The agent's status document (`ctl status`). */
   status: () => object;
+  /** Evidence offload, when offload.enabled. */
+  offload?: Pick<Offloader, 'status' | 'pause' | 'resume' | 'hold' | 'release'>;
 }
 
 /** Registers every ctl verb on `control`. */
@@ -40,4 +43,17 @@ export function registerCtlHandlers(control: Pick<ControlServer, 'handle'>, part
     throw new Error('record needs "start" or "stop"');
   });
   control.handle('status', () => parts.status());
+  // ctl offload status|pause|resume|hold ID REASON...|release ID: a hold keeps a recording's local
+  // copy whatever the retention policy says (a local, root-only verb, audited like the others).
+  control.handle('offload', (args) => {
+    const [verb, id, ...reason] = Array.isArray(args) ? (args as string[]) : [];
+    const offload = parts.offload;
+    if (!offload) throw new Error('offload is not enabled (offload.enabled is false)');
+    if (verb === 'status') return offload.status();
+    if (verb === 'pause') return offload.pause('ctl'), offload.status();
+    if (verb === 'resume') return offload.resume('ctl'), offload.status();
+    if (verb === 'hold' && id && reason.length > 0) return offload.hold(id, reason.join(' '));
+    if (verb === 'release' && id) return offload.release(id);
+    throw new Error('offload needs "status", "pause", "resume", "hold RECORDING_ID REASON" or "release RECORDING_ID"');
+  });
 }

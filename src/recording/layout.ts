@@ -17,6 +17,13 @@ export const manifestFile = 'manifest.json';
 export const signatureFile = 'manifest.sig';
 export const trackFile = 'track.json.age';
 
+/**
+ * Files of a closed recording's folder that go to the object store besides the segments its
+ * manifest lists and the manifest and its signature (src/offload/). Add a per-recording file here
+ * (a GPS track, say) and the uploader takes it, whatever its extension.
+ */
+export const offloadedExtraFiles: readonly string[] = [trackFile];
+
 /** The manifest, its signature, the encrypted track, and the temporary names they are written under. */
 export function isManifestName(name: string): boolean {
   return [manifestFile, signatureFile, trackFile].some((n) => name === n || name === `.${n}.tmp`);

@@ -94,6 +94,10 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
   const allRecordings = o.db.prepare<[], RecordingRow>('SELECT * FROM recording ORDER BY started_at, id').all();
   const recordings = allRecordings.filter((r) => o.recordingId === undefined || r.id === o.recordingId);
   const concerns = (p: EvidenceProblem) => o.recordingId === undefined || p.recordingId === o.recordingId || p.recordingId === '';
+  // Recordings whose local copy the offload retention deleted once the store held every object
+  // (src/offload/, audited as offload.delete): their files are checked in the store
+  // (`evidence verify --bucket`), their rows and manifests here.
+  const offloaded = offloadedRecordings(o.db);
   let segments = 0;
   let bytes = 0;
   const decrypted = { segments: 0, tracks: 0 };
@@ -113,6 +117,7 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
       expectedPrev = row.sha256;
       expectedIdx = row.idx + 1;
       const abs = path.join(o.evidenceDir, ...row.file.split('/'));
+      if (offloaded.has(rec.id)) continue;
       const st = statSync(abs, { throwIfNoEntry: false });
       if (!st?.isFile()) {
         p('missing', `segment ${row.idx} is indexed but its file is gone`, row.file);
@@ -133,7 +138,8 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
     }
     if (rec.status !== 'recording') {
       const m = checkManifest(o, rec, rows.map(manifestSegment), key, kid, p);
-      if (m?.track) {
+      // An offloaded recording's track went to the store with its segments (offloadedExtraFiles).
+      if (m?.track && !offloaded.has(rec.id)) {
         if (await checkTrack(o, m.track, p)) decrypted.tracks += 1;
       }
     }
@@ -257,8 +263,9 @@ function checkManifest(
     const file = path.join(o.evidenceDir, 'recordings', rec.id, name);
     return existsSync(file) ? readFileSync(file, 'utf8') : undefined;
   };
-  const diskText = onDisk(manifestFile);
-  const diskSig = onDisk(signatureFile);
+  const gone = offloadedRecordings(o.db).has(rec.id);
+  const diskText = gone ? rec.manifest : onDisk(manifestFile);
+  const diskSig = gone ? rec.manifest_sig : onDisk(signatureFile);
   if (diskText === undefined) p('missing', 'manifest.json is gone', `${dirRel}/${manifestFile}`);
   else if (diskText !== rec.manifest) p('manifest_mismatch', 'manifest.json differs from the manifest in the database', `${dirRel}/${manifestFile}`);
   if (diskSig === undefined) p('missing', 'manifest.sig is gone', `${dirRel}/${signatureFile}`);
@@ -320,4 +327,11 @@ export function deviceJwkFromStateDir(stateDir: string): JWK | undefined {
   const file = path.join(stateDir, deviceKeyFile);
   if (!existsSync(file)) return undefined;
   return createPublicKey(createPrivateKey(readFileSync(file))).export({ format: 'jwk' }) as JWK;
+}
+
+/** Ids of the recordings offload deleted locally (migration 6's table; none before it). */
+function offloadedRecordings(db: Db): Set<string> {
+  const has = db.prepare<[], { n: number }>("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'offload_recording'").get()!.n > 0;
+  if (!has) return new Set();
+  return new Set(db.prepare<[], { recording_id: string }>("SELECT recording_id FROM offload_recording WHERE status = 'deleted'").all().map((r) => r.recording_id));
 }

@@ -82,6 +82,22 @@ export interface CommandPolicyState {
   maxConcurrentStreams: number;
 }
 
+/** Evidence offload to the object store (src/offload/): what is still to go up, and how it went. */
+export interface OffloadState {
+  /** uploading, idle (nothing pending), paused (by ctl or a live view), waiting (no allowed interface, or retrying after an error). */
+  status: 'uploading' | 'idle' | 'paused' | 'waiting';
+  pausedBy: ('ctl' | 'live-view')[];
+  recordingsPending: number;
+  bytesPending: number;
+  /** Objects and bytes sent since the agent started. */
+  objectsSent: number;
+  bytesSent: number;
+  lastUploadAt: string | null;
+  /** Names the setting at fault where one is (offload.endpoint, offload.bucket, offload.credentialsFile...). */
+  lastError: { message: string; at: string } | null;
+  held: number;
+}
+
 export interface DeviceStateDoc {
   online: boolean;
   deviceId: string;
@@ -106,6 +122,8 @@ export interface DeviceStateDoc {
    * of the effective settings, whether a change is still on trial, and the trust store's digest.
    */
   config: { version: number; digest: string; pending: boolean; trustDigest: string } | null;
+  /** Null while offload is not enabled. */
+  offload: OffloadState | null;
   startedAt: string;
   time: string;
 }
@@ -133,6 +151,7 @@ export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
       health: null,
       link: { connected: false, reconnects: 0, outboxQueued: 0, outboxThinned: {}, outboxHeldInMemory: 0, outboxWriteError: null },
       config: null,
+      offload: null,
       startedAt: new Date().toISOString(),
     };
   }

@@ -113,4 +113,33 @@ export const migrations: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 6,
+    description: 'evidence offload: the objects of each recording in the store, upload progress (multipart upload ids) and holds',
+    sql: `
+      CREATE TABLE offload_recording (
+        recording_id  TEXT    PRIMARY KEY REFERENCES recording (id),
+        status        TEXT    NOT NULL CHECK (status IN ('pending', 'uploaded', 'deleted')),
+        bytes         INTEGER NOT NULL,       -- sum of its objects
+        uploaded_at   TEXT,                   -- every object verified in the store
+        deleted_at    TEXT                    -- local files deleted under the retention policy
+      );
+      CREATE TABLE offload_object (
+        recording_id  TEXT    NOT NULL REFERENCES offload_recording (recording_id),
+        key           TEXT    NOT NULL,       -- object key in the bucket
+        source        TEXT    NOT NULL,       -- file relative to the evidence folder, or ':device-key'
+        sha256        TEXT    NOT NULL,       -- hex, of the bytes to upload
+        bytes         INTEGER NOT NULL,
+        upload_id     TEXT,                   -- an open multipart upload, resumed with ListParts
+        attempts      INTEGER NOT NULL DEFAULT 0,  -- PUTs begun: after one, the store may hold it already (HEAD first)
+        verified_at   TEXT,                   -- HEAD showed the same size, MD5 ETag and SHA-256
+        PRIMARY KEY (recording_id, key)
+      );
+      CREATE TABLE offload_hold (
+        recording_id  TEXT    PRIMARY KEY,
+        reason        TEXT    NOT NULL,
+        held_at       TEXT    NOT NULL
+      );
+    `,
+  },
 ];

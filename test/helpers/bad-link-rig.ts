@@ -52,7 +52,9 @@ export interface Rig {
   recorder: MqttRecorder;
   deviceId: string;
   /** Starts the agent in the namespace with this `stream:` config; resolves when online and capturing. */
-  startAgent(stream: Record<string, unknown>, capture?: Record<string, unknown>): Promise<AgentProcess>;
+  startAgent(stream: Record<string, unknown>, capture?: Record<string, unknown>, extra?: Record<string, unknown>): Promise<AgentProcess>;
+  /** The running (or last) agent's state folder. */
+  agentStateDir(): string | undefined;
   stopAgent(): Promise<void>;
   /** What the running (or last) agent printed. */
   agentOutput(): string;
@@ -97,6 +99,7 @@ export async function createBadLinkRig(options: RigOptions = {}): Promise<Rig> {
   const restarts: Rig['restarts'] = [];
   const answering = new Set<string>();
   let agent: AgentProcess | undefined;
+  let agentDir: string | undefined;
   const relays: UdpDelayRelay[] = [];
   const needTurn = (): Coturn => {
     if (!turn) throw new Error('this rig has no coturn: createBadLinkRig({ turn: true })');
@@ -132,10 +135,12 @@ export async function createBadLinkRig(options: RigOptions = {}): Promise<Rig> {
     fleet,
     recorder,
     deviceId,
-    async startAgent(stream, capture = {}) {
+    async startAgent(stream, capture = {}, extra = {}) {
       await agent?.stop('SIGTERM');
       const dir = await tempStateDir('bwc-badlink-agent-');
+      agentDir = dir;
       const config = await writeAgentConfig(dir, {
+        ...extra,
         commands: { trustStore: writeTrustStore(dir, [issuer]), unsynchronisedClock: 'accept', maxConcurrentStreams: 2 },
         capture: { width: 640, height: 360, framerate: 15, bitrateKbps: 1500, testPattern: 'snow', ...options.capture, ...capture },
         stream: { ice: { interfaces: [net.cameraInterface] }, viewerLostGrace: 15, ...stream },
@@ -154,6 +159,7 @@ export async function createBadLinkRig(options: RigOptions = {}): Promise<Rig> {
       await agent?.stop('SIGTERM');
     },
     agentOutput: () => agent?.output ?? '',
+    agentStateDir: () => agentDir,
     async watch(offer = {}, maxS = 300) {
       const viewer = await viewers.open();
       const sdp = await viewer.createOffer(offer);
