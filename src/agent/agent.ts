@@ -37,17 +37,22 @@ import { StreamManager } from '../stream/stream-manager.ts';
 import { agentVersion } from '../version.ts';
 import type { Extension } from './extension.ts';
 import { errorMessage } from '../errors.ts';
+import { ReleaseKeys } from '../update/release.ts';
+import { Updater } from '../update/updater.ts';
 
 export interface AgentOptions {
   config: AgentConfig;
   logger: Logger;
   env?: NodeJS.ProcessEnv;
   clock?: CommandClock;
+  /** Called when an update (or its rollback) needs the agent started again: stop, exit with a restart status. */
+  restart?: (reason: string) => void;
 }
 
 interface AgentParts {
   deviceKey: DeviceKey;
   trustStore: TrustStore;
+  releaseKeys: ReleaseKeys | undefined;
 }
 
 /** Coalesces bursts of state changes into one retained publish. */
@@ -87,7 +92,18 @@ export class Agent {
       throw new ConfigError([`commands.trustStore: ${errorMessage(err)}`]);
     }
     if (!config.commands.trustStore) options.logger.warn('no commands.trustStore configured: every command will be refused (unknown_key)');
-    return new Agent(options, { deviceKey, trustStore });
+    let releaseKeys: ReleaseKeys | undefined;
+    if (config.update.releaseKeys) {
+      try {
+        releaseKeys = ReleaseKeys.load(config.update.releaseKeys);
+      } catch (err) {
+        throw new ConfigError([`update.releaseKeys: ${errorMessage(err)}`]);
+      }
+      // A release key that is also a command issuer's would let whoever sends commands vouch for code.
+      const shared = releaseKeys.kids.filter((kid) => trustStore.kids().includes(kid));
+      if (shared.length) throw new ConfigError([`update.releaseKeys: key(s) ${shared.join(', ')} are also in commands.trustStore; a release key must not be a command issuer key`]);
+    }
+    return new Agent(options, { deviceKey, trustStore, releaseKeys });
   }
 
   private constructor(options: AgentOptions, parts: AgentParts) {
@@ -270,6 +286,17 @@ export class Agent {
       logger,
       tokens,
     });
+    const updater = new Updater({
+      config: config.update,
+      stateDir: config.stateDir,
+      runningVersion: agentVersion,
+      releaseKeys: parts.releaseKeys,
+      audit: this.#audit,
+      state: this.#state,
+      sendEvent: (body) => this.#link.send('event', body),
+      restart: (reason) => (options.restart ?? ((r: string) => void this.stop(r)))(reason),
+      logger,
+    });
     const recordReply = (r: RecordResult) => (r.ok ? { ok: true as const, recordingId: r.recordingId, already: r.already ?? false } : r);
     const commands = new CommandHandler({
       requests: this.#link.requestChannel('cmd', {
@@ -288,6 +315,7 @@ export class Agent {
         'record.stop': (command) => recordReply(recorder.stop({ kind: 'command', command })),
         'stream.start': (command) => stream.startStream(command),
         'stream.stop': (command) => stream.stopStream(command),
+        'agent.update': (command) => updater.execute(command),
       },
       refusals: this.#refusals,
       logger,
@@ -299,7 +327,7 @@ export class Agent {
 
     // Started in this order, stopped in reverse: commands first (nothing new), then the live view
     // (audited as agent_shutdown) while capture and firmware still run, so the wearer feels the stop.
-    this.#extensions = [health, gps, firmware, captureExtension, networkExtension, stream, iceSignalling, commands];
+    this.#extensions = [health, gps, firmware, captureExtension, networkExtension, stream, iceSignalling, updater, commands];
 
     // Routes that are events.
     recorder.on('state', (s) => gps.setRecording(s.recording));

@@ -52,6 +52,9 @@ export interface SignOptions {
   maxS?: number | undefined;
   offer?: string | undefined;
   sid?: string | undefined;
+  /** agent.update: the release JSON `bwc-agent release sign` printed. */
+  release?: unknown;
+  force?: boolean | undefined;
 }
 
 export function offerSha256(offer: string): string {
@@ -71,6 +74,11 @@ export async function signCommand(o: SignOptions): Promise<string> {
   if (action === 'stream.stop') {
     if (!o.sid) throw new ToolError('stream.stop needs --sid SID');
     claims.sid = o.sid;
+  }
+  if (action === 'agent.update') {
+    if (o.release === undefined) throw new ToolError('agent.update needs --release FILE (the JSON of: bwc-agent release sign)');
+    claims.release = o.release;
+    if (o.force) claims.force = true;
   }
   return signAsIssuer(o, commandTokenType, claims);
 }

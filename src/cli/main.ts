@@ -13,6 +13,9 @@ import { generateIssuerKeys, sendCommand, signCommand, ToolError } from './fleet
 import { createLogger } from '../log.ts';
 import { agentVersion } from '../version.ts';
 import { errorMessage } from '../errors.ts';
+import { restartExitCode } from '../update/updater.ts';
+import { bootCheck } from '../update/layout.ts';
+import { releaseTool, ReleaseToolError } from './release-tools.ts';
 
 const usage = `bwc-agent ${agentVersion}
 
@@ -34,7 +37,13 @@ Fleet-side tools (for a backend's operators and tests; see docs/protocol.md):
   bwc-agent keys generate --out DIR [--actions LIST]
   bwc-agent command sign --key FILE --device ID --action ACT --reason CODE [--operator ID]
                          [--issuer ISS] [--ttl S] [--max-s S] [--offer FILE] [--sid SID]
+                         [--release FILE [--force]]   (agent.update)
   bwc-agent command send --url MQTT_URL <the sign options>      (prints the device's reply)
+  bwc-agent release keygen --out DIR            a release key pair (update.releaseKeys takes the public part)
+  bwc-agent release sign --key FILE --bundle FILE --url URL [--version V]
+                                                the release of an agent.update, as JSON
+  bwc-agent update boot-check [--config FILE]   the systemd unit's ExecStartPre: puts the committed release
+                                                back after update.maxFailedStarts failed starts
 
 Environment overrides: BWC_DEVICE_ID, BWC_MQTT_URL, BWC_STATE_DIR, BWC_GPSD, BWC_LOG_LEVEL, BWC_TRUST_STORE, BWC_CAMERA, BWC_FIRMWARE.
 Configuration reference: docs/configuration.md`;
@@ -45,8 +54,17 @@ async function run(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } }, strict: true });
   const config = loadConfig({ file: values.config, env: process.env, cwd: process.cwd() });
   const logger = createLogger({ level: config.log.level, pretty: config.log.pretty, deviceId: config.deviceId });
-  const agent = await Agent.create({ config, logger });
   let exitCode = 0;
+  // An update (or its rollback) stops the agent and exits 75, which systemd's Restart=on-failure
+  // answers by starting `current` again (src/update/updater.ts).
+  const agent = await Agent.create({
+    config,
+    logger,
+    restart: (reason) => {
+      exitCode = restartExitCode;
+      shutdown(reason);
+    },
+  });
   const shutdown = (signal: string) => {
     void agent.stop(signal).then(
       () => process.exit(exitCode),
@@ -68,6 +86,15 @@ async function run(argv: string[]): Promise<number> {
   return new Promise<number>(() => {
     /* runs until a signal */
   });
+}
+
+/** `update boot-check`: the unit's ExecStartPre, run from the committed release (src/update/layout.ts). */
+function updateTool(argv: string[]): number {
+  const { values, positionals } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } }, allowPositionals: true, strict: true });
+  if (positionals[0] !== 'boot-check') throw new UsageError('update needs the verb "boot-check"');
+  const config = loadConfig({ file: values.config, env: process.env, cwd: process.cwd() });
+  process.stdout.write(`bwc-agent boot check: ${bootCheck(config.stateDir, config.update.releasesDir, config.update.maxFailedStarts)}\n`);
+  return 0;
 }
 
 async function ctl(argv: string[]): Promise<number> {
@@ -121,6 +148,8 @@ const signOptions = {
   'max-s': { type: 'string' },
   offer: { type: 'string' },
   sid: { type: 'string' },
+  release: { type: 'string' },
+  force: { type: 'boolean' },
   url: { type: 'string' },
   'topic-root': { type: 'string' },
 } as const;
@@ -151,6 +180,8 @@ async function commandTool(argv: string[]): Promise<number> {
     maxS: positiveInt('max-s', values['max-s']),
     offer,
     sid: values.sid,
+    release: values.release === undefined ? undefined : (JSON.parse(readFileSync(values.release, 'utf8')) as unknown),
+    force: values.force,
   });
   if (verb === 'sign') {
     process.stdout.write(`${token}\n`);
@@ -178,6 +209,10 @@ export async function main(argv: string[]): Promise<number> {
         return await evidence(rest);
       case 'command':
         return await commandTool(rest);
+      case 'release':
+        return await releaseTool(rest);
+      case 'update':
+        return updateTool(rest);
       case '--version':
       case 'version':
         process.stdout.write(`${agentVersion}\n`);
@@ -197,6 +232,10 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (err instanceof UsageError || (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`bwc-agent: ${errorMessage(err)}\n\n${usage}\n`);
+      return 2;
+    }
+    if (err instanceof ReleaseToolError) {
+      process.stderr.write(`bwc-agent: ${err.message}\n`);
       return 2;
     }
     if (err instanceof ToolError) {

@@ -5,6 +5,7 @@
 // isAuthorisedCommand (or instanceof, which is wired to the same check) rather than trusting a
 // static type, since a cast can make anything look like an AuthorisedCommand to TypeScript.
 import type { CommandAction } from './types.ts';
+import type { ReleaseClaim } from '../update/release.ts';
 
 // Not exported: without it the constructor throws, whatever casts a caller uses.
 const mintKey: unique symbol = Symbol('AuthorisedCommand.mint');
@@ -40,6 +41,10 @@ export interface AuthorisedCommandFields {
   offerSha256?: string;
   /** stream.stop only: the stream session to stop. */
   sid?: string;
+  /** agent.update only: the release, its shape checked (its signature is the updater's to check). */
+  release?: ReleaseClaim;
+  /** agent.update only: update even while recording or streaming. */
+  force?: boolean;
 }
 
 export class AuthorisedCommand {
@@ -62,6 +67,8 @@ export class AuthorisedCommand {
   readonly offer: string | undefined;
   readonly offerSha256: string | undefined;
   readonly sid: string | undefined;
+  readonly release: ReleaseClaim | undefined;
+  readonly force: boolean;
 
   constructor(key: symbol, fields: AuthorisedCommandFields) {
     if (key !== mintKey) throw new TypeError('AuthorisedCommand can only be created by the command verifier');
@@ -79,6 +86,8 @@ export class AuthorisedCommand {
     this.offer = fields.offer;
     this.offerSha256 = fields.offerSha256;
     this.sid = fields.sid;
+    this.release = fields.release === undefined ? undefined : Object.freeze({ ...fields.release });
+    this.force = fields.force ?? false;
     Object.freeze(this);
     minted.add(this);
   }

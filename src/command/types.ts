@@ -1,7 +1,7 @@
 // The shared vocabulary of signed commands (docs/protocol.md, "Commands"): actions, the stable
 // rejection codes in the order they are checked, and the envelope that arrives on `cmd`.
 
-export const commandActions = ['record.start', 'record.stop', 'stream.start', 'stream.stop'] as const;
+export const commandActions = ['record.start', 'record.stop', 'stream.start', 'stream.stop', 'agent.update'] as const;
 export type CommandAction = (typeof commandActions)[number];
 
 /** Rejection codes, in the order the verifier checks them: the first that applies is reported. */
@@ -89,4 +89,8 @@ export interface CommandClaims extends TokenClaims {
   max_s?: number;
   offer_sha256?: string;
   sid?: string;
+  /** agent.update only: the release (src/update/release.ts). */
+  release?: unknown;
+  /** agent.update only: update even while recording or streaming. */
+  force?: boolean;
 }

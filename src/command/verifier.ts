@@ -19,6 +19,7 @@ import { clip, decodeUtf8, describe, nonEmptyString, sha256, SignedTokenVerifier
 import type { TrustStore } from './trust-store.ts';
 import { commandActions, commandTokenType, type CommandAction, type CommandClaims, type CommandPolicy, type RejectionCode } from './types.ts';
 import type { CommandClock } from './clock.ts';
+import { parseReleaseClaim, type ReleaseClaim } from '../update/release.ts';
 
 export { maxJtiLength } from './signed-token.ts';
 
@@ -161,6 +162,7 @@ export class CommandVerifier {
       receivedAt: verified.receivedMs,
       ...(claims.act === 'stream.start' ? { maxDurationS: claims.max_s!, offer: offer!, offerSha256: claims.offer_sha256! } : {}),
       ...(claims.act === 'stream.stop' ? { sid: claims.sid! } : {}),
+      ...(claims.act === 'agent.update' ? { release: claims.release as ReleaseClaim, force: claims.force === true } : {}),
     });
   }
 }
@@ -236,6 +238,8 @@ function objectOfStringsKeys(text: string): string[] | undefined {
  * - offer_sha256: stream.start only, a string when present (absent is offer_mismatch later).
  * - sid: stream.stop only and required there: a non-empty string.
  * - an envelope `offer` only with stream.start.
+ * - release: agent.update only and required there: {version, url, sha256, signature}
+ *   (src/update/release.ts); force: agent.update only, a boolean.
  * Claims not listed here are ignored, so issuers may add their own (e.g. a ticket number).
  */
 function checkClaims(c: Record<string, unknown>, offer: string | undefined): CommandClaims | TokenRefusal {
@@ -259,6 +263,14 @@ function checkClaims(c: Record<string, unknown>, offer: string | undefined): Com
     if (!nonEmptyString(c.sid)) return bad('sid must be a non-empty string');
   } else if (c.sid !== undefined) {
     return bad(`sid is only for stream.stop, not ${act}`);
+  }
+  if (act === 'agent.update') {
+    const release = parseReleaseClaim(c.release);
+    if (typeof release === 'string') return bad(release);
+    if (c.force !== undefined && typeof c.force !== 'boolean') return bad('force must be true or false');
+    return { ...c, release } as unknown as CommandClaims;
+  } else if (c.release !== undefined || c.force !== undefined) {
+    return bad(`release and force are only for agent.update, not ${act}`);
   }
   return c as unknown as CommandClaims;
 }
