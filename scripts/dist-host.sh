@@ -45,10 +45,11 @@ PATH="$here/.runtime/node/bin:$PATH" "$host_node" "$npm_cli" ls --omit=dev --all
       mkdir -p "$stage/node_modules/$(dirname "$pkg")"
       cp -a "node_modules/$pkg" "$stage/node_modules/$pkg"
     done
-# As in dist-arm64.sh: better-sqlite3's other platforms' prebuilds and SQLite's source are not needed.
-rm -rf "$stage/node_modules/better-sqlite3/prebuilds" "$stage/node_modules/better-sqlite3/deps" \
-  "$stage/node_modules/better-sqlite3/build/Release/obj.target" "$stage/node_modules/better-sqlite3/build/Release/test_extension.node" \
-  "$stage/node_modules/@serialport/bindings-cpp/prebuilds"
+# Here (unlike dist-arm64.sh, which compiles them) better-sqlite3 and @serialport/bindings-cpp load
+# their prebuilds: only this platform's are kept. SQLite's source and object files are not needed.
+find "$stage/node_modules/better-sqlite3/prebuilds" -mindepth 1 -maxdepth 1 ! -name "linux-$arch.node" -exec rm -rf {} +
+find "$stage/node_modules/@serialport/bindings-cpp/prebuilds" -mindepth 1 -maxdepth 1 ! -name "linux-$arch" -exec rm -rf {} +
+rm -rf "$stage/node_modules/better-sqlite3/deps" "$stage/node_modules/better-sqlite3/build/Release/obj.target"
 
 mkdir -p "$stage/node/bin" "$stage/bin" "$stage/systemd" "$stage/deps" "$stage/dist"
 cp "$host_node" "$stage/node/bin/node"

@@ -59,7 +59,7 @@ export async function downloadResumable(o: DownloadOptions): Promise<DownloadRes
   let received = offset;
   try {
     if (response.body) {
-      for await (const chunk of response.body as AsyncIterable<Uint8Array>) {
+      for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
         received += chunk.byteLength;
         if (received > o.maxBytes) throw new Error(`the bundle is more than update.maxBundleBytes ${o.maxBytes} bytes`);
         if (!out.write(chunk)) await once(out, 'drain');

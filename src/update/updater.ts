@@ -17,12 +17,15 @@ import type { AgentConfig } from '../config/schema.ts';
 import type { DeviceState, DeviceStateDoc } from '../state/device-state.ts';
 import { errorMessage } from '../errors.ts';
 import type { Extension } from '../agent/extension.ts';
-import { downloadResumable } from './download.ts';
+import { downloadResumable, type DownloadResult } from './download.ts';
 import { clearPending, linkedVersion, readPending, switchLink, takeOutcome, updateDirOf, writeOutcome, writePending } from './layout.ts';
 import { compareVersions, ReleaseKeys, ReleaseRefusal, type ReleaseClaim } from './release.ts';
 
 /** The exit status that asks systemd (Restart=on-failure) to start the agent again: EX_TEMPFAIL. */
 export const restartExitCode = 75;
+
+/** Download attempts per agent.update, each resuming the last (a camera's link drops). */
+const downloadAttempts = 4;
 
 export interface UpdaterOptions {
   config: AgentConfig['update'];
@@ -121,14 +124,21 @@ export class Updater implements Extension {
     const bundle = path.join(dir, `${release.version}.tar.gz`);
     const base = { version: release.version, operator: command.operator, jti: command.jti, releaseKid: kid };
     this.#record('update.downloading', { ...base, url: release.url });
-    let got;
-    try {
-      rmSync(bundle, { force: true });
-      got = await downloadResumable({ url: release.url, file: bundle, maxBytes: config.maxBundleBytes, signal: this.#abort.signal });
-    } catch (err) {
-      // The partial file stays: the same agent.update sent again continues where this stopped.
-      this.#record('update.failed', { ...base, code: 'download_failed', reason: errorMessage(err) });
-      return;
+    let got: DownloadResult | undefined;
+    rmSync(bundle, { force: true });
+    for (let attempt = 1; got === undefined; attempt += 1) {
+      try {
+        got = await downloadResumable({ url: release.url, file: bundle, maxBytes: config.maxBundleBytes, signal: this.#abort.signal });
+      } catch (err) {
+        // The partial file stays: the next attempt, or the same agent.update sent again after a
+        // restart, continues where this one stopped (HTTP Range).
+        if (attempt >= downloadAttempts || this.#abort.signal.aborted) {
+          this.#record('update.failed', { ...base, code: 'download_failed', reason: errorMessage(err), attempts: attempt });
+          return;
+        }
+        this.#record('update.download_cut', { ...base, reason: errorMessage(err), attempt });
+        await new Promise((r) => setTimeout(r, attempt * 1000));
+      }
     }
     if (got.sha256 !== release.sha256) {
       rmSync(bundle, { force: true });
