@@ -24,6 +24,7 @@ const benches: Bench[] = [
   { name: 'stream', file: 'bench/stream.ts', flags: ['runs', 'window-s'] },
   { name: 'live-encoder', file: 'bench/live-encoder.ts', flags: ['window-s'] },
   { name: 'bad-link', file: 'bench/bad-link.ts', flags: ['moves', 'window-s'] },
+  { name: 'update', file: 'bench/update.ts', flags: ['runs'] },
 ];
 
 function run(file: string, args: string[]): Promise<number | null> {
