@@ -5,7 +5,9 @@
 //   1. a good update (0.1.0 -> 0.2.0) whose download is cut part way: resumed, installed, restarted,
 //      committed once online and capturing;
 //   2. a release built to exit at start (0.3.0): after update.maxFailedStarts failed starts the
-//      boot check puts 0.2.0 back, which audits the rollback; the camera is online again.
+//      boot check puts 0.2.0 back, which audits the rollback; the camera is online again;
+//   3. a release that starts and connects but never captures (0.4.0): not healthy within
+//      update.healthTimeout, it switches back to 0.2.0 itself and exits for the restart.
 import t from 'tap';
 import { mkdtempSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
@@ -25,6 +27,7 @@ const deviceId = 'cam-update';
 const base = await hostBundle();
 const good = await variantBundle(base, '0.2.0');
 const broken = await variantBundle(base, '0.3.0', { exitAtStart: true });
+const noCapture = await variantBundle(base, '0.4.0', { noCapture: true });
 
 const work = mkdtempSync(path.join(os.tmpdir(), 'bwc-update-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
@@ -38,12 +41,14 @@ t.teardown(() => rmSync(stateDir, { recursive: true, force: true }));
 const broker = await startBroker();
 const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/#`);
 const fleet = await FleetClient.connect(broker.url);
-const server = await startReleaseServer({ 'good.tar.gz': good, 'broken.tar.gz': broken });
-const config = await writeAgentConfig(stateDir, {
-  commands: { trustStore: writeTrustStore(stateDir, [issuer]), unsynchronisedClock: 'accept' },
-  stream: { ice: { interfaces: ['lo'] } },
-  update: { releasesDir, releaseKeys: releaseKey.publicFile, minVersion: '0.1.0', healthTimeout: 90, maxFailedStarts: 2 },
-});
+const server = await startReleaseServer({ 'good.tar.gz': good, 'broken.tar.gz': broken, 'no-capture.tar.gz': noCapture });
+const agentConfig = (healthTimeout: number) =>
+  writeAgentConfig(stateDir, {
+    commands: { trustStore: writeTrustStore(stateDir, [issuer]), unsynchronisedClock: 'accept' },
+    stream: { ice: { interfaces: ['lo'] } },
+    update: { releasesDir, releaseKeys: releaseKey.publicFile, minVersion: '0.1.0', healthTimeout, maxFailedStarts: 2 },
+  });
+const config = await agentConfig(90);
 const supervisor = new ServiceSupervisor({
   args: ['run', '--config', config],
   env: { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: broker.url, BWC_STATE_DIR: stateDir, BWC_GPSD: '127.0.0.1:9' },
@@ -126,4 +131,20 @@ t.test('a release built to exit at start is rolled back by the boot check', asyn
   const failedStarts = supervisor.events.slice(fromEvent).filter((e) => e.type === 'exit' && e.code === 1);
   t.equal(failedStarts.length, 2, 'the broken release was started twice (update.maxFailedStarts) and exited 1 each time');
   t.notOk(supervisor.events.some((e) => e.type === 'failed'), 'the service never gave up (StartLimitBurst)');
+});
+
+t.test('a release that never becomes healthy puts the previous one back itself (update.healthTimeout)', async (t) => {
+  // Read by the next release at its start: a short trial for this one.
+  await agentConfig(15);
+  const fromEvent = supervisor.events.length;
+  const reply = await sendUpdate(noCapture, 'no-capture.tar.gz', '0.4.0');
+  t.match(reply, { ok: true, version: '0.4.0' }, 'accepted');
+  await waitFor(() => events('update.rolled_back').some((m) => m.json?.version === '0.4.0'), 180_000, 'update.rolled_back 0.4.0');
+  await waitFor(onlineAs('0.2.0'), 60_000, 'release 0.2.0 online again');
+  t.match(events('update.reverting').at(-1)?.json, { version: '0.4.0', previous: '0.2.0', reason: /not online with the capture running within update\.healthTimeout 15 s/ }, 'the new release said why it went back');
+  t.match(events('update.rolled_back').at(-1)?.json, { version: '0.4.0', running: '0.2.0' }, 'and the previous one audited the rollback');
+  t.equal(link('current'), '0.2.0');
+  t.equal(link('committed'), '0.2.0');
+  const exits = supervisor.events.slice(fromEvent).filter((e) => e.type === 'exit');
+  t.match(exits, [{ code: 75 }, { code: 75 }], 'two restarts: into 0.4.0, and out of it');
 });

@@ -39,6 +39,8 @@ export function installBase(releasesDir: string, base: HostBundle): void {
 export interface VariantOptions {
   /** The release's main.js exits 1 at once: a release that cannot start. */
   exitAtStart?: boolean;
+  /** The release's capture worker exits at once: it starts and connects, but never captures (never healthy). */
+  noCapture?: boolean;
 }
 
 /** The host bundle with another version (a real bundle: the same node, addons and agent). */
@@ -46,7 +48,7 @@ export async function variantBundle(base: HostBundle, version: string, o: Varian
   const stamp = readFileSync(path.join(buildDir, 'BUILD_STAMP'), 'utf8').trim().slice(0, 16);
   const arch = path.basename(base.tarball).replace(/^bwc-agent-[\d.]+-linux-/, '').replace(/\.tar\.gz$/, '');
   const name = `bwc-agent-${version}-linux-${arch}`;
-  const dir = path.join(buildDir, 'variants', `${stamp}${o.exitAtStart ? '-exit' : ''}`);
+  const dir = path.join(buildDir, 'variants', `${stamp}${o.exitAtStart ? '-exit' : ''}${o.noCapture ? '-nocapture' : ''}`);
   const tarball = path.join(dir, `${name}.tar.gz`);
   if (existsSync(tarball)) return tarball;
   const work = path.join(dir, 'work');
@@ -64,6 +66,11 @@ export async function variantBundle(base: HostBundle, version: string, o: Varian
     const main = path.join(work, name, 'dist', 'src', 'cli', 'main.js');
     unlinkSync(main);
     writeFileSync(main, "process.stderr.write('bwc-agent: this release is built to exit at start\\n');\nprocess.exit(1);\n");
+  }
+  if (o.noCapture) {
+    const worker = path.join(work, name, 'dist', 'src', 'capture', 'worker.js');
+    unlinkSync(worker);
+    writeFileSync(worker, "process.stderr.write('capture worker: this release is built without a working capture\\n');\nprocess.exit(1);\n");
   }
   await run('sh', ['-c', `tar --sort=name --owner=0 --group=0 --numeric-owner -C "$1" -cf - "$2" | gzip -1 > "$3.tmp"`, 'sh', work, name, tarball]);
   renameSync(`${tarball}.tmp`, tarball);
