@@ -26,6 +26,10 @@ build="$here/.build-host"
 stage="$build/$name"
 tarball="$here/dist/$name.tar.gz"
 
+# Test files that need the bundle run in parallel: one builds it, the others wait and reuse it.
+mkdir -p "$build"
+exec 9> "$build/.lock"
+flock 9
 stamp=$( { find dist/src dist/firmware-bridge bin systemd -type f -printf '%p %s %T@\n' | sort; sha256sum package-lock.json scripts/dist-host.sh "$host_node"; } | sha256sum | cut -d' ' -f1)
 if [ -f "$tarball" ] && [ -f "$build/BUILD_STAMP" ] && [ "$(cat "$build/BUILD_STAMP")" = "$stamp" ]; then
   echo "$tarball"

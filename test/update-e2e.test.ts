@@ -54,7 +54,10 @@ const supervisor = new ServiceSupervisor({
   env: { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: broker.url, BWC_STATE_DIR: stateDir, BWC_GPSD: '127.0.0.1:9' },
   command: [path.join(releasesDir, 'current', 'bin', 'bwc-agent')],
   execStartPre: [path.join(releasesDir, 'committed', 'bin', 'bwc-agent'), 'update', 'boot-check', '--config', config],
-  policy: { restartSecMs: 200 },
+  // The unit's StartLimitBurst=5 in 5 min holds one update and its rollback (at most 2 +
+  // update.maxFailedStarts starts, docs/operations.md); the three updates here, a minute apart,
+  // make 8 starts, which systemd would only allow after a `systemctl reset-failed`.
+  policy: { restartSecMs: 200, startLimitBurst: 10 },
 });
 t.teardown(async () => {
   await supervisor.dispose();

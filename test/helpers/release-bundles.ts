@@ -51,7 +51,8 @@ export async function variantBundle(base: HostBundle, version: string, o: Varian
   const dir = path.join(buildDir, 'variants', `${stamp}${o.exitAtStart ? '-exit' : ''}${o.noCapture ? '-nocapture' : ''}`);
   const tarball = path.join(dir, `${name}.tar.gz`);
   if (existsSync(tarball)) return tarball;
-  const work = path.join(dir, 'work');
+  // Per process: test files running in parallel may make the same variant; the rename below is atomic.
+  const work = path.join(dir, `work-${process.pid}`);
   rmSync(work, { recursive: true, force: true });
   mkdirSync(work, { recursive: true });
   // Hard links: the variant shares the node binary and node_modules with the staged bundle; the
@@ -72,8 +73,8 @@ export async function variantBundle(base: HostBundle, version: string, o: Varian
     unlinkSync(worker);
     writeFileSync(worker, "process.stderr.write('capture worker: this release is built without a working capture\\n');\nprocess.exit(1);\n");
   }
-  await run('sh', ['-c', `tar --sort=name --owner=0 --group=0 --numeric-owner -C "$1" -cf - "$2" | gzip -1 > "$3.tmp"`, 'sh', work, name, tarball]);
-  renameSync(`${tarball}.tmp`, tarball);
+  await run('sh', ['-c', `tar --sort=name --owner=0 --group=0 --numeric-owner -C "$1" -cf - "$2" | gzip -1 > "$3.$4.tmp"`, 'sh', work, name, tarball, String(process.pid)]);
+  renameSync(`${tarball}.${process.pid}.tmp`, tarball);
   rmSync(work, { recursive: true, force: true });
   return tarball;
 }
