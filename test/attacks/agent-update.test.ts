@@ -5,11 +5,11 @@
 // process over a real MQTT client (mqtt.js) and a real loopback HTTP server, and must be refused
 // with a code and an audit entry naming what is wrong, the running release left as it was.
 import t, { type Test } from 'tap';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, statSync, watch, writeFileSync, writeSync, closeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { exportJWK } from 'jose';
-import { runCli } from '../helpers/agent-process.ts';
+import { runCli, spawnAgent } from '../helpers/agent-process.ts';
 import { writeAgentConfig } from '../helpers/agent-config.ts';
 import { startAgentOnBroker } from '../helpers/agent-on-broker.ts';
 import { commandClaims, envelope, makeIssuer, signToken } from '../helpers/command-tokens.ts';
@@ -37,12 +37,13 @@ closeSync(fd);
 const server = await startReleaseServer({ 'good.tar.gz': good, 'tampered.tar.gz': tampered });
 t.teardown(() => server.close());
 
-const { broker, recorder, stateDir } = await startAgentOnBroker(t, {
+const { broker, recorder, stateDir, agent } = await startAgentOnBroker(t, {
   deviceId,
   issuers: [issuer],
   capturing: true,
   config: { update: { releasesDir, releaseKeys: releaseKey.publicFile, minVersion: '0.1.0' } },
 });
+const agentArgs = agent.child.spawnargs.slice(1);
 const fleet = await FleetClient.connect(broker.url);
 t.teardown(() => fleet.close());
 
@@ -132,4 +133,47 @@ t.test('a crafted update marker in the state folder: the boot check removes it a
   t.equal(readlinkSync(path.join(releases, 'current')), base.version);
   t.notOk(existsSync(path.join(folder, 'update', 'pending.json')), 'the marker is gone');
   t.ok(existsSync(path.join(folder, 'update', 'outcome.json')), 'the next start audits what happened');
+});
+
+// Last: it ends with the update installed and the agent exited for its restart.
+t.test('a download killed with the agent (kill -9) resumes from the partial file at the next agent.update', async (t) => {
+  const release = await signRelease({ keyFile: releaseKey.privateFile, bundle: good, url: server.url('good.tar.gz'), version: '0.2.0' });
+  const heldAt = 8 * 1024 * 1024;
+  const held = server.holdNext('good.tar.gz', heldAt);
+  t.match(await update(release), { ok: true, status: 'downloading' });
+  await held;
+  const partial = path.join(stateDir, 'update', '0.2.0.tar.gz.partial');
+  // Bytes the server sent are on their way to the file: wait for the file to hold some (fs events).
+  await new Promise<void>((resolve, reject) => {
+    const written = () => existsSync(partial) && statSync(partial).size > 0;
+    const watcher = watch(path.dirname(partial), () => {
+      if (written()) done();
+    });
+    const timer = setTimeout(() => {
+      watcher.close();
+      reject(new Error('the partial download never reached the state folder'));
+    }, 30_000);
+    const done = () => {
+      clearTimeout(timer);
+      watcher.close();
+      resolve();
+    };
+    if (written()) done();
+  });
+  await agent.stop('SIGKILL');
+  const kept = statSync(partial).size;
+  t.ok(kept > 0 && kept <= heldAt, `${kept} bytes kept in the state folder after kill -9`);
+
+  const from = recorder.messages.length;
+  const again = spawnAgent(agentArgs, { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: broker.url, BWC_STATE_DIR: stateDir, BWC_GPSD: '127.0.0.1:9' });
+  t.teardown(() => again.stop('SIGKILL'));
+  await recorder.waitFor(() => recorder.messages.slice(from).some((m) => m.topic.endsWith('/state') && m.json?.online === true), 60_000, 'the agent online again');
+  const before = server.requests.length;
+  t.match(await update(release), { ok: true, status: 'downloading' }, 'the same release sent again');
+  await recorder.waitFor(() => recorder.messages.slice(from).some((m) => m.json?.type === 'update.installed'), 120_000, 'update.installed');
+  t.equal(server.requests[before]?.range, `bytes=${kept}-`, 'the download asked for the rest only');
+  const installed = recorder.messages.slice(from).find((m) => m.topic.endsWith('/event') && m.json?.type === 'update.installed')?.json;
+  t.match(installed, { version: '0.2.0', resumedFrom: kept }, 'installed from the resumed download');
+  t.equal(readlinkSync(path.join(releasesDir, 'current')), '0.2.0', 'current switched');
+  t.match(await again.exited, { code: 75 }, 'the agent exited with the restart status for systemd');
 });

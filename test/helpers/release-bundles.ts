@@ -91,6 +91,8 @@ export interface ReleaseServer {
   requests: { path: string; range: string | undefined }[];
   /** The next GET of `name` is cut after this many bytes (the socket destroyed). */
   cutNext(name: string, afterBytes: number): void;
+  /** The next GET of `name` stops sending after this many bytes and stays open; resolves once they are sent. */
+  holdNext(name: string, afterBytes: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -99,6 +101,7 @@ export async function startReleaseServer(files: Record<string, string>): Promise
   const sent = new Map<string, number>();
   const requests: ReleaseServer['requests'] = [];
   const cuts = new Map<string, number>();
+  const holds = new Map<string, { afterBytes: number; reached: () => void }>();
   const server = http.createServer((req, res) => {
     const name = decodeURIComponent((req.url ?? '/').slice(1));
     const file = files[name];
@@ -124,10 +127,21 @@ export async function startReleaseServer(files: Record<string, string>): Promise
     }
     const cut = cuts.get(name);
     cuts.delete(name);
+    const hold = holds.get(name);
+    holds.delete(name);
     let count = 0;
     const stream = createReadStream(file, { start, end });
+    res.on('close', () => stream.destroy());
     stream.on('data', (chunk) => {
       const buf = chunk as Buffer;
+      if (hold !== undefined && count + buf.length >= hold.afterBytes) {
+        const part = buf.subarray(0, hold.afterBytes - count);
+        count += part.length;
+        sent.set(name, (sent.get(name) ?? 0) + part.length);
+        stream.pause();
+        res.write(part, () => hold.reached());
+        return;
+      }
       if (cut !== undefined && count + buf.length >= cut) {
         const part = buf.subarray(0, cut - count);
         count += part.length;
@@ -152,6 +166,7 @@ export async function startReleaseServer(files: Record<string, string>): Promise
     sent,
     requests,
     cutNext: (name, afterBytes) => cuts.set(name, afterBytes),
+    holdNext: (name, afterBytes) => new Promise<void>((reached) => holds.set(name, { afterBytes, reached })),
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
