@@ -37,7 +37,7 @@ import { StreamManager } from '../stream/stream-manager.ts';
 import { agentVersion } from '../version.ts';
 import type { Extension } from './extension.ts';
 import { errorMessage } from '../errors.ts';
-import { ReleaseKeys } from '../update/release.ts';
+import { keysSharedWithIssuers, ReleaseKeys } from '../update/release.ts';
 import { Updater } from '../update/updater.ts';
 
 export interface AgentOptions {
@@ -100,8 +100,8 @@ export class Agent {
         throw new ConfigError([`update.releaseKeys: ${errorMessage(err)}`]);
       }
       // A release key that is also a command issuer's would let whoever sends commands vouch for code.
-      const shared = releaseKeys.kids.filter((kid) => trustStore.kids().includes(kid));
-      if (shared.length) throw new ConfigError([`update.releaseKeys: key(s) ${shared.join(', ')} are also in commands.trustStore; a release key must not be a command issuer key`]);
+      const shared = keysSharedWithIssuers(releaseKeys, config.commands.trustStore);
+      if (shared.length) throw new ConfigError([`update.releaseKeys: key(s) ${shared.join(', ')} are also in commands.trustStore (same kid or same public key); a release key must not be a command issuer key`]);
     }
     return new Agent(options, { deviceKey, trustStore, releaseKeys });
   }

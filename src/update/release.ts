@@ -4,7 +4,7 @@
 // issuers': whoever may send commands cannot thereby vouch for code, and a release key cannot
 // send commands. The signature is a compact JWS (jose, Ed25519, typ bwc-release+jwt) whose payload
 // is {"version", "sha256"}; the agent.update command carries it beside the URL.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { compactVerify, createLocalJWKSet, type JSONWebKeySet, type JWK } from 'jose';
 import { errorMessage } from '../errors.ts';
 
@@ -112,4 +112,21 @@ export class ReleaseKeys {
     }
     return { kid: result.protectedHeader.kid ?? '' };
   }
+}
+
+/**
+ * Release keys that are also command issuer keys (the same kid or the same public key) in the
+ * trust-store file: a key in both would let whoever sends commands vouch for code.
+ */
+export function keysSharedWithIssuers(releaseKeys: ReleaseKeys, trustStoreFile: string | undefined): string[] {
+  if (!trustStoreFile || !existsSync(trustStoreFile)) return [];
+  let issuers: { kid?: unknown; x?: unknown }[];
+  try {
+    issuers = (JSON.parse(readFileSync(trustStoreFile, 'utf8')) as { keys?: { kid?: unknown; x?: unknown }[] }).keys ?? [];
+  } catch {
+    return [];
+  }
+  const kids = new Set(issuers.map((k) => k.kid));
+  const xs = new Set(issuers.map((k) => k.x));
+  return releaseKeys.kids.filter((kid, i) => kids.has(kid) || xs.has(releaseKeys.xs[i]));
 }

@@ -12,7 +12,7 @@ import { exportJWK } from 'jose';
 import { runCli, spawnAgent } from '../helpers/agent-process.ts';
 import { writeAgentConfig } from '../helpers/agent-config.ts';
 import { startAgentOnBroker } from '../helpers/agent-on-broker.ts';
-import { commandClaims, envelope, makeIssuer, signToken } from '../helpers/command-tokens.ts';
+import { commandClaims, envelope, makeIssuer, signToken, writeTrustStore } from '../helpers/command-tokens.ts';
 import { FleetClient, type Reply } from '../helpers/fleet-client.ts';
 import { hostBundle, installBase, sha256File, startReleaseServer, variantBundle } from '../helpers/release-bundles.ts';
 import { releaseKeygen, signRelease } from '../../src/cli/release-tools.ts';
@@ -133,6 +133,22 @@ t.test('a crafted update marker in the state folder: the boot check removes it a
   t.equal(readlinkSync(path.join(releases, 'current')), base.version);
   t.notOk(existsSync(path.join(folder, 'update', 'pending.json')), 'the marker is gone');
   t.ok(existsSync(path.join(folder, 'update', 'outcome.json')), 'the next start audits what happened');
+});
+
+t.test('a command issuer key configured as a release key (another kid, the same public key): the agent refuses to start', async (t) => {
+  const folder = mkdtempSync(path.join(os.tmpdir(), 'bwc-releasekeys-'));
+  t.teardown(() => rmSync(folder, { recursive: true, force: true }));
+  const releaseKeys = path.join(folder, 'release-keys.jwks.json');
+  const { bwc_actions: _actions, ...issuerPublic } = issuer.publicJwk;
+  writeFileSync(releaseKeys, JSON.stringify({ keys: [{ ...issuerPublic, kid: 'release-looks-new' }] }));
+  const config = await writeAgentConfig(folder, {
+    stateDir: folder,
+    commands: { trustStore: writeTrustStore(folder, [issuer]) },
+    update: { releasesDir: path.join(folder, 'releases'), releaseKeys },
+  });
+  const r = await runCli(['run', '--config', config]);
+  t.equal(r.code, 2, 'a configuration error');
+  t.match(r.stderr, /update\.releaseKeys: key\(s\) release-looks-new are also in commands\.trustStore \(same kid or same public key\)/);
 });
 
 // Last: it ends with the update installed and the agent exited for its restart.
