@@ -4,7 +4,7 @@ SHELL := /bin/bash
 NODE := .runtime/node/bin/node
 NPX := PATH=$(CURDIR)/.runtime/node/bin:$$PATH npm_config_nodedir=$(CURDIR)/.runtime/node $(NODE) .runtime/npm/bin/npx-cli.js
 
-.PHONY: setup build test dist-arm64 test-arm64 demo bench lint typecheck docs clean
+.PHONY: setup build test dist-arm64 dist-host test-arm64 demo bench lint typecheck docs clean
 
 setup:
 	@scripts/setup.sh apt node modules
@@ -24,6 +24,10 @@ test: build typecheck
 dist-arm64: build
 	@scripts/dist-arm64.sh
 
+# Its twin for this machine's architecture (the update tests and bench): dist/bwc-agent-<version>-linux-<arch>.tar.gz.
+dist-host: build
+	@scripts/dist-host.sh
+
 # That bundle under qemu-aarch64-static (no binfmt registration); its TAP in .tap/arm64.tap.
 test-arm64: dist-arm64
 	@scripts/test-arm64.sh
@@ -38,4 +42,4 @@ docs: setup
 	@$(NODE) src/config/docs.ts > docs/configuration.md
 
 clean:
-	rm -rf dist .tap .build-arm64
+	rm -rf dist .tap .build-arm64 .build-host

@@ -26,6 +26,7 @@ const benches: Bench[] = [
   { name: 'live-encoder', file: 'bench/live-encoder.ts', flags: ['window-s'] },
   { name: 'bad-link', file: 'bench/bad-link.ts', flags: ['moves', 'window-s'] },
   { name: 'offload', file: 'bench/offload.ts', flags: ['window-s'] },
+  { name: 'update', file: 'bench/update.ts', flags: ['runs'] },
 ];
 
 function run(file: string, args: string[]): Promise<number | null> {

@@ -3,7 +3,9 @@
 # in place on a Raspberry Pi running 64-bit Raspberry Pi OS (Debian 12), as root:
 #   1. Debian runtime packages from deps/debian-runtime.txt (the list Dockerfile.arm64 reads), plus
 #      gstreamer1.0-libcamera (libcamerasrc, the `rpi` preset's source) when the archive has it
-#   2. the app in /opt/bwc-agent (replaced as a whole; root-owned, the agent cannot modify its code)
+#   2. the app in /opt/bwc-agent/releases/<version> (root-owned, the agent cannot modify it), with the
+#      `current` and `committed` symlinks pointing at it (agent.update switches them; the releases
+#      folder itself belongs to bwc-agent so it can add signed releases: docs/operations.md)
 #   3. the bwc-agent user and its device groups (systemd-sysusers, systemd/bwc-agent.sysusers.conf)
 #   4. /etc/bwc-agent/config.yaml from systemd/config.example.yaml, only if there is none yet
 #   5. the unit in /etc/systemd/system, enabled; started only with --start
@@ -37,21 +39,34 @@ if [ "$apt" = yes ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"
 fi
 
-app=/opt/bwc-agent
-# Copy beside the old version, then swap, so a failed copy leaves the installed version intact.
-# A running agent keeps its open files; the new code runs from the next (re)start.
-rm -rf "$app.new"
-mkdir -p "$app.new"
-cp -a "$src/." "$app.new/"
-chown -R root:root "$app.new"
-chmod -R go-w "$app.new"
-if [ -d "$app" ]; then rm -rf "$app.old" && mv "$app" "$app.old"; fi
-mv "$app.new" "$app"
-rm -rf "$app.old"
-say "installed $(head -1 "$app/BUILD-INFO") in $app"
-
 install -D -m 0644 "$src/systemd/bwc-agent.sysusers.conf" /usr/lib/sysusers.d/bwc-agent.conf
 systemd-sysusers /usr/lib/sysusers.d/bwc-agent.conf
+
+base=/opt/bwc-agent
+releases=$base/releases
+version=$(awk 'NR == 1 { print $2 }' "$src/BUILD-INFO")
+app=$releases/$version
+# The layout before agent.update (the app straight in /opt/bwc-agent) goes.
+if [ -d "$base/bin" ] && [ ! -L "$base/bin" ]; then rm -rf "$base.old" && mv "$base" "$base.old"; fi
+install -d -m 0755 -o bwc-agent -g bwc-agent "$releases"
+# Copy beside the old version, then swap, so a failed copy leaves the installed version intact.
+# A running agent keeps its open files; the new code runs from the next (re)start.
+rm -rf "$releases/.$version.new"
+mkdir -p "$releases/.$version.new"
+cp -a "$src/." "$releases/.$version.new/"
+chown -R root:root "$releases/.$version.new"
+chmod -R go-w "$releases/.$version.new"
+if [ -d "$app" ]; then rm -rf "$app.old" && mv "$app" "$app.old"; fi
+mv "$releases/.$version.new" "$app"
+rm -rf "$app.old" "$base.old"
+# Installed by hand: this release is both the one to run and the known-good one.
+for link in current committed; do
+  ln -sfn "$version" "$releases/.$link.tmp" && mv -T "$releases/.$link.tmp" "$releases/$link"
+  chown -h bwc-agent:bwc-agent "$releases/$link"
+done
+# /opt/bwc-agent/bin/bwc-agent keeps working for operators: it is the current release's.
+ln -sfn releases/current/bin "$base/bin"
+say "installed $(head -1 "$app/BUILD-INFO") in $app (current, committed)"
 
 install -d -m 0755 /etc/bwc-agent
 if [ ! -e /etc/bwc-agent/config.yaml ]; then

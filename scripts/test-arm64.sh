@@ -12,7 +12,7 @@
 #   emulated, from a test tree inside the unpacked bundle (its node, its arm64 node_modules; tap and
 #   fast-check come from the repo's node_modules one folder up, pure JavaScript):
 #     the test files listed in `emulated` below, and test/arm64/rpi-preset.ts
-#   natively, the agent emulated: test/arm64/agent-smoke.ts
+#   natively, the agent emulated: test/arm64/agent-smoke.ts, test/arm64/update-smoke.ts (an update)
 # Not run emulated, and why:
 #   test files that start a Node child process (capture, config, control, link, tls, agent-gps,
 #   commands-e2e, disk-full, firmware-agent/gpio/serial, recording-e2e, service-notifier): the
@@ -81,6 +81,9 @@ n=$((n + 1))
 wait
 labels+=("arm64 (qemu): test/arm64/agent-smoke.ts, the whole agent")
 run_one $n "${labels[$n]}" env BWC_ARM64_BUNDLE="$bundle" "$host_node" test/arm64/agent-smoke.ts
+n=$((n + 1))
+labels+=("arm64 (qemu): test/arm64/update-smoke.ts, agent.update installed and started")
+run_one $n "${labels[$n]}" env BWC_ARM64_BUNDLE="$bundle" "$host_node" test/arm64/update-smoke.ts
 n=$((n + 1))
 
 failed=0

@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,7 +9,8 @@ const unitPath = fileURLToPath(new URL('../systemd/bwc-agent.service', import.me
 const sysusersPath = fileURLToPath(new URL('../systemd/bwc-agent.sysusers.conf', import.meta.url));
 const unitName = 'bwc-agent.service';
 // Where the package installs the launcher; verify checks that ExecStart names an executable.
-const execStartBinary = '/opt/bwc-agent/bin/bwc-agent';
+const execStartBinary = '/opt/bwc-agent/releases/current/bin/bwc-agent';
+const execStartPreBinary = '/opt/bwc-agent/releases/committed/bin/bwc-agent';
 const MAX_EXPOSURE = 2.0;
 
 function run(cmd: string, args: string[]): { code: number | null; out: string } {
@@ -35,16 +36,19 @@ function verify(t: Test, text: string): { code: number | null; out: string; abou
   cpSync('/usr/lib/systemd/system', join(root, 'usr/lib/systemd/system'), { recursive: true, verbatimSymlinks: true });
   mkdirSync(join(root, 'etc/systemd/system'), { recursive: true });
   writeFileSync(join(root, 'etc/systemd/system', unitName), text);
-  const stub = join(root, execStartBinary);
+  // As install.sh lays it out: a release folder, and the current and committed symlinks to it.
+  const stub = join(root, '/opt/bwc-agent/releases/0.1.0/bin/bwc-agent');
   mkdirSync(dirname(stub), { recursive: true });
   writeFileSync(stub, '#!/bin/sh\nexit 0\n');
   chmodSync(stub, 0o755);
+  for (const link of ['current', 'committed']) symlinkSync('0.1.0', join(root, '/opt/bwc-agent/releases', link));
   const r = run('systemd-analyze', ['verify', `--root=${root}`, unitName]);
   return { ...r, aboutUnit: r.out.split('\n').filter((l) => l.includes('bwc-agent')) };
 }
 
 t.test('systemd-analyze verify is clean', async (t) => {
-  t.match(unitText, new RegExp(`^ExecStart=${execStartBinary} `, 'm'), 'ExecStart runs the installed launcher');
+  t.match(unitText, new RegExp(`^ExecStart=${execStartBinary} `, 'm'), 'ExecStart runs the current release');
+  t.match(unitText, new RegExp(`^ExecStartPre=-${execStartPreBinary} update boot-check `, 'm'), 'the boot check runs from the committed release');
   const r = verify(t, unitText);
   t.same(r.aboutUnit, [], 'no warnings about the unit');
   t.equal(r.code, 0, 'verify exits 0', { output: r.out });

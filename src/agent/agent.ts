@@ -44,6 +44,8 @@ import { FleetManagement, type ConfigSource } from '../fleet/fleet-management.ts
 import type { RecentLog } from '../fleet/diagnostics.ts';
 import { RemoteConfigStore } from '../fleet/remote-config.ts';
 import { loadTrustStore } from '../fleet/trust-updates.ts';
+import { keysSharedWithIssuers, ReleaseKeys } from '../update/release.ts';
+import { Updater } from '../update/updater.ts';
 
 export interface AgentOptions {
   config: AgentConfig;
@@ -61,6 +63,7 @@ export interface AgentOptions {
 interface AgentParts {
   deviceKey: DeviceKey;
   trustStore: TrustStore;
+  releaseKeys: ReleaseKeys | undefined;
 }
 
 /** Coalesces bursts of state changes into one retained publish. */
@@ -101,7 +104,18 @@ export class Agent {
     }
     if (!config.commands.trustStore) options.logger.warn('no commands.trustStore configured: every command will be refused (unknown_key)');
     await checkEncryptionConfig(config, options.logger);
-    return new Agent(options, { deviceKey, trustStore });
+    let releaseKeys: ReleaseKeys | undefined;
+    if (config.update.releaseKeys) {
+      try {
+        releaseKeys = ReleaseKeys.load(config.update.releaseKeys);
+      } catch (err) {
+        throw new ConfigError([`update.releaseKeys: ${errorMessage(err)}`]);
+      }
+      // A release key that is also a command issuer's would let whoever sends commands vouch for code.
+      const shared = keysSharedWithIssuers(releaseKeys, config.commands.trustStore);
+      if (shared.length) throw new ConfigError([`update.releaseKeys: key(s) ${shared.join(', ')} are also in commands.trustStore (same kid or same public key); a release key must not be a command issuer key`]);
+    }
+    return new Agent(options, { deviceKey, trustStore, releaseKeys });
   }
 
   private constructor(options: AgentOptions, parts: AgentParts) {
@@ -312,6 +326,17 @@ export class Agent {
       ...(options.recentLog ? { recentLog: options.recentLog } : {}),
       logger,
     });
+    const updater = new Updater({
+      config: config.update,
+      stateDir: config.stateDir,
+      runningVersion: agentVersion,
+      releaseKeys: parts.releaseKeys,
+      audit: this.#audit,
+      state: this.#state,
+      sendEvent: (body) => this.#link.send('event', body),
+      restart: options.requestRestart ?? ((reason) => void this.stop(reason)),
+      logger,
+    });
     const recordReply = (r: RecordResult) => (r.ok ? { ok: true as const, recordingId: r.recordingId, already: r.already ?? false } : r);
     const commands = new CommandHandler({
       requests: this.#link.requestChannel('cmd', {
@@ -331,6 +356,7 @@ export class Agent {
         'stream.start': (command) => stream.startStream(command),
         'stream.stop': (command) => stream.stopStream(command),
         ...fleet.executors(),
+        'agent.update': (command) => updater.execute(command),
       },
       refusals: this.#refusals,
       logger,
@@ -358,7 +384,7 @@ export class Agent {
     // Started in this order, stopped in reverse: commands first (nothing new), then the live view
     // (audited as agent_shutdown) while capture and firmware still run, so the wearer feels the stop.
     // Offload stops before capture, so a recording closing at stop waits for the next start.
-    this.#extensions = [health, gps, firmware, captureExtension, ...(offload ? [offload] : []), networkExtension, stream, iceSignalling, fleet, commands];
+    this.#extensions = [health, gps, firmware, captureExtension, ...(offload ? [offload] : []), networkExtension, stream, iceSignalling, fleet, updater, commands];
 
     // Routes that are events.
     recorder.on('state', (s) => {

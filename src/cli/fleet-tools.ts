@@ -54,6 +54,9 @@ export interface SignOptions {
   sid?: string | undefined;
   /** config.apply, trust.update, diag.collect: the action's claim (`config`, `trust`, `diag`), parsed JSON. */
   params?: unknown;
+  /** agent.update: the release JSON `bwc-agent release sign` printed. */
+  release?: unknown;
+  force?: boolean | undefined;
 }
 
 /** The claim that carries a fleet-management action's parameters (docs/protocol.md, "Fleet management"). */
@@ -83,6 +86,11 @@ export async function signCommand(o: SignOptions): Promise<string> {
     claims[claim] = o.params;
   } else if (action === 'config.apply' || action === 'trust.update') {
     throw new ToolError(`${action} needs --params FILE (the JSON of its "${claim}" claim)`);
+  }
+  if (action === 'agent.update') {
+    if (o.release === undefined) throw new ToolError('agent.update needs --release FILE (the JSON of: bwc-agent release sign)');
+    claims.release = o.release;
+    if (o.force) claims.force = true;
   }
   return signAsIssuer(o, commandTokenType, claims);
 }

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import path from 'node:path';
 import { Agent } from '../agent/agent.ts';
-import { ConfigError, resolveStateDir } from '../config/load.ts';
+import { ConfigError, loadConfig, resolveStateDir } from '../config/load.ts';
 import { ControlClientError, controlRequest } from '../control/control-socket.ts';
 import { auditVerifyCommand } from '../audit/cli.ts';
 import { evidenceExportCommand, evidenceVerifyCommand } from '../recording/cli.ts';
@@ -15,7 +15,9 @@ import { agentVersion } from '../version.ts';
 import { errorMessage } from '../errors.ts';
 import { loadStartConfig } from '../fleet/config-start.ts';
 import { RecentLog } from '../fleet/diagnostics.ts';
-import { restartExitCode } from '../fleet/fleet-management.ts';
+import { restartExitCode } from '../systemd/restart.ts';
+import { bootCheck } from '../update/layout.ts';
+import { releaseTool, ReleaseToolError } from './release-tools.ts';
 
 const usage = `bwc-agent ${agentVersion}
 
@@ -46,7 +48,13 @@ Fleet-side tools (for a backend's operators and tests; see docs/protocol.md):
   bwc-agent keys generate --out DIR [--actions LIST]
   bwc-agent command sign --key FILE --device ID --action ACT --reason CODE [--operator ID]
                          [--issuer ISS] [--ttl S] [--max-s S] [--offer FILE] [--sid SID] [--params JSON_FILE]
+                         [--release FILE [--force]]   (agent.update)
   bwc-agent command send --url MQTT_URL <the sign options>      (prints the device's reply)
+  bwc-agent release keygen --out DIR            a release key pair (update.releaseKeys takes the public part)
+  bwc-agent release sign --key FILE --bundle FILE --url URL [--version V]
+                                                the release of an agent.update, as JSON
+  bwc-agent update boot-check [--config FILE]   the systemd unit's ExecStartPre: puts the committed release
+                                                back after update.maxFailedStarts failed starts
 
 Environment overrides: BWC_DEVICE_ID, BWC_MQTT_URL, BWC_STATE_DIR, BWC_GPSD, BWC_LOG_LEVEL, BWC_TRUST_STORE, BWC_CAMERA, BWC_FIRMWARE.
 Configuration reference: docs/configuration.md`;
@@ -69,7 +77,7 @@ async function run(argv: string[]): Promise<number> {
     requestRestart: (reason) => {
       // systemd restarts on this status (Restart=on-failure; only 2 is RestartPreventExitStatus).
       exitCode = restartExitCode;
-      logger.info({ reason, exitCode }, 'restarting for a configuration change');
+      logger.info({ reason, exitCode }, 'restarting (configuration change or software update)');
       shutdown(reason);
     },
   });
@@ -94,6 +102,15 @@ async function run(argv: string[]): Promise<number> {
   return new Promise<number>(() => {
     /* runs until a signal */
   });
+}
+
+/** `update boot-check`: the unit's ExecStartPre, run from the committed release (src/update/layout.ts). */
+function updateTool(argv: string[]): number {
+  const { values, positionals } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } }, allowPositionals: true, strict: true });
+  if (positionals[0] !== 'boot-check') throw new UsageError('update needs the verb "boot-check"');
+  const config = loadConfig({ file: values.config, env: process.env, cwd: process.cwd() });
+  process.stdout.write(`bwc-agent boot check: ${bootCheck(config.stateDir, config.update.releasesDir, config.update.maxFailedStarts)}\n`);
+  return 0;
 }
 
 async function ctl(argv: string[]): Promise<number> {
@@ -179,6 +196,8 @@ const signOptions = {
   offer: { type: 'string' },
   sid: { type: 'string' },
   params: { type: 'string' },
+  release: { type: 'string' },
+  force: { type: 'boolean' },
   url: { type: 'string' },
   'topic-root': { type: 'string' },
 } as const;
@@ -218,6 +237,8 @@ async function commandTool(argv: string[]): Promise<number> {
     offer,
     sid: values.sid,
     params: values.params === undefined ? undefined : readJsonFile(values.params, '--params'),
+    release: values.release === undefined ? undefined : readJsonFile(values.release, '--release'),
+    force: values.force,
   });
   if (verb === 'sign') {
     process.stdout.write(`${token}\n`);
@@ -245,6 +266,10 @@ export async function main(argv: string[]): Promise<number> {
         return await evidence(rest);
       case 'command':
         return await commandTool(rest);
+      case 'release':
+        return await releaseTool(rest);
+      case 'update':
+        return updateTool(rest);
       case '--version':
       case 'version':
         process.stdout.write(`${agentVersion}\n`);
@@ -264,6 +289,10 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (err instanceof UsageError || (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`bwc-agent: ${errorMessage(err)}\n\n${usage}\n`);
+      return 2;
+    }
+    if (err instanceof ReleaseToolError) {
+      process.stderr.write(`bwc-agent: ${err.message}\n`);
       return 2;
     }
     if (err instanceof ToolError) {

@@ -5,6 +5,7 @@
 // isAuthorisedCommand (or instanceof, which is wired to the same check) rather than trusting a
 // static type, since a cast can make anything look like an AuthorisedCommand to TypeScript.
 import type { CommandAction } from './types.ts';
+import type { ReleaseClaim } from '../update/release.ts';
 
 // Not exported: without it the constructor throws, whatever casts a caller uses.
 const mintKey: unique symbol = Symbol('AuthorisedCommand.mint');
@@ -42,6 +43,10 @@ export interface AuthorisedCommandFields {
   sid?: string;
   /** config.apply, trust.update, diag.collect: the signed claim of the action (`config`, `trust`, `diag`), deep-frozen. */
   params?: Readonly<Record<string, unknown>>;
+  /** agent.update only: the release, its shape checked (its signature is the updater's to check). */
+  release?: ReleaseClaim;
+  /** agent.update only: update even while recording or streaming. */
+  force?: boolean;
 }
 
 export class AuthorisedCommand {
@@ -65,6 +70,8 @@ export class AuthorisedCommand {
   readonly offerSha256: string | undefined;
   readonly sid: string | undefined;
   readonly params: Readonly<Record<string, unknown>> | undefined;
+  readonly release: ReleaseClaim | undefined;
+  readonly force: boolean;
 
   constructor(key: symbol, fields: AuthorisedCommandFields) {
     if (key !== mintKey) throw new TypeError('AuthorisedCommand can only be created by the command verifier');
@@ -84,6 +91,8 @@ export class AuthorisedCommand {
     this.sid = fields.sid;
     // A copy the executor cannot change under the audit's feet, nor the caller after minting.
     this.params = fields.params === undefined ? undefined : deepFreeze(structuredClone(fields.params));
+    this.release = fields.release === undefined ? undefined : Object.freeze({ ...fields.release });
+    this.force = fields.force ?? false;
     Object.freeze(this);
     minted.add(this);
   }

@@ -10,6 +10,8 @@ export const commandActions = [
   'config.apply',
   'trust.update',
   'diag.collect',
+  // Software update (docs/protocol.md, "Software update"): signed again by a release key.
+  'agent.update',
 ] as const;
 export type CommandAction = (typeof commandActions)[number];
 
@@ -106,4 +108,8 @@ export interface CommandClaims extends TokenClaims {
   trust?: { add?: unknown[]; revoke?: string[]; expire?: { kid: string; exp: number }[] };
   /** diag.collect: the largest bundle wanted, bytes. */
   diag?: { maxBytes?: number };
+  /** agent.update only: the release (src/update/release.ts). */
+  release?: unknown;
+  /** agent.update only: update even while recording or streaming. */
+  force?: boolean;
 }

@@ -19,6 +19,7 @@ import { clip, decodeUtf8, describe, nonEmptyString, sha256, SignedTokenVerifier
 import type { TrustStore } from './trust-store.ts';
 import { commandActions, commandTokenType, type CommandAction, type CommandClaims, type CommandPolicy, type RejectionCode } from './types.ts';
 import type { CommandClock } from './clock.ts';
+import { parseReleaseClaim, type ReleaseClaim } from '../update/release.ts';
 
 export { maxJtiLength } from './signed-token.ts';
 
@@ -164,6 +165,7 @@ export class CommandVerifier {
       ...(claims.act === 'config.apply' ? { params: claims.config as Record<string, unknown> } : {}),
       ...(claims.act === 'trust.update' ? { params: claims.trust as Record<string, unknown> } : {}),
       ...(claims.act === 'diag.collect' ? { params: (claims.diag ?? {}) as Record<string, unknown> } : {}),
+      ...(claims.act === 'agent.update' ? { release: claims.release as ReleaseClaim, force: claims.force === true } : {}),
     });
   }
 }
@@ -239,6 +241,8 @@ function objectOfStringsKeys(text: string): string[] | undefined {
  * - offer_sha256: stream.start only, a string when present (absent is offer_mismatch later).
  * - sid: stream.stop only and required there: a non-empty string.
  * - an envelope `offer` only with stream.start.
+ * - release: agent.update only and required there: {version, url, sha256, signature}
+ *   (src/update/release.ts); force: agent.update only, a boolean.
  * Claims not listed here are ignored, so issuers may add their own (e.g. a ticket number).
  */
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -302,6 +306,14 @@ function checkClaims(c: Record<string, unknown>, offer: string | undefined): Com
     if (!isObject(c.diag)) return bad('diag must be an object');
     const max = c.diag.maxBytes;
     if (max !== undefined && (typeof max !== 'number' || !Number.isSafeInteger(max) || max < 1024)) return bad('diag.maxBytes must be a whole number >= 1024');
+  }
+  if (act === 'agent.update') {
+    const release = parseReleaseClaim(c.release);
+    if (typeof release === 'string') return bad(release);
+    if (c.force !== undefined && typeof c.force !== 'boolean') return bad('force must be true or false');
+    return { ...c, release } as unknown as CommandClaims;
+  } else if (c.release !== undefined || c.force !== undefined) {
+    return bad(`release and force are only for agent.update, not ${act}`);
   }
   return c as unknown as CommandClaims;
 }

@@ -271,6 +271,30 @@ export const configSchema = z.strictObject({
       checkpointInterval: seconds('...and at least this often while entries are being added.', 10, 86_400, 600),
     })
     .prefault({}),
+  update: z
+    .strictObject({
+      releasesDir: z.string().min(1).default('/opt/bwc-agent/releases').meta({
+        description:
+          'Folder of the installed releases for agent.update: one folder per version, a `current` symlink (what the systemd unit runs) and a `committed` symlink (the last release that came up healthy, whose boot check runs first).',
+        localOnly: true,
+      }),
+      releaseKeys: z.string().min(1).optional().meta({
+        description:
+          'JWKS file of the release public keys (Ed25519) that sign release bundles; not the command trust store: an issuer key cannot sign a release. Without it every agent.update is refused. Only the device changes it: a remote change could swap in a key that vouches for any code.',
+        localOnly: true,
+      }),
+      minVersion: z
+        .string()
+        .regex(/^\d+\.\d+\.\d+$/, 'a version such as 1.4.0')
+        .default('0.0.0')
+        .meta({ description: 'The floor: an agent.update to a lower version is refused (a downgrade to a release with a known hole). Only the device lowers it.', localOnly: true }),
+      healthTimeout: seconds('After an update, time the new release has to be online with the capture running; else the previous release is put back.', 5, 3600, 180),
+      maxFailedStarts: z.number().int().min(1).max(10).default(2).meta({
+        description: 'Starts of a new release that end before it commits (counted by the committed release\'s boot check, ExecStartPre) before the previous release is put back.',
+      }),
+      maxBundleBytes: z.number().int().min(1_000_000).default(1_000_000_000).meta({ description: 'Largest release bundle downloaded.', unit: 'bytes' }),
+    })
+    .prefault({}),
 });
 
 export type AgentConfigInput = z.input<typeof configSchema>;

@@ -29,7 +29,7 @@ import { configDigest, dropsTls, mergePatch, protectedKeysIn, remoteFileProblems
 import { applyTrustChange, type TrustChange } from './trust-updates.ts';
 
 /** Exit status asking systemd for a restart (EX_TEMPFAIL): not 0 (no restart) nor 2 (config error). */
-export const restartExitCode = 75;
+export { restartExitCode } from '../systemd/restart.ts';
 
 /** Codes a config.apply or trust.update reply can refuse with, after acceptance (docs/protocol.md). */
 export const fleetRefusalCodes = ['config_invalid', 'config_key_protected', 'config_conflict', 'config_pending', 'trust_admin_local_only', 'trust_update_invalid'] as const;

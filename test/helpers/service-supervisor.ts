@@ -75,7 +75,8 @@ export type SupervisorEvent =
   | { type: 'watchdog-timeout'; run: number }
   | { type: 'exit'; run: number; code: number | null; signal: NodeJS.Signals | null; willRestart: boolean; why: string }
   | { type: 'failed'; run: number; why: string }
-  | { type: 'stopped'; run: number };
+  | { type: 'stopped'; run: number }
+  | { type: 'pre'; run: number; code: number | null; output: string };
 
 export interface ServiceSupervisorOptions {
   /** bwc-agent arguments, e.g. ['run', '--config', file]. */
@@ -85,6 +86,12 @@ export interface ServiceSupervisorOptions {
   command?: string[];
   /** Overrides of the unit's policy (a short RestartSec keeps tests quick). */
   policy?: Partial<RestartPolicy>;
+  /**
+   * The unit's `ExecStartPre=-...` (the update boot check): run to its end before every start, with
+   * the same environment; as with the "-" prefix, its failure does not stop the start. `command`
+   * is resolved at each start, so a path through a symlink (`releases/current/...`) follows it.
+   */
+  execStartPre?: string[];
 }
 
 const listenerScript = `
@@ -208,6 +215,20 @@ export class ServiceSupervisor extends EventEmitter {
   }
 
   #spawn(): void {
+    const pre = this.#o.execStartPre;
+    if (!pre) return this.#spawnMain();
+    const run = this.runs.length + 1;
+    const child = spawn(pre[0]!, pre.slice(1), { env: { ...process.env, ...this.#o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    child.on('exit', (code) => {
+      this.#emit({ type: 'pre', run, code, output });
+      if (!this.#stopping) this.#spawnMain();
+    });
+  }
+
+  #spawnMain(): void {
     const now = Date.now();
     this.#starts = this.#starts.filter((t) => now - t < this.policy.startLimitIntervalMs);
     const run = this.runs.length + 1;
