@@ -144,8 +144,11 @@ export interface Archive {
   addEntry(deviceId: string, entry: AuditEntry): Promise<EntryOutcome>;
   /** Stores a checkpoint; false when the identical one was there. */
   addCheckpoint(deviceId: string, checkpoint: PublishedCheckpoint): Promise<boolean>;
-  /** Entries by seq, fromSeq..toSeq inclusive; for a seq held twice (a conflict), the first stored. */
-  entries(deviceId: string, range?: { fromSeq?: number; toSeq?: number; limit?: number }): Promise<AuditEntry[]>;
+  /**
+   * Entries by seq, fromSeq..toSeq inclusive; for a seq held twice (a conflict), the first stored,
+   * or with allVersions every one stored (in the order stored).
+   */
+  entries(deviceId: string, range?: { fromSeq?: number; toSeq?: number; limit?: number; allVersions?: boolean }): Promise<AuditEntry[]>;
   /** The entry stored at seq with that hash (either side of a conflict), else the first stored. */
   entryAt(deviceId: string, seq: number): Promise<AuditEntry | undefined>;
   checkpoints(deviceId: string, range?: { fromSeq?: number; toSeq?: number }): Promise<PublishedCheckpoint[]>;
