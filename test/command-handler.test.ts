@@ -58,6 +58,7 @@ t.test('payload -> verdict -> audit -> reply, for valid and arbitrary payloads',
       'record.stop': (c) => (acted.push(c.action), { ok: true }),
       'stream.start': (c) => (acted.push(c.action), { ok: false, code: 'unavailable', message: 'no' }),
       'stream.stop': (c) => (acted.push(c.action), { ok: false, code: 'unknown_session', message: 'no' }),
+      'audit.fetch': (c) => (acted.push(c.action), { ok: true }),
     },
     logger,
   });

@@ -428,6 +428,7 @@ t.test('stream.start gathering does not hold the command queue, and its slot cou
       'stream.stop': (c) => r.manager.stopStream(c),
       'record.start': () => ({ ok: true }),
       'record.stop': () => ({ ok: true }),
+      'audit.fetch': () => ({ ok: true }),
     },
     logger,
   });

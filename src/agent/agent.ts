@@ -288,6 +288,8 @@ export class Agent {
         'record.stop': (command) => recordReply(recorder.stop({ kind: 'command', command })),
         'stream.start': (command) => stream.startStream(command),
         'stream.stop': (command) => stream.stopStream(command),
+        // Publishes a range of the chain again through the outbox (the fleet's archive fills a gap).
+        'audit.fetch': (command) => ({ ok: true as const, ...this.#audit.republish(command.fromSeq!, command.toSeq!) }),
       },
       refusals: this.#refusals,
       logger,

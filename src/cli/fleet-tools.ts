@@ -52,6 +52,9 @@ export interface SignOptions {
   maxS?: number | undefined;
   offer?: string | undefined;
   sid?: string | undefined;
+  /** audit.fetch: the range of audit entries to publish again. */
+  fromSeq?: number | undefined;
+  toSeq?: number | undefined;
 }
 
 export function offerSha256(offer: string): string {
@@ -71,6 +74,11 @@ export async function signCommand(o: SignOptions): Promise<string> {
   if (action === 'stream.stop') {
     if (!o.sid) throw new ToolError('stream.stop needs --sid SID');
     claims.sid = o.sid;
+  }
+  if (action === 'audit.fetch') {
+    if (o.fromSeq === undefined || o.toSeq === undefined) throw new ToolError('audit.fetch needs --from-seq N and --to-seq M');
+    claims.from_seq = o.fromSeq;
+    claims.to_seq = o.toSeq;
   }
   return signAsIssuer(o, commandTokenType, claims);
 }

@@ -34,6 +34,7 @@ Fleet-side tools (for a backend's operators and tests; see docs/protocol.md):
   bwc-agent keys generate --out DIR [--actions LIST]
   bwc-agent command sign --key FILE --device ID --action ACT --reason CODE [--operator ID]
                          [--issuer ISS] [--ttl S] [--max-s S] [--offer FILE] [--sid SID]
+                         [--from-seq N --to-seq M]   (audit.fetch: publish that audit range again)
   bwc-agent command send --url MQTT_URL <the sign options>      (prints the device's reply)
 
 Environment overrides: BWC_DEVICE_ID, BWC_MQTT_URL, BWC_STATE_DIR, BWC_GPSD, BWC_LOG_LEVEL, BWC_TRUST_STORE, BWC_CAMERA, BWC_FIRMWARE.
@@ -121,6 +122,8 @@ const signOptions = {
   'max-s': { type: 'string' },
   offer: { type: 'string' },
   sid: { type: 'string' },
+  'from-seq': { type: 'string' },
+  'to-seq': { type: 'string' },
   url: { type: 'string' },
   'topic-root': { type: 'string' },
 } as const;
@@ -128,7 +131,7 @@ const signOptions = {
 function positiveInt(name: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`--${name} expects a whole number of seconds, got "${value}"`);
+  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`--${name} expects a positive whole number, got "${value}"`);
   return n;
 }
 
@@ -151,6 +154,8 @@ async function commandTool(argv: string[]): Promise<number> {
     maxS: positiveInt('max-s', values['max-s']),
     offer,
     sid: values.sid,
+    fromSeq: positiveInt('from-seq', values['from-seq']),
+    toSeq: positiveInt('to-seq', values['to-seq']),
   });
   if (verb === 'sign') {
     process.stdout.write(`${token}\n`);

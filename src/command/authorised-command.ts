@@ -40,6 +40,9 @@ export interface AuthorisedCommandFields {
   offerSha256?: string;
   /** stream.stop only: the stream session to stop. */
   sid?: string;
+  /** audit.fetch only: the audit seq range to publish again. */
+  fromSeq?: number;
+  toSeq?: number;
 }
 
 export class AuthorisedCommand {
@@ -62,6 +65,8 @@ export class AuthorisedCommand {
   readonly offer: string | undefined;
   readonly offerSha256: string | undefined;
   readonly sid: string | undefined;
+  readonly fromSeq: number | undefined;
+  readonly toSeq: number | undefined;
 
   constructor(key: symbol, fields: AuthorisedCommandFields) {
     if (key !== mintKey) throw new TypeError('AuthorisedCommand can only be created by the command verifier');
@@ -78,6 +83,8 @@ export class AuthorisedCommand {
     this.maxDurationS = fields.maxDurationS;
     this.offer = fields.offer;
     this.offerSha256 = fields.offerSha256;
+    this.fromSeq = fields.fromSeq;
+    this.toSeq = fields.toSeq;
     this.sid = fields.sid;
     Object.freeze(this);
     minted.add(this);

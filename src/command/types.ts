@@ -1,7 +1,13 @@
 // The shared vocabulary of signed commands (docs/protocol.md, "Commands"): actions, the stable
 // rejection codes in the order they are checked, and the envelope that arrives on `cmd`.
 
-export const commandActions = ['record.start', 'record.stop', 'stream.start', 'stream.stop'] as const;
+export const commandActions = ['record.start', 'record.stop', 'stream.start', 'stream.stop', 'audit.fetch'] as const;
+
+/**
+ * audit.fetch (docs/protocol.md): the most entries one command may ask to be published again, so a
+ * fleet key cannot make the camera flood its uplink with one command.
+ */
+export const auditFetchMaxEntries = 1000;
 export type CommandAction = (typeof commandActions)[number];
 
 /** Rejection codes, in the order the verifier checks them: the first that applies is reported. */
@@ -89,4 +95,7 @@ export interface CommandClaims extends TokenClaims {
   max_s?: number;
   offer_sha256?: string;
   sid?: string;
+  /** audit.fetch only: the first and last audit seq to publish again. */
+  from_seq?: number;
+  to_seq?: number;
 }
