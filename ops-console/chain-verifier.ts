@@ -44,7 +44,14 @@ export interface ChainVerifierOptions {
 /** Entries checked per worker job. */
 const batch = 1000;
 
-export class ChainVerifier extends EventEmitter<{ status: [ChainStatus]; alert: [{ rule: string; deviceId: string }] }> {
+export interface ChainVerifierEvents {
+  status: [ChainStatus];
+  alert: [{ rule: string; deviceId: string }];
+  /** Entries that just joined a camera's verified chain, in seq order (the live-view record is made from these). */
+  verified: [{ deviceId: string; entries: AuditEntry[] }];
+}
+
+export class ChainVerifier extends EventEmitter<ChainVerifierEvents> {
   readonly #o: ChainVerifierOptions;
   readonly #a: Archive;
   readonly #worker: Worker;
@@ -236,6 +243,7 @@ export class ChainVerifier extends EventEmitter<{ status: [ChainStatus]; alert: 
       else this.#stuck.delete(deviceId);
       const checkpointSeq = Math.max(head.checkpointSeq, r.checkpointSeq);
       const progressed = r.verified > 0 || checkpointSeq > head.checkpointSeq || broken !== null;
+      if (r.verified > 0) this.emit('verified', { deviceId, entries: chainOf(entries, r.head) });
       if (progressed) {
         await this.#setHead({ ...head, seq: r.head.seq, hash: r.head.hash, checkpointSeq, highestSeenSeq: Math.max(head.highestSeenSeq, r.head.seq, checkpointSeq), broken });
         const asked = this.#asked.get(deviceId);
@@ -274,11 +282,8 @@ export class ChainVerifier extends EventEmitter<{ status: [ChainStatus]; alert: 
     this.#asked.set(deviceId, { fromSeq, toSeq, at: Date.now() });
     await this.#a.addEvent({ deviceId, type: 'audit.fetch.sent', at: new Date().toISOString(), detail: { fromSeq, toSeq } });
     this.#log(`asking ${deviceId} for audit entries ${fromSeq} to ${toSeq} (audit.fetch)`);
-    try {
-      await this.#o.fetchRange!(deviceId, fromSeq, toSeq);
-    } catch (err) {
-      this.#log(`audit.fetch to ${deviceId} failed: ${(err as Error).message}`);
-    }
+    // Not awaited: the camera's reply can take seconds, and this camera's queue must not wait for it.
+    this.#o.fetchRange!(deviceId, fromSeq, toSeq).catch((err: unknown) => this.#log(`audit.fetch to ${deviceId} failed: ${(err as Error).message}`));
     this.#scheduleGapCheck(deviceId); // asked again if it does not arrive
   }
 
@@ -290,4 +295,12 @@ export class ChainVerifier extends EventEmitter<{ status: [ChainStatus]; alert: 
     await this.#a.alerts.insert({ rule, severity, deviceId, operator: null, at: new Date().toISOString(), auditRefs: seqs.map((seq) => ({ deviceId, seq })), detail: { message } });
     this.emit('alert', { rule, deviceId });
   }
+}
+
+/** The entries on the verified path ending at `head`, in seq order (candidates may hold a conflict's other side). */
+function chainOf(candidates: AuditEntry[], head: AuditHead): AuditEntry[] {
+  const byHash = new Map(candidates.map((e) => [e.hash, e]));
+  const out: AuditEntry[] = [];
+  for (let e = byHash.get(head.hash); e; e = byHash.get(e.prevHash)) out.push(e);
+  return out.reverse();
 }
