@@ -43,6 +43,7 @@ export class ArchiveLink {
   readonly #enrolments = new Map<string, Enrolment>();
   readonly #online = new Map<string, boolean>();
   readonly #untrustedKids = new Set<string>();
+  readonly #judged = new WeakMap<CameraRecord, CameraTrust>();
 
   private constructor(o: ArchiveLinkOptions) {
     this.#o = o;
@@ -58,6 +59,17 @@ export class ArchiveLink {
       this.#recordLiveViews(deviceId, entries).catch((err: unknown) => o.log(`live-view record of ${deviceId}: ${(err as Error).message}`));
     });
     o.fleet.on('audit', ({ deviceId, message }) => void this.verifier.receive(deviceId, message));
+    o.fleet.on('camera', (record) => void this.trustFor(record));
+  }
+
+  /** The trust of a state record as received (judged once per record: the server asks again to show it). */
+  trustFor(record: CameraRecord): CameraTrust {
+    let trust = this.#judged.get(record);
+    if (!trust) {
+      trust = this.#onState(record);
+      this.#judged.set(record, trust);
+    }
+    return trust;
   }
 
   static async open(o: ArchiveLinkOptions): Promise<ArchiveLink> {
@@ -94,7 +106,7 @@ export class ArchiveLink {
    * A camera's state as received: its trust (the page shows it), and when trusted its auditHead
    * goes to the verifier (rollback, fork, gap). A state with another key raises untrusted_key.
    */
-  onState(record: CameraRecord): CameraTrust {
+  #onState(record: CameraRecord): CameraTrust {
     const { deviceId, state } = record;
     const enrolment = this.#enrolments.get(deviceId);
     let kid: string | undefined;

@@ -108,7 +108,7 @@ export class ConsoleServer {
     options.fleet.on('camera', (record) => {
       this.#forgetEndedViews(record);
       // The page shows whether the state is believed: only with the key pinned at enrolment.
-      void this.archive.then((link) => this.#broadcast('camera', { ...record, trust: link.onState(record) }));
+      void this.archive.then((link) => this.#broadcast('camera', { ...record, trust: link.trustFor(record) }));
     });
     void this.archive.then((link) => link.verifier.on('status', (s) => this.#broadcast('audit', { deviceId: s.deviceId })));
     options.fleet.on('ice-offer', (m) => {
