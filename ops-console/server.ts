@@ -18,6 +18,7 @@ import type { JWK } from 'jose';
 import { signCommand, signIceAnswer, verifyIceOffer } from '../src/cli/fleet-tools.ts';
 import { openArchive } from './archive/archive.ts';
 import { ArchiveLink } from './archive-link.ts';
+import { buildReport, checkReportRequest, reportCsv, signReport } from './report.ts';
 import { Fleet } from './fleet.ts';
 import { UserStore, type Operator } from './users.ts';
 import { inWords, reasonCatalogue } from './words.ts';
@@ -38,6 +39,8 @@ export interface ConsoleOptions {
    * keeps a throwaway in-memory SQLite archive: nothing is enrolled, so nothing is trusted.
    */
   archive?: ArchiveLink;
+  /** The console's own key, which signs oversight reports (ops-console/report.ts keygen); default the issuer key. */
+  reportKeyFile?: string;
 }
 
 /** A live view this console started: who may see its ICE restart offers and answer them. */
@@ -166,6 +169,7 @@ export class ConsoleServer {
       case 'POST /api/live/ice':
         return this.#iceAnswer(await body(req), operator, session, res);
     }
+    if (route === 'GET /api/report') return this.#report(url, operator, res);
     const audit = /^GET \/api\/audit\/([A-Za-z0-9_-]{1,64})$/.exec(route);
     if (audit) return json(res, 200, await (await this.archive).auditView(audit[1]!));
     throw new HttpError(404, `no such route: ${route}`);
@@ -315,6 +319,31 @@ export class ConsoleServer {
     if (reply.ok === true) this.#owners.delete(viewKey(deviceId, sid));
     json(res, 200, withWords(reply));
   }
+
+  /**
+   * The oversight report (ops-console/report.ts): ?from&to[&operator][&deviceId][&unit]&format=json|csv.
+   * JSON is signed with the console's key; both download as files.
+   */
+  async #report(url: URL, operator: Operator, res: http.ServerResponse): Promise<void> {
+    let request;
+    try {
+      request = checkReportRequest(Object.fromEntries(url.searchParams));
+    } catch (err) {
+      throw new HttpError(400, (err as Error).message);
+    }
+    const format = url.searchParams.get('format') ?? 'json';
+    if (format !== 'json' && format !== 'csv') throw new HttpError(400, `format must be json or csv, not ${JSON.stringify(format)}`);
+    const report = await buildReport((await this.archive).archive, request, operator.operator);
+    this.#log(`${operator.operator} made an oversight report ${request.from} to ${request.to} (${format})`);
+    const name = `oversight-report-${request.from.slice(0, 10)}-${request.to.slice(0, 10)}.${format}`;
+    const headers = { 'cache-control': 'no-store', 'content-disposition': `attachment; filename="${name}"`, 'x-content-type-options': 'nosniff' };
+    if (format === 'csv') {
+      res.writeHead(200, { ...headers, 'content-type': 'text/csv; charset=utf-8' }).end(reportCsv(report));
+      return;
+    }
+    const key = JSON.parse(await readFile(this.#o.reportKeyFile ?? this.#o.issuerKeyFile, 'utf8')) as JWK;
+    res.writeHead(200, { ...headers, 'content-type': 'application/json' }).end(`${JSON.stringify(await signReport(report, key), null, 2)}\n`);
+  }
 }
 
 /** Session ids are the camera's: two cameras could, however unlikely, pick the same one. */
@@ -372,6 +401,7 @@ async function main(argv: string[]): Promise<void> {
       'max-duration': { type: 'string', default: '1800' },
       'client-id': { type: 'string', default: 'bwc-ops-console' },
       archive: { type: 'string' },
+      'report-key': { type: 'string' },
     },
   });
   if (!values['issuer-key'] || !values.users) {
@@ -384,7 +414,7 @@ async function main(argv: string[]): Promise<void> {
   const log = (line: string) => process.stderr.write(`ops-console: ${line}\n`);
   const fleet = await Fleet.connect(values.broker, values['client-id']);
   const link = await ArchiveLink.open({ fleet, archive, issuerKeyFile: values['issuer-key'], issuer: values.issuer, log });
-  const server = new ConsoleServer({ fleet, users: UserStore.load(values.users), issuerKeyFile: values['issuer-key'], issuer: values.issuer, maxDurationS: Number(values['max-duration']), archive: link, log });
+  const server = new ConsoleServer({ fleet, users: UserStore.load(values.users), issuerKeyFile: values['issuer-key'], issuer: values.issuer, maxDurationS: Number(values['max-duration']), archive: link, log, ...(values['report-key'] ? { reportKeyFile: values['report-key'] } : {}) });
   const url = await server.listen(Number(values.port));
   process.stdout.write(`ops-console: ${url} (broker ${values.broker})\n`);
   const stop = () => {
