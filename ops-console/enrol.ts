@@ -5,17 +5,34 @@
 // half, as `bwc-agent` prints it in state.devicePublicKey on the bench), not from the broker.
 //
 //   node ops-console/enrol.ts add    --archive SPEC --device ID --key PUBLIC_JWK_FILE --by ADMIN
+//   node ops-console/enrol.ts add    --archive SPEC --device ID --from-state-dir DIR --by ADMIN
+//        (at issue, on the provisioning bench: the public half of DIR/device-key.private.pem)
 //   node ops-console/enrol.ts remove --archive SPEC --device ID
 //   node ops-console/enrol.ts list   --archive SPEC
 // SPEC: sqlite:FILE (the console's default is ops-console-archive.sqlite beside its users file) or
 // postgres://... A running console re-reads the enrolments on SIGHUP.
+import { createPrivateKey, createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { JWK } from 'jose';
 import { jwkThumbprint } from '../src/audit/verify.ts';
+import { deviceKeyFile } from '../src/keys/device-key.ts';
 import { openArchive } from './archive/archive.ts';
+
+/** The public half of a camera's device key, read from its state folder at issue. */
+export function publicKeyOfStateDir(dir: string): JWK {
+  const file = path.join(dir, deviceKeyFile);
+  let jwk: JWK;
+  try {
+    jwk = createPublicKey(createPrivateKey(readFileSync(file))).export({ format: 'jwk' }) as JWK;
+  } catch (err) {
+    throw new Error(`cannot read the camera's device key ${file}: ${(err as Error).message}`);
+  }
+  if (jwk.crv !== 'Ed25519' || typeof jwk.x !== 'string') throw new Error(`${file} is not an Ed25519 key`);
+  return { kty: 'OKP', crv: 'Ed25519', x: jwk.x };
+}
 
 /** Reads a public Ed25519 JWK; throws naming what is wrong (a private key is refused: it must not travel). */
 export function readDevicePublicKey(file: string): JWK {
@@ -36,7 +53,7 @@ async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { archive: { type: 'string' }, device: { type: 'string' }, key: { type: 'string' }, by: { type: 'string' } },
+    options: { archive: { type: 'string' }, device: { type: 'string' }, key: { type: 'string' }, 'from-state-dir': { type: 'string' }, by: { type: 'string' } },
   });
   const verb = positionals[0];
   const usage = 'usage: node ops-console/enrol.ts add|remove|list --archive SPEC [--device ID] [--key PUBLIC_JWK_FILE] [--by ADMIN]\n';
@@ -45,11 +62,13 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (verb !== 'list' && !values.device) throw new Error(`${verb} needs --device ID`);
-  if (verb === 'add' && (!values.key || !values.by)) throw new Error('add needs --key PUBLIC_JWK_FILE and --by ADMIN (who enrols it, for the record)');
+  if (verb === 'add' && ((!values.key && !values['from-state-dir']) || !values.by)) {
+    throw new Error('add needs --key PUBLIC_JWK_FILE (or --from-state-dir DIR) and --by ADMIN (who enrols it, for the record)');
+  }
   const archive = await openArchive(values.archive);
   try {
     if (verb === 'add') {
-      const publicJwk = readDevicePublicKey(values.key!);
+      const publicJwk = values.key ? readDevicePublicKey(values.key) : publicKeyOfStateDir(values['from-state-dir']!);
       const e = { deviceId: values.device!, publicJwk, kid: jwkThumbprint(publicJwk), enrolledBy: values.by!, enrolledAt: new Date().toISOString() };
       const before = await archive.enrolment(e.deviceId);
       await archive.enrol(e);

@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 demo="${DEMO_DIR:-$root/.demo}"
-rm -rf "$demo/state" "$demo/state-2" "$demo/issuer" "$demo/mosquitto.db" "$demo"/*.yaml "$demo/users.json"
+rm -rf "$demo/state" "$demo/state-2" "$demo/issuer" "$demo/mosquitto.db" "$demo"/*.yaml "$demo/users.json" "$demo"/ops-console-archive.sqlite*
 mkdir -p "$demo"
 export PATH="$root/.runtime/node/bin:$PATH"
 
@@ -105,8 +105,15 @@ pids+=($!)
 
 # The fleet side: an issuer key the console signs with, its public half in the cameras' trust
 # store, and one demo operator.
-bin/bwc-agent keys generate --out "$demo/issuer" --actions stream.start,stream.stop,record.start,record.stop >/dev/null
+bin/bwc-agent keys generate --out "$demo/issuer" --actions stream.start,stream.stop,record.start,record.stop,audit.fetch >/dev/null
 node ops-console/users.ts add --file "$demo/users.json" --user demo --operator sgt-demo --name "Sgt Demo" --password demo-password >/dev/null
+# Issuing the cameras: each device key made (by the agent's own code) and pinned in the console's
+# archive by a fleet admin, as a force enrols a camera before it goes out.
+archive="sqlite:$demo/ops-console-archive.sqlite"
+for pair in "${BWC_DEVICE_ID:-demo-cam-1}:$demo/state" "${BWC_DEVICE2_ID:-demo-cam-2}:$demo/state-2"; do
+  node --input-type=module -e 'import { loadOrCreateDeviceKey } from "./src/keys/device-key.ts"; await loadOrCreateDeviceKey(process.argv[1]);' "${pair#*:}"
+  node ops-console/enrol.ts add --archive "$archive" --device "${pair%%:*}" --from-state-dir "${pair#*:}" --by demo-admin >/dev/null
+done
 
 # Everything else on the embedded defaults. The demo machine's clock may not be NTP-synchronised,
 # and its viewer is a browser on this machine (loopback candidates).
@@ -130,7 +137,7 @@ sleep 1
 # The console first, so its subscription exists before the cameras publish their first audit
 # entries: it holds each chain from entry 1 and can check it.
 setsid node ops-console/server.ts --broker "mqtt://127.0.0.1:$mqtt_port" --issuer-key "$demo/issuer/issuer.private.jwk.json" \
-  --users "$demo/users.json" --port "$console_port" --client-id "bwc-ops-console-demo-$$" >"$demo/console.log" 2>&1 &
+  --users "$demo/users.json" --port "$console_port" --client-id "bwc-ops-console-demo-$$" --archive "$archive" >"$demo/console.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q '^ops-console: http' "$demo/console.log" 2>/dev/null && break; sleep 0.1; done
 grep -q '^ops-console: http' "$demo/console.log" || { echo "demo: the console did not start:" >&2; cat "$demo/console.log" >&2; exit 1; }
