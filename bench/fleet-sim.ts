@@ -179,12 +179,15 @@ async function main(argv: string[]): Promise<void> {
     measuring = true;
     for (let s = 0; s < durationS; s += 1) {
       const tick = Date.now();
-      for (let i = 0; i < n; i += 1) {
-        const cam = cams[i]!;
-        if ((i + s) % auditEveryS === 0) appendEntry(cam);
-        if ((i + s) % stateEveryS === 0) publishState(cam);
+      // Spread over the second in tenths, as real cameras' clocks are: no synthetic burst.
+      for (let tenth = 0; tenth < 10; tenth += 1) {
+        for (let i = tenth; i < n; i += 10) {
+          const cam = cams[i]!;
+          if ((i + s) % auditEveryS === 0) appendEntry(cam);
+          if ((i + s) % stateEveryS === 0) publishState(cam);
+        }
+        await sleep(Math.max(0, tick + (tenth + 1) * 100 - Date.now()));
       }
-      await sleep(Math.max(0, 1000 - (Date.now() - tick)));
       const cpu = cpuMs(consolePid)!;
       const counts = await archiveCounts();
       samples.push({ cpuPct: ((cpu - lastCpu) / (Date.now() - tick)) * 100, rssMiB: rssMiB(consolePid) ?? NaN, stored: counts.stored, verified: counts.verified });
