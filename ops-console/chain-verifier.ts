@@ -157,7 +157,9 @@ export class ChainVerifier extends EventEmitter<ChainVerifierEvents> {
     if (!enrolment) return { ...base, ok: null, summary: `this camera is not enrolled (no pinned device key): ${head.seq} entries held, not verified` };
     if (stuck) return { ...base, ok: false, summary: `verified to entry ${head.seq}; entry ${stuck.seq} ${stuck.kind}: ${stuck.message}` };
     if (head.seq === 0) return { ...base, ok: null, summary: asked ? `asked the camera for entries ${asked.fromSeq} to ${asked.toSeq}` : 'no audit entries received from this camera yet' };
-    if (head.checkpointSeq === 0) return { ...base, ok: null, summary: `${head.seq} entries chain, but no checkpoint signed by the enrolled key covers them yet` };
+    // As `bwc-agent audit verify` counts unsignedEntries: the chain is intact from entry 1, and the
+    // tail after the last checkpoint (here all of it) is protected by the hash chain alone.
+    if (head.checkpointSeq === 0) return { ...base, ok: true, summary: `${head.seq} entries verified by their hash chain from entry 1; none signed yet (no checkpoint from the enrolled key so far)` };
     const gap = head.highestSeenSeq > head.seq ? `; entries ${head.seq + 1} to ${head.highestSeenSeq} ${asked ? 'asked of the camera' : 'not received yet'}` : '';
     const tail = head.seq - head.checkpointSeq;
     return { ...base, ok: true, summary: `${head.seq} entries verified, signed to seq ${head.checkpointSeq}${tail ? `, ${tail} after the last checkpoint` : ''}${gap}; head ${head.hash.slice(0, 12)}…` };
@@ -236,7 +238,9 @@ export class ChainVerifier extends EventEmitter<ChainVerifierEvents> {
           await this.#alert('chain_fork', 'critical', deviceId, [p.seq], p.message);
         } else {
           this.#untrusted.set(deviceId, Math.max(this.#untrusted.get(deviceId) ?? 0, p.seq));
-          await this.#alert('untrusted_key', 'critical', deviceId, [p.seq], `${p.message}: not the key pinned at enrolment`);
+          // One alert per foreign key, not one per checkpoint it signed.
+          const kid = checkpoints.find((c) => c.seq === p.seq)?.kid ?? '?';
+          await this.#alert('untrusted_key', 'critical', deviceId, [p.seq], `${p.message}: not the key pinned at enrolment`, `untrusted_key/${deviceId}/${kid}`);
         }
       }
       if (r.problem) this.#stuck.set(deviceId, r.problem);
@@ -287,8 +291,8 @@ export class ChainVerifier extends EventEmitter<ChainVerifierEvents> {
     this.#scheduleGapCheck(deviceId); // asked again if it does not arrive
   }
 
-  async #alert(rule: string, severity: 'warning' | 'critical', deviceId: string, seqs: number[], message: string): Promise<void> {
-    const key = `${rule}/${deviceId}/${seqs.join(',')}`;
+  async #alert(rule: string, severity: 'warning' | 'critical', deviceId: string, seqs: number[], message: string, dedupe?: string): Promise<void> {
+    const key = dedupe ?? `${rule}/${deviceId}/${seqs.join(',')}`;
     if (this.#alerted.has(key)) return;
     this.#alerted.add(key);
     this.#log(`ALERT ${rule} ${deviceId}: ${message}`);

@@ -10,7 +10,7 @@
 //   node ops-console/enrol.ts remove --archive SPEC --device ID
 //   node ops-console/enrol.ts list   --archive SPEC
 // SPEC: sqlite:FILE (the console's default is ops-console-archive.sqlite beside its users file) or
-// postgres://... A running console re-reads the enrolments on SIGHUP.
+// postgres://... A running console re-reads the enrolments on SIGUSR2 (kill -USR2 PID).
 import { createPrivateKey, createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';

@@ -422,8 +422,9 @@ async function main(argv: string[]): Promise<void> {
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-  // ops-console/enrol.ts changed the enrolments: read them again.
-  process.on('SIGHUP', () => void link.reloadEnrolments().then(() => log('enrolments reloaded'), (err: unknown) => log(`enrolments: ${(err as Error).message}`)));
+  // ops-console/enrol.ts changed the enrolments: read them again (SIGUSR2: SIGHUP must still end the
+  // console when its terminal closes, as `make demo` relies on).
+  process.on('SIGUSR2', () => void link.reloadEnrolments().then(() => log('enrolments reloaded'), (err: unknown) => log(`enrolments: ${(err as Error).message}`)));
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
