@@ -179,7 +179,7 @@ async function measure(n: number): Promise<Measured> {
       requests: new RequestChannel({ bus: session as never, topic: 'cmd', ...(refusals ? { maxPending: 64 } : {}), logger: silent }),
       verifier,
       audit,
-      executors: { 'record.start': ok, 'record.stop': ok, 'stream.start': ok, 'stream.stop': ok, 'agent.update': ok },
+      executors: { 'record.start': ok, 'record.stop': ok, 'stream.start': ok, 'stream.stop': ok, 'agent.update': ok, 'audit.fetch': ok },
       ...(refusals ? { refusals } : {}),
       logger: silent,
     });

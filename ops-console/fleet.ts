@@ -15,14 +15,18 @@ export interface CameraRecord {
 
 export interface FleetEvents {
   camera: [CameraRecord];
-  audit: [{ deviceId: string }];
+  /** message: the payload as received (unchecked: the chain verifier checks it). */
+  audit: [{ deviceId: string; message: Record<string, unknown> }];
   /** A camera's ICE restart offer message as received, not yet verified. */
   'ice-offer': [{ deviceId: string; sid: string; message: Record<string, unknown> }];
 }
 
 export class Fleet extends EventEmitter<FleetEvents> {
   readonly cameras = new Map<string, CameraRecord>();
+  /** False once the archive keeps the audit (ops-console/archive-link.ts): no unbounded copy in memory. */
+  keepAuditInMemory = true;
   readonly #audit = new Map<string, AuditMessage[]>();
+  readonly #pendingAudit: { deviceId: string; message: Record<string, unknown> }[] = [];
   readonly #client: MqttClient;
   readonly #root: string;
   readonly #replyTopic = `bwc-console/replies/${randomUUID()}`;
@@ -30,6 +34,12 @@ export class Fleet extends EventEmitter<FleetEvents> {
 
   private constructor(client: MqttClient, root: string) {
     super();
+    (this as EventEmitter).on('newListener', (name: string | symbol) => {
+      if (name !== 'audit') return;
+      queueMicrotask(() => {
+        for (const ev of this.#pendingAudit.splice(0)) this.emit('audit', ev);
+      });
+    });
     this.#client = client;
     this.#root = root;
     client.on('message', (topic, payload, packet) => {
@@ -48,10 +58,14 @@ export class Fleet extends EventEmitter<FleetEvents> {
         this.cameras.set(deviceId, record);
         this.emit('camera', record);
       } else if (channel === 'audit') {
-        const list = this.#audit.get(deviceId) ?? [];
-        list.push(body as unknown as AuditMessage);
-        this.#audit.set(deviceId, list);
-        this.emit('audit', { deviceId });
+        if (this.keepAuditInMemory) {
+          const list = this.#audit.get(deviceId) ?? [];
+          list.push(body as unknown as AuditMessage);
+          this.#audit.set(deviceId, list);
+        }
+        // Until the archive listens (it opens after the session is resumed), audit waits here.
+        if (this.listenerCount('audit') === 0) this.#pendingAudit.push({ deviceId, message: body });
+        else this.emit('audit', { deviceId, message: body });
       }
     });
   }
@@ -61,9 +75,18 @@ export class Fleet extends EventEmitter<FleetEvents> {
    * wait at the broker, so its copy of each chain has no holes.
    */
   static async connect(url: string, clientId: string, root = 'bwc/v1'): Promise<Fleet> {
-    const client = await mqtt.connectAsync(url, { protocolVersion: 5, clientId, clean: false, properties: { sessionExpiryInterval: 7 * 86_400 }, reconnectPeriod: 1000 });
-    (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+    // The message handler is attached before the connection: what waited in the persistent session
+    // is delivered right after CONNACK, and a message with no listener then would be lost.
+    const client = mqtt.connect(url, { protocolVersion: 5, clientId, clean: false, properties: { sessionExpiryInterval: 7 * 86_400 }, reconnectPeriod: 1000 });
     const fleet = new Fleet(client, root);
+    await new Promise<void>((resolve, reject) => {
+      client.once('connect', () => resolve());
+      client.once('error', (err) => {
+        client.end(true);
+        reject(err);
+      });
+    });
+    (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
     await client.subscribeAsync([`${root}/+/state`, `${root}/+/audit`, `${root}/+/stream/+/ice-offer`], { qos: 1 });
     await client.subscribeAsync(fleet.#replyTopic, { qos: 1 });
     return fleet;

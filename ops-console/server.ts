@@ -15,8 +15,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { JWK } from 'jose';
-import { verifyAuditMessages } from '../src/audit/verify.ts';
 import { signCommand, signIceAnswer, verifyIceOffer } from '../src/cli/fleet-tools.ts';
+import { openArchive } from './archive/archive.ts';
+import { ArchiveLink } from './archive-link.ts';
+import { buildReport, checkReportRequest, reportCsv, signReport } from './report.ts';
 import { Fleet } from './fleet.ts';
 import { UserStore, type Operator } from './users.ts';
 import { inWords, reasonCatalogue } from './words.ts';
@@ -32,6 +34,13 @@ export interface ConsoleOptions {
   sessionIdleMs?: number;
   /** Where the console's log lines go (default stderr). */
   log?: (line: string) => void;
+  /**
+   * The durable archive and chain verifier (ops-console/archive-link.ts). Without one the console
+   * keeps a throwaway in-memory SQLite archive: nothing is enrolled, so nothing is trusted.
+   */
+  archive?: ArchiveLink;
+  /** The console's own key, which signs oversight reports (ops-console/report.ts keygen); default the issuer key. */
+  reportKeyFile?: string;
 }
 
 /** A live view this console started: who may see its ICE restart offers and answer them. */
@@ -81,10 +90,16 @@ export class ConsoleServer {
   /** ICE offers are checked one at a time, in arrival order (so a newer `gen` is never overtaken). */
   #offerQueue: Promise<void> = Promise.resolve();
   readonly #log: (line: string) => void;
+  /** Resolves at once when the caller gave one; camera states wait behind it, in order. */
+  readonly archive: Promise<ArchiveLink>;
 
   constructor(options: ConsoleOptions) {
     this.#o = options;
     this.#log = options.log ?? ((line) => process.stderr.write(`ops-console: ${line}\n`));
+    const log = this.#log;
+    this.archive = options.archive
+      ? Promise.resolve(options.archive)
+      : openArchive('sqlite::memory:').then((archive) => ArchiveLink.open({ fleet: options.fleet, archive, issuerKeyFile: options.issuerKeyFile, issuer: options.issuer, log }));
     this.#server = http.createServer((req, res) => {
       this.#route(req, res).catch((err: unknown) => {
         const status = err instanceof HttpError ? err.status : 500;
@@ -95,12 +110,13 @@ export class ConsoleServer {
     });
     options.fleet.on('camera', (record) => {
       this.#forgetEndedViews(record);
-      this.#broadcast('camera', record);
+      // The page shows whether the state is believed: only with the key pinned at enrolment.
+      void this.archive.then((link) => this.#broadcast('camera', { ...record, trust: link.trustFor(record) }));
     });
+    void this.archive.then((link) => link.verifier.on('status', (s) => this.#broadcast('audit', { deviceId: s.deviceId })));
     options.fleet.on('ice-offer', (m) => {
       this.#offerQueue = this.#offerQueue.then(() => this.#iceOffer(m.deviceId, m.sid, m.message)).catch((err: unknown) => this.#log(`ICE offer: ${(err as Error).stack ?? String(err)}`));
     });
-    options.fleet.on('audit', (event) => this.#broadcast('audit', event));
   }
 
   /** Listens on 127.0.0.1 only; resolves to the URL. */
@@ -116,6 +132,11 @@ export class ConsoleServer {
   async close(): Promise<void> {
     for (const res of this.#streams.keys()) res.end();
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    if (!this.#o.archive) {
+      const link = await this.archive;
+      await link.close();
+      await link.archive.close();
+    }
   }
 
   async #route(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -148,8 +169,9 @@ export class ConsoleServer {
       case 'POST /api/live/ice':
         return this.#iceAnswer(await body(req), operator, session, res);
     }
+    if (route === 'GET /api/report') return this.#report(url, operator, res);
     const audit = /^GET \/api\/audit\/([A-Za-z0-9_-]{1,64})$/.exec(route);
-    if (audit) return json(res, 200, this.#auditView(audit[1]!));
+    if (audit) return json(res, 200, await (await this.archive).auditView(audit[1]!));
     throw new HttpError(404, `no such route: ${route}`);
   }
 
@@ -232,8 +254,10 @@ export class ConsoleServer {
     const drop = (why: string) => this.#log(`dropped an ICE restart offer from ${deviceId} for ${sid}: ${why}`);
     const owner = this.#owners.get(viewKey(deviceId, sid));
     if (!owner || Date.now() > owner.expiresAt) return drop('not a live view this console started on that camera');
-    const publicJwk = this.#o.fleet.cameras.get(deviceId)?.state.devicePublicKey as JWK | null | undefined;
-    if (!publicJwk || typeof publicJwk !== 'object') return drop('the camera has published no device key');
+    // The key pinned at enrolment, never the one the camera's state carries (anyone who may publish
+    // a state could put their own there).
+    const publicJwk: JWK | undefined = (await this.archive).pinnedKey(deviceId);
+    if (!publicJwk) return drop('the camera is not enrolled (no pinned device key)');
     let offer: Awaited<ReturnType<typeof verifyIceOffer>>;
     try {
       offer = await verifyIceOffer(message, publicJwk);
@@ -296,21 +320,29 @@ export class ConsoleServer {
     json(res, 200, withWords(reply));
   }
 
-  /** verification.ok: true verified, false broken, null not checkable (nothing yet, or joined late). */
-  #auditView(deviceId: string): { entries: unknown[]; verification: { ok: boolean | null; summary: string } } {
-    const messages = this.#o.fleet.auditOf(deviceId);
-    const entries = [...new Map(messages.filter((m) => m.kind === 'entry').map((m) => [m.entry.seq, m.entry])).values()].sort((a, b) => a.seq - b.seq);
-    if (entries.length === 0) return { entries, verification: { ok: null, summary: 'no audit entries received from this camera yet' } };
-    if (entries[0]!.seq !== 1) {
-      return { entries, verification: { ok: null, summary: `this console holds entries from ${entries[0]!.seq} on only (it joined later): the chain cannot be checked from its start` } };
+  /**
+   * The oversight report (ops-console/report.ts): ?from&to[&operator][&deviceId][&unit]&format=json|csv.
+   * JSON is signed with the console's key; both download as files.
+   */
+  async #report(url: URL, operator: Operator, res: http.ServerResponse): Promise<void> {
+    let request;
+    try {
+      request = checkReportRequest(Object.fromEntries(url.searchParams));
+    } catch (err) {
+      throw new HttpError(400, (err as Error).message);
     }
-    // The key the camera publishes in its state; a deployment pins the key registered at enrolment.
-    const publicJwk = this.#o.fleet.cameras.get(deviceId)?.state.devicePublicKey as JWK | undefined;
-    const r = verifyAuditMessages(messages, publicJwk ? { publicJwk } : {});
-    const summary = r.ok
-      ? `${r.entries} entries, ${r.checkpoints} signed checkpoint(s)${r.unsignedEntries ? `, ${r.unsignedEntries} after the last checkpoint` : ''}; head ${r.head?.hash.slice(0, 12)}…`
-      : `entry ${r.firstProblem!.seq} ${r.firstProblem!.kind}: ${r.firstProblem!.message}`;
-    return { entries, verification: { ok: r.ok, summary } };
+    const format = url.searchParams.get('format') ?? 'json';
+    if (format !== 'json' && format !== 'csv') throw new HttpError(400, `format must be json or csv, not ${JSON.stringify(format)}`);
+    const report = await buildReport((await this.archive).archive, request, operator.operator);
+    this.#log(`${operator.operator} made an oversight report ${request.from} to ${request.to} (${format})`);
+    const name = `oversight-report-${request.from.slice(0, 10)}-${request.to.slice(0, 10)}.${format}`;
+    const headers = { 'cache-control': 'no-store', 'content-disposition': `attachment; filename="${name}"`, 'x-content-type-options': 'nosniff' };
+    if (format === 'csv') {
+      res.writeHead(200, { ...headers, 'content-type': 'text/csv; charset=utf-8' }).end(reportCsv(report));
+      return;
+    }
+    const key = JSON.parse(await readFile(this.#o.reportKeyFile ?? this.#o.issuerKeyFile, 'utf8')) as JWK;
+    res.writeHead(200, { ...headers, 'content-type': 'application/json' }).end(`${JSON.stringify(await signReport(report, key), null, 2)}\n`);
   }
 }
 
@@ -368,21 +400,31 @@ async function main(argv: string[]): Promise<void> {
       issuer: { type: 'string', default: 'bwc-ops-console' },
       'max-duration': { type: 'string', default: '1800' },
       'client-id': { type: 'string', default: 'bwc-ops-console' },
+      archive: { type: 'string' },
+      'report-key': { type: 'string' },
     },
   });
   if (!values['issuer-key'] || !values.users) {
-    process.stderr.write('usage: node ops-console/server.ts --issuer-key FILE --users FILE [--broker URL] [--port 8080] [--issuer ISS]\n');
+    process.stderr.write('usage: node ops-console/server.ts --issuer-key FILE --users FILE [--broker URL] [--port 8080] [--issuer ISS] [--archive sqlite:FILE|postgres://...]\n');
     process.exit(2);
   }
+  // The archive is opened before the broker session is resumed, so what waited there is stored.
+  const archiveSpec = values.archive ?? `sqlite:${path.join(path.dirname(path.resolve(values.users)), 'ops-console-archive.sqlite')}`;
+  const archive = await openArchive(archiveSpec);
+  const log = (line: string) => process.stderr.write(`ops-console: ${line}\n`);
   const fleet = await Fleet.connect(values.broker, values['client-id']);
-  const server = new ConsoleServer({ fleet, users: UserStore.load(values.users), issuerKeyFile: values['issuer-key'], issuer: values.issuer, maxDurationS: Number(values['max-duration']) });
+  const link = await ArchiveLink.open({ fleet, archive, issuerKeyFile: values['issuer-key'], issuer: values.issuer, log });
+  const server = new ConsoleServer({ fleet, users: UserStore.load(values.users), issuerKeyFile: values['issuer-key'], issuer: values.issuer, maxDurationS: Number(values['max-duration']), archive: link, log, ...(values['report-key'] ? { reportKeyFile: values['report-key'] } : {}) });
   const url = await server.listen(Number(values.port));
   process.stdout.write(`ops-console: ${url} (broker ${values.broker})\n`);
   const stop = () => {
-    void server.close().then(() => fleet.close()).then(() => process.exit(0));
+    void server.close().then(() => fleet.close()).then(() => link.close()).then(() => archive.close()).then(() => process.exit(0));
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+  // ops-console/enrol.ts changed the enrolments: read them again (SIGUSR2: SIGHUP must still end the
+  // console when its terminal closes, as `make demo` relies on).
+  process.on('SIGUSR2', () => void link.reloadEnrolments().then(() => log('enrolments reloaded'), (err: unknown) => log(`enrolments: ${(err as Error).message}`)));
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {

@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 demo="${DEMO_DIR:-$root/.demo}"
-rm -rf "$demo/state" "$demo/state-2" "$demo/issuer" "$demo/mosquitto.db" "$demo"/*.yaml "$demo/users.json" "$demo/force.agekey"
+rm -rf "$demo/state" "$demo/state-2" "$demo/issuer" "$demo/mosquitto.db" "$demo"/*.yaml "$demo/users.json" "$demo/force.agekey" "$demo"/ops-console-archive.sqlite*
 # The open segment of each camera, in the clear, in RAM only (recording.plaintextDir must be tmpfs).
 demo_ram=/dev/shm/bwc-demo-$(id -u)
 rm -rf "$demo_ram"
@@ -120,12 +120,19 @@ pids+=($!)
 
 # The fleet side: an issuer key the console signs with, its public half in the cameras' trust
 # store, and one demo operator.
-bin/bwc-agent keys generate --out "$demo/issuer" --actions stream.start,stream.stop,record.start,record.stop >/dev/null
+bin/bwc-agent keys generate --out "$demo/issuer" --actions stream.start,stream.stop,record.start,record.stop,audit.fetch >/dev/null
 node ops-console/users.ts add --file "$demo/users.json" --user demo --operator sgt-demo --name "Sgt Demo" --password demo-password >/dev/null
 # The force's age key pair: the cameras get only the public key and encrypt their evidence to it;
 # the identity stays with the "force" ($demo/force.agekey) for evidence verify|export --identity.
 age-keygen -o "$demo/force.agekey" 2>/dev/null
 force_recipient=$(age-keygen -y "$demo/force.agekey")
+# Issuing the cameras: each device key made (by the agent's own code) and pinned in the console's
+# archive by a fleet admin, as a force enrols a camera before it goes out.
+archive="sqlite:$demo/ops-console-archive.sqlite"
+for pair in "${BWC_DEVICE_ID:-demo-cam-1}:$demo/state" "${BWC_DEVICE2_ID:-demo-cam-2}:$demo/state-2"; do
+  node --input-type=module -e 'import { loadOrCreateDeviceKey } from "./src/keys/device-key.ts"; await loadOrCreateDeviceKey(process.argv[1]);' "${pair#*:}"
+  node ops-console/enrol.ts add --archive "$archive" --device "${pair%%:*}" --from-state-dir "${pair#*:}" --by demo-admin >/dev/null
+done
 
 if [ -n "$swift_wanted" ]; then
   for _ in $(seq 600); do grep -q '^swift: http' "$demo/swift.log" 2>/dev/null && break; sleep 0.1; done
@@ -162,7 +169,7 @@ sleep 1
 # Picked again: another program may have taken the first pick while Swift started.
 port_free "$console_port" || console_port=$(pick_port "$console_port")
 setsid node ops-console/server.ts --broker "mqtt://127.0.0.1:$mqtt_port" --issuer-key "$demo/issuer/issuer.private.jwk.json" \
-  --users "$demo/users.json" --port "$console_port" --client-id "bwc-ops-console-demo-$$" >"$demo/console.log" 2>&1 &
+  --users "$demo/users.json" --port "$console_port" --client-id "bwc-ops-console-demo-$$" --archive "$archive" >"$demo/console.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q '^ops-console: http' "$demo/console.log" 2>/dev/null && break; sleep 0.1; done
 grep -q '^ops-console: http' "$demo/console.log" || { echo "demo: the console did not start:" >&2; cat "$demo/console.log" >&2; exit 1; }

@@ -71,6 +71,14 @@ setup_apt() {
     as_root ln -sfn /dev/null "/etc/systemd/system/$unit.service"
   done
   if [ -d /run/systemd/system ]; then as_root systemctl daemon-reload; fi
+  # postgresql likewise is for the tests (test/helpers/postgres.ts runs its own server in a temp
+  # folder): masked before install so the package does not start a cluster on port 5432.
+  if [ ! -L /etc/systemd/system/postgresql.service ]; then
+    as_root mkdir -p /etc/systemd/system
+    as_root ln -sfn /dev/null /etc/systemd/system/postgresql.service
+    as_root ln -sfn /dev/null /etc/systemd/system/postgresql@.service
+    if [ -d /run/systemd/system ]; then as_root systemctl daemon-reload; as_root systemctl stop postgresql.service 2>/dev/null || true; fi
+  fi
   # shellcheck disable=SC2086 # one package name per word
   apt_install_missing $wanted
 }

@@ -59,6 +59,7 @@ t.test('payload -> verdict -> audit -> reply, for valid and arbitrary payloads',
       'stream.start': (c) => (acted.push(c.action), { ok: false, code: 'unavailable', message: 'no' }),
       'stream.stop': (c) => (acted.push(c.action), { ok: false, code: 'unknown_session', message: 'no' }),
       'agent.update': (c) => (acted.push(c.action), { ok: true }),
+      'audit.fetch': (c) => (acted.push(c.action), { ok: true }),
     },
     logger,
   });

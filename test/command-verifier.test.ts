@@ -213,6 +213,13 @@ const corpus: Case[] = [
   { name: 'max_s fractional', payload: () => cmd('stream.start', { max_s: 60.5 }).payload, code: 'malformed', post: true },
   { name: 'max_s a string', payload: () => cmd('stream.start', { max_s: '60' }).payload, code: 'malformed', post: true },
   { name: 'max_s missing on stream.start', payload: () => cmd('stream.start', { max_s: undefined }).payload, code: 'malformed', post: true },
+  // audit.fetch: a bounded range, so one command cannot make the camera flood its uplink
+  { name: 'audit.fetch without a range', payload: () => cmd('audit.fetch', { from_seq: undefined, to_seq: undefined }).payload, code: 'malformed', post: true },
+  { name: 'audit.fetch over 1000 entries', payload: () => cmd('audit.fetch', { from_seq: 1, to_seq: 1001 }).payload, code: 'malformed', post: true },
+  { name: 'audit.fetch backwards', payload: () => cmd('audit.fetch', { from_seq: 10, to_seq: 9 }).payload, code: 'malformed', post: true },
+  { name: 'audit.fetch from 0', payload: () => cmd('audit.fetch', { from_seq: 0, to_seq: 9 }).payload, code: 'malformed', post: true },
+  { name: 'audit.fetch fractional', payload: () => cmd('audit.fetch', { from_seq: 1.5, to_seq: 9 }).payload, code: 'malformed', post: true },
+  { name: 'a range on record.start', payload: () => cmd('record.start', { from_seq: 1, to_seq: 2 }).payload, code: 'malformed', post: true },
   { name: 'max_s on record.start', payload: () => cmd('record.start', { max_s: 60 }).payload, code: 'malformed', post: true },
   { name: 'offer_sha256 a number', payload: () => cmd('stream.start', { offer_sha256: 5 }).payload, code: 'malformed', post: true },
   { name: 'offer_sha256 on stream.stop', payload: () => cmd('stream.stop', { offer_sha256: offer.sha256 }).payload, code: 'malformed', post: true },
@@ -244,6 +251,7 @@ const corpus: Case[] = [
   // action_not_permitted
   { name: 'stream.start by a record-only key', payload: () => cmd('stream.start', {}, { issuer: recordOnly }).payload, code: 'action_not_permitted' },
   { name: 'stream.stop by a record-only key', payload: () => cmd('stream.stop', {}, { issuer: recordOnly }).payload, code: 'action_not_permitted' },
+  { name: 'audit.fetch by a record-only key', payload: () => cmd('audit.fetch', {}, { issuer: recordOnly }).payload, code: 'action_not_permitted' },
 
   // reason_missing, reason_not_allowed
   { name: 'no reason', payload: () => cmd('record.start', { reason: undefined }).payload, code: 'reason_missing' },

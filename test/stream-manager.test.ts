@@ -429,6 +429,7 @@ t.test('stream.start gathering does not hold the command queue, and its slot cou
       'record.start': () => ({ ok: true }),
       'record.stop': () => ({ ok: true }),
       'agent.update': () => ({ ok: true }),
+      'audit.fetch': () => ({ ok: true }),
     },
     logger,
   });

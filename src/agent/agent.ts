@@ -357,6 +357,8 @@ export class Agent {
         'stream.stop': (command) => stream.stopStream(command),
         ...fleet.executors(),
         'agent.update': (command) => updater.execute(command),
+        // Publishes a range of the chain again through the outbox (the fleet's archive fills a gap).
+        'audit.fetch': (command) => ({ ok: true as const, ...this.#audit.republish(command.fromSeq!, command.toSeq!) }),
       },
       refusals: this.#refusals,
       logger,

@@ -237,6 +237,36 @@ export class AuditLog {
     return last?.digest;
   }
 
+  /**
+   * audit.fetch (docs/protocol.md): publishes entries fromSeq..toSeq again (clipped to the head),
+   * with the checkpoints among them and the first one after them (so the fleet can check the range
+   * is signed), through the same outbox as the originals. Checkpoints signed by an earlier key are
+   * not sent (this process cannot name its public key). The caller bounds the range.
+   */
+  republish(fromSeq: number, toSeq: number): { fromSeq: number; toSeq: number; entries: number; checkpoints: number } {
+    const to = Math.min(toSeq, this.#head.seq);
+    const rows = this.#db.prepare<[number, number], EntryRow>('SELECT * FROM audit_entry WHERE seq >= ? AND seq <= ? ORDER BY seq').all(fromSeq, to);
+    for (const row of rows) {
+      const fields = JSON.parse(row.entry) as Omit<AuditEntry, 'prevHash' | 'hash'>;
+      this.#send({ kind: 'entry', entry: { ...fields, prevHash: row.prev_hash, hash: row.hash } });
+    }
+    const checkpoints = this.#db
+      .prepare<[number, number, number], CheckpointRow>(
+        'SELECT * FROM audit_checkpoint WHERE (seq >= ? AND seq <= ?) OR seq = (SELECT MIN(seq) FROM audit_checkpoint WHERE seq > ?) ORDER BY seq',
+      )
+      .all(fromSeq, to, to);
+    let sent = 0;
+    for (const c of checkpoints) {
+      if (c.kid !== this.#key.kid) continue;
+      const device = this.#db.prepare<[number], { device: string }>("SELECT json_extract(entry, '$.device') AS device FROM audit_entry WHERE seq = ?").get(c.seq)?.device;
+      if (device === undefined) continue;
+      this.#send({ kind: 'checkpoint', checkpoint: { seq: c.seq, headHash: c.head_hash, time: c.time, device, kid: c.kid, signature: c.signature, publicJwk: this.#key.publicJwk } });
+      sent += 1;
+    }
+    this.#logger.info({ fromSeq, toSeq: to, entries: rows.length, checkpoints: sent }, 'audit entries published again (audit.fetch)');
+    return { fromSeq, toSeq: to, entries: rows.length, checkpoints: sent };
+  }
+
   head(): { seq: number; hash: string } {
     return { ...this.#head };
   }

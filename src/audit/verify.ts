@@ -42,7 +42,7 @@ import type { JWK } from 'jose';
 import { verifyDeviceSignature } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
 import { canonicalJson } from './canonical-json.ts';
-import { checkpointSigningInput, entryFields, entryHash, genesisHash, type AuditMessage, type CheckpointRow, type EntryRow } from './audit-log.ts';
+import { checkpointSigningInput, entryFields, entryHash, genesisHash, type AuditCheckpoint, type AuditMessage, type CheckpointRow, type EntryRow } from './audit-log.ts';
 
 export type AuditProblemKind = 'edited' | 'removed' | 'inserted' | 'reordered' | 'bad_checkpoint' | 'truncated' | 'malformed' | 'rollback' | 'fork';
 
@@ -527,6 +527,54 @@ function messageShapeProblem(v: unknown): string | undefined {
       if (typeof c[name] !== 'string') return `the checkpoint has no ${name}`;
     }
     if (typeof c.publicJwk !== 'object' || c.publicJwk === null) return 'the checkpoint carries no publicJwk';
+  }
+  return undefined;
+}
+
+// ---- incremental checking (the fleet's archive, ops-console/chain-verifier.ts) -------------------
+// The same rules one entry or checkpoint at a time, against a head already verified: O(1) each,
+// so a console keeping thousands of chains never re-reads one from its start.
+
+/** Why a received audit message is not one (its shape), or undefined. */
+export function auditMessageProblem(v: unknown): string | undefined {
+  return messageShapeProblem(v);
+}
+
+/**
+ * Whether `entry` (shape-checked) is the next link after `head`: seq head.seq + 1, prevHash the
+ * head's hash, and its own hash recomputing from its fields. The problem names what is wrong.
+ */
+export function nextEntryProblem(head: AuditHead, entry: Record<string, unknown> & { seq: number; prevHash: string; hash: string }): AuditProblem | undefined {
+  const at = head.seq + 1;
+  if (entry.seq !== at) return { seq: at, kind: entry.seq > at ? 'removed' : 'inserted', message: `entry ${entry.seq} arrived where entry ${at} belongs` };
+  if (entryHash(entry.prevHash, canonicalJson(entryFields(entry))) !== entry.hash) return { seq: at, kind: 'edited', message: `entry ${at}: its hash does not match its contents` };
+  if (entry.prevHash !== (head.seq === 0 ? genesisHash : head.hash)) {
+    return { seq: at, kind: 'fork', message: `entry ${at} chains to ${entry.prevHash.slice(0, 12)}…, not to the verified entry ${head.seq} (${head.hash.slice(0, 12)}…)` };
+  }
+  return undefined;
+}
+
+/**
+ * A published checkpoint against the device's pinned key and the verified chain's hash at its seq
+ * (undefined when the chain does not reach it yet: then only the signature is checked).
+ */
+export function checkpointProblem(
+  publicJwk: JWK,
+  checkpoint: Pick<AuditCheckpoint, 'seq' | 'headHash' | 'time' | 'device' | 'kid' | 'signature'>,
+  chainHashAtSeq: string | undefined,
+): AuditProblem | undefined {
+  const kid = jwkThumbprint(publicJwk);
+  const where = `checkpoint at seq ${checkpoint.seq}`;
+  if (checkpoint.kid !== kid) return { seq: checkpoint.seq, kind: 'bad_checkpoint', message: `${where}: signed with kid ${checkpoint.kid}, not the device key ${kid}` };
+  let good = false;
+  try {
+    good = verifyDeviceSignature(publicJwk, checkpointSigningInput(checkpoint), checkpoint.signature);
+  } catch {
+    good = false;
+  }
+  if (!good) return { seq: checkpoint.seq, kind: 'bad_checkpoint', message: `${where}: its signature does not verify with kid ${kid}` };
+  if (chainHashAtSeq !== undefined && chainHashAtSeq !== checkpoint.headHash) {
+    return { seq: checkpoint.seq, kind: 'fork', message: `${where}: the device signed head ${checkpoint.headHash.slice(0, 12)}… but the verified chain has ${chainHashAtSeq.slice(0, 12)}… there (a fork)` };
   }
   return undefined;
 }

@@ -57,6 +57,9 @@ export interface SignOptions {
   /** agent.update: the release JSON `bwc-agent release sign` printed. */
   release?: unknown;
   force?: boolean | undefined;
+  /** audit.fetch: the range of audit entries to publish again. */
+  fromSeq?: number | undefined;
+  toSeq?: number | undefined;
 }
 
 /** The claim that carries a fleet-management action's parameters (docs/protocol.md, "Fleet management"). */
@@ -91,6 +94,11 @@ export async function signCommand(o: SignOptions): Promise<string> {
     if (o.release === undefined) throw new ToolError('agent.update needs --release FILE (the JSON of: bwc-agent release sign)');
     claims.release = o.release;
     if (o.force) claims.force = true;
+  }
+  if (action === 'audit.fetch') {
+    if (o.fromSeq === undefined || o.toSeq === undefined) throw new ToolError('audit.fetch needs --from-seq N and --to-seq M');
+    claims.from_seq = o.fromSeq;
+    claims.to_seq = o.toSeq;
   }
   return signAsIssuer(o, commandTokenType, claims);
 }

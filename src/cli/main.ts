@@ -49,6 +49,7 @@ Fleet-side tools (for a backend's operators and tests; see docs/protocol.md):
   bwc-agent command sign --key FILE --device ID --action ACT --reason CODE [--operator ID]
                          [--issuer ISS] [--ttl S] [--max-s S] [--offer FILE] [--sid SID] [--params JSON_FILE]
                          [--release FILE [--force]]   (agent.update)
+                         [--from-seq N --to-seq M]   (audit.fetch: publish that audit range again)
   bwc-agent command send --url MQTT_URL <the sign options>      (prints the device's reply)
   bwc-agent release keygen --out DIR            a release key pair (update.releaseKeys takes the public part)
   bwc-agent release sign --key FILE --bundle FILE --url URL [--version V]
@@ -198,6 +199,8 @@ const signOptions = {
   params: { type: 'string' },
   release: { type: 'string' },
   force: { type: 'boolean' },
+  'from-seq': { type: 'string' },
+  'to-seq': { type: 'string' },
   url: { type: 'string' },
   'topic-root': { type: 'string' },
 } as const;
@@ -213,7 +216,7 @@ function readJsonFile(file: string, option: string): unknown {
 function positiveInt(name: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`--${name} expects a whole number of seconds, got "${value}"`);
+  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`--${name} expects a positive whole number, got "${value}"`);
   return n;
 }
 
@@ -239,6 +242,8 @@ async function commandTool(argv: string[]): Promise<number> {
     params: values.params === undefined ? undefined : readJsonFile(values.params, '--params'),
     release: values.release === undefined ? undefined : readJsonFile(values.release, '--release'),
     force: values.force,
+    fromSeq: positiveInt('from-seq', values['from-seq']),
+    toSeq: positiveInt('to-seq', values['to-seq']),
   });
   if (verb === 'sign') {
     process.stdout.write(`${token}\n`);

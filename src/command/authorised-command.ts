@@ -47,6 +47,9 @@ export interface AuthorisedCommandFields {
   release?: ReleaseClaim;
   /** agent.update only: update even while recording or streaming. */
   force?: boolean;
+  /** audit.fetch only: the audit seq range to publish again. */
+  fromSeq?: number;
+  toSeq?: number;
 }
 
 export class AuthorisedCommand {
@@ -72,6 +75,8 @@ export class AuthorisedCommand {
   readonly params: Readonly<Record<string, unknown>> | undefined;
   readonly release: ReleaseClaim | undefined;
   readonly force: boolean;
+  readonly fromSeq: number | undefined;
+  readonly toSeq: number | undefined;
 
   constructor(key: symbol, fields: AuthorisedCommandFields) {
     if (key !== mintKey) throw new TypeError('AuthorisedCommand can only be created by the command verifier');
@@ -88,6 +93,8 @@ export class AuthorisedCommand {
     this.maxDurationS = fields.maxDurationS;
     this.offer = fields.offer;
     this.offerSha256 = fields.offerSha256;
+    this.fromSeq = fields.fromSeq;
+    this.toSeq = fields.toSeq;
     this.sid = fields.sid;
     // A copy the executor cannot change under the audit's feet, nor the caller after minting.
     this.params = fields.params === undefined ? undefined : deepFreeze(structuredClone(fields.params));

@@ -12,7 +12,15 @@ export const commandActions = [
   'diag.collect',
   // Software update (docs/protocol.md, "Software update"): signed again by a release key.
   'agent.update',
+  // The fleet archive back-fills a gap in a camera's chain (docs/protocol.md, "Back-filling").
+  'audit.fetch',
 ] as const;
+
+/**
+ * audit.fetch (docs/protocol.md): the most entries one command may ask to be published again, so a
+ * fleet key cannot make the camera flood its uplink with one command.
+ */
+export const auditFetchMaxEntries = 1000;
 export type CommandAction = (typeof commandActions)[number];
 
 /** Rejection codes, in the order the verifier checks them: the first that applies is reported. */
@@ -112,4 +120,7 @@ export interface CommandClaims extends TokenClaims {
   release?: unknown;
   /** agent.update only: update even while recording or streaming. */
   force?: boolean;
+  /** audit.fetch only: the first and last audit seq to publish again. */
+  from_seq?: number;
+  to_seq?: number;
 }

@@ -17,7 +17,7 @@ import { mintAuthorisedCommand, type AuthorisedCommand } from './authorised-comm
 import type { ReplayCache } from './replay-cache.ts';
 import { clip, decodeUtf8, describe, nonEmptyString, sha256, SignedTokenVerifier, TokenRefusal, type TokenAudit, type TokenExpectation } from './signed-token.ts';
 import type { TrustStore } from './trust-store.ts';
-import { commandActions, commandTokenType, type CommandAction, type CommandClaims, type CommandPolicy, type RejectionCode } from './types.ts';
+import { auditFetchMaxEntries, commandActions, commandTokenType, type CommandAction, type CommandClaims, type CommandPolicy, type RejectionCode } from './types.ts';
 import type { CommandClock } from './clock.ts';
 import { parseReleaseClaim, type ReleaseClaim } from '../update/release.ts';
 
@@ -126,7 +126,9 @@ export class CommandVerifier {
     const { claims, key } = verified;
 
     if (claims.reason === undefined || claims.reason === '') return new TokenRefusal('reason_missing', 'token has no reason code');
-    if (!policy.allowedReasons.includes(claims.reason)) {
+    // The allowed reasons justify a live view or a recording; audit.fetch only publishes again what
+    // the camera published already (its reason, e.g. "audit-gap", is recorded, not policy-checked).
+    if (claims.act !== 'audit.fetch' && !policy.allowedReasons.includes(claims.reason)) {
       return new TokenRefusal('reason_not_allowed', `reason ${describe(claims.reason)} is not one of the allowed: ${policy.allowedReasons.join(', ')}`);
     }
     if (claims.act === 'stream.start') {
@@ -162,10 +164,7 @@ export class CommandVerifier {
       receivedAt: verified.receivedMs,
       ...(claims.act === 'stream.start' ? { maxDurationS: claims.max_s!, offer: offer!, offerSha256: claims.offer_sha256! } : {}),
       ...(claims.act === 'stream.stop' ? { sid: claims.sid! } : {}),
-      ...(claims.act === 'config.apply' ? { params: claims.config as Record<string, unknown> } : {}),
-      ...(claims.act === 'trust.update' ? { params: claims.trust as Record<string, unknown> } : {}),
-      ...(claims.act === 'diag.collect' ? { params: (claims.diag ?? {}) as Record<string, unknown> } : {}),
-      ...(claims.act === 'agent.update' ? { release: claims.release as ReleaseClaim, force: claims.force === true } : {}),
+      ...(claims.act === 'audit.fetch' ? { fromSeq: claims.from_seq!, toSeq: claims.to_seq! } : {}),
     });
   }
 }
@@ -240,6 +239,8 @@ function objectOfStringsKeys(text: string): string[] | undefined {
  * - max_s: stream.start only and required there: a positive whole number of seconds.
  * - offer_sha256: stream.start only, a string when present (absent is offer_mismatch later).
  * - sid: stream.stop only and required there: a non-empty string.
+ * - from_seq, to_seq: audit.fetch only and required there: whole numbers, 1 <= from_seq <= to_seq,
+ *   at most auditFetchMaxEntries entries.
  * - an envelope `offer` only with stream.start.
  * - release: agent.update only and required there: {version, url, sha256, signature}
  *   (src/update/release.ts); force: agent.update only, a boolean.
@@ -314,6 +315,16 @@ function checkClaims(c: Record<string, unknown>, offer: string | undefined): Com
     return { ...c, release } as unknown as CommandClaims;
   } else if (c.release !== undefined || c.force !== undefined) {
     return bad(`release and force are only for agent.update, not ${act}`);
+  }
+  if (act === 'audit.fetch') {
+    const { from_seq: from, to_seq: to } = c;
+    if (from === undefined || to === undefined) return bad('from_seq and to_seq are required with audit.fetch');
+    if (typeof from !== 'number' || typeof to !== 'number' || !Number.isSafeInteger(from) || !Number.isSafeInteger(to) || from < 1 || to < from) {
+      return bad('from_seq and to_seq must be whole numbers with 1 <= from_seq <= to_seq');
+    }
+    if (to - from + 1 > auditFetchMaxEntries) return bad(`from_seq to to_seq spans ${to - from + 1} entries, more than the ${auditFetchMaxEntries} one audit.fetch may ask for`);
+  } else if (c.from_seq !== undefined || c.to_seq !== undefined) {
+    return bad(`from_seq and to_seq are only for audit.fetch, not ${act}`);
   }
   return c as unknown as CommandClaims;
 }

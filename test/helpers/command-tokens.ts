@@ -153,6 +153,7 @@ export function commandClaims(o: ClaimsOptions): Record<string, unknown> {
     base.offer_sha256 = base64urlSha256(o.offer ?? sdpOffer().offer);
   }
   if (o.action === 'stream.stop') base.sid = 'stream-1';
+  if (o.action === 'audit.fetch') Object.assign(base, { reason: 'audit-gap', from_seq: 1, to_seq: 100 });
   return applyOverrides(base, o.overrides);
 }
 
