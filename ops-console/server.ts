@@ -18,6 +18,8 @@ import type { JWK } from 'jose';
 import { verifyAuditMessages } from '../src/audit/verify.ts';
 import { signCommand, signIceAnswer, verifyIceOffer } from '../src/cli/fleet-tools.ts';
 import { Fleet } from './fleet.ts';
+import { refusal as roleRefusal } from './roles.ts';
+import { SignInGuard, SignInRefused, type SignInLimits } from './sign-in.ts';
 import { UserStore, type Operator } from './users.ts';
 import { inWords, reasonCatalogue } from './words.ts';
 
@@ -32,6 +34,13 @@ export interface ConsoleOptions {
   sessionIdleMs?: number;
   /** Where the console's log lines go (default stderr). */
   log?: (line: string) => void;
+  /** Sign-in attempt limits and lockout (sign-in.ts has the defaults). */
+  signInLimits?: Partial<SignInLimits>;
+  /**
+   * Behind the force's reverse proxy every request comes from the proxy: take the client's address
+   * for the sign-in limit from the last X-Forwarded-For hop instead. Only with a proxy that sets it.
+   */
+  trustProxy?: boolean;
 }
 
 /** A live view this console started: who may see its ICE restart offers and answer them. */
@@ -81,10 +90,14 @@ export class ConsoleServer {
   /** ICE offers are checked one at a time, in arrival order (so a newer `gen` is never overtaken). */
   #offerQueue: Promise<void> = Promise.resolve();
   readonly #log: (line: string) => void;
+  readonly #signIn: SignInGuard;
+  /** Refusals of broker messages logged so far, by device/channel/what: a flood is logged in counts. */
+  readonly #refusals = new Map<string, number>();
 
   constructor(options: ConsoleOptions) {
     this.#o = options;
     this.#log = options.log ?? ((line) => process.stderr.write(`ops-console: ${line}\n`));
+    this.#signIn = new SignInGuard(options.signInLimits, this.#log);
     this.#server = http.createServer((req, res) => {
       this.#route(req, res).catch((err: unknown) => {
         const status = err instanceof HttpError ? err.status : 500;
@@ -101,6 +114,13 @@ export class ConsoleServer {
       this.#offerQueue = this.#offerQueue.then(() => this.#iceOffer(m.deviceId, m.sid, m.message)).catch((err: unknown) => this.#log(`ICE offer: ${(err as Error).stack ?? String(err)}`));
     });
     options.fleet.on('audit', (event) => this.#broadcast('audit', event));
+    options.fleet.on('refused', (r) => {
+      // The first of each kind, then every 100th with the count: a flood must not flood the log.
+      const key = `${r.deviceId}/${r.channel}/${r.verb}/${r.what}`;
+      const n = (this.#refusals.get(key) ?? 0) + 1;
+      if (this.#refusals.size < 10_000 || this.#refusals.has(key)) this.#refusals.set(key, n);
+      if (n === 1 || n % 100 === 0) this.#log(`${r.verb} ${r.what} from ${r.deviceId}: ${r.problem}${n > 1 ? ` (${n} so far)` : ''}`);
+    });
   }
 
   /** Listens on 127.0.0.1 only; resolves to the URL. */
@@ -130,9 +150,12 @@ export class ConsoleServer {
     const operator = this.#operatorOf(req);
     if (!operator) throw new HttpError(401, 'not signed in');
     const session = sessionId(req)!;
+    // Every route names the roles it serves (roles.ts); refused before anything is read or signed.
+    const refused = roleRefusal(route.replace(/^(GET \/api\/audit\/)[^/]+$/, '$1:deviceId').replace(/^(POST \/api\/alerts\/)[^/]+(\/ack)$/, '$1:id$2'), operator.roles);
+    if (refused) throw new HttpError(403, refused);
     switch (route) {
       case 'GET /api/me':
-        return json(res, 200, { operator: operator.operator, name: operator.name });
+        return json(res, 200, { operator: operator.operator, name: operator.name, roles: operator.roles, unit: operator.unit, shift: operator.shift });
       case 'POST /api/logout':
         this.#endSession(session);
         res.writeHead(204, { 'set-cookie': `${cookieName}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0` }).end();
@@ -166,7 +189,17 @@ export class ConsoleServer {
 
   async #login(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const { user, password } = await body(req);
-    const operator = typeof user === 'string' && typeof password === 'string' ? this.#o.users.authenticate(user, password) : undefined;
+    let operator: Operator | undefined;
+    if (typeof user === 'string' && typeof password === 'string') {
+      try {
+        operator = await this.#signIn.attempt(this.#clientAddress(req), user, () => this.#o.users.authenticate(user, password));
+      } catch (err) {
+        if (!(err instanceof SignInRefused)) throw err;
+        res.writeHead(429, { 'content-type': 'application/json', 'cache-control': 'no-store', 'retry-after': String(err.retryAfterS) });
+        res.end(JSON.stringify({ error: err.message }));
+        return;
+      }
+    }
     if (!operator) {
       this.#log(`refused sign-in for ${JSON.stringify(String(user ?? '')).slice(0, 80)}`);
       throw new HttpError(401, 'wrong user name or password');
@@ -175,6 +208,11 @@ export class ConsoleServer {
     this.#sessions.set(id, { ...operator, lastSeen: Date.now() });
     res.writeHead(200, { 'content-type': 'application/json', 'set-cookie': `${cookieName}=${id}; HttpOnly; SameSite=Strict; Path=/` });
     res.end(JSON.stringify(operator));
+  }
+
+  #clientAddress(req: http.IncomingMessage): string {
+    const forwarded = this.#o.trustProxy ? String(req.headers['x-forwarded-for'] ?? '').split(',').at(-1)?.trim() : undefined;
+    return forwarded || req.socket.remoteAddress || 'unknown';
   }
 
   #operatorOf(req: http.IncomingMessage): Operator | undefined {
@@ -290,6 +328,14 @@ export class ConsoleServer {
   async #stopLive(b: Record<string, unknown>, operator: Operator, res: http.ServerResponse): Promise<void> {
     const { deviceId, sid } = b;
     if (typeof deviceId !== 'string' || typeof sid !== 'string') throw new HttpError(400, 'needs deviceId and sid');
+    // Who started it: this console's record, else the camera's state (which names each view's
+    // operator), so a view started before a console restart can still be stopped by its owner.
+    const listed = (this.#o.fleet.cameras.get(deviceId)?.state.streaming as { list?: { sid?: unknown; operator?: unknown }[] } | undefined)?.list?.find((v) => v.sid === sid);
+    const owner = this.#owners.get(viewKey(deviceId, sid))?.operator ?? (typeof listed?.operator === 'string' ? listed.operator : undefined);
+    const duty = operator.roles.includes('duty-officer');
+    // The same answer for "no such view" and "someone else's view": sids are not for probing.
+    if (owner !== operator.operator && !(duty && owner !== undefined)) throw new HttpError(403, 'not a live view of yours (only its operator or a duty officer may stop it)');
+    if (owner !== operator.operator) this.#log(`${operator.operator} stopped ${owner}'s live view ${sid} on ${deviceId} (as duty-officer)`);
     const token = await signCommand({ keyFile: this.#o.issuerKeyFile, device: deviceId, action: 'stream.stop', reason: 'officer-request', operator: operator.operator, issuer: this.#o.issuer, sid });
     const reply = await this.#o.fleet.request(deviceId, { token });
     if (reply.ok === true) this.#owners.delete(viewKey(deviceId, sid));
@@ -368,6 +414,7 @@ async function main(argv: string[]): Promise<void> {
       issuer: { type: 'string', default: 'bwc-ops-console' },
       'max-duration': { type: 'string', default: '1800' },
       'client-id': { type: 'string', default: 'bwc-ops-console' },
+      'trust-proxy': { type: 'boolean', default: false },
     },
   });
   if (!values['issuer-key'] || !values.users) {
@@ -375,7 +422,10 @@ async function main(argv: string[]): Promise<void> {
     process.exit(2);
   }
   const fleet = await Fleet.connect(values.broker, values['client-id']);
-  const server = new ConsoleServer({ fleet, users: UserStore.load(values.users), issuerKeyFile: values['issuer-key'], issuer: values.issuer, maxDurationS: Number(values['max-duration']) });
+  const server = new ConsoleServer({
+    fleet, users: UserStore.load(values.users), issuerKeyFile: values['issuer-key'], issuer: values.issuer, maxDurationS: Number(values['max-duration']),
+    trustProxy: values['trust-proxy'],
+  });
   const url = await server.listen(Number(values.port));
   process.stdout.write(`ops-console: ${url} (broker ${values.broker})\n`);
   const stop = () => {

@@ -22,13 +22,13 @@ import { startBroker } from './helpers/mosquitto.ts';
 t.test('passwords', async (t) => {
   const stored = hashPassword('correct horse');
   t.match(stored, /^scrypt\$16384\$8\$1\$[\w-]+\$[\w-]+$/);
-  t.ok(verifyPassword('correct horse', stored));
-  t.notOk(verifyPassword('correct horsf', stored));
-  t.notOk(verifyPassword('x', 'md5$abc'), 'an unknown scheme never verifies');
+  t.equal(await verifyPassword('correct horse', stored), true);
+  t.equal(await verifyPassword('correct horsf', stored), false);
+  t.equal(await verifyPassword('x', 'md5$abc'), false, 'an unknown scheme never verifies');
   const users = new UserStore([{ user: 'sgt1', operator: 'sgt-0001', name: 'Sgt One', password: stored }]);
-  t.same(users.authenticate('sgt1', 'correct horse'), { operator: 'sgt-0001', name: 'Sgt One' });
-  t.equal(users.authenticate('sgt1', 'wrong'), undefined);
-  t.equal(users.authenticate('nobody', 'correct horse'), undefined);
+  t.same(await users.authenticate('sgt1', 'correct horse'), { operator: 'sgt-0001', name: 'Sgt One', roles: ['supervisor'], unit: null, shift: null }, 'a user without roles is a supervisor, as every user was before roles');
+  t.equal(await users.authenticate('sgt1', 'wrong'), undefined);
+  t.equal(await users.authenticate('nobody', 'correct horse'), undefined);
 });
 
 t.test('the console server', async (t) => {
@@ -81,7 +81,7 @@ t.test('the console server', async (t) => {
   const setCookie = login.headers.get('set-cookie') ?? '';
   t.match(setCookie, /HttpOnly; SameSite=Strict/);
   cookie = setCookie.split(';')[0]!;
-  t.same((await call('GET', '/api/me')).json, { operator: 'sgt-0001', name: 'Sgt One' });
+  t.same((await call('GET', '/api/me')).json, { operator: 'sgt-0001', name: 'Sgt One', roles: ['supervisor'], unit: null, shift: null });
   t.match((await call('GET', '/api/config')).json, { reasons: [{ code: 'officer-safety' }], maxDurationS: 600 });
 
   await t.test('audit view: a genuine chain verifies, a tampered one is named', async (t) => {
