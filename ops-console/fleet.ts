@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { AuditMessage } from '../src/audit/audit-log.ts';
 import { canonicalJson } from '../src/audit/canonical-json.ts';
-import { checkAudit, checkIceOffer, checkState, defaultLimits, deviceIdPattern, type MessageLimits } from './message-shapes.ts';
+import { checkAudit, checkEvent, checkIceOffer, checkState, defaultLimits, deviceIdPattern, type MessageLimits } from './message-shapes.ts';
 
 export interface CameraRecord {
   deviceId: string;
@@ -19,7 +19,10 @@ export interface CameraRecord {
 
 export interface FleetEvents {
   camera: [CameraRecord];
-  audit: [{ deviceId: string }];
+  /** A new audit message kept (repeats of one held are not announced again). */
+  audit: [{ deviceId: string; message: AuditMessage }];
+  /** Something a camera says happened, on its `event` topic ({type, time, ...}). */
+  event: [{ deviceId: string; body: { type: string; time: string } & Record<string, unknown> }];
   /** A camera's ICE restart offer message as received, not yet verified. */
   'ice-offer': [{ deviceId: string; sid: string; message: Record<string, unknown> }];
   /** A message refused (bad shape, too large, over a bound) or dropped: what, and why in words. */
@@ -71,9 +74,13 @@ export class Fleet extends EventEmitter<FleetEvents> {
         const r = checkAudit(payload, limits);
         if (!r.ok) return refuse('an audit message', r.problem);
         const { seq: _transportSeq, ...message } = r.value as AuditMessage & { seq?: unknown };
-        const why = this.#keep(deviceId, message as AuditMessage);
-        if (why) return refuse('an audit entry', why, 'dropped');
-        this.emit('audit', { deviceId });
+        const kept = this.#keep(deviceId, message as AuditMessage);
+        if (kept !== true) return kept && refuse('an audit entry', kept, 'dropped');
+        this.emit('audit', { deviceId, message: message as AuditMessage });
+      } else if (channel === 'event') {
+        const r = checkEvent(payload, limits);
+        if (!r.ok) return refuse('an event', r.problem);
+        this.emit('event', { deviceId, body: r.value });
       }
     });
   }
@@ -87,16 +94,16 @@ export class Fleet extends EventEmitter<FleetEvents> {
   /**
    * Keeps one audit message, unless it repeats one held (at-least-once delivery: dropped quietly)
    * or its seq is held in versionsPerSeq versions already; past auditPerCamera the oldest goes.
-   * Returns why it was dropped, or undefined.
+   * Returns true when kept, false for a repeat, else why it was dropped.
    */
-  #keep(deviceId: string, message: AuditMessage): string | undefined {
+  #keep(deviceId: string, message: AuditMessage): true | false | string {
     const versions = this.#versions.get(deviceId) ?? new Map<string, string[]>();
     this.#versions.set(deviceId, versions);
     const seq = message.kind === 'entry' ? message.entry.seq : message.checkpoint.seq;
     const key = `${message.kind === 'entry' ? 'e' : 'c'}${seq}`;
     const digest = createHash('sha256').update(canonicalJson(message)).digest('base64url');
     const held = versions.get(key) ?? [];
-    if (held.includes(digest)) return undefined;
+    if (held.includes(digest)) return false;
     if (held.length >= this.#limits.versionsPerSeq) return `seq ${seq} is held in ${held.length} versions already (a different one is not kept)`;
     versions.set(key, [...held, digest]);
     const list = this.#audit.get(deviceId) ?? [];
@@ -110,7 +117,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
         this.emit('refused', { deviceId, channel: 'audit', verb: 'dropped', what: 'its oldest audit messages', problem: `the console keeps the newest ${this.#limits.auditPerCamera} per camera in memory` });
       }
     }
-    return undefined;
+    return true;
   }
 
   /**
@@ -124,7 +131,7 @@ export class Fleet extends EventEmitter<FleetEvents> {
     const client = await mqtt.connectAsync(url, { protocolVersion: 5, clientId, clean: false, properties: { sessionExpiryInterval: 7 * 86_400, maximumPacketSize }, reconnectPeriod: 1000 });
     (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
     const fleet = new Fleet(client, root, limits);
-    await client.subscribeAsync([`${root}/+/state`, `${root}/+/audit`, `${root}/+/stream/+/ice-offer`], { qos: 1 });
+    await client.subscribeAsync([`${root}/+/state`, `${root}/+/audit`, `${root}/+/event`, `${root}/+/stream/+/ice-offer`], { qos: 1 });
     await client.subscribeAsync(fleet.#replyTopic, { qos: 1 });
     return fleet;
   }

@@ -14,6 +14,8 @@ export interface MessageLimits {
   stateBytes: number;
   /** Largest audit message kept (bytes). A real entry or checkpoint is well under 4 KB. */
   auditBytes: number;
+  /** Largest event message (bytes). */
+  eventBytes: number;
   /** Largest ICE restart offer message (bytes): an SDP with all candidates is a few KB. */
   iceOfferBytes: number;
   /** Audit messages kept in memory per camera; past it the oldest go (the archive keeps them all). */
@@ -27,6 +29,7 @@ export interface MessageLimits {
 export const defaultLimits: MessageLimits = {
   stateBytes: 64 * 1024,
   auditBytes: 32 * 1024,
+  eventBytes: 16 * 1024,
   iceOfferBytes: 128 * 1024,
   auditPerCamera: 20_000,
   versionsPerSeq: 2,
@@ -121,7 +124,11 @@ export const auditShape = z.discriminatedUnion('kind', [
   }),
 ]);
 
-const iceOfferShape = z.looseObject({ token: text(8192), offer: z.string() });
+/** A camera event (docs/protocol.md, `event`): what the rules read is its type and time. */
+export const eventShape = z.looseObject({ type: text(64), time: text(64) });
+
+/** Size only: the server's verifyIceOffer checks the rest and logs what it drops, in its own words. */
+const iceOfferShape = z.looseObject({});
 
 export type ShapeCheck<T> = { ok: true; value: T } | { ok: false; problem: string };
 
@@ -143,3 +150,4 @@ export function checkPayload<T>(payload: Buffer, maxBytes: number, shape: z.ZodT
 export const checkState = (payload: Buffer, limits: MessageLimits) => checkPayload(payload, limits.stateBytes, stateShape);
 export const checkAudit = (payload: Buffer, limits: MessageLimits) => checkPayload(payload, limits.auditBytes, auditShape);
 export const checkIceOffer = (payload: Buffer, limits: MessageLimits) => checkPayload(payload, limits.iceOfferBytes, iceOfferShape);
+export const checkEvent = (payload: Buffer, limits: MessageLimits) => checkPayload(payload, limits.eventBytes, eventShape);
