@@ -106,7 +106,7 @@ pids+=($!)
 # The fleet side: an issuer key the console signs with, its public half in the cameras' trust
 # store, and one demo operator.
 bin/bwc-agent keys generate --out "$demo/issuer" --actions stream.start,stream.stop,record.start,record.stop >/dev/null
-node ops-console/users.ts add --file "$demo/users.json" --user demo --operator sgt-demo --name "Sgt Demo" --password demo-password >/dev/null
+node ops-console/users.ts add --file "$demo/users.json" --user demo --operator sgt-demo --name "Sgt Demo" --role supervisor --role duty-officer --password demo-password >/dev/null
 
 # Everything else on the embedded defaults. The demo machine's clock may not be NTP-synchronised,
 # and its viewer is a browser on this machine (loopback candidates).
