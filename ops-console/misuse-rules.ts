@@ -18,7 +18,8 @@ import { inShift, parseShift, type Shift } from './roles.ts';
 export type AlertSeverity = 'info' | 'warning' | 'critical';
 
 export interface NewAlert {
-  rule: RuleName;
+  /** A RuleName here; a string as the archive stores it (its own alarms have other names). */
+  rule: string;
   severity: AlertSeverity;
   deviceId: string | null;
   operator: string | null;
@@ -156,7 +157,7 @@ export class MisuseRules {
   feed(input: RuleInput): NewAlert[] {
     const out: NewAlert[] = [];
     const raise = (a: NewAlert) => {
-      if (this.#c.disabled.includes(a.rule)) return;
+      if (this.#c.disabled.includes(a.rule as RuleName)) return;
       out.push(a);
       void Promise.resolve(this.#sink.insert(a)).catch(() => {});
     };
