@@ -35,6 +35,8 @@ export class Fleet extends EventEmitter<FleetEvents> {
   /** Per camera, per audit seq ('e' entries, 'c' checkpoints): digests of the versions held. */
   readonly #versions = new Map<string, Map<string, string[]>>();
   readonly #limits: MessageLimits;
+  /** Cameras whose oldest audit messages were dropped (said once each). */
+  readonly #trimmed = new Set<string>();
   readonly #client: MqttClient;
   readonly #root: string;
   readonly #replyTopic = `bwc-console/replies/${randomUUID()}`;
@@ -54,7 +56,8 @@ export class Fleet extends EventEmitter<FleetEvents> {
       const [deviceId, channel, sid, leaf, ...rest] = topic.slice(root.length + 1).split('/');
       if (!deviceId || !channel) return;
       const refuse = (what: string, problem: string, verb: 'refused' | 'dropped' = 'refused') => this.emit('refused', { deviceId, channel, verb, what, problem });
-      if (!deviceIdPattern.test(deviceId)) return refuse(`a ${channel} message`, `the device id is not 1 to 64 letters, digits, _ or -`);
+      // Under one name in the log, whatever the topic said: invented ids must not each get a line.
+      if (!deviceIdPattern.test(deviceId)) return this.emit('refused', { deviceId: '(a bad device id)', channel: 'any', verb: 'refused', what: 'a message', problem: `the device id ${JSON.stringify(deviceId.slice(0, 64))} is not 1 to 64 letters, digits, _ or -` });
       if (!this.cameras.has(deviceId) && !this.#audit.has(deviceId) && this.#knownDevices() >= limits.cameras) {
         return refuse(`a ${channel} message`, `the console already holds ${limits.cameras} cameras (the limit)`);
       }
@@ -113,7 +116,8 @@ export class Fleet extends EventEmitter<FleetEvents> {
       const oldest = list.shift()!;
       const oldKey = oldest.kind === 'entry' ? `e${oldest.entry.seq}` : `c${oldest.checkpoint.seq}`;
       versions.delete(oldKey);
-      if (list.length === this.#limits.auditPerCamera) {
+      if (!this.#trimmed.has(deviceId)) {
+        this.#trimmed.add(deviceId);
         this.emit('refused', { deviceId, channel: 'audit', verb: 'dropped', what: 'its oldest audit messages', problem: `the console keeps the newest ${this.#limits.auditPerCamera} per camera in memory` });
       }
     }

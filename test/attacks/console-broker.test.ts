@@ -13,6 +13,8 @@ import mqtt from 'mqtt';
 import t from 'tap';
 import { canonicalJson } from '../../src/audit/canonical-json.ts';
 import { entryHash, genesisHash } from '../../src/audit/audit-log.ts';
+import { Fleet } from '../../ops-console/fleet.ts';
+import { defaultLimits } from '../../ops-console/message-shapes.ts';
 import { buildAuditChain } from '../helpers/audit-fixtures.ts';
 import { ChromiumViewers } from '../helpers/chromium-viewer.ts';
 import { startConsole } from '../helpers/console-process.ts';
@@ -66,9 +68,38 @@ t.test('the console survives what a hostile publisher sends it', async (t) => {
       publisher.publish(`bwc/v1/${cam}/audit`, JSON.stringify({ kind: 'entry', entry: { ...fields, prevHash: genesisHash, hash: entryHash(genesisHash, canonicalJson(fields)) } }), { qos: 1 });
     }
     await console_.waitForLog(/dropped an audit entry from cam-fork: seq 1 is held in 2 versions already/, 'the dropped repeats');
+    // A marker after the flood (published in order by the same client): once it is in, all is.
+    const marker = await buildAuditChain(1, 1);
+    await publisher.publishAsync('bwc/v1/cam-fork-marker/audit', JSON.stringify(marker.messages[0]), { qos: 1 });
+    for (const deadline = Date.now() + 60_000; ; ) {
+      if (((await console_.call(cookie, 'GET', '/api/audit/cam-fork-marker')).json?.entries as unknown[] | undefined)?.length === 1) break;
+      if (Date.now() > deadline) throw new Error('the marker never reached the console');
+      await new Promise((resolve) => setTimeout(resolve, 50)); // a poll, not a wait for time to pass
+    }
     const view = await console_.call(cookie, 'GET', `/api/audit/${cam}`);
     t.match(view.json, { verification: { ok: false } }, 'the two versions kept show the chain is forked');
     t.ok(view.ms < 1500, `the audit request answered in ${Math.round(view.ms)} ms`);
+  });
+
+  await t.test('what is kept is bounded: audit messages per camera, cameras, device ids (the console\'s Fleet, limits made small)', async (t) => {
+    const fleet = await Fleet.connect(broker.url, `console-bounds-${process.pid}`, 'bwc/v1', { ...defaultLimits, auditPerCamera: 5, cameras: 3 });
+    t.teardown(() => fleet.close());
+    const refused: string[] = [];
+    fleet.on('refused', (r) => refused.push(`${r.deviceId}: ${r.verb} ${r.what}: ${r.problem}`));
+    const chain = await buildAuditChain(8, 100);
+    for (const m of chain.messages) await publisher.publishAsync('bwc/v1/cam-b1/audit', JSON.stringify(m), { qos: 1 });
+    for (const id of ['cam-b2', 'cam-b3', 'cam-b4']) await publisher.publishAsync(`bwc/v1/${id}/state`, JSON.stringify({ online: true }), { qos: 1 });
+    await publisher.publishAsync(`bwc/v1/cam.${'x'.repeat(80)}/state`, JSON.stringify({ online: true }), { qos: 1 });
+    for (const deadline = Date.now() + 30_000; !refused.some((r) => r.startsWith('(a bad device id)')); ) {
+      if (Date.now() > deadline) throw new Error(`only ${JSON.stringify(refused)}`);
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+    t.same(fleet.auditOf('cam-b1'), chain.messages.slice(-5), 'the newest 5 audit messages');
+    t.match(refused, [
+      /cam-b1: dropped its oldest audit messages: the console keeps the newest 5 per camera/,
+      /cam-b4: refused a state message: the console already holds 3 cameras \(the limit\)/,
+      /\(a bad device id\): refused a message: the device id "cam\.x{60}" is not 1 to 64/,
+    ]);
   });
 
   await t.test('a state with a non-string gps.fix is refused, and the camera table still renders in Chromium', async (t) => {
