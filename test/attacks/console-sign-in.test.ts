@@ -5,9 +5,11 @@
 // only by CPU. The defence (ops-console/sign-in.ts): scrypt runs off the event loop, attempts are
 // limited per address and per user, and a user with too many failures is locked out for a while;
 // a refused attempt is answered 429 (with Retry-After) BEFORE any hashing. This test sends 100
-// concurrent wrong passwords to the real console process and times another signed-in request
-// made during the attack.
+// concurrent wrong passwords to the real console process, checks that at most 20 were hashed and
+// that the user is locked, reports how long another signed-in request took during the attack,
+// and checks that a hash no longer holds the event loop.
 import t from 'tap';
+import { hashPassword, verifyPassword } from '../../ops-console/users.ts';
 import { startConsole } from '../helpers/console-process.ts';
 import { startBroker } from '../helpers/mosquitto.ts';
 
@@ -36,10 +38,10 @@ t.test('100 concurrent wrong passwords neither stall the console nor go on guess
     during.push(r.ms);
   }
   const answers = await all;
-  const slowest = Math.max(...during);
-  // Before the defence such a request waited seconds behind the hashing; a loaded machine may be
-  // slow, but not that slow.
-  t.ok(slowest < 1000, `${during.length} signed-in requests during the attack, the slowest answered in ${Math.round(slowest)} ms (${during.map(Math.round).join(', ')})`);
+  // Before the defence such a request waited ~3 s behind the hashing. Its time is reported, not
+  // asserted (a loaded machine is slow for other reasons): what is asserted is that the limiter
+  // refused before hashing (below) and that a hash does not hold the event loop (the next test).
+  t.comment(`${during.length} signed-in requests during the attack answered in ${during.map(Math.round).join(', ')} ms`);
 
   const byStatus = new Map<number, number>();
   for (const a of answers) byStatus.set(a.status, (byStatus.get(a.status) ?? 0) + 1);
@@ -56,4 +58,16 @@ t.test('100 concurrent wrong passwords neither stall the console nor go on guess
   t.match(right.json, { error: /sgt1 is locked/ });
   const line = await console_.waitForLog(/sign-in locked for "sgt1"/, 'the lockout');
   t.pass(`logged: ${line}`);
+});
+
+t.test('a password hash runs off the event loop', async (t) => {
+  // Four hashes started, then one turn of the event loop: with the synchronous scrypt of before,
+  // all four were computed (holding everything else up) before the loop could turn.
+  const stored = hashPassword('correct horse');
+  const order: string[] = [];
+  const hashes = Array.from({ length: 4 }, () => Promise.resolve(verifyPassword('wrong', stored)).then(() => order.push('hash')));
+  await new Promise((resolve) => setImmediate(resolve));
+  order.push('loop turned');
+  await Promise.all(hashes);
+  t.equal(order[0], 'loop turned', `the event loop turned while the hashes ran (${order.join(', ')})`);
 });
