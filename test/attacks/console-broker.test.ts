@@ -55,8 +55,8 @@ t.test('the console survives what a hostile publisher sends it', async (t) => {
     const view = await console_.call(cookie, 'GET', `/api/audit/${cam}`);
     t.equal(view.status, 200);
     t.equal((view.json!.entries as unknown[]).length, 0, 'none of the oversized entries was kept');
-    // A bound generous for a loaded machine; before the defence this request took seconds.
-    t.ok(view.ms < 1500, `the audit request answered in ${Math.round(view.ms)} ms`);
+    // A bound generous for a loaded machine; before the defence this request took 6 to 25 s here.
+    t.ok(view.ms < 3000, `the audit request answered in ${Math.round(view.ms)} ms`);
     const line = await console_.waitForLog(/refused an audit message from cam-big: .*bytes, over the .*-byte limit/, 'the refusal');
     t.pass(`the console says why: ${line}`);
   });
@@ -78,7 +78,7 @@ t.test('the console survives what a hostile publisher sends it', async (t) => {
     }
     const view = await console_.call(cookie, 'GET', `/api/audit/${cam}`);
     t.match(view.json, { verification: { ok: false } }, 'the two versions kept show the chain is forked');
-    t.ok(view.ms < 1500, `the audit request answered in ${Math.round(view.ms)} ms`);
+    t.ok(view.ms < 3000, `the audit request answered in ${Math.round(view.ms)} ms`);
   });
 
   await t.test('what is kept is bounded: audit messages per camera, cameras, device ids (the console\'s Fleet, limits made small)', async (t) => {
