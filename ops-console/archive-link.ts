@@ -48,7 +48,6 @@ export class ArchiveLink {
   private constructor(o: ArchiveLinkOptions) {
     this.#o = o;
     this.archive = o.archive;
-    o.fleet.keepAuditInMemory = false;
     this.verifier = new ChainVerifier({
       archive: o.archive,
       log: o.log,

@@ -9,6 +9,7 @@
 //   node ops-console/server.ts --broker mqtt://127.0.0.1:1883 --issuer-key DIR/issuer.private.jwk.json \
 //        --users users.json [--port 8080] [--issuer bwc-ops-console]
 import { randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
@@ -20,6 +21,9 @@ import { openArchive } from './archive/archive.ts';
 import { ArchiveLink } from './archive-link.ts';
 import { buildReport, checkReportRequest, reportCsv, signReport } from './report.ts';
 import { Fleet } from './fleet.ts';
+import { defaultRulesConfig, MisuseRules, parseRulesConfig, type Alert, type AlertSink, type NewAlert, type RulesConfig } from './misuse-rules.ts';
+import { refusal as roleRefusal, type Role } from './roles.ts';
+import { SignInGuard, SignInRefused, type SignInLimits } from './sign-in.ts';
 import { UserStore, type Operator } from './users.ts';
 import { inWords, reasonCatalogue } from './words.ts';
 
@@ -41,7 +45,33 @@ export interface ConsoleOptions {
   archive?: ArchiveLink;
   /** The console's own key, which signs oversight reports (ops-console/report.ts keygen); default the issuer key. */
   reportKeyFile?: string;
+  /** Sign-in attempt limits and lockout (sign-in.ts has the defaults). */
+  signInLimits?: Partial<SignInLimits>;
+  /**
+   * Behind the force's reverse proxy every request comes from the proxy: take the client's address
+   * for the sign-in limit from the last X-Forwarded-For hop instead. Only with a proxy that sets it.
+   */
+  trustProxy?: boolean;
+  /** The misuse rules' settings (misuse-rules.ts has the defaults). */
+  rules?: RulesConfig;
+  /** Where alerts are kept: the archive's AlertStore when there is one, else in memory. */
+  alerts?: AlertList;
+  /** How often the rules look at open views and silent cameras (default 15 s). */
+  ruleTickMs?: number;
+  /** The force's XYZ raster tile server, e.g. https://tiles.example/{z}/{x}/{y}.png (the map's base layer). */
+  tileUrl?: string;
+  /** The tiles' attribution line, shown on the map. */
+  tileAttribution?: string;
 }
+
+/** What the console reads and acknowledges alerts through (the archive's AlertStore has these). */
+export interface AlertList extends AlertSink {
+  list(filter?: { acknowledged?: boolean; limit?: number }): Promise<Alert[]> | Alert[];
+  acknowledge(id: number, by: string, at?: string): Promise<Alert | undefined> | Alert | undefined;
+}
+
+/** The roles that see alerts (routeRoles' GET /api/alerts). */
+const alertReaders: readonly Role[] = ['standards', 'duty-officer'];
 
 /** A live view this console started: who may see its ICE restart offers and answer them. */
 interface LiveOwner {
@@ -67,6 +97,11 @@ interface EventStream {
 
 const publicDir = fileURLToPath(new URL('./public/', import.meta.url));
 const contentTypes: Record<string, string> = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8' };
+/** Files served from npm packages (the page loads nothing from anywhere but this server). */
+const vendorFiles: Record<string, string> = {
+  'vendor/leaflet.js': createRequire(import.meta.url).resolve('leaflet/dist/leaflet.js'),
+  'vendor/leaflet.css': createRequire(import.meta.url).resolve('leaflet/dist/leaflet.css'),
+};
 const cookieName = 'bwc_console';
 const pageIdPattern = /^[A-Za-z0-9_-]{8,64}$/;
 /** One MQTT topic level: no separator, no wildcard. */
@@ -92,6 +127,12 @@ export class ConsoleServer {
   readonly #log: (line: string) => void;
   /** Resolves at once when the caller gave one; camera states wait behind it, in order. */
   readonly archive: Promise<ArchiveLink>;
+  readonly #signIn: SignInGuard;
+  /** Refusals of broker messages logged so far, by device/channel/what: a flood is logged in counts. */
+  readonly #refusals = new Map<string, number>();
+  readonly #alerts: AlertList;
+  readonly #rules: MisuseRules;
+  readonly #tick: NodeJS.Timeout;
 
   constructor(options: ConsoleOptions) {
     this.#o = options;
@@ -100,6 +141,27 @@ export class ConsoleServer {
     this.archive = options.archive
       ? Promise.resolve(options.archive)
       : openArchive('sqlite::memory:').then((archive) => ArchiveLink.open({ fleet: options.fleet, archive, issuerKeyFile: options.issuerKeyFile, issuer: options.issuer, log }));
+    this.#signIn = new SignInGuard(options.signInLimits, this.#log);
+    // Alerts go to the archive's durable AlertStore (the chain verifier's chain_rollback, chain_fork
+    // and untrusted_key alerts are there too), unless the caller gives another list.
+    const archived = this.archive;
+    this.#alerts = options.alerts ?? {
+      insert: async (alert) => (await archived).archive.alerts.insert(alert),
+      list: async (filter) => (await archived).archive.alerts.list(filter),
+      acknowledge: async (id, by, at) => (await archived).archive.alerts.acknowledge(id, by, at),
+    };
+    const directory = new Map(options.users.operators().map((o) => [o.operator, o]));
+    // The rules hand each alert to the store, then to the pages of those who read alerts.
+    const sink: AlertSink = {
+      insert: async (alert: NewAlert) => {
+        const stored = await this.#alerts.insert(alert);
+        this.#log(`alert ${stored.id} ${alert.rule}: ${String(alert.detail.summary)}`);
+        this.#broadcastTo(alertReaders, 'alert', stored);
+        return stored;
+      },
+    };
+    this.#rules = new MisuseRules(options.rules ?? defaultRulesConfig, (id) => directory.get(id), sink);
+    this.#tick = setInterval(() => this.#rules.feed({ kind: 'tick', at: new Date().toISOString() }), options.ruleTickMs ?? 15_000).unref();
     this.#server = http.createServer((req, res) => {
       this.#route(req, res).catch((err: unknown) => {
         const status = err instanceof HttpError ? err.status : 500;
@@ -109,6 +171,7 @@ export class ConsoleServer {
       });
     });
     options.fleet.on('camera', (record) => {
+      this.#rules.feed({ kind: 'state', deviceId: record.deviceId, at: record.receivedAt, online: record.state.online === true, recording: record.state.recording === true });
       this.#forgetEndedViews(record);
       // The page shows whether the state is believed: only with the key pinned at enrolment.
       void this.archive.then((link) => this.#broadcast('camera', { ...record, trust: link.trustFor(record) }));
@@ -116,6 +179,21 @@ export class ConsoleServer {
     void this.archive.then((link) => link.verifier.on('status', (s) => this.#broadcast('audit', { deviceId: s.deviceId })));
     options.fleet.on('ice-offer', (m) => {
       this.#offerQueue = this.#offerQueue.then(() => this.#iceOffer(m.deviceId, m.sid, m.message)).catch((err: unknown) => this.#log(`ICE offer: ${(err as Error).stack ?? String(err)}`));
+    });
+    // The rules see only entries the chain verifier accepted, each once: a forged entry on a camera's
+    // topic or a repeat after a console restart raises nothing.
+    void this.archive.then((link) =>
+      link.verifier.on('verified', ({ deviceId, entries }) => {
+        for (const entry of entries) this.#rules.feed({ kind: 'audit', deviceId, entry });
+      }),
+    );
+    options.fleet.on('event', ({ deviceId, body }) => this.#rules.feed({ kind: 'event', deviceId, at: body.time, type: body.type }));
+    options.fleet.on('refused', (r) => {
+      // The first of each kind, then every 100th with the count: a flood must not flood the log.
+      const key = `${r.deviceId}/${r.channel}/${r.verb}/${r.what}`;
+      const n = (this.#refusals.get(key) ?? 0) + 1;
+      if (this.#refusals.size < 10_000 || this.#refusals.has(key)) this.#refusals.set(key, n);
+      if (n === 1 || n % 100 === 0) this.#log(`${r.verb} ${r.what} from ${r.deviceId}: ${r.problem}${n > 1 ? ` (${n} so far)` : ''}`);
     });
   }
 
@@ -130,6 +208,7 @@ export class ConsoleServer {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.#tick);
     for (const res of this.#streams.keys()) res.end();
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
     if (!this.#o.archive) {
@@ -151,15 +230,23 @@ export class ConsoleServer {
     const operator = this.#operatorOf(req);
     if (!operator) throw new HttpError(401, 'not signed in');
     const session = sessionId(req)!;
+    // Every route names the roles it serves (roles.ts); refused before anything is read or signed.
+    const refused = roleRefusal(route.replace(/^(GET \/api\/audit\/)[^/]+$/, '$1:deviceId').replace(/^(POST \/api\/alerts\/)[^/]+(\/ack)$/, '$1:id$2'), operator.roles);
+    if (refused) throw new HttpError(403, refused);
     switch (route) {
       case 'GET /api/me':
-        return json(res, 200, { operator: operator.operator, name: operator.name });
+        return json(res, 200, { operator: operator.operator, name: operator.name, roles: operator.roles, unit: operator.unit, shift: operator.shift });
       case 'POST /api/logout':
         this.#endSession(session);
         res.writeHead(204, { 'set-cookie': `${cookieName}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0` }).end();
         return;
       case 'GET /api/config':
-        return json(res, 200, { reasons: reasonCatalogue, maxDurationS: this.#o.maxDurationS });
+        return json(res, 200, {
+          reasons: reasonCatalogue, maxDurationS: this.#o.maxDurationS,
+          tiles: this.#o.tileUrl ? { url: this.#o.tileUrl, attribution: this.#o.tileAttribution ?? '' } : null,
+        });
+      case 'GET /api/alerts':
+        return json(res, 200, { alerts: await this.#alerts.list({ limit: 500 }) });
       case 'GET /api/events':
         return this.#events(res, session, url.searchParams.get('page'));
       case 'POST /api/live':
@@ -172,23 +259,40 @@ export class ConsoleServer {
     if (route === 'GET /api/report') return this.#report(url, operator, res);
     const audit = /^GET \/api\/audit\/([A-Za-z0-9_-]{1,64})$/.exec(route);
     if (audit) return json(res, 200, await (await this.archive).auditView(audit[1]!));
+    const ack = /^POST \/api\/alerts\/(\d{1,12})\/ack$/.exec(route);
+    if (ack) return this.#acknowledge(Number(ack[1]), operator, res);
     throw new HttpError(404, `no such route: ${route}`);
   }
 
   async #static(pathname: string, res: http.ServerResponse): Promise<void> {
     const name = pathname === '/' ? 'index.html' : pathname.slice(1);
     const type = contentTypes[path.extname(name)];
-    if (!/^[a-z0-9-]+\.[a-z]+$/.test(name) || !type) throw new HttpError(404, 'not found');
-    const content = await readFile(path.join(publicDir, name)).catch(() => {
+    const file = vendorFiles[name] ?? (/^[a-z0-9-]+\.[a-z]+$/.test(name) ? path.join(publicDir, name) : undefined);
+    if (!file || !type) throw new HttpError(404, 'not found');
+    let content: Buffer | string = await readFile(file).catch(() => {
       throw new HttpError(404, 'not found');
     });
-    res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', 'content-security-policy': "default-src 'self'; media-src 'self' blob:; img-src 'self' data:" });
+    // Map tiles are the one thing the page loads from elsewhere: the force's own tile server,
+    // named in the options, and no other origin (in the header and the page's own meta policy).
+    const images = `'self' data:${this.#o.tileUrl ? ` ${new URL(this.#o.tileUrl.replaceAll(/\{[a-z]\}/g, '0')).origin}` : ''}`;
+    if (name === 'index.html') content = content.toString('utf8').replace("img-src 'self' data:", `img-src ${images}`);
+    res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', 'content-security-policy': `default-src 'self'; media-src 'self' blob:; img-src ${images}` });
     res.end(content);
   }
 
   async #login(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const { user, password } = await body(req);
-    const operator = typeof user === 'string' && typeof password === 'string' ? this.#o.users.authenticate(user, password) : undefined;
+    let operator: Operator | undefined;
+    if (typeof user === 'string' && typeof password === 'string') {
+      try {
+        operator = await this.#signIn.attempt(this.#clientAddress(req), user, () => this.#o.users.authenticate(user, password));
+      } catch (err) {
+        if (!(err instanceof SignInRefused)) throw err;
+        res.writeHead(429, { 'content-type': 'application/json', 'cache-control': 'no-store', 'retry-after': String(err.retryAfterS) });
+        res.end(JSON.stringify({ error: err.message }));
+        return;
+      }
+    }
     if (!operator) {
       this.#log(`refused sign-in for ${JSON.stringify(String(user ?? '')).slice(0, 80)}`);
       throw new HttpError(401, 'wrong user name or password');
@@ -197,6 +301,11 @@ export class ConsoleServer {
     this.#sessions.set(id, { ...operator, lastSeen: Date.now() });
     res.writeHead(200, { 'content-type': 'application/json', 'set-cookie': `${cookieName}=${id}; HttpOnly; SameSite=Strict; Path=/` });
     res.end(JSON.stringify(operator));
+  }
+
+  #clientAddress(req: http.IncomingMessage): string {
+    const forwarded = this.#o.trustProxy ? String(req.headers['x-forwarded-for'] ?? '').split(',').at(-1)?.trim() : undefined;
+    return forwarded || req.socket.remoteAddress || 'unknown';
   }
 
   #operatorOf(req: http.IncomingMessage): Operator | undefined {
@@ -228,6 +337,25 @@ export class ConsoleServer {
 
   #broadcast(event: string, data: unknown): void {
     for (const res of this.#streams.keys()) send(res, event, data);
+  }
+
+  /** To the pages of sign-ins holding one of these roles only. */
+  #broadcastTo(roles: readonly Role[], event: string, data: unknown): void {
+    for (const [res, stream] of this.#streams) {
+      if (this.#sessions.get(stream.session)?.roles.some((r) => roles.includes(r))) send(res, event, data);
+    }
+  }
+
+  /** Acknowledged: who and when are kept with the alert and logged; nobody acknowledges an alert about themselves. */
+  async #acknowledge(id: number, operator: Operator, res: http.ServerResponse): Promise<void> {
+    const current = (await this.#alerts.list({ limit: 100_000 })).find((a) => a.id === id);
+    if (!current) throw new HttpError(404, `no alert ${id}`);
+    if (current.operator === operator.operator) throw new HttpError(403, 'an alert about you is acknowledged by someone else');
+    const alert = await this.#alerts.acknowledge(id, operator.operator);
+    if (!alert) throw new HttpError(404, `no alert ${id}`);
+    this.#log(`alert ${id} (${alert.rule}) acknowledged by ${alert.acknowledgedBy} at ${alert.acknowledgedAt}`);
+    this.#broadcastTo(alertReaders, 'alert', alert);
+    json(res, 200, alert);
   }
 
   /** A view the camera stopped listing (or that is past its time) has ended: forget who owned it. */
@@ -314,6 +442,14 @@ export class ConsoleServer {
   async #stopLive(b: Record<string, unknown>, operator: Operator, res: http.ServerResponse): Promise<void> {
     const { deviceId, sid } = b;
     if (typeof deviceId !== 'string' || typeof sid !== 'string') throw new HttpError(400, 'needs deviceId and sid');
+    // Who started it: this console's record, else the camera's state (which names each view's
+    // operator), so a view started before a console restart can still be stopped by its owner.
+    const listed = (this.#o.fleet.cameras.get(deviceId)?.state.streaming as { list?: { sid?: unknown; operator?: unknown }[] } | undefined)?.list?.find((v) => v.sid === sid);
+    const owner = this.#owners.get(viewKey(deviceId, sid))?.operator ?? (typeof listed?.operator === 'string' ? listed.operator : undefined);
+    const duty = operator.roles.includes('duty-officer');
+    // The same answer for "no such view" and "someone else's view": sids are not for probing.
+    if (owner !== operator.operator && !(duty && owner !== undefined)) throw new HttpError(403, 'not a live view of yours (only its operator or a duty officer may stop it)');
+    if (owner !== operator.operator) this.#log(`${operator.operator} stopped ${owner}'s live view ${sid} on ${deviceId} (as duty-officer)`);
     const token = await signCommand({ keyFile: this.#o.issuerKeyFile, device: deviceId, action: 'stream.stop', reason: 'officer-request', operator: operator.operator, issuer: this.#o.issuer, sid });
     const reply = await this.#o.fleet.request(deviceId, { token });
     if (reply.ok === true) this.#owners.delete(viewKey(deviceId, sid));
@@ -389,6 +525,20 @@ async function body(req: http.IncomingMessage): Promise<Record<string, unknown>>
   throw new HttpError(400, 'the body must be a JSON object');
 }
 
+/** An XYZ template over http(s) with {z}, {x} and {y}; the error names the option. */
+export function checkTileUrl(text: string): string {
+  let url: URL;
+  try {
+    url = new URL(text.replaceAll(/\{[a-z]\}/g, '0'));
+  } catch {
+    throw new Error(`--tile-url: not a URL: ${JSON.stringify(text)}`);
+  }
+  if (!/^https?:$/.test(url.protocol) || !['{z}', '{x}', '{y}'].every((p) => text.includes(p))) {
+    throw new Error(`--tile-url must be an http(s) XYZ template with {z}, {x} and {y}, e.g. https://tiles.example/{z}/{x}/{y}.png (got ${JSON.stringify(text)})`);
+  }
+  return text;
+}
+
 async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
@@ -402,6 +552,10 @@ async function main(argv: string[]): Promise<void> {
       'client-id': { type: 'string', default: 'bwc-ops-console' },
       archive: { type: 'string' },
       'report-key': { type: 'string' },
+      'trust-proxy': { type: 'boolean', default: false },
+      rules: { type: 'string' },
+      'tile-url': { type: 'string' },
+      'tile-attribution': { type: 'string' },
     },
   });
   if (!values['issuer-key'] || !values.users) {
@@ -413,8 +567,19 @@ async function main(argv: string[]): Promise<void> {
   const archive = await openArchive(archiveSpec);
   const log = (line: string) => process.stderr.write(`ops-console: ${line}\n`);
   const fleet = await Fleet.connect(values.broker, values['client-id']);
-  const link = await ArchiveLink.open({ fleet, archive, issuerKeyFile: values['issuer-key'], issuer: values.issuer, log });
-  const server = new ConsoleServer({ fleet, users: UserStore.load(values.users), issuerKeyFile: values['issuer-key'], issuer: values.issuer, maxDurationS: Number(values['max-duration']), archive: link, log, ...(values['report-key'] ? { reportKeyFile: values['report-key'] } : {}) });
+  const users = UserStore.load(values.users);
+  const units = new Map(users.operators().map((o) => [o.operator, o.unit ?? null]));
+  const link = await ArchiveLink.open({ fleet, archive, issuerKeyFile: values['issuer-key'], issuer: values.issuer, log, unitOf: (operator) => units.get(operator) ?? null });
+  const server = new ConsoleServer({
+    fleet, users, issuerKeyFile: values['issuer-key'], issuer: values.issuer, maxDurationS: Number(values['max-duration']),
+    archive: link, log, ...(values['report-key'] ? { reportKeyFile: values['report-key'] } : {}),
+    trustProxy: values['trust-proxy'],
+    rules: values.rules ? parseRulesConfig(JSON.parse(await readFile(values.rules, 'utf8').catch((err: Error) => {
+      throw new Error(`--rules ${values.rules}: ${err.message}`);
+    })), `--rules ${values.rules}`) : defaultRulesConfig,
+    ...(values['tile-url'] ? { tileUrl: checkTileUrl(values['tile-url']) } : {}),
+    ...(values['tile-attribution'] ? { tileAttribution: values['tile-attribution'] } : {}),
+  });
   const url = await server.listen(Number(values.port));
   process.stdout.write(`ops-console: ${url} (broker ${values.broker})\n`);
   const stop = () => {

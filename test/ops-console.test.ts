@@ -5,9 +5,11 @@
 // signed and published; and, in Chromium, the page answering a restart on its own peer connection
 // (the "camera" there is a second Chromium page). The whole product flow is test/demo.test.ts.
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { compactVerify, exportJWK, generateKeyPair, importJWK, SignJWT, type CryptoKey, type JWK } from 'jose';
 import mqtt from 'mqtt';
 import t from 'tap';
@@ -22,13 +24,28 @@ import { startBroker } from './helpers/mosquitto.ts';
 t.test('passwords', async (t) => {
   const stored = hashPassword('correct horse');
   t.match(stored, /^scrypt\$16384\$8\$1\$[\w-]+\$[\w-]+$/);
-  t.ok(verifyPassword('correct horse', stored));
-  t.notOk(verifyPassword('correct horsf', stored));
-  t.notOk(verifyPassword('x', 'md5$abc'), 'an unknown scheme never verifies');
+  t.equal(await verifyPassword('correct horse', stored), true);
+  t.equal(await verifyPassword('correct horsf', stored), false);
+  t.equal(await verifyPassword('x', 'md5$abc'), false, 'an unknown scheme never verifies');
   const users = new UserStore([{ user: 'sgt1', operator: 'sgt-0001', name: 'Sgt One', password: stored }]);
-  t.same(users.authenticate('sgt1', 'correct horse'), { operator: 'sgt-0001', name: 'Sgt One' });
-  t.equal(users.authenticate('sgt1', 'wrong'), undefined);
-  t.equal(users.authenticate('nobody', 'correct horse'), undefined);
+  t.same(await users.authenticate('sgt1', 'correct horse'), { operator: 'sgt-0001', name: 'Sgt One', roles: ['supervisor'], unit: null, shift: null }, 'a user without roles is a supervisor, as every user was before roles');
+  t.equal(await users.authenticate('sgt1', 'wrong'), undefined);
+  t.equal(await users.authenticate('nobody', 'correct horse'), undefined);
+});
+
+t.test('users.ts add: roles, unit and shift; a bad one named', async (t) => {
+  const file = path.join(await mkdtemp(path.join(os.tmpdir(), 'bwc-users-')), 'users.json');
+  const run = (args: string[]) => new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+    execFile(process.execPath, [fileURLToPath(new URL('../ops-console/users.ts', import.meta.url)), 'add', '--file', file, ...args], (err, out, errOut) => resolve({ code: err ? (err as { code?: number }).code ?? 1 : 0, out, err: errOut }));
+  });
+  const ok = await run(['--user', 'psd1', '--operator', 'psd-0001', '--role', 'standards', '--role', 'duty-officer', '--unit', 'north', '--shift', '07:00-19:00', '--password', 'pw']);
+  t.match(ok, { code: 0, out: /user psd1 \(operator psd-0001; standards, duty-officer; unit north; shift 07:00-19:00\)/ });
+  const users = UserStore.load(file);
+  t.same(await users.authenticate('psd1', 'pw'), { operator: 'psd-0001', name: 'psd1', roles: ['standards', 'duty-officer'], unit: 'north', shift: '07:00-19:00' });
+  t.match(await run(['--user', 'x', '--operator', 'x', '--role', 'admin', '--password', 'pw']), { code: 2, err: /roles must be a list of supervisor, duty-officer, standards, fleet-admin \(got \["admin"\]\)/ });
+  t.match(await run(['--user', 'x', '--operator', 'x', '--shift', '7-19', '--password', 'pw']), { code: 2, err: /shift: a shift is HH:MM-HH:MM, e.g. 07:00-19:00 \(got "7-19"\)/ });
+  await writeFile(file, JSON.stringify([{ user: 'a', operator: 'a', name: 'a', password: 'x', roles: ['root'] }]));
+  t.throws(() => UserStore.load(file), /\[0\]: user "a": roles must be a list of/, 'a hand-edited users.json is checked on load');
 });
 
 t.test('the console server', async (t) => {
@@ -81,7 +98,7 @@ t.test('the console server', async (t) => {
   const setCookie = login.headers.get('set-cookie') ?? '';
   t.match(setCookie, /HttpOnly; SameSite=Strict/);
   cookie = setCookie.split(';')[0]!;
-  t.same((await call('GET', '/api/me')).json, { operator: 'sgt-0001', name: 'Sgt One' });
+  t.same((await call('GET', '/api/me')).json, { operator: 'sgt-0001', name: 'Sgt One', roles: ['supervisor'], unit: null, shift: null });
   t.match((await call('GET', '/api/config')).json, { reasons: [{ code: 'officer-safety' }], maxDurationS: 600 });
 
   await t.test('audit view: a genuine chain verifies, a tampered one is named', async (t) => {

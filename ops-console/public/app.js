@@ -29,8 +29,13 @@ const RESTART_WORDS = {
 // view and no other (it is not a secret: the sign-in is the authority).
 const PAGE_ID = crypto.randomUUID();
 
+const ALERT_READERS = ['standards', 'duty-officer'];
+
 const app = {
-  config: { reasons: [], maxDurationS: 1800 },
+  config: { reasons: [], maxDurationS: 1800, tiles: null },
+  me: null, // { operator, name, roles, unit, shift }
+  alerts: new Map(), // id -> alert (the server's AlertStore record)
+  basemap: null, // { map, layer, fitted } once the Leaflet base map is made
   cameras: new Map(), // deviceId -> { state, receivedAt }
   selected: null,
   events: null,
@@ -121,6 +126,11 @@ async function boot() {
   $('logout').addEventListener('click', logout);
   $('live-form').addEventListener('submit', requestLive);
   $('stop-live').addEventListener('click', () => stopLive());
+  $('alert-list').addEventListener('click', (e) => {
+    const ack = e.target.closest('[data-ack]');
+    if (ack) return acknowledge(Number(ack.getAttribute('data-ack')));
+    pick(e.target);
+  });
   for (const el of [$('cameras'), $('map'), $('no-fix')]) {
     el.addEventListener('click', (e) => pick(e.target));
     // Map markers are SVG groups, not buttons: give them the keys a button has.
@@ -162,13 +172,18 @@ async function logout() {
   signedOut();
 }
 
+const hasRole = (...roles) => (app.me?.roles ?? []).some((r) => roles.includes(r));
+
 async function signedIn(me) {
+  app.me = me;
   $('operator').textContent = me.name ? `${me.name} (${me.operator})` : me.operator;
   for (const [id, hide] of [['login', true], ['console', false], ['who', false]]) $(id).hidden = hide;
   app.config = { reasons: [], maxDurationS: 1800, ...(await api('/api/config')) };
   $('duration').max = String(app.config.maxDurationS);
   $('duration').value = String(Math.min(300, app.config.maxDurationS));
+  $('alerts-card').hidden = !hasRole(...ALERT_READERS);
   follow();
+  if (hasRole(...ALERT_READERS)) loadAlerts();
   render();
 }
 
@@ -176,8 +191,11 @@ async function signedIn(me) {
 function signedOut(note) {
   endView(null);
   app.events?.close();
-  Object.assign(app, { events: null, selected: null, ended: null, reasonKey: '', auditToken: app.auditToken + 1 });
+  Object.assign(app, { events: null, selected: null, ended: null, reasonKey: '', auditToken: app.auditToken + 1, me: null });
+  if (app.basemap) app.basemap.fitted = false;
   app.cameras.clear();
+  app.alerts.clear();
+  renderAlerts();
   render();
   showAudit(null, 'Select a camera to see its audit trail.', '');
   liveSays('');
@@ -214,6 +232,12 @@ function follow() {
     if (JSON.parse(e.data).deviceId === app.selected) loadAudit(app.selected);
   });
   es.addEventListener('ice-offer', (e) => iceRestart(JSON.parse(e.data)));
+  es.addEventListener('alert', (e) => {
+    const a = JSON.parse(e.data);
+    app.alerts.set(a.id, a);
+    renderAlerts();
+    renderMap();
+  });
 }
 
 function feed(text, tone) {
@@ -238,7 +262,10 @@ const reasonLabel = (code) => app.config.reasons.find((r) => r.code === code)?.l
 const sortedCameras = () => [...app.cameras].sort(([a], [b]) => a.localeCompare(b));
 
 function pick(target) {
-  const id = target.closest('[data-device]')?.getAttribute('data-device');
+  pickId(target.closest('[data-device]')?.getAttribute('data-device'));
+}
+
+function pickId(id) {
   if (!id || id === app.selected) return;
   app.selected = id;
   render();
@@ -253,8 +280,14 @@ function render() {
 
 // ---- Map -------------------------------------------------------------------------------------
 
+/** Alerts not yet acknowledged about a camera (only those who read alerts have any). */
+const openAlerts = (id) => [...app.alerts.values()].filter((a) => a.deviceId === id && !a.acknowledgedBy).length;
+
 function renderMap() {
+  if (app.config.tiles && globalThis.L) return renderBaseMap();
+  $('basemap').hidden = true;
   const svg = $('map');
+  svg.style.display = ''; // an SVG element has no `hidden` property
   const W = 600, H = 400, PAD = 48;
   const placed = [], unplaced = [];
   for (const [id, cam] of sortedCameras()) (position(cam.state) ? placed : unplaced).push({ id, cam, p: position(cam.state) });
@@ -280,8 +313,9 @@ function renderMap() {
       const m = toM(p), x = W / 2 + m.x * pxPerM, y = H / 2 - m.y * pxPerM;
       const selected = id === app.selected;
       const words = `${id}, ${STATUS_WORDS[st]}${Number.isFinite(p.accuracyM) ? `, within ${Math.round(p.accuracyM)} m` : ''}`;
+      const alerts = openAlerts(id);
       svg.append(s('g', {
-        class: `marker st-${st}`, 'data-device': id, 'data-testid': `map-camera-${id}`,
+        class: `marker st-${st}${alerts ? ' alerted' : ''}`, 'data-device': id, 'data-alerts': alerts || null, 'data-testid': `map-camera-${id}`,
         tabindex: 0, role: 'button', 'aria-pressed': String(selected), 'aria-label': words,
       },
       p.accuracyM > 0 ? s('circle', { class: 'accuracy', cx: x, cy: y, r: p.accuracyM * pxPerM }) : null,
@@ -295,6 +329,11 @@ function renderMap() {
       s('path', { d: `M${W - 24} 14l7 18h-14z` }), s('text', { x: W - 24, y: 46, 'text-anchor': 'middle' }, 'N')));
   });
 
+  renderNoFix(unplaced);
+}
+
+/** Cameras with no position, under the map (either kind). */
+function renderNoFix(unplaced) {
   const list = $('no-fix');
   list.replaceChildren(...(unplaced.length ? ['No fix: '] : []), ...unplaced.flatMap(({ id, cam }, i) => [
     i ? ', ' : '',
@@ -302,6 +341,41 @@ function renderMap() {
     ` (${!cam.state.gps ? 'no GPS report' : cam.state.gps.gpsd === 'disconnected' ? 'gpsd disconnected' : 'no fix'})`,
   ]));
   list.hidden = unplaced.length === 0;
+}
+
+/**
+ * The force's own map under the cameras (Leaflet, XYZ raster tiles from the console's --tile-url):
+ * markers coloured by state as on the plain map, a red edge for an open alert; the view fits the
+ * cameras once, then stays where the supervisor puts it.
+ */
+function renderBaseMap() {
+  const el = $('basemap');
+  el.hidden = false;
+  $('map').style.display = 'none';
+  if (!app.basemap) {
+    const map = L.map(el, { zoomControl: true }).setView([0, 0], 2);
+    L.tileLayer(app.config.tiles.url, { attribution: app.config.tiles.attribution, maxZoom: 19 }).addTo(map);
+    app.basemap = { map, layer: L.layerGroup().addTo(map), fitted: false };
+  }
+  const { map, layer } = app.basemap;
+  layer.clearLayers();
+  const placed = [], unplaced = [];
+  for (const [id, cam] of sortedCameras()) {
+    const p = position(cam.state);
+    if (!p) { unplaced.push({ id, cam }); continue; }
+    placed.push([p.lat, p.lon]);
+    const st = camStatus(cam.state);
+    if (p.accuracyM > 0) L.circle([p.lat, p.lon], { radius: p.accuracyM, className: 'accuracy', interactive: false }).addTo(layer);
+    L.circleMarker([p.lat, p.lon], { radius: 8, className: `cam cam-${id} st-${st}${openAlerts(id) ? ' alerted' : ''}${id === app.selected ? ' selected' : ''}` })
+      .bindTooltip(`${id}, ${STATUS_WORDS[st]}`)
+      .on('click', () => pickId(id))
+      .addTo(layer);
+  }
+  if (placed.length && !app.basemap.fitted) {
+    map.fitBounds(placed, { maxZoom: 16, padding: [40, 40] });
+    app.basemap.fitted = true;
+  }
+  renderNoFix(unplaced);
 }
 
 /** The longest 1-2-5 length that fits in a quarter of the map, in the projection's own metres. */
@@ -378,7 +452,8 @@ function fixCell(gps, receivedAt) {
 function renderLive() {
   const id = app.selected;
   const cam = app.cameras.get(id);
-  $('live-form').hidden = !cam;
+  // Only a supervisor requests views (the server refuses anyone else; roles.ts).
+  $('live-form').hidden = !cam || !hasRole('supervisor');
   $('live-title').textContent = cam ? `Live view — ${id}` : 'Live view';
   $('sessions').hidden = true;
   if (!cam) return show($('live-camera'), 'Select a camera in the list or on the map.');
@@ -604,6 +679,49 @@ function tick() {
   if (left <= -STOP_GRACE_MS) {
     app.ended = { deviceId: v.deviceId, sid: v.sid };
     endView(`Live view of ${v.deviceId} ended: its time ran out.`);
+  }
+}
+
+// ---- Alerts ------------------------------------------------------------------------------------
+
+async function loadAlerts() {
+  try {
+    const { alerts } = await api('/api/alerts');
+    for (const a of alerts) app.alerts.set(a.id, a);
+  } catch (err) {
+    if (!(err instanceof SignedOut)) show($('alerts-status'), `Alerts unavailable: ${err.message}`);
+    return;
+  }
+  renderAlerts();
+  renderMap();
+}
+
+const SEVERITY_WORDS = { info: 'for information', warning: 'warning', critical: 'critical' };
+
+/** Open alerts first, newest first; each names the camera audit entries behind it. */
+function renderAlerts() {
+  const list = [...app.alerts.values()].sort((a, b) => (!a.acknowledgedBy - !b.acknowledgedBy) * -1 || b.id - a.id);
+  const open = list.filter((a) => !a.acknowledgedBy).length;
+  $('alerts-status').textContent = list.length ? `${plural(open, 'open alert')}, ${list.length - open} acknowledged.` : 'No alerts.';
+  $('alert-list').replaceChildren(...list.map((a) => h('li', { 'data-testid': `alert-${a.id}`, 'data-rule': a.rule, class: `sev-${a.severity}${a.acknowledgedBy ? ' acknowledged' : ''}` },
+    h('strong', {}, String(a.detail?.summary ?? a.rule)),
+    h('span', { class: 'meta' }, `${a.rule} · ${SEVERITY_WORDS[a.severity] ?? a.severity} · `, timeEl(a.at),
+      a.deviceId ? [' · ', h('button', { type: 'button', class: 'link', 'data-device': a.deviceId }, a.deviceId)] : null,
+      (a.auditRefs ?? []).length ? ` · audit ${a.auditRefs.map((r) => `${r.deviceId === a.deviceId ? '' : `${r.deviceId} `}#${r.seq}`).join(', ')}` : null),
+    a.acknowledgedBy
+      ? h('span', { class: 'meta', 'data-testid': `ack-by-${a.id}` }, `Acknowledged by ${a.acknowledgedBy} at `, timeEl(a.acknowledgedAt))
+      : h('button', { type: 'button', 'data-testid': `ack-${a.id}`, 'data-ack': a.id, disabled: a.operator === app.me?.operator ? 'disabled' : null,
+        title: a.operator === app.me?.operator ? 'An alert about you is acknowledged by someone else' : null }, 'Acknowledge'))));
+}
+
+async function acknowledge(id) {
+  try {
+    const a = await api(`/api/alerts/${id}/ack`, {});
+    app.alerts.set(a.id, a);
+    renderAlerts();
+    renderMap();
+  } catch (err) {
+    if (!(err instanceof SignedOut)) show($('alerts-status'), `Could not acknowledge alert ${id}: ${err.message}`);
   }
 }
 
