@@ -47,7 +47,7 @@ t.test('disk nearly full, store unreachable: recording goes on in the reserve, n
     await h.write(chunk);
   }
   await h.close();
-  const segmentsAtFull = readdirSync(dir).filter((f) => f.endsWith('.ts')).length;
+  const segmentsAtFull = readdirSync(dir).filter((f) => /\.ts(\.age)?$/.test(f)).length;
   await waitForSegments(dir, segmentsAtFull + 2);
   t.pass('recording goes on inside the evidence reserve');
   await runCli(['ctl', 'record', 'stop', '--state-dir', stateDir]);

@@ -71,7 +71,7 @@ if (!swiftInstalled()) {
     t.match(unpinned.stdout, /key_not_pinned: .*pin it with --public-key/, '...and says the key came from the store itself');
 
     // A segment replaced in the store is found by hashing what the store serves.
-    const seg = objects.find((o) => o.key.endsWith('.ts'))!;
+    const seg = objects.find((o) => /\.ts(\.age)?$/.test(o.key))!;
     await c.send(new PutObjectCommand({ Bucket: bucket, Key: seg.key, Body: Buffer.from('not the evidence') }));
     const tampered = await runCli(['evidence', 'verify', '--bucket', url, '--recording', rec.id, '--credentials', creds, '--public-key', pinFile]);
     t.equal(tampered.code, 1, 'a replaced segment fails the check');
@@ -145,7 +145,7 @@ if (!swiftInstalled()) {
     const proxy = await StoreProxy.start(swift.endpoint);
     t.teardown(() => proxy.close());
     proxy.mode = 'hold-put';
-    proxy.holdKey = /\/000002_[^/]*\.ts$/;
+    proxy.holdKey = /\/000002_[^/]*\.ts(\.age)?$/;
     const stateDir = await tempStateDir();
     const config = offloadConfig({ endpoint: proxy.endpoint, bucket, credentialsFile: creds });
     const first = await startAgentOnBroker(t, { deviceId: 'cam-kill', capturing: true, stateDir, config });

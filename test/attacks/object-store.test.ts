@@ -36,7 +36,7 @@ t.test('a store answering a wrong checksum: retried, audited, never followed by 
   const st = await waitOffloadState(a.recorder, (o) => o.lastError !== null && /is not what was sent/.test(o.lastError.message), 'state: the last error says the store does not hold what was sent');
   t.equal(st.recordingsPending, 1, 'state: the recording is still pending');
   t.notOk(auditEntries(a.recorder).some((e) => e.type === 'offload.delete' || (e.type === 'offload.verify' && e.detail.result === 'ok')), 'nothing verified, nothing deleted');
-  t.ok(existsSync(rec.dir) && readdirSync(rec.dir).some((f) => f.endsWith('.ts')), 'the local copy is all there');
+  t.ok(existsSync(rec.dir) && readdirSync(rec.dir).some((f) => /\.ts(\.age)?$/.test(f)), 'the local copy is all there');
 
   // The same store answering truthfully: the same recording goes through, proving the refusal
   // above was the checksum and nothing else.

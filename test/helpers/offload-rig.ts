@@ -85,7 +85,7 @@ export async function waitOffloadState(recorder: MqttRecorder, pred: (o: Offload
 /** Waits until the folder (made at record start) holds `n` segment files, on fs events. */
 export async function waitForSegments(dir: string, n: number, timeoutMs = 60_000): Promise<void> {
   await waitForPath(dir, timeoutMs);
-  const count = () => readdirSync(dir).filter((f) => /^\d{6,}_.*\.ts$/.test(f)).length;
+  const count = () => readdirSync(dir).filter((f) => /^\d{6,}_.*\.ts(\.age)?$/.test(f)).length;
   return new Promise<void>((resolve, reject) => {
     const watcher = watch(dir, () => {
       if (count() >= n) done(undefined);
