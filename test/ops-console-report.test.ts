@@ -30,7 +30,7 @@ t.test('the oversight report', async (t) => {
   const fleet = await Fleet.connect(broker.url, `report-test-${process.pid}`);
   const server = new ConsoleServer({
     fleet,
-    users: new UserStore([{ user: 'std1', operator: 'std-0001', name: 'Insp Standards', password: hashPassword('pw-1') }]),
+    users: new UserStore([{ user: 'std1', operator: 'std-0001', name: 'Insp Standards', roles: ['standards'], password: hashPassword('pw-1') }]),
     issuerKeyFile: keys.privateJwkFile,
     issuer: 'test-console',
     maxDurationS: 600,

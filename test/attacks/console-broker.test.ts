@@ -9,6 +9,7 @@
 // to show the fork), and what is kept per camera is bounded. This test runs the real console
 // process on a real mosquitto, publishes with a real mqtt.js client, and looks at the page in
 // headless Chromium.
+import { generateKeyPairSync } from 'node:crypto';
 import mqtt from 'mqtt';
 import t from 'tap';
 import { canonicalJson } from '../../src/audit/canonical-json.ts';
@@ -63,6 +64,9 @@ t.test('the console survives what a hostile publisher sends it', async (t) => {
 
   await t.test('one seq published in many versions is kept twice at most (the fork shows), not a thousand times', async (t) => {
     const cam = 'cam-fork';
+    // Enrolled, as every camera a force runs: the console judges only enrolled cameras' chains. The
+    // entries below carry no checkpoint, so the chain is checked by its hashes alone.
+    await console_.enrol(cam, generateKeyPairSync('ed25519').publicKey.export({ format: 'jwk' }));
     for (let n = 0; n < crafted; n += 1) {
       const fields = { seq: 1, time: new Date().toISOString(), device: cam, type: 'agent.start', operator: null, action: null, reason: null, decision: null, code: null, tokenDigest: null, detail: { n } };
       publisher.publish(`bwc/v1/${cam}/audit`, JSON.stringify({ kind: 'entry', entry: { ...fields, prevHash: genesisHash, hash: entryHash(genesisHash, canonicalJson(fields)) } }), { qos: 1 });

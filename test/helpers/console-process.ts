@@ -1,7 +1,8 @@
 // The ops console as its operators run it: `node ops-console/server.ts` in its own process, on a
 // real mosquitto, with a users file and an issuer key in a temporary folder. Attack tests drive it
 // with real HTTP requests and a real MQTT client, and read its log (stderr) for what it refused.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -40,6 +41,12 @@ export interface ConsoleProcess {
   call(cookie: string, method: string, route: string, body?: unknown, headers?: Record<string, string>): Promise<CallResult>;
   /** Signs in; the session cookie ("name=value"). Throws unless the console answered 200. */
   login(user: string, password: string): Promise<string>;
+  /**
+   * Pins a camera's device key as a fleet admin does (ops-console/enrol.ts into the console's default
+   * archive beside users.json), then has the running console read its enrolments again (SIGUSR2) and
+   * waits for it to say so.
+   */
+  enrol(deviceId: string, publicJwk: object): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -117,6 +124,29 @@ export async function startConsole(brokerUrl: string, users: ConsoleUser[], extr
       const r = await call('', 'POST', '/api/login', { user, password });
       if (r.status !== 200) throw new Error(`sign-in as ${user} answered ${r.status}: ${r.text}`);
       return (r.headers.get('set-cookie') ?? '').split(';')[0]!;
+    },
+    async enrol(deviceId, publicJwk) {
+      const keyFile = path.join(dir, `${deviceId}.public.jwk.json`);
+      await writeFile(keyFile, JSON.stringify(publicJwk));
+      const archive = `sqlite:${path.join(dir, 'ops-console-archive.sqlite')}`;
+      await promisify(execFile)(process.execPath, [path.join(repoRoot, 'ops-console', 'enrol.ts'), 'add', '--archive', archive, '--device', deviceId, '--key', keyFile, '--by', 'test-admin']);
+      const reloads = () => log.filter((l) => /enrolments reloaded/.test(l)).length;
+      const before = reloads();
+      const reloaded = new Promise<void>((resolve, reject) => {
+        const check = () => {
+          if (reloads() <= before) return;
+          watchers.delete(check);
+          clearTimeout(timer);
+          resolve();
+        };
+        const timer = setTimeout(() => {
+          watchers.delete(check);
+          reject(new Error(`the console did not reload its enrolments for ${deviceId} within 30 s`));
+        }, 30_000);
+        watchers.add(check);
+      });
+      child.kill('SIGUSR2');
+      await reloaded;
     },
     async stop() {
       if (child.exitCode !== null) return;
