@@ -164,6 +164,10 @@ export class CommandVerifier {
       receivedAt: verified.receivedMs,
       ...(claims.act === 'stream.start' ? { maxDurationS: claims.max_s!, offer: offer!, offerSha256: claims.offer_sha256! } : {}),
       ...(claims.act === 'stream.stop' ? { sid: claims.sid! } : {}),
+      ...(claims.act === 'config.apply' ? { params: claims.config as Record<string, unknown> } : {}),
+      ...(claims.act === 'trust.update' ? { params: claims.trust as Record<string, unknown> } : {}),
+      ...(claims.act === 'diag.collect' ? { params: (claims.diag ?? {}) as Record<string, unknown> } : {}),
+      ...(claims.act === 'agent.update' ? { release: claims.release as ReleaseClaim, force: claims.force === true } : {}),
       ...(claims.act === 'audit.fetch' ? { fromSeq: claims.from_seq!, toSeq: claims.to_seq! } : {}),
     });
   }
