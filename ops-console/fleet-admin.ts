@@ -198,8 +198,10 @@ export class FleetAdminDesk {
       parts.push(Buffer.from(d.data, 'base64'));
     }
     const content = Buffer.concat(parts);
-    const sha256 = createHash('sha256').update(content).digest('hex');
-    if (content.length !== meta.bytes || sha256 !== meta.sha256) {
+    const digest = createHash('sha256').update(content);
+    const sha256 = digest.copy().digest('hex');
+    // The camera announces base64url (src/fleet/diagnostics.ts); the desk shows hex, as sha256sum prints it.
+    if (content.length !== meta.bytes || (digest.digest('base64url') !== meta.sha256 && sha256 !== meta.sha256)) {
       this.#o.log(`${operator} asked ${deviceId} for diagnostics: bundle ${meta.id} did not reassemble (${content.length} bytes, sha256 ${sha256})`);
       return { ok: false, code: 'diag_mismatch', message: `the chunks make ${content.length} bytes with SHA-256 ${sha256}, not the ${meta.bytes} bytes ${meta.sha256} the camera announced` };
     }
