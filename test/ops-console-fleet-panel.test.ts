@@ -111,6 +111,20 @@ t.test('a fleet admin runs the Fleet panel against the real agent', async (t) =>
   t.equal(createHash('sha256').update(Buffer.from(downloaded)).digest('hex'), shown, 'the downloaded bundle has the SHA-256 shown');
   t.match(JSON.parse(Buffer.from(downloaded).toString('utf8')), { config: { version: 1 } }, 'it is the camera\'s bundle, with the new config version');
 
+  // An update through the panel reaches the real agent, signed with the desk's key: this camera
+  // has no update.releaseKeys, so it answers updates_disabled, and the panel says so.
+  const releaseDir = path.join(keys, 'release');
+  t.equal((await runCli(['release', 'keygen', '--out', releaseDir])).code, 0);
+  const bundle = path.join(keys, 'bwc-agent-9.0.0-linux-x64.tar.gz');
+  await writeFile(bundle, 'not really a bundle');
+  const signed = await runCli(['release', 'sign', '--key', path.join(releaseDir, 'release-key.private.jwk.json'), '--bundle', bundle, '--url', 'https://releases.example/b.tar.gz']);
+  t.equal(signed.code, 0, 'release sign');
+  await page.getByTestId('fleet-release').fill(signed.stdout);
+  await page.getByTestId('fleet-update').click();
+  await page.locator('[data-testid="fleet-result"]', { hasText: 'updates_disabled' }).waitFor();
+  t.match(await page.getByTestId('fleet-result').textContent(), /Refused by cam-panel: updates_disabled/, "the camera's refusal is shown");
+  t.ok(logs.some((l) => /fa-0001 sent cam-panel an update to 9\.0\.0: updates_disabled/.test(l)), 'and logged with who asked');
+
   // An update's progress: the camera's update.* events show in its row.
   await device.publishAsync(`bwc/v1/${other}/state`, JSON.stringify({ online: true, deviceId: other, agentVersion: '0.1.0' }), { qos: 1, retain: true });
   await row(other).waitFor();
