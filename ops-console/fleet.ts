@@ -180,6 +180,38 @@ export class Fleet extends EventEmitter<FleetEvents> {
     });
   }
 
+  /**
+   * A request whose reply is followed by more messages on the same Response Topic and Correlation
+   * Data (diag.collect's chunks): `expect` reads from the first reply how many follow (0: none).
+   * Resolves with what came; chunks short of the count when the time ran out (the caller says so).
+   */
+  requestChunks(deviceId: string, body: { token: string }, expect: (reply: Record<string, unknown>) => number, timeoutMs = 30_000): Promise<{ reply: Record<string, unknown>; chunks: Record<string, unknown>[] }> {
+    return new Promise((resolve) => {
+      const correlationData = randomBytes(12);
+      const id = correlationData.toString('hex');
+      let reply: Record<string, unknown> | undefined;
+      let wanted = 0;
+      const chunks: Record<string, unknown>[] = [];
+      const done = () => {
+        clearTimeout(timer);
+        this.#waiting.delete(id);
+        resolve({ reply: reply!, chunks });
+      };
+      const timer = setTimeout(() => {
+        reply ??= { ok: false, code: 'no_reply', message: `${deviceId} did not answer within ${timeoutMs / 1000} s (is it online?)` };
+        done();
+      }, timeoutMs);
+      this.#waiting.set(id, (message) => {
+        if (reply === undefined) {
+          reply = message;
+          wanted = expect(message);
+        } else chunks.push(message);
+        if (chunks.length >= wanted) done();
+      });
+      this.#client.publish(`${this.#root}/${deviceId}/cmd`, JSON.stringify(body), { qos: 1, properties: { responseTopic: this.#replyTopic, correlationData } });
+    });
+  }
+
   /** Publishes a signed answer to a camera's ICE restart offer, QoS 1; resolves on the broker's PUBACK. */
   async publishIceAnswer(deviceId: string, sid: string, body: { token: string; answer: string }): Promise<void> {
     await this.#client.publishAsync(`${this.#root}/${deviceId}/stream/${sid}/ice-answer`, JSON.stringify(body), { qos: 1 });

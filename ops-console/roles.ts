@@ -35,6 +35,14 @@ export const routeRoles: Record<string, readonly Role[]> = {
   'POST /api/alerts/:id/ack': ['standards', 'duty-officer'],
   // The oversight report (report.ts): live views, reasons and alerts of a period, for review.
   'GET /api/report': ['standards', 'duty-officer'],
+  // The fleet-admin desk (fleet-admin.ts): config, key revocation, updates, diagnostics, enrolment.
+  'GET /api/fleet/cameras': ['fleet-admin'],
+  'POST /api/fleet/config': ['fleet-admin'],
+  'POST /api/fleet/revoke': ['fleet-admin'],
+  'POST /api/fleet/update': ['fleet-admin'],
+  'POST /api/fleet/diag': ['fleet-admin'],
+  'GET /api/fleet/diag/:id': ['fleet-admin'],
+  'POST /api/fleet/enrol': ['fleet-admin'],
 };
 
 /** Undefined when allowed, else the refusal in words. */

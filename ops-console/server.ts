@@ -7,7 +7,7 @@
 // hands it to the one page that started that live view, and signs and publishes that page's answer.
 //
 //   node ops-console/server.ts --broker mqtt://127.0.0.1:1883 --issuer-key DIR/issuer.private.jwk.json \
-//        --users users.json [--port 8080] [--issuer bwc-ops-console]
+//        --users users.json [--port 8080] [--issuer bwc-ops-console] [--fleet-admin-key FILE]
 import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { readFile } from 'node:fs/promises';
@@ -21,6 +21,7 @@ import { openArchive } from './archive/archive.ts';
 import { ArchiveLink } from './archive-link.ts';
 import { buildReport, checkReportRequest, reportCsv, signReport } from './report.ts';
 import { Fleet } from './fleet.ts';
+import { FleetAdminDesk, FleetAdminError, fleetAdminRoutes, signingRoutes, type FleetAdminRoute } from './fleet-admin.ts';
 import { defaultRulesConfig, MisuseRules, parseRulesConfig, type Alert, type AlertSink, type NewAlert, type RulesConfig } from './misuse-rules.ts';
 import { refusal as roleRefusal, type Role } from './roles.ts';
 import { SignInGuard, SignInRefused, type SignInLimits } from './sign-in.ts';
@@ -62,6 +63,11 @@ export interface ConsoleOptions {
   tileUrl?: string;
   /** The tiles' attribution line, shown on the map. */
   tileAttribution?: string;
+  /**
+   * The fleet-admin desk's own key (config.apply, trust.update, agent.update, diag.collect), never the
+   * issuer (stream) key: without it the desk's signing routes answer 503 naming --fleet-admin-key.
+   */
+  fleetAdminKeyFile?: string;
 }
 
 /** What the console reads and acknowledges alerts through (the archive's AlertStore has these). */
@@ -133,6 +139,7 @@ export class ConsoleServer {
   readonly #alerts: AlertList;
   readonly #rules: MisuseRules;
   readonly #tick: NodeJS.Timeout;
+  readonly #desk: Promise<FleetAdminDesk>;
 
   constructor(options: ConsoleOptions) {
     this.#o = options;
@@ -161,6 +168,11 @@ export class ConsoleServer {
       },
     };
     this.#rules = new MisuseRules(options.rules ?? defaultRulesConfig, (id) => directory.get(id), sink);
+    // The desk waits for the archive (its enrolment verdicts); a fleet admin's page hears of each change.
+    this.#desk = this.archive.then((link) => new FleetAdminDesk({
+      fleet: options.fleet, keyFile: options.fleetAdminKeyFile, issuer: options.issuer, link, log: this.#log,
+      onChange: (deviceId) => this.#broadcastTo(['fleet-admin'], 'fleet', { deviceId }),
+    }));
     this.#tick = setInterval(() => this.#rules.feed({ kind: 'tick', at: new Date().toISOString() }), options.ruleTickMs ?? 15_000).unref();
     this.#server = http.createServer((req, res) => {
       this.#route(req, res).catch((err: unknown) => {
@@ -175,6 +187,7 @@ export class ConsoleServer {
       this.#forgetEndedViews(record);
       // The page shows whether the state is believed: only with the key pinned at enrolment.
       void this.archive.then((link) => this.#broadcast('camera', { ...record, trust: link.trustFor(record) }));
+      this.#broadcastTo(['fleet-admin'], 'fleet', { deviceId: record.deviceId });
     });
     void this.archive.then((link) => link.verifier.on('status', (s) => this.#broadcast('audit', { deviceId: s.deviceId })));
     options.fleet.on('ice-offer', (m) => {
@@ -231,7 +244,7 @@ export class ConsoleServer {
     if (!operator) throw new HttpError(401, 'not signed in');
     const session = sessionId(req)!;
     // Every route names the roles it serves (roles.ts); refused before anything is read or signed.
-    const refused = roleRefusal(route.replace(/^(GET \/api\/audit\/)[^/]+$/, '$1:deviceId').replace(/^(POST \/api\/alerts\/)[^/]+(\/ack)$/, '$1:id$2'), operator.roles);
+    const refused = roleRefusal(route.replace(/^(GET \/api\/audit\/)[^/]+$/, '$1:deviceId').replace(/^(POST \/api\/alerts\/)[^/]+(\/ack)$/, '$1:id$2').replace(/^(GET \/api\/fleet\/diag\/)[^/]+$/, '$1:id'), operator.roles);
     if (refused) throw new HttpError(403, refused);
     switch (route) {
       case 'GET /api/me':
@@ -257,6 +270,7 @@ export class ConsoleServer {
         return this.#iceAnswer(await body(req), operator, session, res);
     }
     if (route === 'GET /api/report') return this.#report(url, operator, res);
+    if (url.pathname.startsWith('/api/fleet/')) return this.#fleetDesk(route, req, operator, res);
     const audit = /^GET \/api\/audit\/([A-Za-z0-9_-]{1,64})$/.exec(route);
     if (audit) return json(res, 200, await (await this.archive).auditView(audit[1]!));
     const ack = /^POST \/api\/alerts\/(\d{1,12})\/ack$/.exec(route);
@@ -356,6 +370,33 @@ export class ConsoleServer {
     this.#log(`alert ${id} (${alert.rule}) acknowledged by ${alert.acknowledgedBy} at ${alert.acknowledgedAt}`);
     this.#broadcastTo(alertReaders, 'alert', alert);
     json(res, 200, alert);
+  }
+
+  /** The fleet-admin desk (fleet-admin.ts), after the role check: its refusals are 400, no key 503. */
+  async #fleetDesk(route: string, req: http.IncomingMessage, operator: Operator, res: http.ServerResponse): Promise<void> {
+    const desk = await this.#desk;
+    const diag = /^GET \/api\/fleet\/diag\/([A-Za-z0-9_-]{1,64})$/.exec(route);
+    if (diag) {
+      const bundle = desk.bundle(diag[1]!);
+      if (!bundle) throw new HttpError(404, `no diagnostics bundle ${diag[1]} (the console keeps the newest few, until it restarts)`);
+      this.#log(`${operator.operator} downloaded diagnostics ${bundle.id} of ${bundle.deviceId}`);
+      res.writeHead(200, {
+        'content-type': 'application/json', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff',
+        'content-disposition': `attachment; filename="diag-${bundle.deviceId}-${bundle.id}.json"`, 'x-bwc-sha256': bundle.sha256,
+      }).end(bundle.content);
+      return;
+    }
+    if (!(fleetAdminRoutes as readonly string[]).includes(route)) throw new HttpError(404, `no such route: ${route}`);
+    const deskRoute = route as FleetAdminRoute;
+    if (signingRoutes.includes(deskRoute) && !desk.hasKey) {
+      throw new HttpError(503, 'the fleet-admin desk has no key: start the console with --fleet-admin-key FILE (bwc-agent keys generate --actions config.apply,trust.update,agent.update,diag.collect)');
+    }
+    try {
+      json(res, 200, await desk.handle(deskRoute, operator.operator, req.method === 'POST' ? await body(req) : {}));
+    } catch (err) {
+      if (err instanceof FleetAdminError) throw new HttpError(err.status, err.message);
+      throw err;
+    }
   }
 
   /** A view the camera stopped listing (or that is past its time) has ended: forget who owned it. */
@@ -539,6 +580,20 @@ export function checkTileUrl(text: string): string {
   return text;
 }
 
+/** The fleet-admin key must be a private JWK, and not the issuer (stream) key: the error names the flag. */
+async function checkFleetAdminKey(file: string, issuerKeyFile: string): Promise<string> {
+  let jwk: JWK;
+  try {
+    jwk = JSON.parse(await readFile(file, 'utf8')) as JWK;
+  } catch (err) {
+    throw new Error(`--fleet-admin-key ${file}: ${(err as Error).message}`);
+  }
+  if (typeof jwk.d !== 'string' || typeof jwk.kid !== 'string') throw new Error(`--fleet-admin-key ${file}: not a private JWK with a kid (bwc-agent keys generate makes one)`);
+  const issuer = JSON.parse(await readFile(issuerKeyFile, 'utf8').catch(() => '{}')) as JWK;
+  if (issuer.kid === jwk.kid) throw new Error(`--fleet-admin-key ${file} is the --issuer-key: the desk must sign with a key of its own`);
+  return file;
+}
+
 async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
@@ -556,6 +611,7 @@ async function main(argv: string[]): Promise<void> {
       rules: { type: 'string' },
       'tile-url': { type: 'string' },
       'tile-attribution': { type: 'string' },
+      'fleet-admin-key': { type: 'string' },
     },
   });
   if (!values['issuer-key'] || !values.users) {
@@ -579,6 +635,7 @@ async function main(argv: string[]): Promise<void> {
     })), `--rules ${values.rules}`) : defaultRulesConfig,
     ...(values['tile-url'] ? { tileUrl: checkTileUrl(values['tile-url']) } : {}),
     ...(values['tile-attribution'] ? { tileAttribution: values['tile-attribution'] } : {}),
+    ...(values['fleet-admin-key'] ? { fleetAdminKeyFile: await checkFleetAdminKey(values['fleet-admin-key'], values['issuer-key']) } : {}),
   });
   const url = await server.listen(Number(values.port));
   process.stdout.write(`ops-console: ${url} (broker ${values.broker})\n`);

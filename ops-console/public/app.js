@@ -30,11 +30,14 @@ const RESTART_WORDS = {
 const PAGE_ID = crypto.randomUUID();
 
 const ALERT_READERS = ['standards', 'duty-officer'];
+const FLEET_ADMINS = ['fleet-admin'];
 
 const app = {
   config: { reasons: [], maxDurationS: 1800, tiles: null },
   me: null, // { operator, name, roles, unit, shift }
   alerts: new Map(), // id -> alert (the server's AlertStore record)
+  fleet: [], // the fleet-admin desk's rows (GET /api/fleet/cameras)
+  fleetLoading: null, // the pending reload: events come in bursts, one request serves them
   basemap: null, // { map, layer, fitted } once the Leaflet base map is made
   cameras: new Map(), // deviceId -> { state, receivedAt }
   selected: null,
@@ -126,6 +129,15 @@ async function boot() {
   $('logout').addEventListener('click', logout);
   $('live-form').addEventListener('submit', requestLive);
   $('stop-live').addEventListener('click', () => stopLive());
+  $('fleet').addEventListener('click', (e) => {
+    const b = e.target.closest('button[data-enrol]');
+    if (b) confirmEnrolment(b.getAttribute('data-enrol'), b.getAttribute('data-kid'), b.getAttribute('data-replace') === 'true');
+  });
+  $('fleet-device').addEventListener('change', fillBase);
+  $('fleet-apply').addEventListener('click', applyPatch);
+  $('fleet-revoke').addEventListener('click', revokeKey);
+  $('fleet-update').addEventListener('click', sendUpdate);
+  $('fleet-diag').addEventListener('click', collectDiag);
   $('alert-list').addEventListener('click', (e) => {
     const ack = e.target.closest('[data-ack]');
     if (ack) return acknowledge(Number(ack.getAttribute('data-ack')));
@@ -182,8 +194,10 @@ async function signedIn(me) {
   $('duration').max = String(app.config.maxDurationS);
   $('duration').value = String(Math.min(300, app.config.maxDurationS));
   $('alerts-card').hidden = !hasRole(...ALERT_READERS);
+  $('fleet-card').hidden = !hasRole(...FLEET_ADMINS);
   follow();
   if (hasRole(...ALERT_READERS)) loadAlerts();
+  if (hasRole(...FLEET_ADMINS)) loadFleet();
   render();
 }
 
@@ -195,7 +209,9 @@ function signedOut(note) {
   if (app.basemap) app.basemap.fitted = false;
   app.cameras.clear();
   app.alerts.clear();
+  app.fleet = [];
   renderAlerts();
+  renderFleet();
   render();
   showAudit(null, 'Select a camera to see its audit trail.', '');
   liveSays('');
@@ -232,6 +248,7 @@ function follow() {
     if (JSON.parse(e.data).deviceId === app.selected) loadAudit(app.selected);
   });
   es.addEventListener('ice-offer', (e) => iceRestart(JSON.parse(e.data)));
+  es.addEventListener('fleet', () => loadFleet());
   es.addEventListener('alert', (e) => {
     const a = JSON.parse(e.data);
     app.alerts.set(a.id, a);
@@ -723,6 +740,126 @@ async function acknowledge(id) {
   } catch (err) {
     if (!(err instanceof SignedOut)) show($('alerts-status'), `Could not acknowledge alert ${id}: ${err.message}`);
   }
+}
+
+// ---- Fleet (fleet admins) -----------------------------------------------------------------------
+
+/** Reloads the desk's rows; events arriving meanwhile are served by one more reload after it. */
+function loadFleet() {
+  if (!hasRole(...FLEET_ADMINS)) return;
+  if (app.fleetLoading) { app.fleetLoading.again = true; return; }
+  const pending = { again: false };
+  app.fleetLoading = pending;
+  api('/api/fleet/cameras').then(({ cameras }) => { app.fleet = cameras; renderFleet(); }, (err) => {
+    if (!(err instanceof SignedOut)) show($('fleet-status'), `Fleet unavailable: ${err.message}`);
+  }).finally(() => {
+    app.fleetLoading = null;
+    if (pending.again) loadFleet();
+  });
+}
+
+const ENROLMENT_WORDS = { enrolled: 'Enrolled', 'not-enrolled': 'Not enrolled', 'different-key': 'DIFFERENT KEY', 'no-key': 'No key seen' };
+const shortKid = (kid) => (kid ? `${kid.slice(0, 12)}…` : '—');
+
+function renderFleet() {
+  const rows = app.fleet;
+  $('fleet-status').textContent = rows.length ? `${plural(rows.length, 'camera')}, ${rows.filter((r) => r.enrolment.state !== 'enrolled').length} not trusted yet.` : 'No cameras seen yet.';
+  $('fleet').querySelector('tbody').replaceChildren(...rows.map((r) => {
+    const e = r.enrolment;
+    const last = r.update.at(-1);
+    const canConfirm = e.stateKid && e.state !== 'enrolled';
+    return h('tr', { 'data-testid': `fleet-row-${r.deviceId}`, 'data-device': r.deviceId },
+      h('th', { scope: 'row' }, r.deviceId),
+      h('td', { class: r.online ? 'ok' : 'muted' }, r.online ? 'online' : 'offline'),
+      h('td', { 'data-testid': `fleet-agent-${r.deviceId}` }, r.agentVersion ?? '—'),
+      h('td', { 'data-testid': `fleet-config-${r.deviceId}` }, r.config
+        ? [`v${r.config.version} `, h('code', { title: r.config.digest }, r.config.digest.slice(0, 10)), r.config.pending ? ' (on trial)' : '']
+        : 'not reported'),
+      h('td', { 'data-testid': `fleet-enrolment-${r.deviceId}`, 'data-state': e.state, class: e.state === 'different-key' ? 'bad' : null },
+        `${ENROLMENT_WORDS[e.state] ?? e.state} `, h('code', { title: e.stateKid ?? '' }, shortKid(e.stateKid)),
+        e.state === 'different-key' ? ` (enrolled ${shortKid(e.enrolledKid)})` : null,
+        canConfirm ? [' ', h('button', { type: 'button', 'data-testid': `fleet-enrol-${r.deviceId}`, 'data-enrol': r.deviceId, 'data-kid': e.stateKid, 'data-replace': e.state === 'different-key' ? 'true' : 'false' },
+          e.state === 'different-key' ? 'Re-pin this key' : 'Confirm this key')] : null),
+      h('td', { 'data-testid': `fleet-update-${r.deviceId}` }, last
+        ? [`${last.type.replace(/^update\./, '')}${last.version ? ` ${last.version}` : ''} `, timeEl(last.time), r.update.length > 1 ? h('span', { class: 'meta' }, ` (${r.update.map((u) => u.type.replace(/^update\./, '')).join(' → ')})`) : null]
+        : '—'));
+  }));
+  const select = $('fleet-device');
+  const chosen = select.value;
+  select.replaceChildren(...rows.map((r) => h('option', { value: r.deviceId }, r.deviceId)));
+  if (rows.some((r) => r.deviceId === chosen)) select.value = chosen;
+  if ($('fleet-base').value === '') fillBase();
+}
+
+function fillBase() {
+  const row = app.fleet.find((r) => r.deviceId === $('fleet-device').value);
+  $('fleet-base').value = row?.config ? String(row.config.version) : '';
+}
+
+/** Posts to the desk and says what came back, in the panel. */
+async function fleetAction(path, body, done) {
+  const out = $('fleet-result');
+  out.textContent = 'Sending…';
+  try {
+    const r = await api(path, body);
+    out.textContent = r.ok === true ? done(r) : `Refused by ${body.deviceId}: ${r.code}${r.message ? ` (${r.message})` : ''}`;
+    out.className = `status-line ${r.ok === true ? 'ok' : 'bad'}`;
+    loadFleet();
+    return r;
+  } catch (err) {
+    if (!(err instanceof SignedOut)) Object.assign(out, { textContent: err.message, className: 'status-line bad' });
+    return null;
+  }
+}
+
+function parseJsonField(id, what) {
+  try {
+    const v = JSON.parse($(id).value);
+    if (v && typeof v === 'object' && !Array.isArray(v)) return v;
+  } catch { /* named below */ }
+  Object.assign($('fleet-result'), { textContent: `${what} must be a JSON object`, className: 'status-line bad' });
+  return null;
+}
+
+function applyPatch() {
+  const patch = parseJsonField('fleet-patch', 'The config patch');
+  if (!patch) return;
+  const deviceId = $('fleet-device').value;
+  fleetAction('/api/fleet/config', { deviceId, patch, base: Number($('fleet-base').value) },
+    (r) => `${deviceId} now runs config version ${r.version} (applied ${r.applied}${r.changed ? `: ${[].concat(r.changed).join(', ')}` : ''})`).then((r) => {
+    if (r?.ok) $('fleet-base').value = String(r.version);
+  });
+}
+
+function revokeKey() {
+  const deviceId = $('fleet-device').value;
+  const kid = $('fleet-kid').value.trim();
+  fleetAction('/api/fleet/revoke', { deviceId, kid }, () => `${deviceId} revoked key ${kid}`);
+}
+
+function sendUpdate() {
+  const release = parseJsonField('fleet-release', 'The release');
+  if (!release) return;
+  const deviceId = $('fleet-device').value;
+  fleetAction('/api/fleet/update', { deviceId, release, force: $('fleet-force').checked },
+    (r) => `${deviceId} accepted the update to ${release.version}: ${r.status ?? 'started'}; progress shows in its row`);
+}
+
+function collectDiag() {
+  const deviceId = $('fleet-device').value;
+  const out = $('fleet-diag-result');
+  out.hidden = true;
+  fleetAction('/api/fleet/diag', { deviceId }, (r) => {
+    out.replaceChildren(`${r.bytes} bytes, SHA-256 `, h('code', { 'data-testid': 'fleet-diag-sha256' }, r.sha256), ' · ',
+      h('a', { href: r.download, download: `diag-${deviceId}-${r.id}.json`, 'data-testid': 'fleet-diag-download' }, 'Download the bundle'));
+    out.hidden = false;
+    return `Diagnostics of ${deviceId} collected`;
+  });
+}
+
+function confirmEnrolment(deviceId, kid, replace) {
+  fleetAction('/api/fleet/enrol', { deviceId, kid, ...(replace ? { replace: true } : {}) },
+    (r) => (r.already ? `${deviceId} was already enrolled with ${kid}` : `${deviceId} enrolled with device key ${r.kid} by ${r.enrolledBy}`));
 }
 
 // ---- Audit -----------------------------------------------------------------------------------
