@@ -166,23 +166,27 @@ export const configSchema = z.strictObject({
         .strictObject({
           enabled: z.boolean().default(true).meta({
             description:
-              'Encrypt every segment, the pre-event buffer and the GPS track at rest with age (docs/evidence.md). On with no recipient is a start-up refusal, so the embedded defaults never write footage in the clear; false is the explicit opt-out (segments in the clear, as before).',
+              'Encrypt every segment, the pre-event buffer and the GPS track at rest with age (docs/evidence.md). On with no recipient is a start-up refusal, so the embedded defaults never write footage in the clear; false is the explicit opt-out (segments in the clear, as before). Only the device changes it: a remote change must not turn encryption off.',
+            localOnly: true,
           }),
           recipients: z
             .array(z.string().regex(x25519RecipientPattern, 'an age X25519 public key ("age1" and 58 lower-case bech32 characters, as age-keygen prints)'))
             .default([])
             .meta({
               description:
-                'The force\'s age X25519 public key(s) (`age1...`), e.g. a primary and an escrow key: every file is decryptable by any one of them. The camera holds no key that decrypts its footage.',
+                'The force\'s age X25519 public key(s) (`age1...`), e.g. a primary and an escrow key: every file is decryptable by any one of them. The camera holds no key that decrypts its footage. Only the device changes them (or remoteConfig.unlockedKeys): a remote change could otherwise encrypt the footage to someone else\'s key.',
+              localOnly: true,
             }),
         })
         .prefault({}),
       plaintextDir: z.string().min(1).default('/run/bwc-agent').meta({
         description:
           'Folder in RAM (tmpfs or ramfs, checked at start-up) where the capture writes the segment still open, in the clear; each closed segment is encrypted to the state folder and unlinked here. The systemd unit\'s RuntimeDirectory. Used only with encryption.enabled.',
+        localOnly: true,
       }),
       plaintextDirOnDisk: z.boolean().default(false).meta({
         description: 'Tests and development only: accept a recording.plaintextDir that is not tmpfs/ramfs (plaintext would reach the disk).',
+        localOnly: true,
       }),
     })
     .prefault({}),

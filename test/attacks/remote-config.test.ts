@@ -2,7 +2,7 @@
 // config change to do what no command may: make live views covert (the wearer no longer told),
 // point the camera at a trust store or state folder of the attacker's choosing, run a program of
 // its choice as the capture worker (capture.workerLauncher), drop TLS checks, un-revoke keys, or
-// unlock those keys for a later push, or name a file outside the config folder (a TURN
+// turn evidence encryption off or encrypt to the attacker's key, unlock those keys for a later push, or name a file outside the config folder (a TURN
 // "password" read from the device's private key file). Keys flagged local-only in the schema
 // (src/config/schema.ts, docs/configuration.md "Local-only keys") change only in the device's own
 // config file, unless that file lists them in remoteConfig.unlockedKeys. An everyday operator key
@@ -40,6 +40,9 @@ t.test('config.apply cannot change local-only keys, and needs a key that holds c
     ['stateDir', { document: { stateDir: '/tmp/elsewhere' } }],
     ['mqtt.tls.rejectUnauthorized', { document: { mqtt: { tls: { rejectUnauthorized: false } } } }],
     ['remoteConfig.unlockedKeys', { document: { remoteConfig: { unlockedKeys: ['stream.covert'] } } }],
+    // Footage in the clear from now on, or encrypted to the attacker's own age key.
+    ['recording.encryption.enabled', { patch: { recording: { encryption: { enabled: false } } }, base: 0 }],
+    ['recording.encryption.recipients', { patch: { recording: { encryption: { recipients: ['age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p'] } } }, base: 0 }],
     // A TURN server of the attacker's, its "password" the device's private key.
     [
       'stream.ice.servers[0].credentialFile',
