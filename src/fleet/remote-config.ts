@@ -10,11 +10,12 @@
 // Every file is written whole: tmp, fsync, rename, fsync of the folder, so a power cut leaves the
 // old file or the new one, never half of one.
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { canonicalJson } from '../audit/canonical-json.ts';
 import { localOnlyKeys } from '../config/docs.ts';
 import { leafKeys } from '../config/load.ts';
+import { fsyncDirSync, writeJsonAtomically } from '../store/atomic-file.ts';
 
 export interface RemoteDocument {
   version: number;
@@ -200,32 +201,7 @@ export class RemoteConfigStore {
 
   #remove(name: string): void {
     rmSync(path.join(this.dir, name), { force: true });
-    if (existsSync(this.dir)) syncDir(this.dir);
+    if (existsSync(this.dir)) fsyncDirSync(this.dir);
   }
 }
 
-/** tmp + fsync + rename + fsync of the folder: after a power cut the old file or the new one, whole. */
-export function writeJsonAtomically(file: string, value: unknown): void {
-  const dir = path.dirname(file);
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp`;
-  const fd = openSync(tmp, 'w', 0o600);
-  try {
-    writeSync(fd, `${JSON.stringify(value, null, 2)}\n`);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, file);
-  syncDir(dir);
-}
-
-// The rename is durable only once the folder's entry is on disk.
-function syncDir(dir: string): void {
-  const fd = openSync(dir, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}

@@ -18,7 +18,7 @@ import path from 'node:path';
 import type { AgentConfig } from '../config/schema.ts';
 import { TrustStore, TrustStoreError } from '../command/trust-store.ts';
 import { errorMessage } from '../errors.ts';
-import { writeJsonAtomically } from './remote-config.ts';
+import { writeJsonAtomically } from '../store/atomic-file.ts';
 
 export interface TrustUpdates {
   added: Record<string, unknown>[];

@@ -8,7 +8,8 @@
 //   <stateDir>/update/outcome.json     why a release was put back, audited by the release that runs next
 // Both symlinks are switched by renaming a new symlink over the old one, so a power cut leaves
 // one or the other, never neither.
-import { existsSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync, fsyncSync, openSync, closeSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync } from 'node:fs';
+import { fsyncDirSync, writeJsonAtomically } from '../store/atomic-file.ts';
 import path from 'node:path';
 import { versionPattern } from './release.ts';
 
@@ -50,31 +51,10 @@ export function switchLink(releasesDir: string, name: 'current' | 'committed', v
   rmSync(tmp, { force: true });
   symlinkSync(version, tmp);
   renameSync(tmp, path.join(releasesDir, name));
-  syncDir(releasesDir);
+  fsyncDirSync(releasesDir);
 }
 
-function syncDir(dir: string): void {
-  const fd = openSync(dir, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
 
-/** Writes JSON by rename, so a reader sees the old file or the new, whole. */
-export function writeJsonAtomic(file: string, value: unknown): void {
-  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp`;
-  writeFileSync(tmp, `${JSON.stringify(value)}\n`, { mode: 0o600 });
-  const fd = openSync(tmp, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, file);
-}
 
 /**
  * The marker, or undefined when there is none. A marker that is not what the agent writes (the
@@ -98,7 +78,7 @@ export function readPending(stateDir: string): PendingUpdate | { invalid: string
 }
 
 export function writePending(stateDir: string, pending: PendingUpdate): void {
-  writeJsonAtomic(path.join(updateDirOf(stateDir), 'pending.json'), pending);
+  writeJsonAtomically(path.join(updateDirOf(stateDir), 'pending.json'), pending, 0);
 }
 
 export function clearPending(stateDir: string): void {
@@ -106,7 +86,7 @@ export function clearPending(stateDir: string): void {
 }
 
 export function writeOutcome(stateDir: string, outcome: UpdateOutcome): void {
-  writeJsonAtomic(path.join(updateDirOf(stateDir), 'outcome.json'), outcome);
+  writeJsonAtomically(path.join(updateDirOf(stateDir), 'outcome.json'), outcome, 0);
 }
 
 /** The outcome of a rollback, removed as it is read (the caller audits it). */
