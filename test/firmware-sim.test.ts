@@ -70,7 +70,7 @@ t.test('pressButton and setBattery emit events', async (t) => {
     { button: 'record', press: 'press' },
   ]);
   t.throws(() => sim.pressButton('power' as never), /unknown button/);
-  t.throws(() => sim.pressButton('record', 'double' as never), /unknown button press/);
+  t.throws(() => sim.pressButton('record', 'triple' as never), /unknown button press/);
 
   sim.setBattery(42);
   sim.setBattery(43.6, true, true);

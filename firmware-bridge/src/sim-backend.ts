@@ -10,7 +10,7 @@ import type {
   LedState,
   NotificationPattern,
 } from './interface.ts';
-import { BUTTON_IDS, BUTTON_PRESSES, NOTIFICATION_PATTERNS, UNKNOWN_BATTERY } from './interface.ts';
+import { BUTTON_IDS, BUTTON_PRESSES, NOTIFICATION_PATTERNS, TRIGGER_SOURCE_PATTERN, UNKNOWN_BATTERY } from './interface.ts';
 
 export type SimHistoryEntry =
   | { at: number; kind: 'notify'; pattern: NotificationPattern }
@@ -88,6 +88,19 @@ export class SimBackend extends EventEmitter<FirmwareBridgeEvents> implements Fi
     // A real MCU only reports presses while powered; the same rule keeps the demo honest.
     this.requireStarted();
     this.emit('button', { button, press });
+  }
+
+  /** A trigger input (holster, taser, ...), as the MCU or a GPIO input line reports it. */
+  trigger(source: string): void {
+    if (!TRIGGER_SOURCE_PATTERN.test(source)) throw new Error(`trigger source must match ${TRIGGER_SOURCE_PATTERN}, got ${JSON.stringify(source)}`);
+    this.requireStarted();
+    this.emit('trigger', { source });
+  }
+
+  /** The MCU's fall detector. */
+  fall(): void {
+    this.requireStarted();
+    this.emit('fall');
   }
 
   setBattery(percent: number, charging?: boolean, docked?: boolean): void {

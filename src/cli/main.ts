@@ -25,7 +25,9 @@ Usage:
   bwc-agent run [--config FILE]                 start the daemon (no FILE: embedded defaults)
   bwc-agent ctl status [--state-dir DIR]        print the running agent's state as JSON
   bwc-agent ctl record start|stop [--state-dir DIR]
-  bwc-agent ctl button record|function press|long   simulated firmware (firmware.backend: sim)
+  bwc-agent ctl button record|function press|long|double|hold   simulated firmware (firmware.backend: sim)
+  bwc-agent ctl trigger SOURCE                    simulated trigger input (holster, taser, lightbar, ...)
+  bwc-agent ctl fall                              simulated fall detector (officer down)
   bwc-agent ctl battery PERCENT [charging]          simulated firmware
   bwc-agent ctl offload status|pause|resume     evidence offload to the object store
   bwc-agent ctl offload hold ID REASON | release ID   keep a recording's local copy (retention never deletes it)
@@ -117,7 +119,7 @@ function updateTool(argv: string[]): number {
 async function ctl(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, options: { 'state-dir': { type: 'string' } }, allowPositionals: true, strict: true });
   const [verb, ...rest] = positionals;
-  const verbs = ['status', 'record', 'button', 'battery', 'offload'];
+  const verbs = ['status', 'record', 'button', 'battery', 'offload', 'trigger', 'fall'];
   if (!verb || !verbs.includes(verb)) throw new UsageError(verb ? `unknown ctl verb "${verb}" (known: ${verbs.join(', ')})` : `ctl needs a verb (${verbs.join(', ')})`);
   if (verb === 'record' && rest[0] !== 'start' && rest[0] !== 'stop') throw new UsageError('ctl record needs "start" or "stop"');
   const stateDir = resolveStateDir(values['state-dir'], process.env, process.cwd());

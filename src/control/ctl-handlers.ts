@@ -1,7 +1,7 @@
 // The verbs `bwc-agent ctl` sends over the control socket (docs/operations.md): the agent's status,
 // a recording started or stopped by hand, and simulated hardware input for the demo and tests
 // (a button press, the battery level), which only the sim firmware backend takes.
-import type { FirmwareBridge } from '../../firmware-bridge/src/interface.ts';
+import { BUTTON_PRESSES, TRIGGER_SOURCE_PATTERN, type ButtonPress, type FirmwareBridge } from '../../firmware-bridge/src/interface.ts';
 import { SimBackend } from '../firmware/create-bridge.ts';
 import type { Offloader } from '../offload/offloader.ts';
 import type { Recorder } from '../recording/recorder.ts';
@@ -25,9 +25,21 @@ export function registerCtlHandlers(control: Pick<ControlServer, 'handle'>, part
   };
   control.handle('button', (args) => {
     const [button, press = 'press'] = Array.isArray(args) ? (args as string[]) : [];
-    if ((button !== 'record' && button !== 'function') || (press !== 'press' && press !== 'long')) throw new Error('button needs "record|function" and "press|long"');
-    simulated().pressButton(button, press);
+    if ((button !== 'record' && button !== 'function') || !(BUTTON_PRESSES as readonly string[]).includes(press)) throw new Error('button needs "record|function" and "press|long|double|hold"');
+    simulated().pressButton(button, press as ButtonPress);
     return { button, press };
+  });
+  // ctl trigger SOURCE: a trigger input (holster, taser, lightbar, ...) as the MCU or a GPIO line reports it.
+  control.handle('trigger', (args) => {
+    const [source] = Array.isArray(args) ? (args as string[]) : [];
+    if (typeof source !== 'string' || !TRIGGER_SOURCE_PATTERN.test(source)) throw new Error(`trigger needs a source name matching ${TRIGGER_SOURCE_PATTERN} (holster, taser, lightbar, ...)`);
+    simulated().trigger(source);
+    return { source };
+  });
+  // ctl fall: the MCU's fall detector fired.
+  control.handle('fall', () => {
+    simulated().fall();
+    return { fall: true };
   });
   control.handle('battery', (args) => {
     const [value, charging] = Array.isArray(args) ? (args as string[]) : [];

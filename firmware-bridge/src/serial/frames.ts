@@ -38,9 +38,15 @@ export const PATTERN_IDS: readonly NotificationPattern[] = [
   'stream-stop',
   'reminder',
   'fault',
+  'watch-me-sent',
+  'emergency-raised',
+  'emergency-acknowledged',
+  'emergency-cleared',
+  'bookmark',
+  'talk-start',
 ];
 export const BUTTON_WIRE_IDS: readonly ButtonId[] = ['record', 'function'];
-export const PRESS_WIRE_IDS: readonly ButtonPress[] = ['press', 'long'];
+export const PRESS_WIRE_IDS: readonly ButtonPress[] = ['press', 'long', 'double', 'hold'];
 
 export interface Frame {
   version: number;
