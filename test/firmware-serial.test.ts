@@ -112,6 +112,47 @@ t.test('buttons on the MCU become button events', async (t) => {
   await sim.waitFor((l) => l.tx === 'BUTTON' && l.press === 'hold' && l.acked === true, 'hold acked');
 });
 
+t.test('TRIGGER and FALL from the MCU become trigger and fall events, once each', async (t) => {
+  const { sim, be } = await rig(t);
+  const triggers: unknown[] = [];
+  let falls = 0;
+  be.on('trigger', (e) => triggers.push(e));
+  be.on('fall', () => falls++);
+  for (const cmd of ['trigger holster', 'trigger 2', 'trigger input-42', 'trigger 6']) sim.send(cmd);
+  await until(() => triggers.length === 4, 'four triggers');
+  t.same(triggers, [{ source: 'holster' }, { source: 'taser' }, { source: 'input-42' }, { source: 'weapon' }], 'ids and names map to sources');
+  await sim.waitFor((l) => l.tx === 'TRIGGER' && l.source === 'input-42' && l.id === 42 && l.acked === true, 'TRIGGER acked');
+  sim.send('fall');
+  await until(() => falls === 1, 'fall event');
+  await sim.waitFor((l) => l.tx === 'FALL' && l.acked === true, 'FALL acked');
+  const m = sim.mark();
+  sim.send('trigger 0');
+  sim.send('trigger parachute');
+  await sim.waitFor((l) => typeof l.error === 'string' && /parachute/.test(l.error), 'the simulator refuses a source it cannot send', m);
+  t.match(sim.lines.slice(m), [{ error: /unknown trigger source: 0/ }, { error: /unknown trigger source: parachute/ }]);
+
+  // A damaged TRIGGER is lost on the way and retried with the same seq: reported once (replays: test/attacks/serial-frames.test.ts).
+  sim.send('drop');
+  await sim.waitFor((l) => l.armed === 'drop', 'drop armed');
+  sim.send('trigger lightbar');
+  await sim.waitFor((l) => l.tx === 'TRIGGER' && l.source === 'lightbar' && l.acked === true, 'damaged TRIGGER retried and acked');
+  t.same(triggers.slice(4), [{ source: 'lightbar' }], 'retried TRIGGER reported once');
+  t.equal(falls, 1);
+});
+
+t.test('the new wearer patterns (ids 6..11) reach the MCU by name', async (t) => {
+  const { sim, be } = await rig(t);
+  const m = sim.mark();
+  const patterns = ['watch-me-sent', 'emergency-raised', 'emergency-acknowledged', 'emergency-cleared', 'bookmark', 'talk-start'] as const;
+  for (const p of patterns) await be.notify(p);
+  await until(() => sim.lines.slice(m).filter((l) => l.rx === 'NOTIFY').length === patterns.length, 'six NOTIFY reports');
+  t.same(
+    sim.lines.slice(m).filter((l) => l.rx === 'NOTIFY').map((l) => l.pattern),
+    [...patterns],
+    'the MCU played each, as its {"rx":"NOTIFY","pattern":...} line shows',
+  );
+});
+
 t.test('notify and setLeds resolve on the MCU ack', async (t) => {
   const { sim, be } = await rig(t);
   const m = sim.mark();
