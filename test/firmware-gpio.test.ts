@@ -11,6 +11,7 @@ import pino from 'pino';
 import { GpioBackend, GPIOMON_FORMAT, type GpioBackendOptions } from '../firmware-bridge/src/gpio-backend.ts';
 import { gpioConfigSchema, type GpioConfigInput } from '../firmware-bridge/src/gpio-config.ts';
 import { patternSteps, type LinkEvent } from '../firmware-bridge/src/interface.ts';
+import { TRIGGER_PER_SOURCE } from '../firmware-bridge/src/input-budget.ts';
 
 const silent = pino({ level: 'silent' });
 const FAKE = fileURLToPath(new URL('./fixtures/fake-gpiod/', import.meta.url));
@@ -83,6 +84,9 @@ t.test('config: defaults, strictness, lines used twice', async (t) => {
     buttonActiveLow: true,
     debounceMs: 30,
     longPressMs: 1500,
+    doublePressMs: 400,
+    holdMs: 3000,
+    inputs: [],
     recordLedLine: 27,
     streamLedLine: 22,
     buzzerLine: 23,
@@ -91,6 +95,11 @@ t.test('config: defaults, strictness, lines used twice', async (t) => {
   t.throws(() => gpioConfigSchema.parse({ chipp: 'gpiochip0' }));
   t.throws(() => gpioConfigSchema.parse({ recordButtonLine: -1 }));
   t.throws(() => new GpioBackend({ logger: silent, config: { buzzerLine: 27 } }), /line 27 is used twice/);
+  t.throws(() => new GpioBackend({ logger: silent, config: { functionButtonLine: 5, inputs: [{ line: 5, source: 'holster' }] } }), /line 5 is used twice/);
+  t.throws(() => new GpioBackend({ logger: silent, config: { inputs: [{ line: 5, source: 'holster' }], fallLine: 5 } }), /line 5 is used twice/);
+  t.throws(() => gpioConfigSchema.parse({ longPressMs: 2000, holdMs: 1500 }), /holdMs \(1500\) must be more than longPressMs \(2000\)/);
+  t.throws(() => gpioConfigSchema.parse({ inputs: [{ line: 5, source: 'Holster!' }] }), /a source name/);
+  t.throws(() => gpioConfigSchema.parse({ inputs: [{ line: 5, source: 'holster', polarity: 'low' }] }), /polarity/);
 });
 
 t.test('start: exact gpioset/gpioget/gpiomon arguments, link up, status', async (t) => {
@@ -193,10 +202,8 @@ t.test('a button already held at start is not a press when let go', async (t) =>
   await r.started();
   r.feed(edge(17, false, 40_000), edge(5, true, 41_000), edge(5, false, 41_100), edge(17, true, 42_000), edge(17, false, 42_100));
   await waitFor(() => r.presses.length === 2, 'two presses');
-  t.same(r.presses, [
-    { button: 'function', press: 'press' },
-    { button: 'record', press: 'press' },
-  ]);
+  // (The function button's single press is reported once its double-press window has passed.)
+  t.same(r.presses.map((p) => `${p.button}:${p.press}`).sort(), ['function:press', 'record:press']);
 });
 
 t.test('setLeds: only changed LED lines get a new gpioset holder', async (t) => {
@@ -347,4 +354,101 @@ t.test('start: the real gpioset against a gpiochip that does not exist', { skip:
   t.same(links, [], 'never up');
   await t.rejects(bridge.setLeds({ recording: true, streaming: false, fault: false }), /not started/);
   await bridge.stop();
+});
+
+t.test('start: trigger inputs and the fall line join the button gpiomon when wired alike, else get their own', async (t) => {
+  const r = rig(t, {
+    functionButtonLine: 5,
+    inputs: [
+      { line: 6, source: 'holster' },
+      { line: 12, source: 'lightbar', activeLow: false, bias: 'pull-down' },
+    ],
+    fallLine: 13,
+    fallActiveLow: false,
+  });
+  await r.started(3);
+  await waitFor(() => r.bridge.status().linkUp, 'link up');
+  const calls = r.calls();
+  t.same(calls.filter((c) => c[0] === 'gpioget'), [
+    ['gpioget', '--active-low', 'gpiochip0', '17', '5', '6'],
+    ['gpioget', '--bias=pull-down', 'gpiochip0', '12'],
+    ['gpioget', 'gpiochip0', '13'],
+  ], 'each group read once at start');
+  const opts = ['--num-events=0', '--line-buffered', `--format=${GPIOMON_FORMAT}`];
+  t.same(calls.filter((c) => c[0] === 'gpiomon'), [
+    ['gpiomon', '--active-low', ...opts, 'gpiochip0', '17', '5', '6'],
+    ['gpiomon', '--bias=pull-down', ...opts, 'gpiochip0', '12'],
+    ['gpiomon', ...opts, 'gpiochip0', '13'],
+  ], 'one gpiomon per active-low/bias setting');
+  t.same(r.links, [{ up: true, firmwareVersion: 'gpio' }], 'up once, when all three run');
+});
+
+t.test('trigger inputs: each debounced change to active is one trigger; release, and an input active at start, report nothing', async (t) => {
+  const r = rig(t, { inputs: [{ line: 6, source: 'holster' }, { line: 7, source: 'taser' }], fallLine: 8 });
+  const triggers: string[] = [];
+  let falls = 0;
+  r.bridge.on('trigger', (e) => triggers.push(e.source));
+  r.bridge.on('fall', () => falls++);
+  writeFileSync(join(r.dir, 'gpioget-values'), '0 0 1 0\n'); // lines 17 6 7 8: the taser line is already active
+  await r.started();
+  r.feed(
+    edge(6, true, 70_000), // holster drawn, with contact bounce
+    edge(6, false, 70_003),
+    edge(6, true, 70_006),
+    edge(6, false, 72_000), // holstered: nothing
+    edge(7, false, 72_500), // the taser line, active at start, goes inactive: nothing
+    edge(8, true, 73_000), // the fall detector
+    edge(8, false, 73_100),
+    edge(7, true, 74_000), // now the taser is armed
+  );
+  await waitFor(() => triggers.length === 2, 'two triggers');
+  t.same(triggers, ['holster', 'taser']);
+  t.equal(falls, 1, 'one fall');
+  t.same(r.presses, [], 'no button press came of it');
+});
+
+t.test('trigger inputs: a chattering line is cut to the input budget', async (t) => {
+  // A frozen clock for the budget: the outcome is exact, whatever the machine's load.
+  const r = rig(t, { inputs: [{ line: 6, source: 'holster' }] }, { now: () => 5_000 });
+  const triggers: string[] = [];
+  r.bridge.on('trigger', (e) => triggers.push(e.source));
+  await r.started();
+  const edges: string[] = [];
+  // 50 activations, each well past the debounce time: not bounce but a faulty sensor (or line).
+  for (let i = 0; i < 50; i++) edges.push(edge(6, true, 80_000 + i * 200), edge(6, false, 80_000 + i * 200 + 100));
+  r.feed(...edges, edge(17, true, 95_000), edge(17, false, 95_050)); // the record button as the sentinel
+  await waitFor(() => r.presses.length === 1, 'the sentinel press');
+  t.equal(triggers.length, TRIGGER_PER_SOURCE.burst, `cut to the per-source burst: ${triggers.length} of 50`);
+  t.equal(r.bridge.counters().rateLimited, 50 - TRIGGER_PER_SOURCE.burst, 'the rest counted');
+});
+
+t.test('function button: double press, hold, and long between the two', async (t) => {
+  const r = rig(t, { functionButtonLine: 5, longPressMs: 200, holdMs: 600, doublePressMs: 400 });
+  await r.started();
+  const fn = () => r.presses.filter((p) => p.button === 'function').map((p) => p.press);
+  // Two taps 250 ms apart (kernel time): one double, not two presses.
+  r.feed(edge(5, true, 100_000), edge(5, false, 100_050), edge(5, true, 100_300), edge(5, false, 100_350));
+  await waitFor(() => fn().length === 1, 'the double');
+  t.same(fn(), ['double']);
+  // Two taps 1 s apart, arriving together: two presses.
+  r.feed(edge(5, true, 110_000), edge(5, false, 110_050), edge(5, true, 111_050), edge(5, false, 111_100));
+  await waitFor(() => fn().length === 3, 'two single presses');
+  t.same(fn().slice(1), ['press', 'press']);
+  // Held past holdMs: hold, reported while still held; the release adds nothing.
+  r.feed(edge(5, true, 120_000));
+  await waitFor(() => fn().length === 4, 'the hold');
+  t.same(fn()[3], 'hold');
+  r.feed(edge(5, false, 125_000));
+  // Let go between longPressMs and holdMs: long (kernel times, so the whole press arrives at once).
+  r.feed(edge(5, true, 130_000), edge(5, false, 130_300));
+  await waitFor(() => fn().length === 5, 'the long press');
+  t.same(fn()[4], 'long');
+  // A tap, then within the window a long press: the tap stands alone, then the long press.
+  r.feed(edge(5, true, 140_000), edge(5, false, 140_050), edge(5, true, 140_200), edge(5, false, 140_500));
+  await waitFor(() => fn().length === 7, 'a press and a long press');
+  t.same(fn().slice(5), ['press', 'long']);
+  // The record button keeps press and long only, at once.
+  r.feed(edge(17, true, 150_000), edge(17, false, 150_050));
+  await waitFor(() => r.presses.at(-1)?.button === 'record', 'record press');
+  t.same(r.presses.at(-1), { button: 'record', press: 'press' });
 });

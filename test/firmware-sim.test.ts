@@ -82,3 +82,24 @@ t.test('pressButton and setBattery emit events', async (t) => {
   t.throws(() => sim.setBattery(101), /0\.\.100/);
   t.throws(() => sim.setBattery(Number.NaN), /0\.\.100/);
 });
+
+t.test('double and hold gestures, trigger inputs and the fall detector', async (t) => {
+  const sim = new SimBackend({ logger });
+  t.throws(() => sim.trigger('holster'), /not started/);
+  t.throws(() => sim.fall(), /not started/);
+  await sim.start();
+  const events: unknown[] = [];
+  sim.on('button', (b) => events.push(b));
+  sim.on('trigger', (e) => events.push(e));
+  sim.on('fall', () => events.push('fall'));
+  sim.pressButton('function', 'double');
+  sim.pressButton('function', 'hold');
+  sim.trigger('holster');
+  sim.trigger('input-42');
+  sim.fall();
+  t.same(events, [{ button: 'function', press: 'double' }, { button: 'function', press: 'hold' }, { source: 'holster' }, { source: 'input-42' }, 'fall']);
+  t.throws(() => sim.trigger('Holster; rm -rf'), /trigger source must match/);
+  t.throws(() => sim.trigger(''), /trigger source must match/);
+  t.equal(events.length, 5, 'nothing came of the refused ones');
+});
+

@@ -13,8 +13,9 @@
 //     LED replaces only that line's holder, so the other LEDs never flicker;
 //   - buzzer and vibration pulses are `gpioset --mode=time` runs: the line is high for exactly the pulse
 //     and released afterwards (an active buzzer and a motor driver with a pull-down read that as off);
-//   - buttons are one long-running `gpiomon` on all button lines, whose edge events (with kernel
-//     timestamps) are debounced and classified here.
+//   - buttons, trigger inputs and the fall line are watched by long-running `gpiomon`s whose edge events
+//     (with kernel timestamps) are debounced and classified here: one gpiomon per distinct active-low/bias
+//     setting (v1 applies those to every line of a request), so with the usual wiring just one.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
@@ -22,6 +23,7 @@ import { createInterface } from 'node:readline';
 import type { Logger } from 'pino';
 import type {
   ButtonId,
+  ButtonPress,
   FirmwareBridge,
   FirmwareBridgeEvents,
   FirmwareBridgeStatus,
@@ -30,6 +32,7 @@ import type {
 } from './interface.ts';
 import { NOTIFICATION_PATTERNS, UNKNOWN_BATTERY, patternSteps } from './interface.ts';
 import { gpioConfigSchema, type GpioConfig, type GpioConfigInput } from './gpio-config.ts';
+import { InputBudget } from './input-budget.ts';
 import { errorMessage } from '../../src/errors.ts';
 
 export const GPIO_FIRMWARE_VERSION = 'gpio';
@@ -47,11 +50,17 @@ export interface GpioBackendOptions {
   restartMinMs?: number;
   /** Cap of that delay. Default 30 s. */
   restartMaxMs?: number;
+  /** Clock of the trigger/fall budget (input-budget.ts), ms; tests inject one. Default Date.now. */
+  now?: () => number;
 }
 
-interface ButtonState {
-  id: ButtonId;
-  /** Debounced level: true while held. */
+/** What a watched input line is. Only the function button has the double and hold gestures. */
+type LineRole = { kind: 'button'; id: ButtonId; gestures: boolean } | { kind: 'trigger'; source: string } | { kind: 'fall' };
+
+interface LineState {
+  line: number;
+  role: LineRole;
+  /** Debounced level: true while held (active). */
   pressed: boolean;
   /** Level after the newest edge, bounce included. */
   raw: boolean;
@@ -59,9 +68,27 @@ interface ButtonState {
   /** Kernel time (ms) of the last edge that changed the debounced level. */
   acceptedTs: number | null;
   pressTs: number;
+  /** The long press (or, with gestures, the hold) was already reported while held. */
   longFired: boolean;
   longTimer: NodeJS.Timeout | null;
   settleTimer: NodeJS.Timeout | null;
+  /** Gestures: kernel time a short press was let go, while it may still become a double. */
+  releasedTs: number | null;
+  /** Gestures: reports that short press as `press` when no second one comes in time. */
+  singleTimer: NodeJS.Timeout | null;
+  /** Gestures: this press began within the double-press window of a short one. */
+  secondPress: boolean;
+}
+
+/** One gpiomon: the lines sharing one active-low/bias setting. */
+interface MonitorGroup {
+  activeLow: boolean;
+  bias: string | undefined;
+  lines: number[];
+  child: ChildProcess | null;
+  spawnedAt: number;
+  restartAttempts: number;
+  restartTimer: NodeJS.Timeout | null;
 }
 
 interface Holder {
@@ -86,7 +113,9 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
   private readonly env: NodeJS.ProcessEnv;
   private readonly restartMinMs: number;
   private readonly restartMaxMs: number;
-  private readonly buttons = new Map<number, ButtonState>();
+  private readonly inputs = new Map<number, LineState>();
+  private readonly groups: MonitorGroup[] = [];
+  private readonly budget: InputBudget;
   private readonly ledLines: Record<keyof LedState, number | undefined>;
   private readonly holders = new Map<number, Holder>();
   private readonly pulseChildren = new Set<ChildProcess>();
@@ -95,11 +124,9 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
   private linkUp = false;
   private lastPattern: NotificationPattern | null = null;
   private lastError: string | null = null;
-  private monitor: ChildProcess | null = null;
-  private monitorSpawnedAt = 0;
-  private restartAttempts = 0;
-  private restartTimer: NodeJS.Timeout | null = null;
   private ledQueue: Promise<void> = Promise.resolve();
+  /** Trigger/fall edges ignored as beyond the budget (input-budget.ts). */
+  private rateLimited = 0;
   private notifyQueue: Promise<void> = Promise.resolve();
 
   constructor(opts: GpioBackendOptions) {
@@ -109,16 +136,40 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
     this.env = opts.env ?? process.env;
     this.restartMinMs = opts.restartMinMs ?? 500;
     this.restartMaxMs = Math.max(this.restartMinMs, opts.restartMaxMs ?? 30_000);
+    this.budget = new InputBudget(opts.now);
     const c = this.config;
     this.ledLines = { recording: c.recordLedLine, streaming: c.streamLedLine, fault: c.faultLedLine };
-    const used = [c.recordButtonLine, c.functionButtonLine, c.recordLedLine, c.streamLedLine, c.faultLedLine, c.buzzerLine, c.vibrationLine].filter(
-      (l): l is number => l !== undefined,
-    );
+    const used = [
+      c.recordButtonLine,
+      c.functionButtonLine,
+      ...c.inputs.map((i) => i.line),
+      c.fallLine,
+      c.recordLedLine,
+      c.streamLedLine,
+      c.faultLedLine,
+      c.buzzerLine,
+      c.vibrationLine,
+    ].filter((l): l is number => l !== undefined);
     // One line cannot be both an input and an output, and two holders of one line would fight (EBUSY).
     const dup = used.find((l, i) => used.indexOf(l) !== i);
     if (dup !== undefined) throw new Error(`gpio config: line ${dup} is used twice`);
-    this.buttons.set(c.recordButtonLine, newButton('record'));
-    if (c.functionButtonLine !== undefined) this.buttons.set(c.functionButtonLine, newButton('function'));
+    const buttonWiring = { activeLow: c.buttonActiveLow, bias: c.buttonBias };
+    this.addInput(c.recordButtonLine, { kind: 'button', id: 'record', gestures: false }, buttonWiring);
+    if (c.functionButtonLine !== undefined) this.addInput(c.functionButtonLine, { kind: 'button', id: 'function', gestures: true }, buttonWiring);
+    for (const i of c.inputs) {
+      this.addInput(i.line, { kind: 'trigger', source: i.source }, { activeLow: i.activeLow ?? c.buttonActiveLow, bias: i.bias ?? c.buttonBias });
+    }
+    if (c.fallLine !== undefined) this.addInput(c.fallLine, { kind: 'fall' }, { activeLow: c.fallActiveLow ?? c.buttonActiveLow, bias: c.buttonBias });
+  }
+
+  private addInput(line: number, role: LineRole, wiring: { activeLow: boolean; bias: string | undefined }): void {
+    this.inputs.set(line, newLineState(line, role));
+    let group = this.groups.find((g) => g.activeLow === wiring.activeLow && g.bias === wiring.bias);
+    if (group === undefined) {
+      group = { ...wiring, lines: [], child: null, spawnedAt: 0, restartAttempts: 0, restartTimer: null };
+      this.groups.push(group);
+    }
+    group.lines.push(line);
   }
 
   async start(): Promise<void> {
@@ -128,23 +179,24 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
     // error now rather than holders and a monitor dying one by one in the background.
     const outputs = [...this.ledLineList(), c.buzzerLine, c.vibrationLine];
     await this.runChecked('gpioset', [c.chip, ...outputs.map((l) => `${l}=0`)], `cannot drive output lines ${outputs.join(',')}`);
-    // Reading the buttons once both checks the input lines and tells a button already held at start,
-    // which must not turn into a press when it is let go.
-    const inputs = [...this.buttons.keys()];
-    const got = await this.runChecked('gpioget', [...this.inputFlags(), c.chip, ...inputs.map(String)], `cannot read button lines ${inputs.join(',')}`);
-    const levels = got.stdout.trim().split(/\s+/);
-    inputs.forEach((line, i) => {
-      const b = this.buttons.get(line)!;
-      const held = levels[i] === '1';
-      Object.assign(b, { pressed: held, raw: held, longFired: held, acceptedTs: null });
-    });
+    // Reading the inputs once both checks the lines and tells a button already held (an input already
+    // active) at start, which must not turn into a press when it is let go (nor into a trigger).
+    for (const g of this.groups) {
+      const what = g === this.groups[0] ? 'button lines' : 'input lines';
+      const got = await this.runChecked('gpioget', [...this.inputFlags(g), c.chip, ...g.lines.map(String)], `cannot read ${what} ${g.lines.join(',')}`);
+      const levels = got.stdout.trim().split(/\s+/);
+      g.lines.forEach((line, i) => {
+        const held = levels[i] === '1';
+        Object.assign(this.inputs.get(line)!, { pressed: held, raw: held, longFired: held, acceptedTs: null });
+      });
+    }
     this.started = true;
     this.lastError = null;
     for (const [key, line] of Object.entries(this.ledLines)) {
       if (line !== undefined) this.spawnHolder(line, this.leds[key as keyof LedState] ? 1 : 0);
     }
     try {
-      await this.spawnMonitor();
+      for (const g of this.groups) await this.spawnMonitor(g);
     } catch (err) {
       await this.stop();
       throw err;
@@ -154,13 +206,14 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
   async stop(): Promise<void> {
     if (!this.started) return;
     this.started = false;
-    if (this.restartTimer) clearTimeout(this.restartTimer);
-    this.restartTimer = null;
-    for (const b of this.buttons.values()) clearButtonTimers(b);
-    const monitor = this.monitor;
-    this.monitor = null;
     const waits: Promise<void>[] = [];
-    if (monitor) waits.push(terminate(monitor));
+    for (const g of this.groups) {
+      if (g.restartTimer) clearTimeout(g.restartTimer);
+      g.restartTimer = null;
+      if (g.child) waits.push(terminate(g.child));
+      g.child = null;
+    }
+    for (const b of this.inputs.values()) clearLineTimers(b);
     for (const child of this.pulseChildren) waits.push(terminate(child));
     for (const line of [...this.holders.keys()]) waits.push(this.releaseHolder(line));
     await Promise.all(waits);
@@ -189,6 +242,11 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
     const run = this.ledQueue.then(() => this.applyLeds());
     this.ledQueue = run.catch(() => undefined);
     return run;
+  }
+
+  /** Trigger and fall edges ignored as beyond the input budget, for diagnostics. */
+  counters(): { rateLimited: number } {
+    return { rateLimited: this.rateLimited };
   }
 
   status(): FirmwareBridgeStatus {
@@ -273,66 +331,73 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
     await h.exited;
   }
 
-  private async spawnMonitor(): Promise<void> {
+  private async spawnMonitor(g: MonitorGroup): Promise<void> {
     const c = this.config;
-    const lines = [...this.buttons.keys()];
-    const args = [...this.inputFlags(), '--num-events=0', '--line-buffered', `--format=${GPIOMON_FORMAT}`, c.chip, ...lines.map(String)];
+    const args = [...this.inputFlags(g), '--num-events=0', '--line-buffered', `--format=${GPIOMON_FORMAT}`, c.chip, ...g.lines.map(String)];
     const child = spawn(this.tool('gpiomon'), args, { stdio: ['ignore', 'pipe', 'pipe'], env: this.env });
-    this.monitor = child;
+    g.child = child;
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
     createInterface({ input: child.stdout! }).on('line', (l) => {
-      if (this.monitor === child) this.onMonitorLine(l);
+      if (g.child === child) this.onMonitorLine(g, l);
     });
     let ended = false;
+    let spawned = false;
     const onEnd = (why: string) => {
       if (ended) return;
       ended = true;
-      if (this.monitor !== child) return;
-      this.monitor = null;
-      this.onMonitorDeath(stderr.trim().split('\n').pop() || why);
+      if (g.child !== child) return;
+      g.child = null;
+      this.onMonitorDeath(g, stderr.trim().split('\n').pop() || why);
     };
     child.once('exit', (code, signal) => onEnd(signal ? `gpiomon killed by ${signal}` : `gpiomon exited with code ${code}`));
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', () => {
-        this.monitorSpawnedAt = Date.now();
-        this.setLink(true);
+        spawned = true;
+        g.spawnedAt = Date.now();
+        // Up once every monitor runs: a dead one means some input is not watched.
+        if (this.groups.every((x) => x.child !== null)) this.setLink(true);
         resolve();
       });
       child.once('error', (err) => {
         const why = this.spawnErrorText('gpiomon', err);
         onEnd(why);
-        reject(new Error(why));
+        if (!spawned) reject(new Error(why));
       });
     });
   }
 
-  private onMonitorDeath(reason: string): void {
-    for (const b of this.buttons.values()) {
+  private onMonitorDeath(g: MonitorGroup, reason: string): void {
+    for (const line of g.lines) {
+      const b = this.inputs.get(line)!;
+      // A finished short press still waiting to see whether it becomes a double did happen: report it.
+      if (b.singleTimer !== null && b.role.kind === 'button') this.emit('button', { button: b.role.id, press: 'press' });
       // Edges while gpiomon is down are lost: forget a half-seen press instead of inventing its end.
-      clearButtonTimers(b);
-      Object.assign(b, { pressed: false, raw: false, longFired: false, acceptedTs: null });
+      clearLineTimers(b);
+      Object.assign(b, { pressed: false, raw: false, longFired: false, acceptedTs: null, releasedTs: null, secondPress: false });
     }
-    this.lastError = `gpio: button monitor down: ${reason}`;
-    this.logger.warn({ reason }, 'gpio: gpiomon ended; restarting');
+    const what = g === this.groups[0] ? 'button monitor' : `input monitor (lines ${g.lines.join(',')})`;
+    this.lastError = `gpio: ${what} down: ${reason}`;
+    this.logger.warn({ reason, lines: g.lines }, 'gpio: gpiomon ended; restarting');
     this.setLink(false, reason);
     if (!this.started) return;
     // A monitor that ran for a while before dying is a fresh failure, not part of a crash loop.
-    if (Date.now() - this.monitorSpawnedAt > this.restartMaxMs) this.restartAttempts = 0;
-    const delay = Math.min(this.restartMaxMs, this.restartMinMs * 2 ** this.restartAttempts);
-    this.restartAttempts++;
-    this.restartTimer = setTimeout(() => {
-      this.restartTimer = null;
+    if (Date.now() - g.spawnedAt > this.restartMaxMs) g.restartAttempts = 0;
+    const delay = Math.min(this.restartMaxMs, this.restartMinMs * 2 ** g.restartAttempts);
+    g.restartAttempts++;
+    if (g.restartTimer) clearTimeout(g.restartTimer);
+    g.restartTimer = setTimeout(() => {
+      g.restartTimer = null;
       if (!this.started) return;
       // The holders may have died with the same fault (chip gone and back); re-drive the LEDs too.
       void this.setLeds(this.leds).catch(() => undefined);
-      this.spawnMonitor().catch((err: Error) => this.logger.warn({ err: err.message }, 'gpio: gpiomon restart failed'));
+      this.spawnMonitor(g).catch((err: Error) => this.logger.warn({ err: err.message }, 'gpio: gpiomon restart failed'));
     }, delay);
   }
 
-  private onMonitorLine(text: string): void {
+  private onMonitorLine(g: MonitorGroup, text: string): void {
     const m = /^(\d+) ([01]) (\d+) (\d+)$/.exec(text.trim());
-    const b = m ? this.buttons.get(Number(m[1])) : undefined;
+    const b = m && g.lines.includes(Number(m[1])) ? this.inputs.get(Number(m[1])) : undefined;
     if (!m || !b) {
       this.logger.warn({ line: text }, 'gpio: unexpected gpiomon output ignored');
       return;
@@ -343,7 +408,7 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
   }
 
   /** `active`: the line became active (pressed); gpiomon already applied --active-low. */
-  private onEdge(b: ButtonState, active: boolean, ts: number): void {
+  private onEdge(b: LineState, active: boolean, ts: number): void {
     b.raw = active;
     b.rawTs = ts;
     if (b.acceptedTs !== null && ts - b.acceptedTs < this.config.debounceMs) {
@@ -361,9 +426,22 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
     this.transition(b, active, ts);
   }
 
-  private transition(b: ButtonState, pressed: boolean, ts: number): void {
+  private transition(b: LineState, pressed: boolean, ts: number): void {
     b.acceptedTs = ts;
     b.pressed = pressed;
+    const role = b.role;
+    if (role.kind === 'trigger') {
+      if (pressed) this.report('trigger', role.source);
+      return;
+    }
+    if (role.kind === 'fall') {
+      if (pressed) this.report('fall', null);
+      return;
+    }
+    if (role.gestures) {
+      this.gestureTransition(b, role.id, pressed, ts);
+      return;
+    }
     if (pressed) {
       b.pressTs = ts;
       b.longFired = false;
@@ -372,7 +450,7 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
         b.longTimer = null;
         if (!this.started || !b.pressed) return;
         b.longFired = true;
-        this.emit('button', { button: b.id, press: 'long' });
+        this.emit('button', { button: role.id, press: 'long' });
       }, this.config.longPressMs);
       return;
     }
@@ -380,7 +458,74 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
     b.longTimer = null;
     if (b.longFired) return;
     // Events that arrive late (a busy event loop) are still classified by how long the button was held.
-    this.emit('button', { button: b.id, press: ts - b.pressTs >= this.config.longPressMs ? 'long' : 'press' });
+    this.emit('button', { button: role.id, press: ts - b.pressTs >= this.config.longPressMs ? 'long' : 'press' });
+  }
+
+  /**
+   * The function button: a short press is held back for doublePressMs after it is let go, to see whether
+   * a second one makes it a `double`; held past holdMs it is a `hold` (reported when the time passes),
+   * let go between longPressMs and holdMs a `long`. Classified by kernel timestamps, so events that
+   * arrive together are judged by when they happened.
+   */
+  private gestureTransition(b: LineState, id: ButtonId, pressed: boolean, ts: number): void {
+    const c = this.config;
+    const emit = (press: ButtonPress) => this.emit('button', { button: id, press });
+    if (pressed) {
+      b.pressTs = ts;
+      b.longFired = false;
+      b.secondPress = false;
+      if (b.singleTimer !== null) {
+        clearTimeout(b.singleTimer);
+        b.singleTimer = null;
+        if (b.releasedTs !== null && ts - b.releasedTs <= c.doublePressMs) b.secondPress = true;
+        else emit('press'); // the window had passed; only our timer had not fired yet
+      }
+      b.releasedTs = null;
+      if (b.longTimer) clearTimeout(b.longTimer);
+      b.longTimer = setTimeout(() => {
+        b.longTimer = null;
+        if (!this.started || !b.pressed) return;
+        b.longFired = true;
+        if (b.secondPress) emit('press');
+        b.secondPress = false;
+        emit('hold');
+      }, c.holdMs);
+      return;
+    }
+    if (b.longTimer) clearTimeout(b.longTimer);
+    b.longTimer = null;
+    if (b.longFired) return;
+    const held = ts - b.pressTs;
+    if (held >= c.longPressMs) {
+      // Not a second tap but a long press or hold of its own: the first tap stands alone.
+      if (b.secondPress) emit('press');
+      b.secondPress = false;
+      emit(held >= c.holdMs ? 'hold' : 'long');
+      return;
+    }
+    if (b.secondPress) {
+      b.secondPress = false;
+      emit('double');
+      return;
+    }
+    b.releasedTs = ts;
+    b.singleTimer = setTimeout(() => {
+      b.singleTimer = null;
+      b.releasedTs = null;
+      if (this.started) emit('press');
+    }, c.doublePressMs);
+  }
+
+  /** A trigger input or the fall line became active: passed on within the budget, else logged and counted. */
+  private report(kind: 'trigger' | 'fall', source: string | null): void {
+    const allowed = source !== null ? this.budget.allowTrigger(source) : this.budget.allowFall();
+    if (!allowed) {
+      this.rateLimited++;
+      this.logger.warn({ kind, source }, 'gpio: input beyond its budget ignored (a chattering or faulty line?)');
+      return;
+    }
+    if (source !== null) this.emit('trigger', { source });
+    else this.emit('fall');
   }
 
   private setLink(up: boolean, reason?: string): void {
@@ -389,9 +534,8 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
     this.emit('link', up ? { up, firmwareVersion: GPIO_FIRMWARE_VERSION } : { up, reason: reason ?? 'down' });
   }
 
-  private inputFlags(): string[] {
-    const c = this.config;
-    return [...(c.buttonActiveLow ? ['--active-low'] : []), ...(c.buttonBias ? [`--bias=${c.buttonBias}`] : [])];
+  private inputFlags(g: MonitorGroup): string[] {
+    return [...(g.activeLow ? ['--active-low'] : []), ...(g.bias ? [`--bias=${g.bias}`] : [])];
   }
 
   private ledLineList(): number[] {
@@ -450,15 +594,31 @@ export class GpioBackend extends EventEmitter<FirmwareBridgeEvents> implements F
   }
 }
 
-function newButton(id: ButtonId): ButtonState {
-  return { id, pressed: false, raw: false, rawTs: 0, acceptedTs: null, pressTs: 0, longFired: false, longTimer: null, settleTimer: null };
+function newLineState(line: number, role: LineRole): LineState {
+  return {
+    line,
+    role,
+    pressed: false,
+    raw: false,
+    rawTs: 0,
+    acceptedTs: null,
+    pressTs: 0,
+    longFired: false,
+    longTimer: null,
+    settleTimer: null,
+    releasedTs: null,
+    singleTimer: null,
+    secondPress: false,
+  };
 }
 
-function clearButtonTimers(b: ButtonState): void {
+function clearLineTimers(b: LineState): void {
   if (b.longTimer) clearTimeout(b.longTimer);
   if (b.settleTimer) clearTimeout(b.settleTimer);
+  if (b.singleTimer) clearTimeout(b.singleTimer);
   b.longTimer = null;
   b.settleTimer = null;
+  b.singleTimer = null;
 }
 
 /** SIGTERM (gpioset/gpiomon release their lines and exit 0 on it), SIGKILL if it lingers. */
