@@ -142,20 +142,23 @@ t.test('watch-me, emergencies, triggers, bookmarks and stream-started recording 
     t.equal(state()?.recording, false);
   });
 
-  await t.test('emergency from a weapon trigger, cancelled by the wearer', async (t) => {
-    const n = events('officer.emergency').length;
-    mcu.send('trigger weapon');
-    const e = await nextEvent('officer.emergency', n, 'officer.emergency');
-    t.match(e, { alertId: String, source: 'trigger', trigger: 'weapon', recordingId: String, position: { lat: Number } });
-    const from = mcu.mark();
-    const c0 = events('officer.emergency_cleared').length;
-    mcu.send('hold function');
-    const cleared = await nextEvent('officer.emergency_cleared', c0, 'cleared by the wearer');
-    t.match(cleared, { alertId: e.alertId, by: 'wearer', operator: null });
-    await notified('emergency-cleared', from);
-    t.match(audits('officer.emergency_cleared').at(-1)?.detail, { alertId: e.alertId, by: 'wearer' }, 'the cancel is audited');
-    await recorder.waitFor(() => state()?.officer?.emergency === null, 15_000, 'state: no emergency');
-    await stopRecording();
+  await t.test('emergency from a weapon or taser trigger (record and alert), cancelled by the wearer', async (t) => {
+    for (const [source, cancel] of [['weapon', 'hold function'], ['taser', 'hold record']] as const) {
+      const n = events('officer.emergency').length;
+      mcu.send(`trigger ${source}`);
+      const e = await nextEvent('officer.emergency', n, `officer.emergency (${source})`);
+      t.match(e, { alertId: String, source: 'trigger', trigger: source, recordingId: String, position: { lat: Number } }, `${source}: emergency raised`);
+      t.match(audits('recording.start').at(-1)?.detail, { recordingId: e.recordingId, trigger: 'trigger', source }, `${source}: recording.start audited with the source`);
+      t.match(audits('officer.trigger').at(-1)?.detail, { source, actions: ['record', 'alert'] }, `${source}: officer.trigger audited`);
+      const from = mcu.mark();
+      const c0 = events('officer.emergency_cleared').length;
+      mcu.send(cancel);
+      t.match(await nextEvent('officer.emergency_cleared', c0, 'cleared by the wearer'), { alertId: e.alertId, by: 'wearer', operator: null }, `${source}: cancelled by the wearer (${cancel})`);
+      await notified('emergency-cleared', from);
+      t.match(audits('officer.emergency_cleared').at(-1)?.detail, { alertId: e.alertId, by: 'wearer' }, 'the cancel is audited');
+      await recorder.waitFor(() => state()?.officer?.emergency === null, 15_000, 'state: no emergency');
+      await stopRecording();
+    }
   });
 
   await t.test('emergency from the fall detector: 1 s GPS until a supervisor acknowledges and clears it; the MCU plays the acknowledgement', async (t) => {
