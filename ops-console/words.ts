@@ -50,6 +50,7 @@ const words: Record<string, string> = {
   config_pending: 'the camera is still trying out the previous configuration change; try again shortly',
   trust_admin_local_only: 'fleet-admin keys can only be changed on the camera itself',
   trust_update_invalid: 'the camera refused the key change (see the message)',
+  unknown_alert: 'that alert is no longer open on the camera (already cleared, or another alert)',
 };
 
 /** Codes the console itself answers with, never a camera: a reply that did not come. */

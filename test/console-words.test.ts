@@ -7,6 +7,7 @@ import vm from 'node:vm';
 import t from 'tap';
 import { actionFailedCode, notSupportedCode } from '../src/command/command-handler.ts';
 import { fleetRefusalCodes } from '../src/fleet/fleet-management.ts';
+import { officerRefusalCodes } from '../src/officer/officer-extension.ts';
 import { handlerRejectionCodes, rejectionCodes } from '../src/command/types.ts';
 import { recordRefusalCodes } from '../src/recording/recorder.ts';
 import { restartCauses } from '../src/stream/ice-restart.ts';
@@ -14,7 +15,7 @@ import { streamEndCauses, streamRefusalCodes } from '../src/stream/stream-manage
 import { consoleOnlyCodes, inWords, wordedCodes } from '../ops-console/words.ts';
 
 /** Every code a camera's command reply can carry: the verifier's, the handler's, and each action's. */
-const replyCodes = [...new Set<string>([...rejectionCodes, ...handlerRejectionCodes, actionFailedCode, notSupportedCode, ...streamRefusalCodes, ...recordRefusalCodes, ...fleetRefusalCodes])];
+const replyCodes = [...new Set<string>([...rejectionCodes, ...handlerRejectionCodes, actionFailedCode, notSupportedCode, ...streamRefusalCodes, ...recordRefusalCodes, ...fleetRefusalCodes, ...officerRefusalCodes])];
 
 /**
  * The keys of `const NAME = { ... };` in the page's script. app.js is a browser script with no

@@ -1,11 +1,6 @@
-import { spawn } from 'node:child_process';
-import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import t, { type Test } from 'tap';
 import type { LinkEvent } from '../firmware-bridge/src/interface.ts';
@@ -15,61 +10,11 @@ import { decodeFrame, encodeFrame, FrameSplitter, MSG } from '../firmware-bridge
 import { droppedFrames } from '../firmware-bridge/src/serial/link.ts';
 import type { SerialBackendOptions } from '../firmware-bridge/src/serial/serial-backend.ts';
 import { SerialBackend } from '../firmware-bridge/src/serial/serial-backend.ts';
+import { McuSim, until } from './helpers/mcu-sim.ts';
 import type { PtyPair } from './helpers/pty.ts';
 import { startPtyPair, stopAllPtyPairs } from './helpers/pty.ts';
 
-const simScript = fileURLToPath(new URL('../firmware-bridge/mcu-sim/mcu-sim.ts', import.meta.url));
 const logger = pino({ level: 'silent' });
-/** Guards against hangs only; no test asserts how fast anything happens. */
-const WAIT_MS = 30_000; // a hang guard, not a speed check: a loaded machine may need it
-
-type SimLine = Record<string, unknown>;
-
-class McuSim {
-  readonly lines: SimLine[] = [];
-  readonly exited: Promise<number | null>;
-  private readonly child: ChildProcessWithoutNullStreams;
-
-  constructor(path: string, firmware = 'mcu-sim-test-2.3') {
-    // Battery reports only on command, so injected faults hit exactly the frame a test expects.
-    this.child = spawn(process.execPath, [simScript, path, '--firmware', firmware, '--battery-interval-ms', '0'], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    createInterface({ input: this.child.stdout }).on('line', (line) => this.lines.push(JSON.parse(line) as SimLine));
-    this.child.stderr.resume();
-    this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
-  }
-
-  mark(): number {
-    return this.lines.length;
-  }
-
-  send(cmd: string): void {
-    this.child.stdin.write(`${cmd}\n`);
-  }
-
-  async waitFor(pred: (l: SimLine) => boolean, what: string, from = 0): Promise<SimLine> {
-    await until(() => this.lines.slice(from).some(pred), `mcu-sim: ${what}; saw ${JSON.stringify(this.lines.slice(from))}`);
-    return this.lines.slice(from).find(pred)!;
-  }
-
-  async stop(): Promise<void> {
-    if (this.child.exitCode === null && this.child.signalCode === null) {
-      this.child.stdin.end();
-      const timer = setTimeout(() => this.child.kill('SIGKILL'), 3000);
-      await this.exited;
-      clearTimeout(timer);
-    }
-  }
-}
-
-async function until(cond: () => boolean, what: string): Promise<void> {
-  const deadline = Date.now() + WAIT_MS;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 interface Rig {
   pair: PtyPair;
@@ -156,6 +101,56 @@ t.test('buttons on the MCU become button events', async (t) => {
     { button: 'function', press: 'long' },
   ]);
   await sim.waitFor((l) => l.tx === 'BUTTON' && l.press === 'long' && l.acked === true, 'button acked');
+  sim.send('double function');
+  await until(() => presses.length === 3, 'function double press');
+  sim.send('hold record');
+  await until(() => presses.length === 4, 'record hold');
+  t.same(presses.slice(2), [
+    { button: 'function', press: 'double' },
+    { button: 'record', press: 'hold' },
+  ], 'press codes 2 (double) and 3 (hold)');
+  await sim.waitFor((l) => l.tx === 'BUTTON' && l.press === 'hold' && l.acked === true, 'hold acked');
+});
+
+t.test('TRIGGER and FALL from the MCU become trigger and fall events, once each', async (t) => {
+  const { sim, be } = await rig(t);
+  const triggers: unknown[] = [];
+  let falls = 0;
+  be.on('trigger', (e) => triggers.push(e));
+  be.on('fall', () => falls++);
+  for (const cmd of ['trigger holster', 'trigger 2', 'trigger input-42', 'trigger 6']) sim.send(cmd);
+  await until(() => triggers.length === 4, 'four triggers');
+  t.same(triggers, [{ source: 'holster' }, { source: 'taser' }, { source: 'input-42' }, { source: 'weapon' }], 'ids and names map to sources');
+  await sim.waitFor((l) => l.tx === 'TRIGGER' && l.source === 'input-42' && l.id === 42 && l.acked === true, 'TRIGGER acked');
+  sim.send('fall');
+  await until(() => falls === 1, 'fall event');
+  await sim.waitFor((l) => l.tx === 'FALL' && l.acked === true, 'FALL acked');
+  const m = sim.mark();
+  sim.send('trigger 0');
+  sim.send('trigger parachute');
+  await sim.waitFor((l) => typeof l.error === 'string' && /parachute/.test(l.error), 'the simulator refuses a source it cannot send', m);
+  t.match(sim.lines.slice(m), [{ error: /unknown trigger source: 0/ }, { error: /unknown trigger source: parachute/ }]);
+
+  // A damaged TRIGGER is lost on the way and retried with the same seq: reported once (replays: test/attacks/serial-frames.test.ts).
+  sim.send('drop');
+  await sim.waitFor((l) => l.armed === 'drop', 'drop armed');
+  sim.send('trigger lightbar');
+  await sim.waitFor((l) => l.tx === 'TRIGGER' && l.source === 'lightbar' && l.acked === true, 'damaged TRIGGER retried and acked');
+  t.same(triggers.slice(4), [{ source: 'lightbar' }], 'retried TRIGGER reported once');
+  t.equal(falls, 1);
+});
+
+t.test('the new wearer patterns (ids 6..11) reach the MCU by name', async (t) => {
+  const { sim, be } = await rig(t);
+  const m = sim.mark();
+  const patterns = ['watch-me-sent', 'emergency-raised', 'emergency-acknowledged', 'emergency-cleared', 'bookmark', 'talk-start'] as const;
+  for (const p of patterns) await be.notify(p);
+  await until(() => sim.lines.slice(m).filter((l) => l.rx === 'NOTIFY').length === patterns.length, 'six NOTIFY reports');
+  t.same(
+    sim.lines.slice(m).filter((l) => l.rx === 'NOTIFY').map((l) => l.pattern),
+    [...patterns],
+    'the MCU played each, as its {"rx":"NOTIFY","pattern":...} line shows',
+  );
 });
 
 t.test('notify and setLeds resolve on the MCU ack', async (t) => {

@@ -15,12 +15,15 @@ import {
   decodeLeds,
   encodeBattery,
   encodeHelloPayload,
+  encodeTrigger,
   MSG,
   MSG_NAMES,
   NACK_REASON,
   PATTERN_IDS,
   PRESS_WIRE_IDS,
   PROTOCOL_VERSION,
+  triggerSourceId,
+  triggerSourceName,
 } from '../src/serial/frames.ts';
 import { FrameLink } from '../src/serial/link.ts';
 import { errorMessage } from '../../src/errors.ts';
@@ -159,6 +162,27 @@ function pressButton(press: string, button: string): void {
   );
 }
 
+/** TRIGGER with a source name (holster, input-42) or id (1..255); retried until acked, like BUTTON. */
+function sendTrigger(nameOrId: string | undefined): void {
+  const id = nameOrId === undefined ? null : triggerSourceId(nameOrId);
+  if (id === null) {
+    out({ error: `unknown trigger source: ${nameOrId ?? '(none)'} (a name such as holster, input-N or an id 1..255)` });
+    return;
+  }
+  const source = triggerSourceName(id);
+  link.request(MSG.TRIGGER, encodeTrigger(id)).then(
+    () => out({ tx: 'TRIGGER', source, id, acked: true }),
+    (err: unknown) => out({ tx: 'TRIGGER', source, id, acked: false, error: errorMessage(err) }),
+  );
+}
+
+function sendFall(): void {
+  link.request(MSG.FALL).then(
+    () => out({ tx: 'FALL', acked: true }),
+    (err: unknown) => out({ tx: 'FALL', acked: false, error: errorMessage(err) }),
+  );
+}
+
 function sendCorrupt(): void {
   const body = Buffer.from([PROTOCOL_VERSION, MSG.BATTERY, 0, ...encodeBattery(battery)]);
   const crc = crc16CcittFalse(body) ^ 0x5a5a;
@@ -175,7 +199,15 @@ function command(line: string): void {
       return;
     case 'press':
     case 'long':
+    case 'double':
+    case 'hold':
       pressButton(cmd, args[0] ?? 'record');
+      return;
+    case 'trigger':
+      sendTrigger(args[0]);
+      return;
+    case 'fall':
+      sendFall();
       return;
     case 'battery': {
       const percent = Number(args[0]);

@@ -10,6 +10,7 @@ import { RefusalFolder } from '../audit/refusal-summary.ts';
 import { CaptureSupervisor, type CaptureHealth } from '../capture/supervisor.ts';
 import { createFirmwareBridge } from '../firmware/create-bridge.ts';
 import { FirmwareExtension } from '../firmware/firmware-extension.ts';
+import { OfficerExtension } from '../officer/officer-extension.ts';
 import { NetworkWatcher } from '../net/network-watcher.ts';
 import { Offloader } from '../offload/offloader.ts';
 import { IceSignalling } from '../stream/ice-signalling.ts';
@@ -262,6 +263,19 @@ export class Agent {
       reminderIntervalS: config.firmware.reminderInterval,
       logger,
     });
+    // The officer in the loop: gestures, trigger inputs, the fall detector, alert.ack and bookmarks.
+    const officer = new OfficerExtension({
+      config: config.officer,
+      whileNotRecording: config.stream.whileNotRecording,
+      bridge,
+      recorder,
+      audit: this.#audit,
+      sendEvent: (body) => this.#link.send('event', body),
+      state: this.#state,
+      wearer: firmware,
+      gps,
+      logger,
+    });
     const iceSignalling = new IceSignalling({
       topics: this.#link.iceTopics(),
       deviceId: config.deviceId,
@@ -289,6 +303,7 @@ export class Agent {
       state: this.#state,
       wearer: { streamStarted: () => firmware.streamStarted(), streamStopped: () => firmware.streamStopped(), streaming: (active) => firmware.streaming(active) },
       publishRestartOffer: (sid, generation, offer, cause) => iceSignalling.publishOffer(sid, generation, offer, cause),
+      beforeStart: (sid, command) => officer.beforeStream(sid, command),
       logger,
     });
     // One object: a live config.apply changes it in place (src/fleet/fleet-management.ts).
@@ -359,6 +374,8 @@ export class Agent {
         'agent.update': (command) => updater.execute(command),
         // Publishes a range of the chain again through the outbox (the fleet's archive fills a gap).
         'audit.fetch': (command) => ({ ok: true as const, ...this.#audit.republish(command.fromSeq!, command.toSeq!) }),
+        'alert.ack': (command) => officer.ack(command),
+        'recording.bookmark': (command) => officer.bookmark('command', command),
       },
       refusals: this.#refusals,
       logger,
@@ -386,7 +403,7 @@ export class Agent {
     // Started in this order, stopped in reverse: commands first (nothing new), then the live view
     // (audited as agent_shutdown) while capture and firmware still run, so the wearer feels the stop.
     // Offload stops before capture, so a recording closing at stop waits for the next start.
-    this.#extensions = [health, gps, firmware, captureExtension, ...(offload ? [offload] : []), networkExtension, stream, iceSignalling, fleet, updater, commands];
+    this.#extensions = [health, gps, firmware, officer, captureExtension, ...(offload ? [offload] : []), networkExtension, stream, iceSignalling, fleet, updater, commands];
 
     // Routes that are events.
     recorder.on('state', (s) => {

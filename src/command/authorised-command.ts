@@ -50,6 +50,11 @@ export interface AuthorisedCommandFields {
   /** audit.fetch only: the audit seq range to publish again. */
   fromSeq?: number;
   toSeq?: number;
+  /** alert.ack only: the alert acknowledged, and whether it is also cleared. */
+  alertId?: string;
+  clear?: boolean;
+  /** recording.bookmark only: the note, if any. */
+  note?: string;
 }
 
 export class AuthorisedCommand {
@@ -77,6 +82,9 @@ export class AuthorisedCommand {
   readonly force: boolean;
   readonly fromSeq: number | undefined;
   readonly toSeq: number | undefined;
+  readonly alertId: string | undefined;
+  readonly clear: boolean;
+  readonly note: string | undefined;
 
   constructor(key: symbol, fields: AuthorisedCommandFields) {
     if (key !== mintKey) throw new TypeError('AuthorisedCommand can only be created by the command verifier');
@@ -95,6 +103,9 @@ export class AuthorisedCommand {
     this.offerSha256 = fields.offerSha256;
     this.fromSeq = fields.fromSeq;
     this.toSeq = fields.toSeq;
+    this.alertId = fields.alertId;
+    this.clear = fields.clear ?? false;
+    this.note = fields.note;
     this.sid = fields.sid;
     // A copy the executor cannot change under the audit's feet, nor the caller after minting.
     this.params = fields.params === undefined ? undefined : deepFreeze(structuredClone(fields.params));

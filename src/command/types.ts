@@ -14,7 +14,14 @@ export const commandActions = [
   'agent.update',
   // The fleet archive back-fills a gap in a camera's chain (docs/protocol.md, "Back-filling").
   'audit.fetch',
+  // The officer in the loop (docs/protocol.md, "Officer alerts and bookmarks"): a supervisor
+  // acknowledges (and may clear) an officer's emergency; a signed bookmark marks the recording.
+  'alert.ack',
+  'recording.bookmark',
 ] as const;
+
+/** recording.bookmark: the longest `note`, characters (it goes into the signed manifest as it is). */
+export const bookmarkNoteMaxChars = 200;
 
 /**
  * audit.fetch (docs/protocol.md): the most entries one command may ask to be published again, so a
@@ -123,4 +130,10 @@ export interface CommandClaims extends TokenClaims {
   /** audit.fetch only: the first and last audit seq to publish again. */
   from_seq?: number;
   to_seq?: number;
+  /** alert.ack only, required: the alertId of the officer.emergency acknowledged. */
+  alert_id?: string;
+  /** alert.ack only: the supervisor also ends the emergency. */
+  clear?: boolean;
+  /** recording.bookmark only: a short note, at most bookmarkNoteMaxChars characters. */
+  note?: string;
 }

@@ -17,7 +17,7 @@ import { mintAuthorisedCommand, type AuthorisedCommand } from './authorised-comm
 import type { ReplayCache } from './replay-cache.ts';
 import { clip, decodeUtf8, describe, nonEmptyString, sha256, SignedTokenVerifier, TokenRefusal, type TokenAudit, type TokenExpectation } from './signed-token.ts';
 import type { TrustStore } from './trust-store.ts';
-import { auditFetchMaxEntries, commandActions, commandTokenType, type CommandAction, type CommandClaims, type CommandPolicy, type RejectionCode } from './types.ts';
+import { auditFetchMaxEntries, bookmarkNoteMaxChars, commandActions, commandTokenType, type CommandAction, type CommandClaims, type CommandPolicy, type RejectionCode } from './types.ts';
 import type { CommandClock } from './clock.ts';
 import { parseReleaseClaim, type ReleaseClaim } from '../update/release.ts';
 
@@ -169,6 +169,8 @@ export class CommandVerifier {
       ...(claims.act === 'diag.collect' ? { params: (claims.diag ?? {}) as Record<string, unknown> } : {}),
       ...(claims.act === 'agent.update' ? { release: claims.release as ReleaseClaim, force: claims.force === true } : {}),
       ...(claims.act === 'audit.fetch' ? { fromSeq: claims.from_seq!, toSeq: claims.to_seq! } : {}),
+      ...(claims.act === 'alert.ack' ? { alertId: claims.alert_id!, clear: claims.clear === true } : {}),
+      ...(claims.act === 'recording.bookmark' && claims.note !== undefined ? { note: claims.note } : {}),
     });
   }
 }
@@ -248,6 +250,11 @@ function objectOfStringsKeys(text: string): string[] | undefined {
  * - an envelope `offer` only with stream.start.
  * - release: agent.update only and required there: {version, url, sha256, signature}
  *   (src/update/release.ts); force: agent.update only, a boolean.
+ * - alert_id: alert.ack only and required there: a non-empty string of at most 64 characters (the
+ *   officer extension then refuses any but the open alert's, unknown_alert); clear: alert.ack only,
+ *   a boolean.
+ * - note: recording.bookmark only: a string of at most bookmarkNoteMaxChars characters (it is
+ *   written into the signed manifest as it is, so its size is bounded here).
  * Claims not listed here are ignored, so issuers may add their own (e.g. a ticket number).
  */
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -329,6 +336,19 @@ function checkClaims(c: Record<string, unknown>, offer: string | undefined): Com
     if (to - from + 1 > auditFetchMaxEntries) return bad(`from_seq to to_seq spans ${to - from + 1} entries, more than the ${auditFetchMaxEntries} one audit.fetch may ask for`);
   } else if (c.from_seq !== undefined || c.to_seq !== undefined) {
     return bad(`from_seq and to_seq are only for audit.fetch, not ${act}`);
+  }
+  if (act === 'alert.ack') {
+    if (c.alert_id === undefined) return bad('alert_id is required with alert.ack (the alertId of the officer.emergency)');
+    if (!nonEmptyString(c.alert_id) || c.alert_id.length > 64) return bad('alert_id must be a non-empty string of at most 64 characters');
+    if (c.clear !== undefined && typeof c.clear !== 'boolean') return bad('clear must be true or false');
+  } else if (c.alert_id !== undefined || c.clear !== undefined) {
+    return bad(`alert_id and clear are only for alert.ack, not ${act}`);
+  }
+  if (act === 'recording.bookmark') {
+    if (c.note !== undefined && typeof c.note !== 'string') return bad('note must be a string');
+    if (typeof c.note === 'string' && [...c.note].length > bookmarkNoteMaxChars) return bad(`note is ${[...c.note].length} characters, more than the ${bookmarkNoteMaxChars} a bookmark may carry`);
+  } else if (c.note !== undefined) {
+    return bad(`note is only for recording.bookmark, not ${act}`);
   }
   return c as unknown as CommandClaims;
 }

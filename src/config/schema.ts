@@ -2,6 +2,7 @@
 // docs/configuration.md is generated from it (src/config/docs.ts) and a test keeps the two in step.
 import { z } from 'zod';
 import { gpioConfigSchema } from '../../firmware-bridge/src/gpio-config.ts';
+import { TRIGGER_SOURCE_PATTERN } from '../../firmware-bridge/src/interface.ts';
 import { captureConfigSchema } from '../capture/config.ts';
 import { defaultReasonCodes } from '../command/types.ts';
 import { x25519RecipientPattern } from '../recording/encryption.ts';
@@ -297,6 +298,31 @@ export const configSchema = z.strictObject({
         description: 'Starts of a new release that end before it commits (counted by the committed release\'s boot check, ExecStartPre) before the previous release is put back.',
       }),
       maxBundleBytes: z.number().int().min(1_000_000).default(1_000_000_000).meta({ description: 'Largest release bundle downloaded.', unit: 'bytes' }),
+    })
+    .prefault({}),
+  // The officer in the loop (issue 19; docs/protocol.md, "Officer alerts and bookmarks").
+  officer: z
+    .strictObject({
+      buttons: z
+        .record(
+          z.string().regex(/^(record:(double|hold)|function:(press|long|double|hold))$/, 'a gesture "BUTTON:PRESS": function:press|long|double|hold, record:double|hold (record:press starts and record:long stops a recording, always)'),
+          z.enum(['bookmark', 'watch-me', 'emergency', 'none']),
+        )
+        .default({ 'function:press': 'bookmark', 'function:double': 'watch-me', 'function:hold': 'emergency', 'record:hold': 'emergency' })
+        .meta({
+          description:
+            'What each button gesture means: "bookmark" (a mark in the recording), "watch-me" (record, and ask the supervisors for a live view), "emergency" (officer down: record, alert, GPS every emergencyGpsInterval; the same gesture again cancels a false alarm) or "none". A gesture not listed means nothing. A map in the config file replaces the default map.',
+        }),
+      triggers: z
+        .record(z.string().regex(TRIGGER_SOURCE_PATTERN, 'a trigger source name: lower-case letters, digits and "-" (holster, taser, lightbar, vehicle-door, siren, weapon, input-N)'), z.array(z.enum(['record', 'alert'])))
+        .default({ holster: ['record'], taser: ['record', 'alert'], lightbar: ['record'], weapon: ['record', 'alert'] })
+        .meta({
+          description:
+            'What each trigger input does (firmware-bridge TRIGGER, GPIO input lines, `ctl trigger`): "record" starts a recording, "alert" raises an emergency. Every trigger is audited with its source (`officer.trigger`); a source not listed is audited and does nothing. A trigger never stops a recording. A map in the config file replaces the default map.',
+        }),
+      fallIsEmergency: z.boolean().default(true).meta({ description: 'The MCU\'s fall detector raises an emergency (source "fall").' }),
+      emergencyGpsInterval: seconds('GPS reporting interval while an emergency is raised (until a supervisor or the wearer clears it).', 0.5, 60, 1),
+      watchMeExpiry: seconds('A watch-me request shows in `state` until a live view with reason officer-request connects, or this long.', 10, 3600, 600),
     })
     .prefault({}),
 });

@@ -97,6 +97,11 @@ export class FirmwareExtension implements Extension {
     void this.#play('stream-stop');
   }
 
+  /** A pattern the wearer feels (the officer extension: watch-me-sent, emergency-raised, bookmark...). */
+  notify(pattern: NotificationPattern): void {
+    void this.#play(pattern);
+  }
+
   streaming(active: boolean): void {
     this.#leds = { ...this.#leds, streaming: active };
     this.#o.bridge.setLeds(this.#leds).catch((err: unknown) => this.#failed('LEDs', err));

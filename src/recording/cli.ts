@@ -79,6 +79,8 @@ export async function evidenceVerifyCommand(args: EvidenceVerifyArgs, out: NodeJ
       ...(identities ? { identities } : {}),
     });
     for (const p of result.problems) out.write(problemLine(p));
+    // The bookmarks, as signed, so an investigator finds the marked moments.
+    for (const m of result.marks) out.write(`mark ${m.markId} in ${m.recordingId} at ${m.time} (+${m.offsetS} s after its start) by ${m.source === 'command' ? m.operator : 'the wearer'}${m.note === null ? '' : `: ${JSON.stringify(m.note)}`}\n`);
     out.write(`${summary(result)}\n`);
     return result.ok ? 0 : 1;
   } catch (e) {

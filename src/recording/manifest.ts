@@ -10,11 +10,26 @@ import type { Db } from '../store/database.ts';
 export const genesisSha256 = '0'.repeat(64);
 
 export type TriggerKind = 'ctl' | 'button' | 'command' | 'resume';
+/** What the manifest names as the trigger: the stored kinds, and the officer's (issue 19). */
+export type ManifestTriggerKind = TriggerKind | 'watch-me' | 'emergency' | 'trigger' | 'stream';
 
 export interface ManifestTrigger {
-  kind: TriggerKind;
+  kind: ManifestTriggerKind;
   operator: string | null;
   reason: string | null;
+  /** e.g. {source: 'holster'} for a trigger input, {sid} for a live view, {alertId} for an emergency. */
+  detail?: Record<string, unknown>;
+}
+
+/** A bookmark (docs/evidence.md): a moment the wearer or a supervisor marked in the recording. */
+export interface ManifestMark {
+  markId: string;
+  time: string;
+  /** Seconds after startedAt (the pre-event footage lies before it). */
+  offsetS: number;
+  source: 'button' | 'command';
+  operator: string | null;
+  note: string | null;
 }
 
 export interface ManifestSegment {
@@ -55,6 +70,8 @@ export interface Manifest {
   encryption?: { format: 'age-v1'; recipients: string[] };
   /** The encrypted GPS track (encryption on, and a position was known), as stored. */
   track?: { file: string; sha256: string; bytes: number } | null;
+  /** Bookmarks, in time order (manifests sealed before schema version 7 have none). */
+  marks?: ManifestMark[];
 }
 
 export interface ManifestExtras {
@@ -79,6 +96,9 @@ export interface RecordingRow {
   manifest: string | null;
   manifest_sig: string | null;
   kid: string | null;
+  /** Schema version 7: the finer trigger kind and its detail (JSON), null for the stored kinds. */
+  trigger_kind?: string | null;
+  trigger_detail?: string | null;
 }
 
 export interface SegmentRow {
@@ -94,6 +114,24 @@ export interface SegmentRow {
   prev_sha256: string;
   bytes: number;
   recovered: number;
+}
+
+export interface MarkRow {
+  mark_id: string;
+  recording_id: string;
+  time: string;
+  offset_s: number;
+  source: 'button' | 'command';
+  operator: string | null;
+  note: string | null;
+}
+
+export function markRows(db: Db, recordingId: string): MarkRow[] {
+  return db.prepare<[string], MarkRow>('SELECT * FROM recording_mark WHERE recording_id = ? ORDER BY time, mark_id').all(recordingId);
+}
+
+export function manifestMark(r: MarkRow): ManifestMark {
+  return { markId: r.mark_id, time: r.time, offsetS: r.offset_s, source: r.source, operator: r.operator, note: r.note };
 }
 
 export function segmentRows(db: Db, recordingId: string): SegmentRow[] {
@@ -116,7 +154,17 @@ export function manifestSegment(r: SegmentRow): ManifestSegment {
   };
 }
 
-export function buildManifest(rec: RecordingRow, status: Manifest['status'], stoppedAt: string | null, segments: SegmentRow[], deviceId: string, kid: string, extras: ManifestExtras = {}): Manifest {
+export function buildManifest(
+  rec: RecordingRow,
+  status: Manifest['status'],
+  stoppedAt: string | null,
+  segments: SegmentRow[],
+  deviceId: string,
+  kid: string,
+  extras: ManifestExtras = {},
+  marks: MarkRow[] = [],
+): Manifest {
+  const detail = rec.trigger_detail ? (JSON.parse(rec.trigger_detail) as Record<string, unknown>) : undefined;
   return {
     version: 1,
     recordingId: rec.id,
@@ -124,7 +172,7 @@ export function buildManifest(rec: RecordingRow, status: Manifest['status'], sto
     status,
     startedAt: rec.started_at,
     stoppedAt,
-    trigger: { kind: rec.trigger, operator: rec.operator, reason: rec.reason },
+    trigger: { kind: (rec.trigger_kind ?? rec.trigger) as ManifestTriggerKind, operator: rec.operator, reason: rec.reason, ...(detail ? { detail } : {}) },
     stopTrigger: rec.stop_trigger === null ? null : { kind: rec.stop_trigger, operator: rec.stop_operator, reason: rec.stop_reason },
     preEventS: rec.pre_event_s,
     preEventAudio: rec.pre_event_audio !== 0,
@@ -133,6 +181,7 @@ export function buildManifest(rec: RecordingRow, status: Manifest['status'], sto
     chainHead: segments.at(-1)?.sha256 ?? genesisSha256,
     kid,
     ...(extras.encryption ? { encryption: extras.encryption, track: extras.track ?? null } : {}),
+    marks: marks.map(manifestMark),
   };
 }
 

@@ -58,7 +58,7 @@ import type { SegmentInfo } from '../capture/protocol.ts';
 import type { DeviceKey } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
 import { bufferDirOf, isManifestName, manifestFile, newRecordingId, parseSegmentFileName, plaintextSegmentsDirOf, recordingsDirOf, segmentExt, segmentFileName, segmentRelPath, signatureFile, trackFile } from './layout.ts';
-import { buildManifest, genesisSha256, hashFile, manifestDigest, segmentRows, type Manifest, type ManifestExtras, type RecordingRow } from './manifest.ts';
+import { buildManifest, genesisSha256, hashFile, manifestDigest, markRows, segmentRows, type Manifest, type ManifestExtras, type RecordingRow } from './manifest.ts';
 import { ageSuffix, EncryptionThread, encryptTextFile } from './encryption.ts';
 import { errorMessage } from '../errors.ts';
 
@@ -82,7 +82,23 @@ export interface SegmentSource {
   off(event: 'segment-opened', listener: (s: OpenedSegment) => void): unknown;
 }
 
-export type RecordTrigger = { kind: 'ctl' | 'button' } | { kind: 'command'; command: AuthorisedCommand };
+export type RecordTrigger =
+  | { kind: 'ctl' | 'button' }
+  | { kind: 'command'; command: AuthorisedCommand }
+  // The officer in the loop (src/officer/officer-extension.ts): these start a recording, never stop one.
+  | { kind: 'watch-me' }
+  | { kind: 'emergency'; alertId: string }
+  | { kind: 'trigger'; source: string }
+  /** A live view on a camera not recording (stream.whileNotRecording "start-recording"): the stream.start command. */
+  | { kind: 'stream'; sid: string; command: AuthorisedCommand };
+
+/** A bookmark the recorder keeps with the running recording (docs/evidence.md, "Marks"). */
+export interface MarkRequest {
+  markId: string;
+  source: 'button' | 'command';
+  operator: string | null;
+  note: string | null;
+}
 
 export type RecorderStateName = 'idle' | 'buffering' | 'recording';
 
@@ -144,7 +160,18 @@ interface Active {
   closeTimer?: NodeJS.Timeout;
 }
 
-type TriggerColumns = { kind: 'ctl' | 'button' | 'command'; operator: string | null; reason: string | null; detail: Record<string, unknown> };
+/**
+ * kind: the stored column (its CHECK allows ctl, button, command, resume); fine: what the audit,
+ * the event and the manifest name when finer (watch-me, emergency, trigger, stream) with its
+ * public detail (source, sid, alertId); detail: what the audit adds (the command's jti...).
+ */
+type TriggerColumns = {
+  kind: 'ctl' | 'button' | 'command';
+  fine?: { kind: 'watch-me' | 'emergency' | 'trigger' | 'stream'; detail: Record<string, unknown> };
+  operator: string | null;
+  reason: string | null;
+  detail: Record<string, unknown>;
+};
 
 export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
   readonly bufferDir: string;
@@ -221,6 +248,8 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
 
   /** Stops the recording: state at once, the manifest once the segment open now has closed. */
   stop(trigger: RecordTrigger): RecordResult {
+    // A trigger input, a watch-me or an emergency starts recordings; nothing of the officer's stops one.
+    if (trigger.kind !== 'ctl' && trigger.kind !== 'button' && trigger.kind !== 'command') throw new TypeError(`a ${trigger.kind} trigger cannot stop a recording`);
     const t = this.#trigger(trigger, 'record.stop');
     const rec = this.#active;
     if (!rec) return { ok: false, code: 'not_recording', message: 'no recording is running' };
@@ -268,8 +297,33 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
 
   // ---- triggers and transitions -------------------------------------------------------------
 
+  /**
+   * Marks the moment in the running recording (the mark goes into its manifest when sealed);
+   * null when none runs (a stopped one waiting for its last segment does not take marks).
+   */
+  mark(m: MarkRequest): { recordingId: string; offsetS: number; time: string } | null {
+    const rec = this.#active;
+    if (!rec) return null;
+    const now = this.#now();
+    const started = this.#o.db.prepare<[string], { started_at: string }>('SELECT started_at FROM recording WHERE id = ?').get(rec.id)!.started_at;
+    const offsetS = Math.round((now.getTime() - Date.parse(started)) / 100) / 10;
+    this.#o.db
+      .prepare('INSERT INTO recording_mark (mark_id, recording_id, time, offset_s, source, operator, note) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(m.markId, rec.id, now.toISOString(), offsetS, m.source, m.operator, m.note);
+    return { recordingId: rec.id, offsetS, time: now.toISOString() };
+  }
+
   #trigger(trigger: RecordTrigger, action: 'record.start' | 'record.stop'): TriggerColumns {
     if (trigger.kind === 'ctl' || trigger.kind === 'button') return { kind: trigger.kind, operator: null, reason: null, detail: {} };
+    // The wearer's gestures and the trigger inputs are the wearer's side: stored as 'button'.
+    if (trigger.kind === 'watch-me') return { kind: 'button', fine: { kind: 'watch-me', detail: {} }, operator: null, reason: null, detail: {} };
+    if (trigger.kind === 'emergency') return { kind: 'button', fine: { kind: 'emergency', detail: { alertId: trigger.alertId } }, operator: null, reason: null, detail: {} };
+    if (trigger.kind === 'trigger') return { kind: 'button', fine: { kind: 'trigger', detail: { source: trigger.source } }, operator: null, reason: null, detail: {} };
+    if (trigger.kind === 'stream') {
+      const c: unknown = trigger.command;
+      if (!isAuthorisedCommand(c) || c.action !== 'stream.start') throw new TypeError('a stream trigger needs the AuthorisedCommand of its stream.start');
+      return { kind: 'command', fine: { kind: 'stream', detail: { sid: trigger.sid } }, operator: c.operator, reason: c.reason, detail: { issuer: c.issuer, jti: c.jti, tokenDigest: c.tokenDigest } };
+    }
     if (trigger.kind === 'command') {
       const c: unknown = trigger.command;
       // Static types can be cast around; only the verifier's own instances carry authority.
@@ -282,14 +336,15 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
 
   #begin(t: TriggerColumns | { kind: 'resume'; operator: null; reason: null; detail: Record<string, unknown> }, resumedFrom: string | null): string {
     const now = this.#now();
+    const fine = 'fine' in t ? t.fine : undefined;
     const id = newRecordingId(now, randomBytes(4).toString('hex'));
     const dir = path.join(this.recordingsDir, id);
     this.#o.db
       .prepare(
-        `INSERT INTO recording (id, started_at, status, resumed_from, trigger, operator, reason, pre_event_s, pre_event_audio)
-         VALUES (?, ?, 'recording', ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO recording (id, started_at, status, resumed_from, trigger, operator, reason, pre_event_s, pre_event_audio, trigger_kind, trigger_detail)
+         VALUES (?, ?, 'recording', ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(id, now.toISOString(), resumedFrom, t.kind, t.operator, t.reason, this.#preEventS, this.#preEventAudio ? 1 : 0);
+      .run(id, now.toISOString(), resumedFrom, t.kind, t.operator, t.reason, this.#preEventS, this.#preEventAudio ? 1 : 0, fine?.kind ?? null, fine ? JSON.stringify(fine.detail) : null);
     const rec: Active = { id, dir, preEventS: this.#preEventS, nextIdx: 0, head: genesisSha256 };
     this.#active = rec;
     // Taken now, in order: the segments overlapping the window become the recording's first.
@@ -298,10 +353,11 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
     const expired = this.#buffer.filter((b) => b.endMs <= fromMs);
     this.#buffer = [];
     this.#refreshState();
-    const detail = { recordingId: id, preEventS: this.#preEventS, preEventAudio: this.#preEventAudio, trigger: t.kind, preEventSegments: pre.length, resumedFrom, ...t.detail };
+    const kind = fine?.kind ?? t.kind;
+    const detail = { recordingId: id, preEventS: this.#preEventS, preEventAudio: this.#preEventAudio, trigger: kind, ...fine?.detail, preEventSegments: pre.length, resumedFrom, ...t.detail };
     this.#auditAndEvent(
-      { type: 'recording.start', operator: t.operator, reason: t.reason, action: 'record.start', detail },
-      { type: 'recording.started', time: now.toISOString(), recordingId: id, trigger: t.kind, operator: t.operator, reason: t.reason, preEventS: this.#preEventS, preEventAudio: this.#preEventAudio, resumedFrom },
+      { type: 'recording.start', operator: t.operator, reason: t.reason, action: fine?.kind === 'stream' ? 'stream.start' : 'record.start', detail },
+      { type: 'recording.started', time: now.toISOString(), recordingId: id, trigger: kind, ...fine?.detail, operator: t.operator, reason: t.reason, preEventS: this.#preEventS, preEventAudio: this.#preEventAudio, resumedFrom },
     );
     this.#enqueue(async () => {
       await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -529,7 +585,7 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
       const row = db.prepare<[string], RecordingRow>('SELECT * FROM recording WHERE id = ?').get(id)!;
       const segments = segmentRows(db, id);
       const stoppedAt = status === 'closed' ? row.stopped_at : (segments.at(-1)?.ended_at ?? row.started_at);
-      const manifest = buildManifest(row, status, stoppedAt, segments, this.#o.deviceId, this.#o.deviceKey.kid, await this.#manifestExtras(id));
+      const manifest = buildManifest(row, status, stoppedAt, segments, this.#o.deviceId, this.#o.deviceKey.kid, await this.#manifestExtras(id), markRows(db, id));
       const text = canonicalJson(manifest);
       const sig = this.#o.deviceKey.sign(text);
       db.prepare('UPDATE recording SET status = ?, stopped_at = ?, manifest = ?, manifest_sig = ?, kid = ? WHERE id = ?').run(status, stoppedAt, text, sig, this.#o.deviceKey.kid, id);

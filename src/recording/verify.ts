@@ -30,7 +30,7 @@ import { deviceKeyFile } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
 import { isManifestName, manifestFile, recordingsDirOf, signatureFile } from './layout.ts';
 import { TsVideoCheck, ageSuffix, decryptFileTo, decryptSmallFile } from './encryption.ts';
-import { genesisSha256, hashFile, manifestDigest, manifestSegment, segmentRows, type Manifest, type ManifestSegment, type RecordingRow } from './manifest.ts';
+import { genesisSha256, hashFile, manifestDigest, manifestMark, manifestSegment, markRows, segmentRows, type Manifest, type ManifestMark, type ManifestSegment, type RecordingRow } from './manifest.ts';
 import { canonicalJson } from '../audit/canonical-json.ts';
 import { errorMessage } from '../errors.ts';
 
@@ -58,6 +58,8 @@ export interface EvidenceVerifyResult {
   audit: { recordingsNamed: number; head: AuditHead | null };
   /** With identities: the encrypted segments decrypted and found to be MPEG-TS with an H.264 keyframe. */
   decrypted?: { segments: number; tracks: number };
+  /** The bookmarks the verified manifests sign (docs/evidence.md, "Marks"), so an investigator finds the moments. */
+  marks: (ManifestMark & { recordingId: string })[];
 }
 
 export interface EvidenceVerifyOptions {
@@ -101,6 +103,8 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
   let segments = 0;
   let bytes = 0;
   const decrypted = { segments: 0, tracks: 0 };
+  const marks: EvidenceVerifyResult['marks'] = [];
+  const hasMarks = o.db.prepare<[], { n: number }>("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'recording_mark'").get()!.n > 0;
   for (const rec of recordings) {
     const p = (kind: EvidenceProblemKind, message: string, file?: string) => problems.push({ kind, recordingId: rec.id, message, ...(file === undefined ? {} : { file }) });
     const rows = segmentRows(o.db, rec.id);
@@ -138,6 +142,12 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
     }
     if (rec.status !== 'recording') {
       const m = checkManifest(o, rec, rows.map(manifestSegment), key, kid, p);
+      // Marks: the signed list and the index's rows must agree (a mark added, removed or edited in either shows).
+      if (m) {
+        const indexedMarks = hasMarks ? markRows(o.db, rec.id).map(manifestMark) : [];
+        if (canonicalJson(m.marks ?? []) !== canonicalJson(indexedMarks)) p('manifest_mismatch', `the signed manifest lists ${(m.marks ?? []).length} mark(s), the index ${indexedMarks.length}, or they differ`);
+        for (const mark of m.marks ?? []) marks.push({ recordingId: rec.id, ...mark });
+      }
       // An offloaded recording's track went to the store with its segments (offloadedExtraFiles).
       if (m?.track && !offloaded.has(rec.id)) {
         if (await checkTrack(o, m.track, p)) decrypted.tracks += 1;
@@ -157,6 +167,7 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
     ...(kid ? { kid } : {}),
     audit: { recordingsNamed: audit.named, head: audit.head },
     ...(o.identities ? { decrypted } : {}),
+    marks,
   };
 }
 

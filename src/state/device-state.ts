@@ -98,6 +98,12 @@ export interface OffloadState {
   held: number;
 }
 
+/** The officer in the loop (src/officer/officer-extension.ts): an emergency raised, a watch-me request open. */
+export interface OfficerState {
+  emergency: null | { alertId: string; since: string; source: 'button' | 'fall' | 'trigger'; trigger?: string; acknowledgedBy: string | null };
+  watchMe: null | { requestId: string; since: string };
+}
+
 export interface DeviceStateDoc {
   online: boolean;
   deviceId: string;
@@ -124,6 +130,7 @@ export interface DeviceStateDoc {
   config: { version: number; digest: string; pending: boolean; trustDigest: string } | null;
   /** Null while offload is not enabled. */
   offload: OffloadState | null;
+  officer: OfficerState;
   startedAt: string;
   time: string;
 }
@@ -152,6 +159,7 @@ export class DeviceState extends EventEmitter<{ changed: [DeviceStateDoc] }> {
       link: { connected: false, reconnects: 0, outboxQueued: 0, outboxThinned: {}, outboxHeldInMemory: 0, outboxWriteError: null },
       config: null,
       offload: null,
+      officer: { emergency: null, watchMe: null },
       startedAt: new Date().toISOString(),
     };
   }

@@ -142,4 +142,24 @@ export const migrations: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 7,
+    description: 'the officer in the loop: what started a recording beyond the stored kind, and bookmarks (marks) in recordings',
+    sql: `
+      -- The recording's trigger as the manifest names it when finer than trigger's CHECKed kinds
+      -- (watch-me, emergency, trigger, stream), and its detail as JSON (source, sid, alertId).
+      ALTER TABLE recording ADD COLUMN trigger_kind TEXT;
+      ALTER TABLE recording ADD COLUMN trigger_detail TEXT;
+      CREATE TABLE recording_mark (
+        mark_id       TEXT    PRIMARY KEY,
+        recording_id  TEXT    NOT NULL REFERENCES recording (id),
+        time          TEXT    NOT NULL,      -- ISO 8601, when the mark was asked
+        offset_s      REAL    NOT NULL,      -- seconds after the recording's started_at
+        source        TEXT    NOT NULL CHECK (source IN ('button', 'command')),
+        operator      TEXT,                  -- command marks only
+        note          TEXT
+      );
+      CREATE INDEX recording_mark_recording ON recording_mark (recording_id, time);
+    `,
+  },
 ];

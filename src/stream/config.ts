@@ -77,6 +77,10 @@ export const streamConfigSchema = z
         'Covert live view: the wearer is NOT told (no haptic, tone or LED) when a live view starts or stops. Only where the force\'s policy allows it; every stream started under it says so in the audit.',
       localOnly: true,
     }),
+    whileNotRecording: z.enum(['start-recording', 'refuse']).default('start-recording').meta({
+      description:
+        'What is watched is recorded: a stream.start while the camera is not recording either starts a recording (audited, trigger "stream", pre-event buffer included) or is refused (`not_recording`, audited).',
+    }),
   })
   .prefault({});
 

@@ -82,7 +82,7 @@ const isOpenRefusalCode = (code: unknown): code is (typeof openRefusalCodes)[num
  * The codes a stream.start or stream.stop reply can refuse with here (the verifier's and the
  * command handler's come on top); declared so the ops console's words are checked against them.
  */
-export const streamRefusalCodes = ['unavailable', 'busy', 'capture_unavailable', ...openRefusalCodes, 'internal_error', 'audit_failed', 'unknown_session'] as const;
+export const streamRefusalCodes = ['unavailable', 'busy', 'capture_unavailable', ...openRefusalCodes, 'internal_error', 'audit_failed', 'unknown_session', 'not_recording'] as const;
 export type StreamRefusalCode = (typeof streamRefusalCodes)[number];
 /** An ActionResult whose refusal code is one of streamRefusalCodes. */
 type StreamActionResult = Extract<ActionResult, { ok: true }> | { ok: false; code: StreamRefusalCode; message: string };
@@ -105,6 +105,11 @@ export interface StreamManagerOptions {
   resolveIce?: (ice: StreamConfig['ice']) => Promise<ResolvedIce>;
   /** How often the viewer-lost and capture checks run. */
   checkIntervalMs?: number;
+  /**
+   * Runs where a stream.start is accepted, before the session opens (stream.whileNotRecording:
+   * OfficerExtension.beforeStream starts a recording, or refuses): a refusal ends the start.
+   */
+  beforeStart?: (sid: string, command: AuthorisedCommand) => { ok: false; code: 'not_recording'; message: string } | { ok: true } | undefined;
   /** Sends an ICE restart offer to the viewer (IceSignalling.publishOffer). */
   publishRestartOffer?: (sid: string, generation: number, offer: string, cause: RestartCause) => void;
 }
@@ -225,6 +230,8 @@ export class StreamManager implements Extension {
       return { ok: false, code: 'capture_unavailable', message: 'the camera is not capturing (see state.capture); try again when it runs' };
     }
     const sid = newSessionId();
+    const policy = this.#o.beforeStart?.(sid, command);
+    if (policy && !policy.ok) return policy;
     let ice: ResolvedIce;
     let opened: { session: LiveSession; answer: string };
     // The slot is taken before the first await and handed to #sessions in the same synchronous

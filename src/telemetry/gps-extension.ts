@@ -51,6 +51,11 @@ export class GpsExtension implements Extension {
     this.#reporter.setIntervals(recordingIntervalS, idleIntervalS);
   }
 
+  /** The officer extension: positions every `seconds` while an emergency is raised; null when cleared. */
+  setEmergencyInterval(seconds: number | null): void {
+    this.#reporter.setEmergencyInterval(seconds);
+  }
+
   start(): void {
     this.#client.start();
     this.#reporter.start();

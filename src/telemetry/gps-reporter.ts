@@ -41,6 +41,8 @@ export class GpsReporter {
   readonly #publish: (report: GpsReport) => void;
   #recordingIntervalMs: number;
   #idleIntervalMs: number;
+  /** While an emergency is raised (officer.emergencyGpsInterval): the interval whatever else holds. */
+  #emergencyIntervalMs: number | null = null;
   readonly #fixStaleAfterMs: number;
   readonly #logger: Logger;
 
@@ -118,6 +120,12 @@ export class GpsReporter {
     if (this.#running) this.#publishNow('intervals changed');
   }
 
+  /** An emergency raised (seconds) or cleared (null): a report now, then at that interval until cleared. */
+  setEmergencyInterval(seconds: number | null): void {
+    this.#emergencyIntervalMs = seconds === null ? null : secondsToPositiveMs(seconds, 'emergencyIntervalS');
+    if (this.#running) this.#publishNow(seconds === null ? 'emergency cleared' : 'emergency raised');
+  }
+
   setRecording(recording: boolean): void {
     if (recording === this.#recording) return;
     this.#recording = recording;
@@ -155,7 +163,7 @@ export class GpsReporter {
   // an event-driven publish is not followed by a redundant periodic one moments later.
   #scheduleNext(): void {
     this.#clearTimer();
-    const intervalMs = this.#recording ? this.#recordingIntervalMs : this.#idleIntervalMs;
+    const intervalMs = this.#emergencyIntervalMs ?? (this.#recording ? this.#recordingIntervalMs : this.#idleIntervalMs);
     this.#timer = setTimeout(() => {
       this.#timer = null;
       this.#publishNow('interval');

@@ -1,4 +1,5 @@
 import type { ButtonId, ButtonPress, NotificationPattern } from '../interface.ts';
+import { TRIGGER_SOURCE_IDS } from '../interface.ts';
 import { cobsDecode, cobsEncode } from './cobs.ts';
 import { crc16CcittFalse } from './crc16.ts';
 
@@ -19,6 +20,8 @@ export const MSG = {
   LEDS: 0x11,
   BUTTON: 0x20,
   BATTERY: 0x21,
+  TRIGGER: 0x22,
+  FALL: 0x23,
   PING: 0x30,
   PONG: 0x31,
   ACK: 0x7e,
@@ -28,7 +31,8 @@ export type MsgType = (typeof MSG)[keyof typeof MSG];
 
 export const MSG_NAMES: Record<number, string> = Object.fromEntries(Object.entries(MSG).map(([k, v]) => [v, k]));
 
-export const NACK_REASON = { UNKNOWN_TYPE: 1, BAD_PAYLOAD: 2, BAD_VERSION: 3 } as const;
+/** RATE_LIMITED (4): a TRIGGER or FALL beyond the host's budget (PROTOCOL.md "Reliability"); not retried. */
+export const NACK_REASON = { UNKNOWN_TYPE: 1, BAD_PAYLOAD: 2, BAD_VERSION: 3, RATE_LIMITED: 4 } as const;
 
 /** Wire ids are fixed by PROTOCOL.md; the array index is the id. */
 export const PATTERN_IDS: readonly NotificationPattern[] = [
@@ -164,4 +168,32 @@ export function decodeBattery(payload: Buffer): { percent: number | null; chargi
     charging: f & BAT_CHARGING_KNOWN ? (f & BAT_CHARGING) !== 0 : null,
     docked: f & BAT_DOCKED_KNOWN ? (f & BAT_DOCKED) !== 0 : null,
   };
+}
+
+/** TRIGGER payload: `source:u8`, 1..255 (0 is reserved and refused). */
+export function encodeTrigger(sourceId: number): Buffer {
+  if (!Number.isInteger(sourceId) || sourceId < 1 || sourceId > 255) throw new Error(`trigger source id must be 1..255, got ${sourceId}`);
+  return Buffer.from([sourceId]);
+}
+
+/** The source name of a TRIGGER payload, or null when the payload is malformed (wrong length, source 0). */
+export function decodeTrigger(payload: Buffer): string | null {
+  if (payload.length !== 1 || payload[0] === 0) return null;
+  return triggerSourceName(payload[0]!);
+}
+
+/** TRIGGER_SOURCE_IDS' name for an id, `input-<id>` for ids it does not name. */
+export function triggerSourceName(id: number): string {
+  return TRIGGER_SOURCE_IDS[id] ?? `input-${id}`;
+}
+
+/** The wire id of a source name (`holster`, `input-42`) or a decimal id; null when it has none. */
+export function triggerSourceId(nameOrId: string): number | null {
+  const digits = /^(?:input-)?(\d{1,3})$/.exec(nameOrId)?.[1];
+  if (digits !== undefined) {
+    const id = Number(digits);
+    return id >= 1 && id <= 255 ? id : null;
+  }
+  const hit = Object.entries(TRIGGER_SOURCE_IDS).find(([, name]) => name === nameOrId);
+  return hit === undefined ? null : Number(hit[0]);
 }

@@ -12,6 +12,10 @@ export interface LinkCounters {
   overruns: number;
   unknownType: number;
   duplicates: number;
+  /** Requests refused with NACK 2 (a payload their type does not allow). */
+  badPayload: number;
+  /** TRIGGER/FALL refused with NACK 4: beyond the host's budget (a flood). */
+  rateLimited: number;
   retries: number;
   timeouts: number;
   nacks: number;
@@ -28,6 +32,8 @@ export function emptyCounters(): LinkCounters {
     overruns: 0,
     unknownType: 0,
     duplicates: 0,
+    badPayload: 0,
+    rateLimited: 0,
     retries: 0,
     timeouts: 0,
     nacks: 0,

@@ -10,11 +10,13 @@ import type {
   NotificationPattern,
 } from '../interface.ts';
 import { UNKNOWN_BATTERY } from '../interface.ts';
+import { InputBudget } from '../input-budget.ts';
 import type { Frame } from './frames.ts';
 import {
   BUTTON_WIRE_IDS,
   decodeBattery,
   decodeHelloPayload,
+  decodeTrigger,
   encodeHelloPayload,
   encodeLeds,
   MSG,
@@ -44,11 +46,27 @@ export interface SerialBackendOptions {
   reconnectMaxMs?: number;
   /** Identity sent in our HELLO, for the MCU's logs. */
   hostIdentity?: string;
+  /** Clock of the TRIGGER/FALL budget (input-budget.ts), ms; tests inject one. Default Date.now. */
+  now?: () => number;
+}
+
+/**
+ * How many of the MCU's latest requests (BUTTON, TRIGGER, FALL) are remembered to spot a replay. The
+ * MCU numbers all its requests from one u8 counter, so an honest seq comes round again only after 256
+ * requests: far outside this window, while a retry (lost ACK) or a replayed frame falls inside it.
+ */
+const RECENT_REQUESTS = 32;
+
+interface RecentRequest {
+  type: number;
+  seq: number;
+  /** The answer it got: null = ACK, else the NACK reason; a replay gets the same answer again. */
+  nack: number | null;
 }
 
 export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements FirmwareBridge {
   readonly kind = 'serial' as const;
-  private readonly opts: Required<Omit<SerialBackendOptions, 'logger'>>;
+  private readonly opts: Required<Omit<SerialBackendOptions, 'logger' | 'now'>>;
   private readonly log: Logger;
   private readonly link: FrameLink;
   private port: SerialPort | null = null;
@@ -63,7 +81,8 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
   private retryTimer: NodeJS.Timeout | null = null;
   private keepaliveTimer: NodeJS.Timeout | null = null;
   private handshaking = false;
-  private readonly lastSeqIn = new Map<number, number>();
+  private readonly recentIn: RecentRequest[] = [];
+  private readonly budget: InputBudget;
   private reconnects = 0;
   private lastLoggedLoss: string | null = null;
 
@@ -81,6 +100,7 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
       hostIdentity: options.hostIdentity ?? 'bwc-agent',
     };
     this.backoffMs = this.opts.reconnectInitialMs;
+    this.budget = new InputBudget(options.now);
     this.link = new FrameLink({
       ackTimeoutMs: this.opts.ackTimeoutMs,
       retries: this.opts.retries,
@@ -186,7 +206,7 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
       }
       this.log.info({ path: this.opts.path }, 'serial port open; handshaking');
       this.link.resetStream();
-      this.lastSeqIn.clear();
+      this.recentIn.length = 0;
       void this.handshake();
     });
   }
@@ -258,7 +278,7 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
     }
     if (mcuBooted) {
       // The MCU restarted its sequence numbers and forgot its outputs.
-      this.lastSeqIn.clear();
+      this.recentIn.length = 0;
       if (this.linkUp) this.markDown('mcu reset');
     }
     this.firmwareVersion = hello.identity;
@@ -312,12 +332,36 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
     this.retryTimer = null;
   }
 
-  /** True if this reliable frame repeats the last one of its type (our ACK was lost); it is acked again, not re-acted on. */
-  private isDuplicate(frame: Frame): boolean {
-    const dup = this.lastSeqIn.get(frame.type) === frame.seq;
-    this.lastSeqIn.set(frame.type, frame.seq);
-    if (dup) this.link.counters.duplicates++;
-    return dup;
+  /**
+   * A request from the MCU seen among its latest ones (our answer was lost, or the frame is replayed): it
+   * gets the same answer again and is not acted on again.
+   */
+  private answerIfRepeated(frame: Frame): boolean {
+    const seen = this.recentIn.find((r) => r.type === frame.type && r.seq === frame.seq);
+    if (seen === undefined) return false;
+    this.link.counters.duplicates++;
+    this.sendAnswer(frame.seq, seen.nack);
+    return true;
+  }
+
+  /** Answers a new request (ACK when nack is null) and remembers the answer for its repeats. */
+  private answer(frame: Frame, nack: number | null): void {
+    this.recentIn.push({ type: frame.type, seq: frame.seq, nack });
+    if (this.recentIn.length > RECENT_REQUESTS) this.recentIn.shift();
+    if (nack === NACK_REASON.RATE_LIMITED) this.link.counters.rateLimited++;
+    this.sendAnswer(frame.seq, nack);
+  }
+
+  private sendAnswer(seq: number, nack: number | null): void {
+    if (nack === null) this.safeSend(MSG.ACK, seq);
+    else this.safeSend(MSG.NACK, seq, Buffer.from([nack]));
+  }
+
+  /** A request whose payload its type does not allow: NACK 2, counted, logged once in a while, never acted on. */
+  private refuseBadPayload(frame: Frame, why: string): void {
+    this.link.counters.badPayload++;
+    this.log.debug({ type: MSG_NAMES[frame.type], seq: frame.seq, payload: frame.payload.toString('hex'), why }, 'mcu request refused: bad payload');
+    this.safeSend(MSG.NACK, frame.seq, Buffer.from([NACK_REASON.BAD_PAYLOAD]));
   }
 
   private safeSend(type: number, seq: number, payload?: Uint8Array): void {
@@ -342,12 +386,41 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
         const button = BUTTON_WIRE_IDS[frame.payload[0] ?? -1];
         const press = PRESS_WIRE_IDS[frame.payload[1] ?? -1];
         if (frame.payload.length !== 2 || button === undefined || press === undefined) {
-          this.safeSend(MSG.NACK, frame.seq, Buffer.from([NACK_REASON.BAD_PAYLOAD]));
+          this.refuseBadPayload(frame, 'BUTTON takes button:u8 (0..1) and press:u8 (0..3)');
           return;
         }
-        this.safeSend(MSG.ACK, frame.seq);
-        if (this.isDuplicate(frame)) return;
+        if (this.answerIfRepeated(frame)) return;
+        this.answer(frame, null);
         this.emit('button', { button, press });
+        return;
+      }
+      case MSG.TRIGGER: {
+        const source = decodeTrigger(frame.payload);
+        if (source === null) {
+          this.refuseBadPayload(frame, 'TRIGGER takes one byte, source 1..255');
+          return;
+        }
+        if (this.answerIfRepeated(frame)) return;
+        if (!this.budget.allowTrigger(source)) {
+          this.answer(frame, NACK_REASON.RATE_LIMITED);
+          return;
+        }
+        this.answer(frame, null);
+        this.emit('trigger', { source });
+        return;
+      }
+      case MSG.FALL: {
+        if (frame.payload.length !== 0) {
+          this.refuseBadPayload(frame, 'FALL takes no payload');
+          return;
+        }
+        if (this.answerIfRepeated(frame)) return;
+        if (!this.budget.allowFall()) {
+          this.answer(frame, NACK_REASON.RATE_LIMITED);
+          return;
+        }
+        this.answer(frame, null);
+        this.emit('fall');
         return;
       }
       case MSG.BATTERY: {
