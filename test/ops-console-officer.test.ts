@@ -9,7 +9,7 @@
 // the same with clear: true); push-to-talk offers a send-receive audio m-line and attaches the
 // (fake) microphone only while held, by mouse or Space; the viewer's playout delay is set; the audit
 // view has its bookmark and trigger columns. The end-to-end test with the real agent is
-// test/officer-e2e.test.ts.
+// test/officer-console-e2e.test.ts.
 import { createServer } from 'node:http';
 import mqtt from 'mqtt';
 import t from 'tap';
