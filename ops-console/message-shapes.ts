@@ -87,6 +87,11 @@ export const stateShape = z.looseObject({
   }).nullable().optional(),
   startedAt: text(64).optional(),
   time: text(64).optional(),
+  // The wearer's open requests (issue 19): the page marks the camera while either is set.
+  officer: z.looseObject({
+    emergency: z.looseObject({ alertId: text(128), since: text(64), source: text(64), acknowledgedBy: text(128).nullable() }).nullable().optional(),
+    watchMe: z.looseObject({ requestId: text(128), since: text(64) }).nullable().optional(),
+  }).nullable().optional(),
 });
 
 const hex64 = z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits');
@@ -127,6 +132,35 @@ export const auditShape = z.discriminatedUnion('kind', [
 /** A camera event (docs/protocol.md, `event`): what the rules read is its type and time. */
 export const eventShape = z.looseObject({ type: text(64), time: text(64) });
 
+/** A wearer's position in an officer alert (the agent's last fix), or null without one. */
+const officerPosition = z.looseObject({
+  lat: z.number().min(-90).max(90),
+  lon: z.number().min(-180).max(180),
+  accuracyM: z.number().min(0).finite().nullable().optional(),
+}).nullable();
+
+/**
+ * The officer-in-the-loop events (issue 19, docs/protocol.md "event"): what the console shows as
+ * alerts and in the audit view, so each field it draws or stores is checked as the others are.
+ * Ids are at most 128 characters (the agent makes UUIDs); unknown fields pass, as elsewhere.
+ */
+export const officerEventShapes: Record<string, z.ZodType> = {
+  'officer.watch_me': z.looseObject({ requestId: text(128), position: officerPosition, recordingId: text(128).nullable() }),
+  'officer.emergency': z.looseObject({
+    alertId: text(128), source: z.enum(['button', 'fall', 'trigger']), trigger: text(64).optional(),
+    position: officerPosition, recordingId: text(128).nullable(),
+  }),
+  'officer.emergency_acknowledged': z.looseObject({ alertId: text(128), operator: text(128) }),
+  'officer.emergency_cleared': z.looseObject({ alertId: text(128), by: z.enum(['wearer', 'operator']), operator: text(128).nullable() }),
+  'officer.trigger': z.looseObject({ source: text(64), actions: z.array(z.enum(['record', 'alert'])).max(8), recordingId: text(128).nullable() }),
+  'recording.bookmark': z.looseObject({
+    markId: text(128), recordingId: text(128).nullable(), offsetS: z.number().min(0).finite().nullable(),
+    source: z.enum(['button', 'command']), operator: text(128).nullable(), note: text(200).nullable(),
+  }),
+  'stream.talk_started': z.looseObject({ sid: text(128), operator: text(128) }),
+  'stream.talk_stopped': z.looseObject({ sid: text(128), operator: text(128) }),
+};
+
 /** Size only: the server's verifyIceOffer checks the rest and logs what it drops, in its own words. */
 const iceOfferShape = z.looseObject({});
 
@@ -150,4 +184,12 @@ export function checkPayload<T>(payload: Buffer, maxBytes: number, shape: z.ZodT
 export const checkState = (payload: Buffer, limits: MessageLimits) => checkPayload(payload, limits.stateBytes, stateShape);
 export const checkAudit = (payload: Buffer, limits: MessageLimits) => checkPayload(payload, limits.auditBytes, auditShape);
 export const checkIceOffer = (payload: Buffer, limits: MessageLimits) => checkPayload(payload, limits.iceOfferBytes, iceOfferShape);
-export const checkEvent = (payload: Buffer, limits: MessageLimits) => checkPayload(payload, limits.eventBytes, eventShape);
+export function checkEvent(payload: Buffer, limits: MessageLimits): ShapeCheck<z.infer<typeof eventShape>> {
+  const r = checkPayload(payload, limits.eventBytes, eventShape);
+  const officer = r.ok ? officerEventShapes[r.value.type] : undefined;
+  if (!r.ok || !officer) return r;
+  const o = officer.safeParse(r.value);
+  if (o.success) return r;
+  const issue = o.error.issues[0]!;
+  return { ok: false, problem: `${issue.path.length ? issue.path.join('.') : 'the message'}: ${issue.message} (in ${r.value.type})` };
+}

@@ -5,9 +5,11 @@
 // plus the console's own directory of operators (unit, shift) and of cameras' units. No I/O and no
 // clock of its own: every input carries its time, so a test replays a shift exactly.
 //
-// The watch-me request does not exist in the agent yet: this engine expects it as an event on the
-// camera's event topic, `{"type": "officer.watch_me", "time": ISO}` on `<root>/<deviceId>/event`
-// (the officer wearing the camera asks the control room to watch), and says so in the README.
+// The watch-me request (issue 19: the officer wearing the camera asks the control room to watch)
+// counts only as the camera's own audit entry `officer.watch_me`, which reaches the rules after the
+// chain verifier checked it: the same request also comes as an event on `<root>/<deviceId>/event`,
+// but that topic is not signed, and a forged event there must not cover a pretext `officer-request`
+// view (test/attacks/console-officer.test.ts).
 //
 // Alert has the shape of the archive's NewAlert (ops-console/archive/archive.ts on the archive
 // branch): its AlertStore is an AlertSink as it is, and MemoryAlertStore below stands in until it
@@ -60,7 +62,7 @@ export interface RulesConfig {
   alertCovert: boolean;
   /** The reason code that claims the officer asked to be watched. */
   officerRequestReason: string;
-  /** How long before the view (minutes) the officer's officer.watch_me must have come. */
+  /** How long before the view (minutes) the officer's officer.watch_me (its audit entry) must have come. */
   officerRequestWindowMin: number;
   /** Refused commands on one camera within refusalWindowS that make a probing burst. */
   refusalBurst: number;
@@ -167,11 +169,7 @@ export class MisuseRules {
       this.#heard(input.deviceId, Number.isFinite(at) ? at : undefined);
       if (input.kind === 'audit') this.#audit(input.deviceId, input.entry, raise);
       else if (input.kind === 'state') this.#state(input, raise);
-      else if (input.type === 'officer.watch_me' && Number.isFinite(at)) {
-        const list = (this.#watchMe.get(input.deviceId) ?? []).filter((t) => at - t < 86_400_000);
-        list.push(at);
-        this.#watchMe.set(input.deviceId, list);
-      }
+      // An event only says the camera was heard from; officer.watch_me counts from the audit (above).
     }
     return out;
   }
@@ -202,7 +200,11 @@ export class MisuseRules {
     if (!Number.isFinite(at)) return;
     const detail = (e.detail ?? {}) as Record<string, unknown>;
     const ref = { deviceId, seq: e.seq };
-    if (e.type === 'stream.start' && typeof e.operator === 'string' && typeof detail.sid === 'string') {
+    if (e.type === 'officer.watch_me') {
+      const list = (this.#watchMe.get(deviceId) ?? []).filter((t) => at - t < 86_400_000);
+      list.push(at);
+      this.#watchMe.set(deviceId, list);
+    } else if (e.type === 'stream.start' && typeof e.operator === 'string' && typeof detail.sid === 'string') {
       this.#viewStarted(deviceId, e, detail, at, raise);
     } else if (e.type === 'stream.stop' && typeof detail.sid === 'string') {
       const view = this.#views.get(`${deviceId}/${detail.sid}`);

@@ -2,9 +2,10 @@
 // serves (routeRoles below) and the server refuses anything else with 403 naming the role needed,
 // before it signs or reads anything. A user may hold several roles.
 //
-//   supervisor    requests live views and watches them; stops the views they started
+//   supervisor    requests live views and watches them; stops the views they started; sees the
+//                 wearers' watch-me and emergency alerts and acknowledges emergencies; talks back
 //   duty-officer  also stops anyone's live view (the control room's duty inspector); reads and
-//                 acknowledges alerts
+//                 acknowledges alerts; sees and acknowledges officer alerts
 //   standards     professional standards: read-only (audit, alerts, the oversight report);
 //                 acknowledges alerts (a review, not a change to anything a camera holds)
 //   fleet-admin   enrolment and fleet management (their routes name this role)
@@ -33,6 +34,10 @@ export const routeRoles: Record<string, readonly Role[]> = {
   'GET /api/audit/:deviceId': ['supervisor', 'duty-officer', 'standards', 'fleet-admin'],
   'GET /api/alerts': ['standards', 'duty-officer'],
   'POST /api/alerts/:id/ack': ['standards', 'duty-officer'],
+  // The wearer's watch-me requests and emergencies (officer.ts): seen and answered by those who
+  // deal with them; a standards reviewer reads them in the camera's audit, never answers them.
+  'GET /api/officer/alerts': ['supervisor', 'duty-officer'],
+  'POST /api/officer/ack': ['supervisor', 'duty-officer'],
   // The oversight report (report.ts): live views, reasons and alerts of a period, for review.
   'GET /api/report': ['standards', 'duty-officer'],
   // The fleet-admin desk (fleet-admin.ts): config, key revocation, updates, diagnostics, enrolment.

@@ -22,8 +22,10 @@ import { ArchiveLink } from './archive-link.ts';
 import { buildReport, checkReportRequest, reportCsv, signReport } from './report.ts';
 import { Fleet } from './fleet.ts';
 import { FleetAdminDesk, FleetAdminError, fleetAdminRoutes, signingRoutes, type FleetAdminRoute } from './fleet-admin.ts';
+import { applyOfficerEvent, officerAlertRoles, signAlertAck, signTalkStart, talkRoles, watchMeReason } from './officer.ts';
 import { defaultRulesConfig, MisuseRules, parseRulesConfig, type Alert, type AlertSink, type NewAlert, type RulesConfig } from './misuse-rules.ts';
 import { refusal as roleRefusal, type Role } from './roles.ts';
+import { deviceIdPattern } from './message-shapes.ts';
 import { SignInGuard, SignInRefused, type SignInLimits } from './sign-in.ts';
 import { UserStore, type Operator } from './users.ts';
 import { inWords, reasonCatalogue } from './words.ts';
@@ -68,7 +70,17 @@ export interface ConsoleOptions {
    * issuer (stream) key: without it the desk's signing routes answer 503 naming --fleet-admin-key.
    */
   fleetAdminKeyFile?: string;
+  /** Talk-back (push-to-talk in the live panel) for the roles in officer.ts' talkRoles; default on. */
+  talkback?: boolean;
+  /**
+   * The viewer's playout delay for live video (ms; RTCRtpReceiver.jitterBufferTarget): default 300,
+   * for a camera on a lossy 4G link (README, "Live view").
+   */
+  playoutDelayMs?: number;
 }
+
+/** The default playout delay: room for a NACK round trip or two on 4G (README says why). */
+export const defaultPlayoutDelayMs = 300;
 
 /** What the console reads and acknowledges alerts through (the archive's AlertStore has these). */
 export interface AlertList extends AlertSink {
@@ -130,6 +142,8 @@ export class ConsoleServer {
   readonly #owners = new Map<string, LiveOwner>();
   /** ICE offers are checked one at a time, in arrival order (so a newer `gen` is never overtaken). */
   #offerQueue: Promise<void> = Promise.resolve();
+  /** Officer events are stored one at a time, in arrival order. */
+  #officerQueue: Promise<void> = Promise.resolve();
   readonly #log: (line: string) => void;
   /** Resolves at once when the caller gave one; camera states wait behind it, in order. */
   readonly archive: Promise<ArchiveLink>;
@@ -200,7 +214,16 @@ export class ConsoleServer {
         for (const entry of entries) this.#rules.feed({ kind: 'audit', deviceId, entry });
       }),
     );
-    options.fleet.on('event', ({ deviceId, body }) => this.#rules.feed({ kind: 'event', deviceId, at: body.time, type: body.type }));
+    options.fleet.on('event', ({ deviceId, body }) => {
+      this.#rules.feed({ kind: 'event', deviceId, at: body.time, type: body.type });
+      // One at a time, in arrival order: an acknowledgement must not overtake the emergency it answers.
+      this.#officerQueue = this.#officerQueue.then(async () => {
+        const alert = await applyOfficerEvent((await this.archive).archive.officerAlerts, deviceId, body);
+        if (!alert) return;
+        this.#log(`officer ${body.type.replace(/^officer\./, '')} ${alert.alertId} from ${deviceId}${alert.acknowledgedBy ? ` (acknowledged by ${alert.acknowledgedBy})` : ''}`);
+        this.#broadcastTo(officerAlertRoles, 'officer-alert', alert);
+      }).catch((err: unknown) => this.#log(`officer event from ${deviceId}: ${(err as Error).stack ?? String(err)}`));
+    });
     options.fleet.on('refused', (r) => {
       // The first of each kind, then every 100th with the count: a flood must not flood the log.
       const key = `${r.deviceId}/${r.channel}/${r.verb}/${r.what}`;
@@ -257,7 +280,14 @@ export class ConsoleServer {
         return json(res, 200, {
           reasons: reasonCatalogue, maxDurationS: this.#o.maxDurationS,
           tiles: this.#o.tileUrl ? { url: this.#o.tileUrl, attribution: this.#o.tileAttribution ?? '' } : null,
+          talk: this.#o.talkback !== false && operator.roles.some((r) => talkRoles.includes(r)),
+          playoutDelayMs: this.#o.playoutDelayMs ?? defaultPlayoutDelayMs,
+          watchMeReason,
         });
+      case 'GET /api/officer/alerts':
+        return json(res, 200, { alerts: await (await this.archive).archive.officerAlerts.list({ limit: 500 }) });
+      case 'POST /api/officer/ack':
+        return this.#officerAck(await body(req), operator, res);
       case 'GET /api/alerts':
         return json(res, 200, { alerts: await this.#alerts.list({ limit: 500 }) });
       case 'GET /api/events':
@@ -467,9 +497,22 @@ export class ConsoleServer {
     const durationS = b.durationS === undefined || b.durationS === '' ? 300 : Number(b.durationS);
     if (typeof deviceId !== 'string' || typeof reason !== 'string' || typeof offer !== 'string') throw new HttpError(400, 'needs deviceId, reason and offer');
     if (!Number.isInteger(durationS) || durationS < 1 || durationS > this.#o.maxDurationS) throw new HttpError(400, `durationS must be 1 to ${this.#o.maxDurationS}`);
-    const token = await signCommand({ keyFile: this.#o.issuerKeyFile, device: deviceId, action: 'stream.start', reason, operator: operator.operator, issuer: this.#o.issuer, maxS: durationS, offer });
+    const talk = b.talk === true;
+    if (b.talk !== undefined && typeof b.talk !== 'boolean') throw new HttpError(400, 'talk must be true or false');
+    if (talk && this.#o.talkback === false) throw new HttpError(403, 'talk-back is off on this console (--talkback off)');
+    if (talk && !operator.roles.some((r) => talkRoles.includes(r))) throw new HttpError(403, `talk-back needs the ${talkRoles.join(' or ')} role`);
+    const token = talk
+      ? await signTalkStart({ keyFile: this.#o.issuerKeyFile, device: deviceId, operator: operator.operator, issuer: this.#o.issuer, reason, maxS: durationS, offer })
+      : await signCommand({ keyFile: this.#o.issuerKeyFile, device: deviceId, action: 'stream.start', reason, operator: operator.operator, issuer: this.#o.issuer, maxS: durationS, offer });
     const reply = await this.#o.fleet.request(deviceId, { token, offer });
-    this.#log(`${operator.operator} asked ${deviceId} for a live view (${reason}, ${durationS} s): ${reply.ok === true ? 'accepted' : String(reply.code)}`);
+    this.#log(`${operator.operator} asked ${deviceId} for a live view (${reason}, ${durationS} s${talk ? ', with talk-back' : ''}): ${reply.ok === true ? 'accepted' : String(reply.code)}`);
+    if (reply.ok === true && reason === watchMeReason) {
+      // The wearer asked and is now watched: their open watch-me requests are answered, by whom.
+      for (const alert of await (await this.archive).archive.officerAlerts.answerWatchMe(deviceId, operator.operator, new Date().toISOString())) {
+        this.#log(`watch-me ${alert.alertId} from ${deviceId} answered by ${operator.operator}`);
+        this.#broadcastTo(officerAlertRoles, 'officer-alert', alert);
+      }
+    }
     if (reply.ok === true && typeof reply.sid === 'string' && topicLevelPattern.test(reply.sid) && topicLevelPattern.test(deviceId)) {
       // Past max_s (and a minute of clock skew) the camera has ended it: the entry goes then at the latest.
       this.#owners.set(viewKey(deviceId, reply.sid), {
@@ -477,6 +520,26 @@ export class ConsoleServer {
         expiresAt: Date.now() + (durationS + 60) * 1000, offeredGen: 0, listed: false,
       });
     }
+    json(res, 200, withWords(reply));
+  }
+
+  /**
+   * Acknowledge (and with clear: true, end) a wearer's emergency: alert.ack signed for the operator
+   * who clicked. Only for an emergency the console holds or the camera's state shows: the camera is
+   * not asked about alert ids nobody saw. Shown as acknowledged only when the camera says so.
+   */
+  async #officerAck(b: Record<string, unknown>, operator: Operator, res: http.ServerResponse): Promise<void> {
+    const { deviceId, alertId } = b;
+    if (typeof deviceId !== 'string' || !deviceIdPattern.test(deviceId)) throw new HttpError(400, 'deviceId must be a camera id (1 to 64 letters, digits, _ or -)');
+    if (typeof alertId !== 'string' || !/^[\x21-\x7e]{1,128}$/.test(alertId)) throw new HttpError(400, 'alertId must be the emergency\'s id (1 to 128 printable characters)');
+    if (b.clear !== undefined && typeof b.clear !== 'boolean') throw new HttpError(400, 'clear must be true or false');
+    const clear = b.clear === true;
+    const held = (await (await this.archive).archive.officerAlerts.list({ deviceId, limit: 1000 })).some((a) => a.kind === 'emergency' && a.alertId === alertId);
+    const inState = ((this.#o.fleet.cameras.get(deviceId)?.state.officer as { emergency?: { alertId?: unknown } | null } | null | undefined)?.emergency?.alertId) === alertId;
+    if (!held && !inState) throw new HttpError(404, `no emergency ${alertId} on ${deviceId}`);
+    const token = await signAlertAck({ keyFile: this.#o.issuerKeyFile, issuer: this.#o.issuer, device: deviceId, operator: operator.operator }, alertId, clear);
+    const reply = await this.#o.fleet.request(deviceId, { token });
+    this.#log(`${operator.operator} ${clear ? 'cleared' : 'acknowledged'} emergency ${alertId} on ${deviceId}: ${reply.ok === true ? 'accepted' : String(reply.code)}`);
     json(res, 200, withWords(reply));
   }
 
@@ -612,8 +675,13 @@ async function main(argv: string[]): Promise<void> {
       'tile-url': { type: 'string' },
       'tile-attribution': { type: 'string' },
       'fleet-admin-key': { type: 'string' },
+      talkback: { type: 'string', default: 'on' },
+      'playout-delay-ms': { type: 'string', default: String(defaultPlayoutDelayMs) },
     },
   });
+  if (values.talkback !== 'on' && values.talkback !== 'off') throw new Error(`--talkback must be on or off (got ${JSON.stringify(values.talkback)})`);
+  const playoutDelayMs = Number(values['playout-delay-ms']);
+  if (!Number.isInteger(playoutDelayMs) || playoutDelayMs < 0 || playoutDelayMs > 4000) throw new Error(`--playout-delay-ms must be a whole number of milliseconds, 0 to 4000 (got ${JSON.stringify(values['playout-delay-ms'])})`);
   if (!values['issuer-key'] || !values.users) {
     process.stderr.write('usage: node ops-console/server.ts --issuer-key FILE --users FILE [--broker URL] [--port 8080] [--issuer ISS] [--archive sqlite:FILE|postgres://...]\n');
     process.exit(2);
@@ -635,6 +703,7 @@ async function main(argv: string[]): Promise<void> {
     })), `--rules ${values.rules}`) : defaultRulesConfig,
     ...(values['tile-url'] ? { tileUrl: checkTileUrl(values['tile-url']) } : {}),
     ...(values['tile-attribution'] ? { tileAttribution: values['tile-attribution'] } : {}),
+    talkback: values.talkback === 'on', playoutDelayMs,
     ...(values['fleet-admin-key'] ? { fleetAdminKeyFile: await checkFleetAdminKey(values['fleet-admin-key'], values['issuer-key']) } : {}),
   });
   const url = await server.listen(Number(values.port));

@@ -46,7 +46,7 @@ t.test('a normal shift raises nothing', async (t) => {
     if (m === 8 * 60) r.view('cam-n1', 'sgt-1', day(8, 0, 30), 5);
     if (m === 10 * 60) r.view('cam-n2', 'sgt-1', day(10, 0, 30), 12);
     if (m === 14 * 60) {
-      r.feed({ kind: 'event', deviceId: 'cam-n1', at: day(13, 58), type: 'officer.watch_me' });
+      r.audit('cam-n1', day(13, 58), { type: 'officer.watch_me', detail: { requestId: 'wm-1', position: null, recordingId: 'rec-1' } });
       r.view('cam-n1', 'sgt-1', day(14, 0, 30), 8, { reason: 'officer-request' });
     }
     if (m === 15 * 60) r.refused('cam-n2', day(15, 0, 10)); // a mistake, not a probe
@@ -98,8 +98,9 @@ t.test('each rule fires on its scenario, with the audit entries behind it', asyn
   });
   await t.test('officer-request with no request from the officer', async (t) => {
     const r = rig();
-    r.feed({ kind: 'event', deviceId: 'cam-n2', at: day(8, 50), type: 'officer.watch_me' }); // another camera's officer
-    r.feed({ kind: 'event', deviceId: 'cam-n1', at: day(8, 30), type: 'officer.watch_me' }); // too long ago
+    r.audit('cam-n2', day(8, 50), { type: 'officer.watch_me', detail: { requestId: 'wm-2' } }); // another camera's officer
+    r.audit('cam-n1', day(8, 30), { type: 'officer.watch_me', detail: { requestId: 'wm-3' } }); // too long ago
+    r.feed({ kind: 'event', deviceId: 'cam-n1', at: day(8, 59), type: 'officer.watch_me' }); // the unsigned event: not counted
     r.view('cam-n1', 'sgt-1', day(9), 2, { reason: 'officer-request' });
     t.same(r.rules(), ['officer_request_unasked']);
     t.match(r.alerts[0], { severity: 'critical', deviceId: 'cam-n1' });

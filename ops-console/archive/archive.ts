@@ -133,11 +133,61 @@ export interface AlertStore {
   acknowledge(id: number, by: string, at?: string): Promise<Alert | undefined>;
 }
 
+// ---- officer alerts (issue 19: the wearer's watch-me and emergency, from the camera's events) -------
+
+export type OfficerAlertKind = 'watch-me' | 'emergency';
+
+/**
+ * One watch-me request or emergency as the console keeps it: raised by the camera's event, dealt
+ * with by the camera's own acknowledgement/clearance (an emergency) or by a live view answering it
+ * (a watch-me). Key: deviceId + alertId (the watch-me's requestId).
+ */
+export interface OfficerAlert {
+  deviceId: string;
+  alertId: string;
+  kind: OfficerAlertKind;
+  /** The camera's time of the event. */
+  at: string;
+  /** 'button' | 'fall' | 'trigger' (emergency); null for a watch-me. */
+  source: string | null;
+  /** The trigger source's name when source is 'trigger'. */
+  trigger: string | null;
+  position: { lat: number; lon: number; accuracyM?: number | null } | null;
+  recordingId: string | null;
+  /** When the console received it. */
+  raisedAt: string;
+  /** Emergency: who the camera says acknowledged it (officer.emergency_acknowledged). */
+  acknowledgedBy: string | null;
+  acknowledgedAt: string | null;
+  /** Emergency: cleared by the wearer (a false alarm) or an operator (officer.emergency_cleared). */
+  clearedBy: 'wearer' | 'operator' | null;
+  clearedOperator: string | null;
+  clearedAt: string | null;
+  /** Watch-me: the operator whose officer-request live view answered it. */
+  answeredBy: string | null;
+  answeredAt: string | null;
+}
+
+export type NewOfficerAlert = Pick<OfficerAlert, 'deviceId' | 'alertId' | 'kind' | 'at' | 'source' | 'trigger' | 'position' | 'recordingId'>;
+
+export interface OfficerAlertStore {
+  /** Stores a new one; a repeat of one held (at-least-once delivery) returns it unchanged with `repeat`. */
+  raise(a: NewOfficerAlert): Promise<{ alert: OfficerAlert; repeat: boolean }>;
+  /** Undefined when there is no such alert; the first acknowledgement is kept. */
+  acknowledge(deviceId: string, alertId: string, by: string, at: string): Promise<OfficerAlert | undefined>;
+  clear(deviceId: string, alertId: string, by: 'wearer' | 'operator', operator: string | null, at: string): Promise<OfficerAlert | undefined>;
+  /** Marks the camera's open watch-me requests answered by a live view of this operator; returns those changed. */
+  answerWatchMe(deviceId: string, operator: string, at: string): Promise<OfficerAlert[]>;
+  /** Newest first (by the camera's time). */
+  list(filter?: { deviceId?: string; limit?: number }): Promise<OfficerAlert[]>;
+}
+
 // ---- the archive --------------------------------------------------------------------------------
 
 export interface Archive {
   readonly backend: 'sqlite' | 'postgresql';
   readonly alerts: AlertStore;
+  readonly officerAlerts: OfficerAlertStore;
 
   // audit
   /** Stores one entry; checked or not (verification is the chain verifier's, ops-console/chain-verifier.ts). */

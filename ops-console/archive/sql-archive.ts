@@ -5,7 +5,8 @@ import type { JWK } from 'jose';
 import type { AuditEntry } from '../../src/audit/audit-log.ts';
 import { canonicalJson } from '../../src/audit/canonical-json.ts';
 import type {
-  Alert, AlertFilter, AlertStore, Archive, Enrolment, EntryOutcome, FleetEvent, LiveViewFilter, LiveViewSession, NewAlert, PublishedCheckpoint, VerifiedHead,
+  Alert, AlertFilter, AlertStore, Archive, Enrolment, EntryOutcome, FleetEvent, LiveViewFilter, LiveViewSession, NewAlert, NewOfficerAlert, OfficerAlert,
+  OfficerAlertStore, PublishedCheckpoint, VerifiedHead,
 } from './archive.ts';
 
 export type Row = Record<string, unknown>;
@@ -23,6 +24,7 @@ export function schemaStatements(id: string): string[] {
     `CREATE TABLE IF NOT EXISTS fleet_event (id ${id}, device_id TEXT NOT NULL, type TEXT NOT NULL, at TEXT NOT NULL, detail TEXT NOT NULL)`,
     'CREATE TABLE IF NOT EXISTS live_view (device_id TEXT NOT NULL, sid TEXT NOT NULL, operator TEXT NOT NULL, unit TEXT, reason TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, end_cause TEXT, ended_by TEXT, audit_seqs TEXT NOT NULL, PRIMARY KEY (device_id, sid))',
     `CREATE TABLE IF NOT EXISTS alerts (id ${id}, rule TEXT NOT NULL, severity TEXT NOT NULL, device_id TEXT, operator TEXT, at TEXT NOT NULL, audit_refs TEXT NOT NULL, detail TEXT NOT NULL, raised_at TEXT NOT NULL, acknowledged_by TEXT, acknowledged_at TEXT)`,
+    'CREATE TABLE IF NOT EXISTS officer_alert (device_id TEXT NOT NULL, alert_id TEXT NOT NULL, kind TEXT NOT NULL, at TEXT NOT NULL, source TEXT, trig TEXT, position TEXT, recording_id TEXT, raised_at TEXT NOT NULL, acknowledged_by TEXT, acknowledged_at TEXT, cleared_by TEXT, cleared_operator TEXT, cleared_at TEXT, answered_by TEXT, answered_at TEXT, PRIMARY KEY (device_id, alert_id))',
     'CREATE INDEX IF NOT EXISTS fleet_event_at ON fleet_event (at)',
     'CREATE INDEX IF NOT EXISTS live_view_started ON live_view (started_at)',
     'CREATE INDEX IF NOT EXISTS alerts_at ON alerts (at)',
@@ -77,14 +79,69 @@ function alertOf(r: Row): Alert {
   };
 }
 
+class SqlOfficerAlertStore implements OfficerAlertStore {
+  readonly #q: Query;
+  constructor(q: Query) {
+    this.#q = q;
+  }
+
+  async #get(deviceId: string, alertId: string): Promise<OfficerAlert | undefined> {
+    const rows = await this.#q('SELECT * FROM officer_alert WHERE device_id = ? AND alert_id = ?', [deviceId, alertId]);
+    return rows[0] ? officerAlertOf(rows[0]) : undefined;
+  }
+
+  async raise(a: NewOfficerAlert): Promise<{ alert: OfficerAlert; repeat: boolean }> {
+    const rows = await this.#q(
+      'INSERT INTO officer_alert (device_id, alert_id, kind, at, source, trig, position, recording_id, raised_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING alert_id',
+      [a.deviceId, a.alertId, a.kind, a.at, a.source, a.trigger, a.position ? JSON.stringify(a.position) : null, a.recordingId, now()],
+    );
+    return { alert: (await this.#get(a.deviceId, a.alertId))!, repeat: rows.length === 0 };
+  }
+
+  async acknowledge(deviceId: string, alertId: string, by: string, at: string): Promise<OfficerAlert | undefined> {
+    await this.#q('UPDATE officer_alert SET acknowledged_by = ?, acknowledged_at = ? WHERE device_id = ? AND alert_id = ? AND acknowledged_at IS NULL', [by, at, deviceId, alertId]);
+    return this.#get(deviceId, alertId);
+  }
+
+  async clear(deviceId: string, alertId: string, by: 'wearer' | 'operator', operator: string | null, at: string): Promise<OfficerAlert | undefined> {
+    await this.#q('UPDATE officer_alert SET cleared_by = ?, cleared_operator = ?, cleared_at = ? WHERE device_id = ? AND alert_id = ? AND cleared_at IS NULL', [by, operator, at, deviceId, alertId]);
+    return this.#get(deviceId, alertId);
+  }
+
+  async answerWatchMe(deviceId: string, operator: string, at: string): Promise<OfficerAlert[]> {
+    const rows = await this.#q("UPDATE officer_alert SET answered_by = ?, answered_at = ? WHERE device_id = ? AND kind = 'watch-me' AND answered_at IS NULL RETURNING alert_id", [operator, at, deviceId]);
+    const out: OfficerAlert[] = [];
+    for (const r of rows) out.push((await this.#get(deviceId, String(r.alert_id)))!);
+    return out;
+  }
+
+  async list(f: { deviceId?: string; limit?: number } = {}): Promise<OfficerAlert[]> {
+    const w = where([['device_id = ?', f.deviceId]]);
+    const rows = await this.#q(`SELECT * FROM officer_alert${w.sql} ORDER BY at DESC, raised_at DESC LIMIT ${Math.max(1, Math.min(f.limit ?? 500, 100_000))}`, w.params);
+    return rows.map(officerAlertOf);
+  }
+}
+
+function officerAlertOf(r: Row): OfficerAlert {
+  return {
+    deviceId: String(r.device_id), alertId: String(r.alert_id), kind: r.kind as OfficerAlert['kind'], at: String(r.at), source: str(r.source), trigger: str(r.trig),
+    position: r.position === null || r.position === undefined ? null : (JSON.parse(String(r.position)) as OfficerAlert['position']), recordingId: str(r.recording_id),
+    raisedAt: String(r.raised_at), acknowledgedBy: str(r.acknowledged_by), acknowledgedAt: str(r.acknowledged_at),
+    clearedBy: str(r.cleared_by) as OfficerAlert['clearedBy'], clearedOperator: str(r.cleared_operator), clearedAt: str(r.cleared_at),
+    answeredBy: str(r.answered_by), answeredAt: str(r.answered_at),
+  };
+}
+
 export abstract class SqlArchive implements Archive {
   abstract readonly backend: 'sqlite' | 'postgresql';
   readonly alerts: AlertStore;
+  readonly officerAlerts: OfficerAlertStore;
   protected readonly q: Query;
 
   protected constructor(q: Query) {
     this.q = q;
     this.alerts = new SqlAlertStore(q);
+    this.officerAlerts = new SqlOfficerAlertStore(q);
   }
 
   abstract close(): Promise<void>;

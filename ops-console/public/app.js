@@ -30,12 +30,20 @@ const RESTART_WORDS = {
 const PAGE_ID = crypto.randomUUID();
 
 const ALERT_READERS = ['standards', 'duty-officer'];
+// Who sees the wearers' watch-me requests and emergencies and answers them (server: roles.ts).
+const OFFICER_ALERT_ROLES = ['supervisor', 'duty-officer'];
+// A watch-me the camera stops holding after 10 minutes (docs/protocol.md, state.officer.watchMe).
+const WATCH_ME_MS = 10 * 60_000;
+// An emergency nobody has acknowledged sounds again this often.
+const EMERGENCY_REPEAT_MS = 10_000;
 const FLEET_ADMINS = ['fleet-admin'];
 
 const app = {
-  config: { reasons: [], maxDurationS: 1800, tiles: null },
+  config: { reasons: [], maxDurationS: 1800, tiles: null, talk: false, playoutDelayMs: 300, watchMeReason: 'officer-request' },
   me: null, // { operator, name, roles, unit, shift }
   alerts: new Map(), // id -> alert (the server's AlertStore record)
+  officerAlerts: new Map(), // `${deviceId}/${alertId}` -> the server's OfficerAlert record
+  beep: { ctx: null, lastAt: 0 }, // the Web Audio context, made at sign-in (a user gesture)
   fleet: [], // the fleet-admin desk's rows (GET /api/fleet/cameras)
   fleetLoading: null, // the pending reload: events come in bursts, one request serves them
   basemap: null, // { map, layer, fitted } once the Leaflet base map is made
@@ -138,6 +146,19 @@ async function boot() {
   $('fleet-revoke').addEventListener('click', revokeKey);
   $('fleet-update').addEventListener('click', sendUpdate);
   $('fleet-diag').addEventListener('click', collectDiag);
+  for (const el of [$('officer-list'), $('officer-banner')]) el.addEventListener('click', officerClick);
+  const talk = $('talk-button');
+  // Push-to-talk: held with the mouse or a finger (pointer events cover both), or the Space bar.
+  talk.addEventListener('pointerdown', (e) => { e.preventDefault(); talk.setPointerCapture?.(e.pointerId); setTalking(true); });
+  for (const type of ['pointerup', 'pointercancel', 'lostpointercapture']) talk.addEventListener(type, () => setTalking(false));
+  talk.addEventListener('keydown', (e) => { if (e.key === ' ' || e.key === 'Enter') e.preventDefault(); }); // no click: handled below
+  document.addEventListener('keydown', (e) => {
+    if (e.key !== ' ' || e.repeat || !app.view?.talk || $('talk-controls').hidden || /^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement?.tagName ?? '')) return;
+    e.preventDefault();
+    setTalking(true);
+  });
+  document.addEventListener('keyup', (e) => { if (e.key === ' ' && app.view?.talkWanted) { e.preventDefault(); setTalking(false); } });
+  window.addEventListener('blur', () => setTalking(false)); // a key released in another window is never seen here
   $('alert-list').addEventListener('click', (e) => {
     const ack = e.target.closest('[data-ack]');
     if (ack) return acknowledge(Number(ack.getAttribute('data-ack')));
@@ -194,9 +215,14 @@ async function signedIn(me) {
   $('duration').max = String(app.config.maxDurationS);
   $('duration').value = String(Math.min(300, app.config.maxDurationS));
   $('alerts-card').hidden = !hasRole(...ALERT_READERS);
+  $('officer-card').hidden = !hasRole(...OFFICER_ALERT_ROLES);
+  $('talk-field').hidden = !app.config.talk;
+  // The sign-in click is the user gesture that lets the page make sound later (autoplay policy).
+  if (hasRole(...OFFICER_ALERT_ROLES) && !app.beep.ctx && globalThis.AudioContext) app.beep.ctx = new AudioContext();
   $('fleet-card').hidden = !hasRole(...FLEET_ADMINS);
   follow();
   if (hasRole(...ALERT_READERS)) loadAlerts();
+  if (hasRole(...OFFICER_ALERT_ROLES)) loadOfficerAlerts();
   if (hasRole(...FLEET_ADMINS)) loadFleet();
   render();
 }
@@ -209,8 +235,10 @@ function signedOut(note) {
   if (app.basemap) app.basemap.fitted = false;
   app.cameras.clear();
   app.alerts.clear();
+  app.officerAlerts.clear();
   app.fleet = [];
   renderAlerts();
+  renderOfficer();
   renderFleet();
   render();
   showAudit(null, 'Select a camera to see its audit trail.', '');
@@ -249,6 +277,7 @@ function follow() {
   });
   es.addEventListener('ice-offer', (e) => iceRestart(JSON.parse(e.data)));
   es.addEventListener('fleet', () => loadFleet());
+  es.addEventListener('officer-alert', (e) => officerAlertIn(JSON.parse(e.data)));
   es.addEventListener('alert', (e) => {
     const a = JSON.parse(e.data);
     app.alerts.set(a.id, a);
@@ -331,8 +360,10 @@ function renderMap() {
       const selected = id === app.selected;
       const words = `${id}, ${STATUS_WORDS[st]}${Number.isFinite(p.accuracyM) ? `, within ${Math.round(p.accuracyM)} m` : ''}`;
       const alerts = openAlerts(id);
+      const officer = officerMark(id);
       svg.append(s('g', {
-        class: `marker st-${st}${alerts ? ' alerted' : ''}`, 'data-device': id, 'data-alerts': alerts || null, 'data-testid': `map-camera-${id}`,
+        class: `marker st-${st}${alerts ? ' alerted' : ''}${officer ? ` officer-${officer}` : ''}`, 'data-device': id, 'data-alerts': alerts || null, 'data-officer': officer,
+        'data-testid': `map-camera-${id}`,
         tabindex: 0, role: 'button', 'aria-pressed': String(selected), 'aria-label': words,
       },
       p.accuracyM > 0 ? s('circle', { class: 'accuracy', cx: x, cy: y, r: p.accuracyM * pxPerM }) : null,
@@ -383,7 +414,8 @@ function renderBaseMap() {
     placed.push([p.lat, p.lon]);
     const st = camStatus(cam.state);
     if (p.accuracyM > 0) L.circle([p.lat, p.lon], { radius: p.accuracyM, className: 'accuracy', interactive: false }).addTo(layer);
-    L.circleMarker([p.lat, p.lon], { radius: 8, className: `cam cam-${id} st-${st}${openAlerts(id) ? ' alerted' : ''}${id === app.selected ? ' selected' : ''}` })
+    const officer = officerMark(id);
+    L.circleMarker([p.lat, p.lon], { radius: 8, className: `cam cam-${id} st-${st}${openAlerts(id) ? ' alerted' : ''}${officer ? ` officer-${officer}` : ''}${id === app.selected ? ' selected' : ''}` })
       .bindTooltip(`${id}, ${STATUS_WORDS[st]}`)
       .on('click', () => pickId(id))
       .addTo(layer);
@@ -479,6 +511,7 @@ function renderLive() {
   const camMax = st.commandPolicy?.maxStreamDurationS;
   $('duration-hint').textContent = `Up to ${app.config.maxDurationS} s${camMax ? `; this camera's policy allows ${camMax} s` : ''}.`;
   $('request-live').disabled = app.view !== null || !st.online;
+  $('talk-field').hidden = !app.config.talk;
   show($('live-camera'), !st.online ? `${id} is offline${st.reason ? ` (${st.reason})` : ''}: it cannot be asked for a live view.`
     : app.view && app.view.deviceId !== id ? `You are watching ${app.view.deviceId}: stop that view to request another.` : '');
 
@@ -513,19 +546,36 @@ function fillReasons(id, policy) {
   if ([...select.options].some((o) => o.value === previous)) select.value = previous;
 }
 
-async function requestLive(e) {
+function requestLive(e) {
   e.preventDefault();
-  const deviceId = app.selected;
+  return startLive(app.selected, $('reason').value, Number($('duration').value), app.config.talk && $('talk').checked);
+}
+
+/**
+ * Asks the camera for a live view (the server signs it for this operator). With talk, the offer
+ * also carries a send-receive audio m-line (the camera answers it only if the token's talk claim
+ * is granted); no microphone track is attached until the push-to-talk button is held.
+ */
+async function startLive(deviceId, reason, durationS, talk) {
   if (!deviceId || app.view) return;
-  const reason = $('reason').value, durationS = Number($('duration').value);
   show($('live-error'), '');
   app.ended = null;
   const pc = new RTCPeerConnection({ iceServers: [] });
-  app.view = { deviceId, pc, sid: null, endsBy: null, seen: false, cameraState: null, restart: null, restarts: Promise.resolve() };
+  app.view = { deviceId, pc, sid: null, endsBy: null, seen: false, cameraState: null, restart: null, restarts: Promise.resolve(), talk: null, talkWanted: false, mic: null };
   renderLive();
   liveSays(`Asking ${deviceId} for a live view…`);
   pc.addTransceiver('video', { direction: 'recvonly' });
-  pc.addEventListener('track', (ev) => { $('live-video').srcObject = ev.streams[0] ?? new MediaStream([ev.track]); });
+  if (talk) app.view.talk = pc.addTransceiver('audio', { direction: 'sendrecv' });
+  pc.addEventListener('track', (ev) => {
+    if (ev.track.kind !== 'video') return; // the talk-back m-line's receive side carries nothing to show
+    // The playout delay (README, "Live view"): how much the receiver buffers to ride out loss and
+    // jitter on the camera's 4G link; Chromium's jitterBufferTarget, in milliseconds.
+    try {
+      ev.receiver.jitterBufferTarget = app.config.playoutDelayMs;
+    } catch { /* a browser without it plays with its own default */ }
+    $('live-video').dataset.playoutDelayMs = String(ev.receiver.jitterBufferTarget ?? '');
+    $('live-video').srcObject = ev.streams[0] ?? new MediaStream([ev.track]);
+  });
   pc.addEventListener('connectionstatechange', () => {
     viewFacts();
     // The camera went offline and this page's connection to it has failed: it is not coming back.
@@ -537,7 +587,7 @@ async function requestLive(e) {
   try {
     await pc.setLocalDescription(await pc.createOffer());
     await iceGathered(pc);
-    const r = await api('/api/live', { deviceId, reason, durationS, offer: pc.localDescription.sdp, page: PAGE_ID });
+    const r = await api('/api/live', { deviceId, reason, durationS, offer: pc.localDescription.sdp, page: PAGE_ID, ...(talk ? { talk: true } : {}) });
     if (app.view?.pc !== pc) return; // signed out meanwhile
     if (!r.ok) {
       endView(null);
@@ -548,6 +598,12 @@ async function requestLive(e) {
     await pc.setRemoteDescription({ type: 'answer', sdp: r.answer });
     liveSays(`Live view of ${deviceId} accepted (${r.sid}).`);
     $('viewer').hidden = false;
+    // Talk-back only when the camera's answer takes the viewer's audio (it does only with the grant).
+    // From this side: 'sendrecv' or 'sendonly' means the camera takes our audio; 'recvonly'/'inactive' that it will not.
+    const talkAnswered = app.view.talk && /^(sendrecv|sendonly)$/.test(app.view.talk.currentDirection ?? '');
+    if (app.view.talk && !talkAnswered) app.view.talk = null;
+    $('talk-controls').hidden = !talkAnswered;
+    if (talk && !talkAnswered) liveSays(`Live view of ${deviceId} accepted (${r.sid}), without talk-back: the camera did not grant it.`);
     viewFacts();
     tick();
   } catch (err) {
@@ -648,8 +704,11 @@ async function stopLive({ quiet = false } = {}) {
 
 /** Ends the view on this page only: the peer connection, the video, the countdown. */
 function endView(message) {
+  app.view?.mic?.stop();
   app.view?.pc.close();
   app.view = null;
+  $('talk-controls').hidden = true;
+  showTalking(false);
   $('live-video').srcObject = null;
   $('viewer').hidden = true;
   $('live-countdown').textContent = '--:--';
@@ -686,6 +745,11 @@ function viewFacts() {
 /** Once a second: the ages in the list and the live view's countdown. */
 function tick() {
   for (const el of document.querySelectorAll('[data-since]')) el.textContent = ago(Number(el.getAttribute('data-since')));
+  const officer = [...app.officerAlerts.values()];
+  if (officer.some(emergencyUnacknowledged) && Date.now() - app.beep.lastAt >= EMERGENCY_REPEAT_MS) beep();
+  // A watch-me ages out of the banner and off the map after 10 minutes, as the camera drops it.
+  const watching = officer.filter(watchMeOpen).length;
+  if (watching !== app.beep.watching) { app.beep.watching = watching; renderOfficer(); renderMap(); }
   const v = app.view;
   if (!v?.endsBy) return;
   restartDone(v).catch(() => {});
@@ -740,6 +804,181 @@ async function acknowledge(id) {
   } catch (err) {
     if (!(err instanceof SignedOut)) show($('alerts-status'), `Could not acknowledge alert ${id}: ${err.message}`);
   }
+}
+
+// ---- Officer alerts (supervisors and duty officers) ---------------------------------------------
+// The wearer asked to be watched (watch-me) or raised an emergency (button, fall, a trigger). Both
+// show at once in a banner with a sound, in the list, and on the map, until dealt with: a watch-me
+// until a live view answers it (or the camera drops it after 10 minutes), an emergency until the
+// camera says it was acknowledged (the banner) and then cleared (the list and the map).
+
+const officerKey = (a) => `${a.deviceId}/${a.alertId}`;
+const watchMeOpen = (a) => a.kind === 'watch-me' && !a.answeredBy && Date.now() - (parseTime(a.at) ?? 0) < WATCH_ME_MS;
+const emergencyUnacknowledged = (a) => a.kind === 'emergency' && !a.acknowledgedBy && !a.clearedAt;
+const emergencyOngoing = (a) => a.kind === 'emergency' && !a.clearedAt;
+/** Needs someone now: in the banner, with a sound. */
+const officerUrgent = (a) => watchMeOpen(a) || emergencyUnacknowledged(a);
+
+/** The strongest officer mark for a camera on the map: 'emergency', 'watch-me' or null. */
+function officerMark(id) {
+  const mine = [...app.officerAlerts.values()].filter((a) => a.deviceId === id);
+  if (mine.some(emergencyOngoing)) return 'emergency';
+  return mine.some(watchMeOpen) ? 'watch-me' : null;
+}
+
+async function loadOfficerAlerts() {
+  try {
+    const { alerts } = await api('/api/officer/alerts');
+    for (const a of alerts) app.officerAlerts.set(officerKey(a), a);
+  } catch (err) {
+    if (!(err instanceof SignedOut)) show($('officer-status'), `Officer alerts unavailable: ${err.message}`);
+    return;
+  }
+  renderOfficer();
+  renderMap();
+  if ([...app.officerAlerts.values()].some(officerUrgent)) beep();
+}
+
+function officerAlertIn(a) {
+  const before = app.officerAlerts.get(officerKey(a));
+  app.officerAlerts.set(officerKey(a), a);
+  renderOfficer();
+  renderMap();
+  if (!before && officerUrgent(a)) beep();
+}
+
+/**
+ * A short two-tone beep (Web Audio: no sound file to serve or to be blocked). Counted on the banner
+ * (data-beeps): a test, or a control-room log, can tell the sound was played.
+ */
+function beep() {
+  const ctx = app.beep.ctx;
+  app.beep.lastAt = Date.now();
+  const banner = $('officer-banner');
+  banner.dataset.beeps = String(Number(banner.dataset.beeps ?? 0) + 1);
+  if (!ctx) return;
+  void ctx.resume?.();
+  const gain = ctx.createGain();
+  gain.gain.value = 0.25;
+  gain.connect(ctx.destination);
+  for (const [i, hz] of [880, 660].entries()) {
+    const osc = ctx.createOscillator();
+    osc.frequency.value = hz;
+    osc.connect(gain);
+    osc.start(ctx.currentTime + i * 0.18);
+    osc.stop(ctx.currentTime + i * 0.18 + 0.15);
+  }
+}
+
+const positionWords = (p) => (p ? `${p.lat.toFixed(5)}, ${p.lon.toFixed(5)}${Number.isFinite(p.accuracyM) ? ` ±${Math.round(p.accuracyM)} m` : ''}` : 'no position');
+const sourceWords = (a) => (a.source === 'trigger' ? `trigger: ${a.trigger ?? '?'}` : a.source === 'fall' ? 'fall detected' : 'button');
+
+function officerButtons(a) {
+  const data = { 'data-device': null, 'data-officer-device': a.deviceId, 'data-alert': a.alertId };
+  const out = [];
+  if (watchMeOpen(a) && hasRole('supervisor')) {
+    out.push(h('button', { type: 'button', ...data, 'data-officer-action': 'watch', 'data-testid': `watch-${a.alertId}`, disabled: app.view ? 'disabled' : null }, 'Watch'));
+  }
+  if (emergencyUnacknowledged(a)) out.push(h('button', { type: 'button', ...data, 'data-officer-action': 'ack', 'data-testid': `officer-ack-${a.alertId}` }, 'Acknowledge'));
+  if (emergencyOngoing(a)) out.push(h('button', { type: 'button', class: 'danger', ...data, 'data-officer-action': 'clear', 'data-testid': `officer-clear-${a.alertId}` }, 'Clear'));
+  return out;
+}
+
+function officerState(a) {
+  if (a.kind === 'watch-me') {
+    if (a.answeredBy) return ['Answered by ', a.answeredBy, ' at ', timeEl(a.answeredAt)];
+    return watchMeOpen(a) ? ['Waiting for a supervisor'] : ['Expired unanswered'];
+  }
+  const parts = [];
+  if (a.acknowledgedBy) parts.push('Acknowledged by ', a.acknowledgedBy, ' at ', timeEl(a.acknowledgedAt));
+  else if (!a.clearedAt) parts.push('NOT ACKNOWLEDGED');
+  if (a.clearedAt) parts.push(parts.length ? ' · ' : '', a.clearedBy === 'wearer' ? 'cancelled by the wearer (false alarm)' : `cleared by ${a.clearedOperator ?? 'an operator'}`, ' at ', timeEl(a.clearedAt));
+  return parts;
+}
+
+function renderOfficer() {
+  const list = [...app.officerAlerts.values()].sort((a, b) => (officerUrgent(b) - officerUrgent(a)) || (emergencyOngoing(b) - emergencyOngoing(a)) || String(b.at).localeCompare(String(a.at)));
+  const urgent = list.filter(officerUrgent);
+  $('officer-status').textContent = list.length ? `${plural(urgent.length, 'request')} waiting, ${list.length} in all.` : 'No officer has asked for help.';
+  $('officer-list').replaceChildren(...list.map((a) => h('li', {
+    'data-testid': `officer-alert-${a.alertId}`, 'data-kind': a.kind, 'data-device': a.deviceId,
+    'data-state': officerUrgent(a) ? 'open' : emergencyOngoing(a) ? 'acknowledged' : 'dealt-with',
+    class: `${a.kind}${officerUrgent(a) || emergencyOngoing(a) ? ' open' : ''}`,
+  },
+  h('strong', {}, a.kind === 'emergency' ? `EMERGENCY — ${a.deviceId}` : `Watch me — ${a.deviceId}`),
+  h('span', { class: 'meta' }, ' ', a.kind === 'emergency' ? `${sourceWords(a)} · ` : '', timeEl(a.at), ` · ${positionWords(a.position)}`,
+    a.recordingId ? ` · recording ${a.recordingId}` : ''),
+  h('span', { class: 'meta', 'data-testid': `officer-state-${a.alertId}` }, ' ', ...officerState(a)),
+  ' ', ...officerButtons(a))));
+  const banner = $('officer-banner');
+  banner.hidden = urgent.length === 0;
+  banner.classList.toggle('watch-only', urgent.every((a) => a.kind === 'watch-me'));
+  banner.replaceChildren(...urgent.map((a) => h('p', { 'data-testid': `banner-${a.alertId}` },
+    a.kind === 'emergency' ? `EMERGENCY: ${a.deviceId} (${sourceWords(a)}) at ` : `${a.deviceId} asks to be watched, at `, timeEl(a.at), ` — ${positionWords(a.position)}`,
+    ...officerButtons(a))));
+}
+
+function officerClick(e) {
+  const b = e.target.closest('[data-officer-action]');
+  if (!b) return pick(e.target);
+  const deviceId = b.getAttribute('data-officer-device'), alertId = b.getAttribute('data-alert');
+  const action = b.getAttribute('data-officer-action');
+  if (action === 'watch') return watch(deviceId);
+  return acknowledgeEmergency(deviceId, alertId, action === 'clear', b);
+}
+
+/** One click: a live view of that camera with reason officer-request (signed for this supervisor). */
+function watch(deviceId) {
+  pickId(deviceId);
+  if ([...$('reason').options].some((o) => o.value === app.config.watchMeReason)) $('reason').value = app.config.watchMeReason;
+  return startLive(deviceId, app.config.watchMeReason, Math.min(300, app.config.maxDurationS), app.config.talk && $('talk').checked);
+}
+
+/** alert.ack signed for this operator; shown as acknowledged when the camera says so, not before. */
+async function acknowledgeEmergency(deviceId, alertId, clear, button) {
+  button.disabled = true;
+  try {
+    const r = await api('/api/officer/ack', { deviceId, alertId, ...(clear ? { clear: true } : {}) });
+    $('officer-status').textContent = r.ok
+      ? `${clear ? 'Clearance' : 'Acknowledgement'} of ${alertId} accepted by ${deviceId}; the wearer is told.`
+      : refusal(`${deviceId} refused the ${clear ? 'clearance' : 'acknowledgement'}`, r);
+  } catch (err) {
+    if (!(err instanceof SignedOut)) $('officer-status').textContent = `Could not send it to ${deviceId}: ${err.message}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- Talk-back (push-to-talk) -------------------------------------------------------------------
+
+/**
+ * Holding the button attaches the microphone to the talk-back m-line (replaceTrack: no new offer,
+ * no renegotiation), releasing detaches it; the camera audits talk start and stop itself. The
+ * microphone is asked for on the first press only, and released when the view ends.
+ */
+async function setTalking(on) {
+  const v = app.view;
+  if (!v?.talk || v.talkWanted === on) return;
+  v.talkWanted = on;
+  try {
+    if (on && !v.mic) {
+      v.mic = (await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true } })).getAudioTracks()[0];
+      if (app.view !== v) { v.mic.stop(); return; }
+    }
+    if (v.talkWanted !== on) return; // released (or pressed again) while the microphone was coming
+    await v.talk.sender.replaceTrack(on ? v.mic : null);
+    if (app.view === v && v.talkWanted === on) showTalking(on);
+  } catch (err) {
+    v.talkWanted = false;
+    showTalking(false);
+    liveSays(`Talk-back failed: ${err.message}`);
+  }
+}
+
+function showTalking(on) {
+  $('talk-button').setAttribute('aria-pressed', String(on));
+  $('talk-state').textContent = on ? 'talking' : 'not talking';
+  $('talk-state').dataset.talking = String(on);
 }
 
 // ---- Fleet (fleet admins) -----------------------------------------------------------------------
@@ -908,7 +1147,29 @@ function auditRow(e) {
     h('td', {}, e.operator ?? '—'),
     h('td', { title: e.reason ? reasonLabel(e.reason) : null }, e.reason ?? '—'),
     h('td', {}, decision),
+    h('td', { 'data-testid': `audit-bookmark-${e.seq}` }, bookmarkCell(e.type, e.detail ?? {})),
+    h('td', { 'data-testid': `audit-trigger-${e.seq}` }, triggerCell(e.type, e.detail ?? {})),
     h('td', {}, details(e.type, e.detail ?? {})));
+}
+
+/** A recording.bookmark: where in which recording, who marked it and why (an investigator's index). */
+function bookmarkCell(type, d) {
+  if (type !== 'recording.bookmark') return '';
+  const at = Number.isFinite(d.offsetS) ? ` at ${d.offsetS.toFixed(1)} s` : '';
+  const of = d.recordingId ? ` of ${d.recordingId}` : ' (not recording)';
+  const by = d.source === 'command' ? `by ${d.operator ?? 'an operator'}` : 'by the wearer';
+  return [h('span', { class: 'pill' }, 'mark'), `${at}${of}, ${by}`, d.note ? ` — “${d.note}”` : ''];
+}
+
+/** What started something: an officer.trigger's source and actions, a recording's or an emergency's trigger. */
+function triggerCell(type, d) {
+  if (type === 'officer.trigger') return [h('strong', {}, String(d.source ?? '?')), ` → ${(d.actions ?? []).length ? d.actions.join(', ') : 'ignored (not configured)'}`];
+  if (type === 'officer.emergency') return d.source === 'trigger' ? `trigger: ${d.trigger ?? '?'}` : String(d.source ?? '');
+  if (type.startsWith('recording.') && d.trigger) {
+    const t = d.trigger;
+    return typeof t === 'string' ? t : [t.kind ?? t.source ?? '?', t.source && t.kind ? `: ${t.source}` : '', t.sid ? ` (view ${t.sid})` : ''].join('');
+  }
+  return '';
 }
 
 /** The few detail fields a reviewer needs at a glance; the rest stays in the stored entry. */
@@ -916,7 +1177,10 @@ function details(type, d) {
   const parts = [d.sid && `session ${d.sid}`];
   if (type === 'stream.start') parts.push(d.endsBy && `ends by ${clock(d.endsBy)}`, d.covert && 'covert');
   if (type === 'stream.stop') parts.push(d.cause && causeWords(d.cause), Number.isFinite(d.durationS) && `${d.durationS} s`);
-  if (type.startsWith('recording.')) parts.push(d.recordingId && `recording ${d.recordingId}`, d.trigger);
+  if (type.startsWith('recording.')) parts.push(d.recordingId && `recording ${d.recordingId}`);
+  if (type === 'officer.watch_me' || type === 'officer.emergency') parts.push(d.position && positionWords(d.position), d.recordingId && `recording ${d.recordingId}`);
+  if (type === 'officer.emergency_acknowledged') parts.push(d.operator && `acknowledged by ${d.operator}`);
+  if (type === 'stream.talk_started' || type === 'stream.talk_stopped') parts.push(d.operator && `${d.operator} ${type.endsWith('started') ? 'started' : 'stopped'} talking`);
   if (type === 'capture.fault' || type === 'agent.stop') parts.push(d.reason);
   if (type === 'agent.start') parts.push(d.version && `version ${d.version}`);
   if (type === 'command.result') parts.push(d.message);

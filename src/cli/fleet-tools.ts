@@ -103,8 +103,8 @@ export async function signCommand(o: SignOptions): Promise<string> {
   return signAsIssuer(o, commandTokenType, claims);
 }
 
-/** An issuer-signed token of `typ` for a device: the key file's kid, iss, sub, aud, iat and exp around `claims`. */
-async function signAsIssuer(
+/** An issuer-signed token of `typ` for a device: the key file's kid, iss, sub, aud, iat and exp around `claims` (the ops console signs alert.ack and talk-back starts with it). */
+export async function signAsIssuer(
   o: { keyFile: string; device: string; operator?: string | undefined; issuer?: string | undefined; ttlS?: number | undefined },
   typ: string,
   claims: Record<string, unknown>,

@@ -192,3 +192,31 @@ export async function runVerifyCli(args: AuditVerifyArgs): Promise<{ code: numbe
   const code = await auditVerifyCommand(args, sink((s) => (out += s)), sink((s) => (err += s)));
   return { code, out, err };
 }
+
+// ---- a camera's chain, entry by entry -------------------------------------------------------------
+
+export interface LiveChain {
+  key: DeviceKey;
+  /** Appends one record (real clock) and returns the messages the AuditLog published for it. */
+  append(record: Parameters<AuditLog['append']>[0]): AuditMessage[];
+}
+
+/**
+ * A genuine, device-signed chain for `deviceId` that a test grows one entry at a time and publishes
+ * as the camera would (the console verifies it against `key.publicJwk` once enrolled).
+ */
+export async function liveChain(deviceId: string, checkpointEvery = 1000): Promise<LiveChain> {
+  const stateDir = await tmpDir();
+  const key = await loadOrCreateDeviceKey(stateDir);
+  const db = openDatabase({ stateDir });
+  let out: AuditMessage[] = [];
+  const log = new AuditLog({ db, deviceId, deviceKey: key, publish: (m) => out.push(m), checkpointEvery, logger: silentLogger });
+  return {
+    key,
+    append(record) {
+      out = [];
+      log.append(record);
+      return out;
+    },
+  };
+}
