@@ -24,6 +24,7 @@ const benches: Bench[] = [
   { name: 'encryption', file: 'bench/encryption.ts', flags: ['window-s', 'rounds'] },
   { name: 'stream', file: 'bench/stream.ts', flags: ['runs', 'window-s'] },
   { name: 'live-encoder', file: 'bench/live-encoder.ts', flags: ['window-s'] },
+  { name: 'pi5-encoder', file: 'bench/pi5-encoder.ts', flags: ['frames', 'rounds'] },
   { name: 'bad-link', file: 'bench/bad-link.ts', flags: ['moves', 'window-s'] },
   { name: 'offload', file: 'bench/offload.ts', flags: ['window-s'] },
   { name: 'update', file: 'bench/update.ts', flags: ['runs'] },

@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import pino from 'pino';
 import t from 'tap';
 import { captureConfigSchema, type CaptureConfig } from '../src/capture/config.ts';
-import { buildPipeline, h264Level, liveBitrateProperty, type CaptureSettings } from '../src/capture/presets.ts';
+import { buildPipeline, h264Level, liveBitrateChange, liveBitrateProperty, resolvePreset, type CaptureSettings } from '../src/capture/presets.ts';
 import { CaptureSupervisor, type CaptureHealth, type SegmentInfo } from '../src/capture/supervisor.ts';
 import { decodedVideo } from './helpers/decode.ts';
 
@@ -144,9 +144,20 @@ t.test('presets: element names, caps, the recording encoder and the live one', a
   t.match(rpi.description, /v4l2h264enc name=liveenc extra-controls="controls,repeat_sequence_header=1,video_bitrate=700000,h264_i_frame_period=30"/);
   t.match(rpi.description, /capsfilter name=kf caps="video\/x-h264,profile=\(string\)constrained-baseline,level=\(string\)3.1"/);
   t.match(rpi.description, /alsasrc device="hw:1"/);
-  t.equal(liveBitrateProperty(settings({ preset: 'rpi' }), 450), undefined, 'the Pi encoder keeps its starting live bitrate');
+  t.equal(liveBitrateProperty(settings({ preset: 'rpi' }), 450), undefined, 'the Pi encoder\'s bitrate is no element property');
+  t.same(liveBitrateChange(settings({ preset: 'rpi' }), 450), { kind: 'v4l2-control', control: 'video_bitrate', bps: 450_000 }, 'it is the V4L2 control, in bit/s');
+  t.equal(liveBitrateChange(settings({ preset: 'rpi', liveEncoder: 'shared' }), 450), undefined, 'shared with the recording: never');
   t.equal(h264Level({ width: 1920, height: 1080, framerate: 30 }), '4');
   t.equal(h264Level({ width: 1920, height: 1080, framerate: 60 }), '4.2');
+
+  const pi5 = buildPipeline(settings({ preset: 'rpi5' }));
+  t.match(pi5.description, /^libcamerasrc ! video\/x-raw,format=NV12,width=1280,height=720,framerate=30\/1 ! tee name=vt/);
+  t.match(pi5.description, /x264enc name=enc tune=zerolatency speed-preset=ultrafast threads=2 key-int-max=30 bitrate=2000 ! capsfilter name=kf/, 'the recording keeps its own encoder and bitrate');
+  t.match(pi5.description, /valve name=live [^!]* ! x264enc name=liveenc tune=zerolatency speed-preset=ultrafast threads=2 key-int-max=30 bitrate=700 /);
+  t.notMatch(pi5.description, /v4l2h264enc/);
+  t.equal(pi5.liveEncoderSeparate, true);
+  t.same(liveBitrateChange(settings({ preset: 'rpi5' }), 450), { kind: 'property', property: 'bitrate', value: 450 }, 'the Pi 5\'s live bitrate is x264enc\'s own property');
+  t.throws(() => buildPipeline(settings({ preset: 'auto' })), /auto" must be resolved/);
 
   const uvc = buildPipeline(settings({ preset: 'v4l2', v4l2: { device: '/dev/video2' } }));
   t.match(uvc.description, /^v4l2src device="\/dev\/video2" do-timestamp=true ! video\/x-raw,.* ! videoconvert ! video\/x-raw,format=I420 ! tee name=vt .*x264enc name=enc/);
@@ -154,6 +165,25 @@ t.test('presets: element names, caps, the recording encoder and the live one', a
   t.match(pass.description, /^v4l2src name=enc device="\/dev\/video2" do-timestamp=true ! video\/x-h264,width=1280,height=720,framerate=30\/1 ! capsfilter name=kf/);
   t.notMatch(pass.description, /x264enc/);
   t.equal(pass.liveEncoderSeparate, false, 'a camera that encodes itself always shares');
+});
+
+t.test('presets auto and rpi: the Pi 5 (no /dev/video11) gets rpi5, said in the log', async (t) => {
+  t.same(resolvePreset('auto', true), { preset: 'rpi', note: 'capture.preset auto: /dev/video11 (the Pi hardware H.264 encoder) is present, using rpi' });
+  t.match(resolvePreset('auto', false), { preset: 'rpi5', note: /^capture.preset auto: no \/dev\/video11 .* using rpi5/ });
+  t.match(resolvePreset('rpi', false), { preset: 'rpi5', note: /^capture.preset rpi: no \/dev\/video11 .* using rpi5 .* instead/ });
+  t.same(resolvePreset('rpi', true), { preset: 'rpi' });
+  for (const p of ['test', 'v4l2', 'rpi5'] as const) t.same(resolvePreset(p, false), { preset: p }, `${p} is left alone`);
+  t.equal(config({ preset: 'auto' }).preset, 'auto', 'capture.preset auto is a valid setting');
+
+  const lines: { msg: string; level: number; preset?: string; configured?: string }[] = [];
+  const sink = new PassThrough();
+  sink.on('data', (d: Buffer) => lines.push(...d.toString().split('\n').filter(Boolean).map((l) => JSON.parse(l) as (typeof lines)[number])));
+  const sup = new CaptureSupervisor({ settings: config({ preset: 'rpi' }), segmentDir: '/tmp', logger: pino(sink), piEncoderPresent: false });
+  t.equal(sup.preset, 'rpi5');
+  t.equal(sup.liveBitrateAdjustable, true);
+  await until(() => lines.length > 0, 'the log line');
+  t.match(lines[0], { level: 40, configured: 'rpi', preset: 'rpi5', msg: /no \/dev\/video11/ }, 'a warning: the configured preset was not what runs');
+  t.equal(new CaptureSupervisor({ settings: config({ preset: 'auto' }), segmentDir: '/tmp', logger, piEncoderPresent: true }).preset, 'rpi');
 });
 
 t.test('presets parse with the real GStreamer', { skip: !gstAvailable && 'GStreamer not installed' }, async (t) => {
@@ -169,6 +199,9 @@ t.test('presets parse with the real GStreamer', { skip: !gstAvailable && 'GStrea
     v4l2Passthrough: buildPipeline(settings({ preset: 'v4l2', v4l2: { h264Passthrough: true } })).description,
     testShared: buildPipeline(settings({ liveEncoder: 'shared' })).description,
     rpi,
+    rpi5: buildPipeline(settings({ preset: 'rpi5', audio: true }))
+      .description.replace('libcamerasrc', 'videotestsrc')
+      .replace(/alsasrc device="[^"]*"/, 'audiotestsrc'),
   };
   // In a child: the binding never frees a pipeline, and this process should not load GStreamer.
   const script = `

@@ -531,7 +531,7 @@ export class Agent {
 }
 
 function captureSummary(h: CaptureHealth): CaptureState {
-  return { status: h.status, restarts: h.restarts, lastFault: h.lastFault ?? null, live: h.live, pid: h.pid ?? null };
+  return { status: h.status, restarts: h.restarts, lastFault: h.lastFault ?? null, live: h.live, pid: h.pid ?? null, liveBitrateError: h.liveBitrateError ?? null };
 }
 
 /**

@@ -1,7 +1,7 @@
 // Settings of the capture pipeline; mounted as `capture:` in the main configuration schema.
 import { z } from 'zod';
 
-export const capturePresets = ['test', 'rpi', 'v4l2'] as const;
+export const capturePresets = ['test', 'rpi', 'v4l2', 'rpi5', 'auto'] as const;
 export type CapturePreset = (typeof capturePresets)[number];
 
 const int = (description: string, unit: string | undefined, min: number, max: number, dflt: number) =>
@@ -17,7 +17,7 @@ export const captureConfigSchema = z
   .strictObject({
     preset: z.enum(capturePresets).default('test').meta({
       description:
-        'Pipeline preset: "test" (videotestsrc + x264enc, runs anywhere), "rpi" (libcamerasrc + the Pi hardware encoder), "v4l2" (a USB UVC camera).',
+        'Pipeline preset: "test" (videotestsrc + x264enc, runs anywhere), "rpi" (libcamerasrc + the Pi hardware encoder, /dev/video11; on a board without that device, a Pi 5, "rpi5" is used instead and the log says so), "rpi5" (libcamerasrc + x264enc tuned for the Pi 5\'s Cortex-A76, which has no hardware encoder), "auto" ("rpi" when /dev/video11 exists, else "rpi5"), "v4l2" (a USB UVC camera).',
       env: 'BWC_CAMERA',
     }),
     testPattern: z.enum(['ball', 'snow', 'smpte']).default('ball').meta({
@@ -51,7 +51,7 @@ export const captureConfigSchema = z
     audio: z.boolean().default(false).meta({
       description: 'Record audio into the segments (Opus in MPEG-TS; audiotestsrc for "test", alsasrc otherwise).',
     }),
-    audioDevice: z.string().min(1).default('default').meta({ description: 'ALSA device of the microphone (presets "rpi" and "v4l2").' }),
+    audioDevice: z.string().min(1).default('default').meta({ description: 'ALSA device of the microphone (presets "rpi", "rpi5" and "v4l2").' }),
     workerLauncher: z.array(z.string().min(1)).default([]).meta({
       description:
         'Command prefix for the capture worker, which runs as [...workerLauncher, the agent\'s own node, worker.js], e.g. ["chrt", "-f", "10"] to give it real-time priority, or ["qemu-aarch64-static"] to run an arm64 bundle under qemu-user without binfmt (node there reports the arm64 binary as its own path).',

@@ -79,7 +79,20 @@ function keyframePeriod(s: CaptureConfig): number {
 const h264Caps = 'video/x-h264,profile=(string)constrained-baseline';
 
 function x264(s: CaptureConfig, name: string, kbps: number): string {
+  if (s.preset === 'rpi5') return x264Pi5(s, name, kbps);
   return `x264enc name=${name} tune=zerolatency speed-preset=ultrafast key-int-max=${keyframePeriod(s)} bitrate=${kbps}`;
+}
+
+/**
+ * The Pi 5's encoder settings (it has no hardware H.264 encoder): x264enc, chosen over openh264enc by
+ * bench/pi5-encoder.ts (bench/results/pi5-encoder.md has the figures and the reasoning). Two threads
+ * each: the recording and the live encoder together then use at most the four Cortex-A76 cores,
+ * and zerolatency makes them slice threads (no frame of delay per thread).
+ */
+export const pi5X264 = { speedPreset: 'ultrafast', threads: 2 } as const;
+
+function x264Pi5(s: CaptureConfig, name: string, kbps: number): string {
+  return `x264enc name=${name} tune=zerolatency speed-preset=${pi5X264.speedPreset} threads=${pi5X264.threads} key-int-max=${keyframePeriod(s)} bitrate=${kbps}`;
 }
 
 /** The Pi encoder's controls, set when the pipeline is made. */
@@ -102,7 +115,10 @@ function rawSource(s: CaptureConfig): string | undefined {
     case 'test':
       return [`videotestsrc is-live=true pattern=${s.testPattern}`, `video/x-raw,format=I420,${raw}`].join(' ! ');
     case 'rpi':
+    case 'rpi5':
       return ['libcamerasrc', `video/x-raw,format=NV12,${raw}`].join(' ! ');
+    case 'auto':
+      throw new Error('capture.preset "auto" must be resolved (resolvePreset) before the pipeline is built');
     case 'v4l2':
       if (s.v4l2.h264Passthrough) return undefined;
       return [`v4l2src device=${quote(s.v4l2.device)} do-timestamp=true`, `video/x-raw,${raw}`, 'videoconvert', 'video/x-raw,format=I420'].join(' ! ');
@@ -198,6 +214,25 @@ export function buildPipeline(s: CaptureSettings): BuiltPipeline {
   return { description: parts.join('  '), elements: names, liveEncoderSeparate: separate };
 }
 
+/** The Pi 4's (and 3's) hardware H.264 encoder, bcm2835-codec; the Pi 5 has none. */
+export const piEncoderDevice = '/dev/video11';
+
+/**
+ * The preset to run: `auto`, and `rpi` on a board without the Pi encoder's device (a Pi 5), become
+ * `rpi5`; `auto` with the device becomes `rpi`. `note` says why, for the log.
+ */
+export function resolvePreset(preset: CaptureConfig['preset'], piEncoderPresent: boolean): { preset: Exclude<CaptureConfig['preset'], 'auto'>; note?: string } {
+  if (preset === 'auto') {
+    return piEncoderPresent
+      ? { preset: 'rpi', note: `capture.preset auto: ${piEncoderDevice} (the Pi hardware H.264 encoder) is present, using rpi` }
+      : { preset: 'rpi5', note: `capture.preset auto: no ${piEncoderDevice} (no Pi hardware H.264 encoder: a Pi 5), using rpi5 (libcamerasrc + x264enc)` };
+  }
+  if (preset === 'rpi' && !piEncoderPresent) {
+    return { preset: 'rpi5', note: `capture.preset rpi: no ${piEncoderDevice} (no Pi hardware H.264 encoder: a Pi 5), using rpi5 (libcamerasrc + x264enc) instead` };
+  }
+  return { preset };
+}
+
 /** Whether the live branch gets an encoder of its own (a camera that encodes itself always shares). */
 export function liveEncoderSeparate(s: CaptureConfig): boolean {
   return s.liveEncoder === 'separate' && !(s.preset === 'v4l2' && s.v4l2.h264Passthrough);
@@ -205,16 +240,30 @@ export function liveEncoderSeparate(s: CaptureConfig): boolean {
 
 /**
  * Whether the live bitrate can follow the viewer. x264enc takes kbit/s at run time. The Pi's
- * v4l2h264enc has its bitrate only inside the extra-controls structure, and gstreamer-superficial
- * sets strings, numbers and booleans only (tried here: a string set on extra-controls leaves it
- * NULL), so on the Pi the live encoder keeps its starting bitrate (stream.bitrate.startKbps).
+ * v4l2h264enc has its bitrate only inside the extra-controls structure, which gstreamer-superficial
+ * cannot set (it sets strings, numbers and booleans only: a string set on extra-controls leaves it
+ * NULL), so on the Pi the worker sets the encoder's V4L2 control itself (v4l2-control.ts).
  * Shared with the recording, nothing may change.
  */
 export function liveBitrateAdjustable(s: CaptureConfig): boolean {
-  return liveEncoderSeparate(s) && s.preset !== 'rpi';
+  return liveEncoderSeparate(s);
 }
 
-/** The property change that sets the live encoder to `kbps`, or undefined where it cannot follow. */
+/**
+ * How the live encoder is set to `kbps`: a property of the element (x264enc's kbit/s), or the V4L2
+ * control `video_bitrate` in bit/s on the device the element opened (the Pi's v4l2h264enc); undefined
+ * where it cannot follow.
+ */
+export type LiveBitrateChange = { kind: 'property'; property: string; value: number } | { kind: 'v4l2-control'; control: 'video_bitrate'; bps: number };
+
+export function liveBitrateChange(s: CaptureConfig, kbps: number): LiveBitrateChange | undefined {
+  if (!liveBitrateAdjustable(s)) return undefined;
+  if (s.preset === 'rpi') return { kind: 'v4l2-control', control: 'video_bitrate', bps: kbps * 1000 };
+  return { kind: 'property', property: 'bitrate', value: kbps };
+}
+
+/** The property change that sets the live encoder to `kbps`, or undefined where it is not a property. */
 export function liveBitrateProperty(s: CaptureConfig, kbps: number): { property: string; value: number } | undefined {
-  return liveBitrateAdjustable(s) ? { property: 'bitrate', value: kbps } : undefined;
+  const change = liveBitrateChange(s, kbps);
+  return change?.kind === 'property' ? { property: change.property, value: change.value } : undefined;
 }

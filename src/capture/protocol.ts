@@ -26,6 +26,10 @@ export type WorkerMessage =
   | ({ type: 'segment-closed' } & SegmentInfo)
   | { type: 'stats'; frames: number; bytes: number }
   | { type: 'error'; message: string; debug?: string }
+  /** The Pi encoder took a live bitrate (VIDIOC_S_CTRL), as the driver read it back. */
+  | { type: 'live-bitrate-set'; kbps: number; device: string; appliedBps: number }
+  /** Setting the Pi encoder's live bitrate failed: the encoder keeps its last rate. */
+  | { type: 'live-bitrate-failed'; kbps: number; message: string }
   | { type: 'eos' };
 
 export function isWorkerMessage(value: unknown): value is WorkerMessage {

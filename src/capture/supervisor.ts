@@ -8,7 +8,8 @@ import { EventEmitter } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { CaptureConfig } from './config.ts';
-import { liveBitrateAdjustable, type CaptureSettings } from './presets.ts';
+import { existsSync } from 'node:fs';
+import { liveBitrateAdjustable, piEncoderDevice, resolvePreset, type CaptureSettings } from './presets.ts';
 import { isWorkerMessage, type ParentMessage, type SegmentInfo, type WorkerMessage } from './protocol.ts';
 import { udpPortOwnedBy } from './rtp-source.ts';
 import { errorMessage } from '../errors.ts';
@@ -36,6 +37,11 @@ export interface CaptureHealth {
   live: boolean;
   /** Frames the current worker encoded (its last stats report). */
   frames: number;
+  /**
+   * Why the live bitrate could not be set on the Pi encoder (VIDIOC_S_CTRL), while that lasts; the
+   * live view goes on at the encoder's last rate. undefined when it works or does not apply.
+   */
+  liveBitrateError: string | undefined;
 }
 
 export interface CaptureSupervisorEvents {
@@ -71,6 +77,8 @@ export interface CaptureSupervisorOptions {
   startTimeoutMs?: number;
   /** Starting bitrate of a separate live encoder; default settings.bitrateKbps. */
   liveBitrateKbps?: number;
+  /** Whether the Pi hardware encoder's device exists (presets auto and rpi); default: /dev/video11 exists. */
+  piEncoderPresent?: boolean;
 }
 
 function defaultWorkerPath(): string {
@@ -107,7 +115,7 @@ interface WorkerRun {
 }
 
 export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
-  readonly #opts: Required<Omit<CaptureSupervisorOptions, 'onRtp' | 'onAudioRtp' | 'workerPath' | 'liveBitrateKbps'>> & { workerPath: string };
+  readonly #opts: Required<Omit<CaptureSupervisorOptions, 'onRtp' | 'onAudioRtp' | 'workerPath' | 'liveBitrateKbps' | 'piEncoderPresent'>> & { workerPath: string };
   /** The live encoder's bitrate now; a restarted worker starts at it. */
   #liveBitrateKbps: number;
   readonly #onRtp: ((packet: Buffer) => void) | undefined;
@@ -129,14 +137,18 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
   #keyframeTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
   #started = false;
+  #liveBitrateError: string | undefined;
 
   constructor(options: CaptureSupervisorOptions) {
     super();
     this.#log = options.logger;
     this.#onRtp = options.onRtp;
     this.#onAudioRtp = options.onAudioRtp;
+    // `auto`, and `rpi` on a Pi 5, become a preset that can run on this board: said once in the log.
+    const resolved = resolvePreset(options.settings.preset, options.piEncoderPresent ?? existsSync(piEncoderDevice));
+    if (resolved.note) this.#log[options.settings.preset === 'auto' ? 'info' : 'warn']({ configured: options.settings.preset, preset: resolved.preset }, resolved.note);
     this.#opts = {
-      settings: options.settings,
+      settings: { ...options.settings, preset: resolved.preset },
       segmentDir: options.segmentDir,
       segmentPrefix: options.segmentPrefix ?? 'segment',
       logger: options.logger,
@@ -148,6 +160,11 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
       startTimeoutMs: options.startTimeoutMs ?? 5000,
     };
     this.#liveBitrateKbps = options.liveBitrateKbps ?? options.settings.bitrateKbps;
+  }
+
+  /** The preset the worker runs (`auto` resolved; `rpi` without the Pi encoder is `rpi5`). */
+  get preset(): CaptureConfig['preset'] {
+    return this.#opts.settings.preset;
   }
 
   /** Whether the live view has an encoder of its own, so setLiveBitrate takes effect. */
@@ -172,6 +189,7 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
       pid: this.#run && !this.#run.ended ? this.#run.child.pid : undefined,
       live: this.#live,
       frames: this.#frames,
+      liveBitrateError: this.#liveBitrateError,
     };
   }
 
@@ -329,6 +347,7 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
       source.refused.clear();
     }
     this.#frames = 0;
+    this.#liveBitrateError = undefined;
     this.#status = status === 'starting' || this.#status !== 'failed' ? status : 'failed';
     this.#log.info({ pid: child.pid, preset: settings.preset, launcher }, 'capture worker starting');
     child.stdout?.setEncoding('utf8').on('data', (d: string) => this.#log.debug({ pid: child.pid, out: d.trimEnd() }, 'capture worker output'));
@@ -384,6 +403,25 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
       case 'error':
         run.fault ??= m.message;
         this.#log.error({ pid: run.child.pid, message: m.message, debug: m.debug }, 'capture pipeline error');
+        return;
+      case 'live-bitrate-set':
+        this.#log.info({ kbps: m.kbps, device: m.device, appliedBps: m.appliedBps }, 'live bitrate set on the V4L2 encoder');
+        if (this.#liveBitrateError !== undefined) {
+          this.#log.info({ kbps: m.kbps }, 'the live bitrate can be set on the encoder again');
+          this.#liveBitrateError = undefined;
+          this.#emitState();
+        }
+        return;
+      case 'live-bitrate-failed':
+        // Logged once when it starts failing (a driver refusing every change would otherwise log
+        // once a second); `state` shows the latest reason, and a success is logged as the end of it.
+        if (this.#liveBitrateError === undefined) {
+          this.#log.warn({ kbps: m.kbps, reason: m.message }, 'cannot set the live bitrate on the encoder; the live view keeps its last rate');
+        }
+        if (this.#liveBitrateError !== m.message) {
+          this.#liveBitrateError = m.message;
+          this.#emitState();
+        }
         return;
       case 'eos':
         return;

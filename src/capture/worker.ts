@@ -4,8 +4,9 @@
 // The supervisor (supervisor.ts) starts it with an IPC channel and drives it with protocol.ts messages.
 import { statSync, unlinkSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { buildPipeline, liveBitrateProperty, type CaptureSettings, type PipelineElements } from './presets.ts';
+import { buildPipeline, liveBitrateChange, type CaptureSettings, type PipelineElements } from './presets.ts';
 import { isParentMessage, type ParentMessage, type WorkerMessage } from './protocol.ts';
+import { V4L2_CID_MPEG_VIDEO_BITRATE, V4l2Control } from './v4l2-control.ts';
 import { errorMessage } from '../errors.ts';
 
 interface GstElement {
@@ -53,6 +54,15 @@ let shuttingDown = false;
 let playing = false;
 let eosSeen: (() => void) | undefined;
 const openSegments = new Map<string, { startedAtMs: number; runningTimeNs: bigint }>();
+
+// The Pi encoder's bitrate goes through VIDIOC_S_CTRL (v4l2-control.ts). Each change reconfigures the
+// VideoCore encoder, so changes come at most once per this gap, the latest bitrate winning (the
+// bitrate loop already decides once a second; this bounds whatever else sends them).
+const v4l2BitrateMinGapMs = 1000;
+let v4l2Control: V4l2Control | undefined;
+let v4l2LastSetAt = -Infinity;
+let v4l2PendingKbps: number | undefined;
+let v4l2Timer: NodeJS.Timeout | undefined;
 
 function send(message: WorkerMessage): Promise<void> {
   return new Promise((resolve) => {
@@ -195,6 +205,37 @@ function notStarted(timeoutMs: number): void {
   setTimeout(() => void fail(reason, debug), 500).unref();
 }
 
+function queueV4l2Bitrate(kbps: number): void {
+  v4l2PendingKbps = kbps;
+  if (v4l2Timer) return;
+  const wait = v4l2LastSetAt + v4l2BitrateMinGapMs - Date.now();
+  if (wait <= 0) return applyV4l2Bitrate();
+  v4l2Timer = setTimeout(() => {
+    v4l2Timer = undefined;
+    applyV4l2Bitrate();
+  }, wait);
+}
+
+/** VIDIOC_S_CTRL video_bitrate on the live encoder's own descriptor, read back; never fatal. */
+function applyV4l2Bitrate(): void {
+  const kbps = v4l2PendingKbps;
+  v4l2PendingKbps = undefined;
+  if (kbps === undefined || !liveEncoder || shuttingDown) return;
+  v4l2LastSetAt = Date.now();
+  // v4l2h264enc's device-fd is -1 until it opens the device (READY); the device path names it in errors.
+  const fd = Number(liveEncoder['device-fd']);
+  const device = typeof liveEncoder.device === 'string' ? liveEncoder.device : 'the live encoder';
+  try {
+    if (!Number.isInteger(fd) || fd < 0) throw new Error(`the live encoder (${names?.liveEncoder}) has no open V4L2 device (device-fd ${String(liveEncoder['device-fd'])})`);
+    v4l2Control ??= new V4l2Control();
+    v4l2Control.set(fd, device, V4L2_CID_MPEG_VIDEO_BITRATE, kbps * 1000);
+    const appliedBps = v4l2Control.get(fd, device, V4L2_CID_MPEG_VIDEO_BITRATE);
+    void send({ type: 'live-bitrate-set', kbps, device, appliedBps });
+  } catch (err) {
+    void send({ type: 'live-bitrate-failed', kbps, message: errorMessage(err) });
+  }
+}
+
 async function fail(message: string, debug?: string): Promise<void> {
   if (shuttingDown) return;
   shuttingDown = true;
@@ -204,6 +245,7 @@ async function fail(message: string, debug?: string): Promise<void> {
 
 function finish(code: number): never {
   if (statsTimer) clearInterval(statsTimer);
+  if (v4l2Timer) clearTimeout(v4l2Timer);
   // process.exit waits on the pool threads the binding parks in the bus; NULL state releases them.
   pipeline?.stop();
   process.exit(code);
@@ -239,8 +281,10 @@ function onParentMessage(raw: unknown): void {
       if (pipeline && names && !shuttingDown) pipeline.forceKeyUnit(names.liveKeyframe, 1);
       return;
     case 'live-bitrate': {
-      const change = settings && liveBitrateProperty(settings, raw.kbps);
-      if (change && liveEncoder && !shuttingDown) liveEncoder[change.property] = change.value;
+      const change = settings && liveBitrateChange(settings, raw.kbps);
+      if (!change || !liveEncoder || shuttingDown) return;
+      if (change.kind === 'property') liveEncoder[change.property] = change.value;
+      else queueV4l2Bitrate(raw.kbps);
       return;
     }
     case 'live':

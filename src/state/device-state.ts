@@ -22,6 +22,8 @@ export interface CaptureState {
   live: boolean;
   /** The capture worker's process id, for diagnosis. */
   pid: number | null;
+  /** Why the live bitrate cannot be set on the Pi encoder now (the view keeps its last rate), or null. Absent in older agents. */
+  liveBitrateError?: string | null;
 }
 
 /** The firmware bridge: the MCU link (or the Pi rig's GPIO), and what the wearer was last told. */
