@@ -17,8 +17,9 @@
 // The emergency and watch-me state live in memory: a restart (e.g. a crash) clears them, the audit
 // and the events keep what happened.
 import { randomBytes } from 'node:crypto';
+import type { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import { TRIGGER_SOURCE_PATTERN, type ButtonId, type ButtonPress, type FirmwareBridge, type NotificationPattern } from '../../firmware-bridge/src/interface.ts';
+import { TRIGGER_SOURCE_PATTERN, type ButtonId, type ButtonPress, type FirmwareBridgeEvents, type NotificationPattern } from '../../firmware-bridge/src/interface.ts';
 import type { Extension } from '../agent/extension.ts';
 import type { AuditRecord } from '../audit/audit-log.ts';
 import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authorised-command.ts';
@@ -48,7 +49,7 @@ export interface OfficerExtensionOptions {
   config: OfficerConfig;
   /** stream.whileNotRecording. */
   whileNotRecording: 'start-recording' | 'refuse';
-  bridge: Pick<FirmwareBridge, 'on' | 'off'>;
+  bridge: Pick<EventEmitter<FirmwareBridgeEvents>, 'on' | 'off'>;
   recorder: {
     start(trigger: RecordTrigger): RecordResult;
     status(): { recording: boolean; recordingId: string | null };

@@ -9,6 +9,9 @@
 // types their claims (alert_id a string, clear a boolean, note a string of at most 200 characters)
 // and refuses a replayed jti; the officer extension acts only on the open alert's id
 // (`unknown_alert` otherwise). Each refusal leaves the emergency raised, as the retained state shows.
+// The same agent runs with stream.whileNotRecording "refuse": a signed stream.start on a camera that
+// is not recording is refused (not_recording), audited, and no live view opens (what is watched is
+// recorded; test/officer-agent.test.ts has the default, "start-recording").
 // Runs the real agent (sim firmware backend, driven by `bwc-agent ctl`) on a real mosquitto.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -26,7 +29,7 @@ t.test('alert.ack and recording.bookmark: no grant, wrong alert, replay, bad not
   const supervisor = await makeIssuer({ kid: 'console', actions: ['record.start', 'record.stop', 'stream.start', 'stream.stop', 'alert.ack', 'recording.bookmark'] as CommandAction[] });
   // A key the force issued for recording only (e.g. a dispatch system's): no alert.ack, no bookmark.
   const recordOnly = await makeIssuer({ kid: 'record-only', actions: ['record.start', 'record.stop'] });
-  const rig = await startAgentOnBroker(t, { deviceId, issuers: [supervisor, recordOnly] });
+  const rig = await startAgentOnBroker(t, { deviceId, issuers: [supervisor, recordOnly], capturing: true, config: { stream: { whileNotRecording: 'refuse' } } });
   const { recorder, stateDir } = rig;
   const fleet = await FleetClient.connect(rig.broker.url);
   t.teardown(() => fleet.close());
@@ -38,6 +41,11 @@ t.test('alert.ack and recording.bookmark: no grant, wrong alert, replay, bad not
     const command = makeCommand({ issuer, deviceId, action, overrides: claims });
     return { command, reply: fleet.request(deviceId, command.payload) };
   };
+
+  // What is watched is recorded, "refuse": no live view of a camera that is not recording.
+  t.match(await send('stream.start', {}).reply, { ok: false, code: 'not_recording', message: /whileNotRecording/ }, 'stream.start while not recording, policy refuse: not_recording');
+  await recorder.waitFor(() => recorder.on('audit').some((m) => (m.json?.entry as { type?: string; code?: string } | undefined)?.code === 'not_recording'), 15_000, 'the refusal audited');
+  t.equal(events('stream.started').length + events('recording.started').length, 0, 'no live view opened, no recording started by it');
 
   await ctl('button', 'function', 'hold');
   await recorder.waitFor(() => events('officer.emergency').length === 1 && officer()?.emergency != null, 30_000, 'the emergency raised (event and state)');
