@@ -80,6 +80,27 @@ t.test('both backends', async (t) => {
         t.equal(await a.alerts.acknowledge(9999, 'std-1'), undefined);
       });
 
+      t.test('officer alerts: raised once, acknowledged, cleared, answered, across a reopen', async (t) => {
+        const s = await spec();
+        let a = await openArchive(s);
+        const o = a.officerAlerts;
+        const emergency = { deviceId: device, alertId: 'alert-1', kind: 'emergency' as const, at: '2026-12-01T10:00:00.000Z', source: 'trigger', trigger: 'taser', position: { lat: 51.5, lon: -0.14, accuracyM: 5 }, recordingId: 'rec-1' };
+        t.match(await o.raise(emergency), { repeat: false, alert: { ...emergency, acknowledgedBy: null, clearedAt: null } });
+        t.match(await o.raise({ ...emergency, source: 'button' }), { repeat: true, alert: { source: 'trigger' } }, 'a repeated event changes nothing');
+        await o.raise({ deviceId: device, alertId: 'wm-1', kind: 'watch-me', at: '2026-12-01T10:01:00.000Z', source: null, trigger: null, position: null, recordingId: null });
+        t.match(await o.acknowledge(device, 'alert-1', 'sgt-1', '2026-12-01T10:02:00.000Z'), { acknowledgedBy: 'sgt-1', acknowledgedAt: '2026-12-01T10:02:00.000Z' });
+        t.match(await o.acknowledge(device, 'alert-1', 'sgt-2', '2026-12-01T10:03:00.000Z'), { acknowledgedBy: 'sgt-1' }, 'the first acknowledgement is kept');
+        t.equal(await o.acknowledge(device, 'alert-nope', 'sgt-1', '2026-12-01T10:03:00.000Z'), undefined);
+        t.match(await o.answerWatchMe(device, 'sgt-3', '2026-12-01T10:04:00.000Z'), [{ alertId: 'wm-1', answeredBy: 'sgt-3' }], 'the open watch-me is answered');
+        t.same(await o.answerWatchMe(device, 'sgt-4', '2026-12-01T10:05:00.000Z'), [], 'once');
+        await a.close();
+        a = await openArchive(s);
+        t.teardown(() => a.close());
+        t.match(await a.officerAlerts.clear(device, 'alert-1', 'wearer', null, '2026-12-01T10:06:00.000Z'), { clearedBy: 'wearer', clearedOperator: null, clearedAt: '2026-12-01T10:06:00.000Z', acknowledgedBy: 'sgt-1' });
+        t.match(await a.officerAlerts.list(), [{ alertId: 'wm-1', answeredBy: 'sgt-3' }, { alertId: 'alert-1', position: { lat: 51.5 }, trigger: 'taser' }], 'newest first, kept across a reopen');
+        t.same(await a.officerAlerts.list({ deviceId: 'cam-other' }), []);
+      });
+
       t.test('verifies incrementally, survives a restart, and fills a gap with audit.fetch', async (t) => {
         const s = await spec();
         let a = await openArchive(s);
