@@ -168,4 +168,13 @@ t.test('crafted TRIGGER, FALL and BUTTON frames are refused, counted and never a
   await until(() => mcu.replies(fallFrom).length === 50, 'an answer to each of 50 FALLs');
   t.equal(falls - fallsBefore, FALLS.burst, 'a flood of FALLs is cut to the fall burst');
   t.ok(be.status().linkUp, 'and the link is still up');
+
+  // Nothing legitimate is lost: an MCU that rebooted unseen (its boot HELLO lost) starts its seqs again;
+  // a seq last used more than a few seconds ago is a new request, not a repeat.
+  const pressesBefore = buttons.length;
+  t.same(await mcu.request(MSG.BUTTON, 1, Buffer.from([0, 0])), { ack: true, reason: null }, 'a record press, seq 1');
+  t.same(await mcu.request(MSG.BUTTON, 1, Buffer.from([0, 0])), { ack: true, reason: null }, 'its repeat at once');
+  now += 10_000;
+  t.same(await mcu.request(MSG.BUTTON, 1, Buffer.from([0, 0])), { ack: true, reason: null }, 'seq 1 again, 10 s later');
+  t.equal(buttons.length - pressesBefore, 2, 'the repeat at once is not acted on; the press 10 s later is');
 });

@@ -46,20 +46,25 @@ export interface SerialBackendOptions {
   reconnectMaxMs?: number;
   /** Identity sent in our HELLO, for the MCU's logs. */
   hostIdentity?: string;
-  /** Clock of the TRIGGER/FALL budget (input-budget.ts), ms; tests inject one. Default Date.now. */
+  /** Clock of the TRIGGER/FALL budget (input-budget.ts) and of the repeat memory, ms; tests inject one. Default Date.now. */
   now?: () => number;
 }
 
 /**
- * How many of the MCU's latest requests (BUTTON, TRIGGER, FALL) are remembered to spot a replay. The
- * MCU numbers all its requests from one u8 counter, so an honest seq comes round again only after 256
- * requests: far outside this window, while a retry (lost ACK) or a replayed frame falls inside it.
+ * A repeat of one of the MCU's recent requests (BUTTON, TRIGGER, FALL) is a retry (our answer was lost) or
+ * a replay: answered again, not acted on again. "Recent" is the last 32 requests and at most 5 s: an
+ * honest retry comes within the MCU's retry span (4 x 200 ms), and the MCU numbers all its requests from
+ * one u8 counter, so an honest seq comes round again only after 256 requests. The time limit keeps an
+ * MCU that rebooted unseen (its boot HELLO lost to line noise), whose seqs start again at 1, from having
+ * its first presses taken for repeats of the ones before the reboot.
  */
 const RECENT_REQUESTS = 32;
+const RECENT_REQUEST_MS = 5000;
 
 interface RecentRequest {
   type: number;
   seq: number;
+  at: number;
   /** The answer it got: null = ACK, else the NACK reason; a replay gets the same answer again. */
   nack: number | null;
 }
@@ -83,6 +88,7 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
   private handshaking = false;
   private readonly recentIn: RecentRequest[] = [];
   private readonly budget: InputBudget;
+  private readonly now: () => number;
   private reconnects = 0;
   private lastLoggedLoss: string | null = null;
 
@@ -100,7 +106,8 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
       hostIdentity: options.hostIdentity ?? 'bwc-agent',
     };
     this.backoffMs = this.opts.reconnectInitialMs;
-    this.budget = new InputBudget(options.now);
+    this.now = options.now ?? Date.now;
+    this.budget = new InputBudget(this.now);
     this.link = new FrameLink({
       ackTimeoutMs: this.opts.ackTimeoutMs,
       retries: this.opts.retries,
@@ -337,7 +344,8 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
    * gets the same answer again and is not acted on again.
    */
   private answerIfRepeated(frame: Frame): boolean {
-    const seen = this.recentIn.find((r) => r.type === frame.type && r.seq === frame.seq);
+    const now = this.now();
+    const seen = this.recentIn.find((r) => r.type === frame.type && r.seq === frame.seq && now - r.at <= RECENT_REQUEST_MS);
     if (seen === undefined) return false;
     this.link.counters.duplicates++;
     this.sendAnswer(frame.seq, seen.nack);
@@ -346,7 +354,7 @@ export class SerialBackend extends EventEmitter<FirmwareBridgeEvents> implements
 
   /** Answers a new request (ACK when nack is null) and remembers the answer for its repeats. */
   private answer(frame: Frame, nack: number | null): void {
-    this.recentIn.push({ type: frame.type, seq: frame.seq, nack });
+    this.recentIn.push({ type: frame.type, seq: frame.seq, at: this.now(), nack });
     if (this.recentIn.length > RECENT_REQUESTS) this.recentIn.shift();
     if (nack === NACK_REASON.RATE_LIMITED) this.link.counters.rateLimited++;
     this.sendAnswer(frame.seq, nack);
