@@ -14,7 +14,13 @@ export const commandActions = [
   'agent.update',
   // The fleet archive back-fills a gap in a camera's chain (docs/protocol.md, "Back-filling").
   'audit.fetch',
+  // Talk-back (docs/protocol.md, "Talk-back"): a GRANT in a key's bwc_actions, never a token's act.
+  // A stream.start claiming `talk: true` is honoured only from a key that holds it.
+  'stream.talk',
 ] as const;
+
+/** Actions a trust-store key may hold that no token may name as its act (grants on another action). */
+export const grantOnlyActions: readonly CommandAction[] = ['stream.talk'];
 
 /**
  * audit.fetch (docs/protocol.md): the most entries one command may ask to be published again, so a
@@ -123,4 +129,6 @@ export interface CommandClaims extends TokenClaims {
   /** audit.fetch only: the first and last audit seq to publish again. */
   from_seq?: number;
   to_seq?: number;
+  /** stream.start only: the supervisor may speak to the wearer (needs the key's `stream.talk` grant). */
+  talk?: boolean;
 }

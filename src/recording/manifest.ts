@@ -55,11 +55,25 @@ export interface Manifest {
   encryption?: { format: 'age-v1'; recipients: string[] };
   /** The encrypted GPS track (encryption on, and a position was known), as stored. */
   track?: { file: string; sha256: string; bytes: number } | null;
+  /** Talk-back (issue 19): what a supervisor told the wearer during the recording, one Ogg/Opus file per talk spurt, as stored. */
+  talk?: ManifestTalk[];
+}
+
+export interface ManifestTalk {
+  file: string;
+  sha256: string;
+  bytes: number;
+  spurt: string;
+  sid: string;
+  operator: string;
+  startedAt: string;
+  endedAt: string;
 }
 
 export interface ManifestExtras {
   encryption?: Manifest['encryption'];
   track?: Manifest['track'];
+  talk?: ManifestTalk[];
 }
 
 export interface RecordingRow {
@@ -133,6 +147,7 @@ export function buildManifest(rec: RecordingRow, status: Manifest['status'], sto
     chainHead: segments.at(-1)?.sha256 ?? genesisSha256,
     kid,
     ...(extras.encryption ? { encryption: extras.encryption, track: extras.track ?? null } : {}),
+    ...(extras.talk !== undefined && extras.talk.length > 0 ? { talk: extras.talk } : {}),
   };
 }
 
