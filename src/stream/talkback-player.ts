@@ -10,10 +10,11 @@
 //
 // Per spurt: appsrc (live, timestamped on arrival) ! rtpjitterbuffer ! rtpopusdepay ! tee, one
 // branch opusdec ! audioconvert ! audioresample ! <talkback.sink>, the other (recording on)
-// oggmux ! filesink. The spurt ends with EOS, so the sink and the Ogg file are finalised (a WAV
+// opusparse (which writes the OpusHead/OpusTags headers RTP does not carry) ! oggmux ! filesink. The spurt ends with EOS, so the sink and the Ogg file are finalised (a WAV
 // test sink gets its header) before the next spurt's pipeline exists. The bus is polled only
-// while a pipeline runs: each pollBus parks a pool thread until the next message, and the EOS
-// (or ERROR) that ends a spurt is the last message waited for, so no thread stays parked.
+// while a pipeline runs: the binding's pollBus parks a pool thread in the bus until the pipeline
+// is in NULL, and process.exit waits for pool threads, so every pipeline is stopped (NULL) at the
+// end of its spurt and before exit.
 import { createRequire } from 'node:module';
 import { errorMessage } from '../errors.ts';
 import type { PlayerMessage, PlayerReply } from './talkback-protocol.ts';
@@ -57,12 +58,12 @@ function reply(message: PlayerReply): void {
   if (process.connected && process.send) process.send(message);
 }
 
-/** The pipeline of one spurt; exported for the tests' sake is not needed: the agent builds nothing. */
+/** The pipeline of one spurt (talkback.sink is local-only config: a remote config.apply cannot set it). */
 function describe(m: Extract<PlayerMessage, { type: 'start' }>): string {
   const caps = `application/x-rtp,media=(string)audio,clock-rate=(int)48000,encoding-name=(string)OPUS,payload=(int)${m.payloadType}`;
   const head = `appsrc name=src is-live=true do-timestamp=true format=time caps="${caps}" ! rtpjitterbuffer latency=${m.jitterMs} ! rtpopusdepay ! tee name=t`;
   const play = `t. ! queue ! opusdec plc=true ! audioconvert ! audioresample ! ${m.sink}`;
-  const ogg = m.oggFile === null ? '' : ` t. ! queue ! oggmux ! filesink location="${m.oggFile}"`;
+  const ogg = m.oggFile === null ? '' : ` t. ! queue ! opusparse ! oggmux ! filesink location="${m.oggFile}"`;
   return `${head} ${play}${ogg}`;
 }
 
@@ -95,13 +96,13 @@ function start(m: Extract<PlayerMessage, { type: 'start' }>): void {
   }
   const s: Spurt = { id: m.spurt, pipeline, src, oggFile: m.oggFile, packets: 0, ended: false };
   current = s;
-  const onBus = (msg: BusMessage): void => {
+  // Called once: the binding polls again by itself after each message until the pipeline is in
+  // NULL, and NULL (finish) releases the pool thread parked in the bus.
+  pipeline.pollBus((msg: BusMessage): void => {
     if (s.ended) return;
-    if (msg.type === 'eos') return finish(s, null);
-    if (msg.type === 'error') return finish(s, `GStreamer: ${String(msg.message ?? msg.debug ?? 'error')}`);
-    pipeline.pollBus(onBus);
-  };
-  pipeline.pollBus(onBus);
+    if (msg.type === 'eos') finish(s, null);
+    else if (msg.type === 'error') finish(s, `GStreamer: ${String(msg.message ?? msg.debug ?? 'error')}`);
+  });
   pipeline.play();
   reply({ type: 'playing', spurt: m.spurt });
 }
