@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { spawnAgent, tempStateDir, type AgentProcess } from './helpers/agent-process.ts';
+import { runCli, spawnAgent, tempStateDir, type AgentProcess } from './helpers/agent-process.ts';
 import { writeAgentConfig } from './helpers/agent-config.ts';
 import { decryptedCopy } from './helpers/age-keys.ts';
 import { ChromiumViewers } from './helpers/chromium-viewer.ts';
@@ -107,6 +107,8 @@ t.test('a supervisor speaks to the wearer', async (t) => {
   const plain = readFileSync(await decryptedCopy(file));
   t.equal(plain.subarray(0, 4).toString('ascii'), 'OggS', 'it decrypts to Ogg');
   t.ok(plain.includes(Buffer.from('OpusHead')), 'holding Opus');
+  const verify = await runCli(['evidence', 'verify', '--state-dir', stateDir]);
+  t.equal(verify.code, 0, `evidence verify passes with the talk-back files (${verify.stdout.trim().split('\n').at(-1)} ${verify.stderr.trim()})`);
 
   t.match(await fleet.request(deviceId, makeCommand({ issuer, deviceId, action: 'stream.stop', overrides: { sid, sub: 'insp-0042' } }).payload), { ok: true }, 'stream.stop');
   await recorder.waitFor(() => audit().some((e) => e.type === 'stream.stop' && e.detail.sid === sid), 10_000, 'stream.stop audited');
