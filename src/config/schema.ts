@@ -314,8 +314,8 @@ export const configSchema = z.strictObject({
         description: 'A talk spurt ends (stream.talk_stopped) when the supervisor has sent no audio for this long; the next audio starts a new spurt, with the wearer\'s talk-start tone.',
         unit: 'ms',
       }),
-      jitterMs: z.number().int().min(0).max(500).default(40).meta({
-        description: 'Latency of the playback\'s jitter buffer (rtpjitterbuffer): more smooths a bad link, less is heard sooner.',
+      jitterMs: z.number().int().min(0).max(500).default(20).meta({
+        description: 'Latency of the playback\'s jitter buffer (rtpjitterbuffer): more smooths a bad link, less is heard sooner. bench/talkback.ts measured p50 mouth-to-ear 164 ms at 40, 83 ms at 0 (loopback, loaded machine); Opus concealment covers a late packet.',
         unit: 'ms',
       }),
     })

@@ -61,6 +61,7 @@ interface Spurt {
   operator: string;
   startedAt: number;
   idleTimer: NodeJS.Timeout;
+  /** The Ogg file being written for the recording; null when not recording (or not played). */
   evidence: { recordingId: string; file: string } | null;
   packets: number;
 }
@@ -153,10 +154,15 @@ export class Talkback implements TalkHooks {
     const evidence = this.#openEvidence(id);
     const s: Spurt = { id, sid, operator, startedAt, evidence, packets: 0, idleTimer: setTimeout(() => this.#end(s), this.#o.config.idleMs) };
     this.#spurt = s;
+    const detail = { sid, spurt: id, recordingId: evidence?.recordingId ?? null };
+    // Audited before a sound is made: a voice in the wearer's ear that the trail cannot account
+    // for is not played (the spurt is then silent: its packets go nowhere until it ends).
+    if (!this.#auditTalk('stream.talk_started', operator, detail)) {
+      s.evidence = null;
+      return s;
+    }
     this.#o.wearerCue();
     this.#send({ type: 'start', spurt: id, payloadType, sink: this.#o.config.sink, jitterMs: this.#o.config.jitterMs, oggFile: evidence?.file ?? null });
-    const detail = { sid, spurt: id, recordingId: evidence?.recordingId ?? null };
-    this.#auditTalk('stream.talk_started', operator, detail);
     this.#o.sendEvent({ type: 'stream.talk_started', time: new Date(startedAt).toISOString(), sid, operator });
     this.#log.info({ ...detail, operator }, 'talk-back started');
     return s;
@@ -196,11 +202,13 @@ export class Talkback implements TalkHooks {
     }
   }
 
-  #auditTalk(type: 'stream.talk_started' | 'stream.talk_stopped', operator: string, detail: Record<string, unknown>): void {
+  #auditTalk(type: 'stream.talk_started' | 'stream.talk_stopped', operator: string, detail: Record<string, unknown>): boolean {
     try {
       this.#o.audit.append({ type, operator, action: null, reason: null, tokenDigest: null, detail });
+      return true;
     } catch (err) {
       this.#log.error({ type, err: errorMessage(err) }, 'talk-back could not be audited');
+      return false;
     }
   }
 

@@ -52,7 +52,7 @@ export interface ConsoleProcess {
 
 export async function startConsole(brokerUrl: string, users: ConsoleUser[], extraArgs: string[] = []): Promise<ConsoleProcess> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'bwc-console-'));
-  const keys = await generateIssuerKeys(path.join(dir, 'issuer'), ['stream.start', 'stream.stop']);
+  const keys = await generateIssuerKeys(path.join(dir, 'issuer'), ['stream.start', 'stream.stop', 'stream.talk']);
   const usersFile = path.join(dir, 'users.json');
   await writeFile(usersFile, JSON.stringify(users.map(({ password, ...u }) => ({ name: u.user, ...u, password: hashPassword(password) }))), { mode: 0o600 });
   const child: ChildProcess = spawn(process.execPath, [
