@@ -18,13 +18,14 @@
 // (--rounds, each --talk-s long), so load from other processes hits all alike. There is no "old behaviour" to compare with: before this
 // the camera played nothing. The machine is shared (2 cores, other benchmarks and test suites):
 // figures are noisy, spread over the rounds is reported.
-// Writes bench/results/talkback.json and a markdown table.
+// Writes bench/results/talkback.json and bench/results/talkback.md.
 //
 // An ear onset under 20 ms after a mouth onset cannot be this burst's (encoding alone takes
 // longer): it is the previous burst arriving more than a period late, and is not paired.
 //
 // Usage: node bench/talkback.ts [--rounds 3] [--talk-s 8] [--jitter 40,20,0]
 import dgram from 'node:dgram';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { spawnAgent, tempStateDir, type AgentProcess } from '../test/helpers/agent-process.ts';
 import { writeAgentConfig } from '../test/helpers/agent-config.ts';
@@ -34,7 +35,7 @@ import { FleetClient } from '../test/helpers/fleet-client.ts';
 import { startBroker } from '../test/helpers/mosquitto.ts';
 import { MqttRecorder } from '../test/helpers/mqtt-recorder.ts';
 import { makeToneWav } from '../test/helpers/talkback-audio.ts';
-import { installCleanup, intFlag, machineFacts, machineLine, markdownTable, parseFlags, round, summarise, writeResult, type Summary } from './lib/common.ts';
+import { installCleanup, intFlag, machineFacts, machineLine, markdownTable, parseFlags, resultsDir, round, summarise, writeResult, type Summary } from './lib/common.ts';
 
 const threshold = 0.1;
 const silenceMs = 50;
@@ -194,6 +195,7 @@ async function main(): Promise<void> {
     machineLine(machine),
   ].join('\n');
   writeResult('talkback', { machine, rounds, talkS, burst: { hz: 1000, onMs: 100, offMs: 400 }, settings: cameras.map((c) => ({ name: c.name, jitterMs: c.jitterMs, latency: summarise(c.latencies), perRound: c.perRound })), markdown: md });
+  writeFileSync(path.join(resultsDir, 'talkback.md'), `${md}\n`);
   process.stdout.write(`${md}\n`);
 }
 
