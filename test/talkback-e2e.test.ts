@@ -60,7 +60,7 @@ t.test('a supervisor speaks to the wearer', async (t) => {
   const sid = reply.sid!;
   t.match(reply.answer!.slice(reply.answer!.indexOf('m=audio')), /a=sendrecv\r?\n/, "the answer's audio m-line is sendrecv");
   await viewer.applyAnswer(reply.answer!);
-  await viewer.waitForVideo((v) => v.framesDecoded > 2, 20_000, 'decoded frames');
+  await viewer.waitForVideo((v) => v.framesDecoded > 2, 45_000, 'decoded frames');
   t.match(audit().find((e) => e.type === 'stream.start' && e.detail.sid === sid), { detail: { talk: true } }, 'the view is audited as talk-granted');
 
   await viewer.pressToTalk();

@@ -83,7 +83,7 @@ t.test('talk-back without the grant', async (t) => {
     const at = answer.indexOf('m=audio');
     const forged = answer.slice(0, at) + audioSection.replace(/a=sendonly(\r?\n)/, 'a=sendrecv$1').replace(/a=inactive(\r?\n)/, 'a=recvonly$1');
     await viewer.applyAnswer(forged);
-    await viewer.waitForVideo((v) => v.framesDecoded > 2, 20_000, 'decoded frames');
+    await viewer.waitForVideo((v) => v.framesDecoded > 2, 45_000, 'decoded frames');
     await viewer.pressToTalk();
     // Wait on what the camera says, not on time: the refusal is audited at the first packet.
     await recorder.waitFor(() => audit().some((e) => e.type === 'stream.talk_refused' && e.detail.sid === sid), 20_000, 'stream.talk_refused audited');
