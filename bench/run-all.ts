@@ -28,6 +28,7 @@ const benches: Bench[] = [
   { name: 'bad-link', file: 'bench/bad-link.ts', flags: ['moves', 'window-s'] },
   { name: 'offload', file: 'bench/offload.ts', flags: ['window-s'] },
   { name: 'update', file: 'bench/update.ts', flags: ['runs'] },
+  { name: 'talkback', file: 'bench/talkback.ts', flags: ['rounds', 'talk-s', 'jitter'] },
 ];
 
 function run(file: string, args: string[]): Promise<number | null> {

@@ -120,7 +120,7 @@ pids+=($!)
 
 # The fleet side: an issuer key the console signs with, its public half in the cameras' trust
 # store, and one demo operator.
-bin/bwc-agent keys generate --out "$demo/issuer" --actions stream.start,stream.stop,record.start,record.stop,audit.fetch,alert.ack,recording.bookmark >/dev/null
+bin/bwc-agent keys generate --out "$demo/issuer" --actions stream.start,stream.stop,record.start,record.stop,audit.fetch,alert.ack,recording.bookmark,stream.talk >/dev/null
 node ops-console/users.ts add --file "$demo/users.json" --user demo --operator sgt-demo --name "Sgt Demo" --role supervisor --role duty-officer --password demo-password >/dev/null
 # The force's age key pair: the cameras get only the public key and encrypt their evidence to it;
 # the identity stays with the "force" ($demo/force.agekey) for evidence verify|export --identity.

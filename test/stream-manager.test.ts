@@ -217,12 +217,17 @@ t.test('inspectOffer', async (t) => {
     ['packetization-mode 0', offer.replace('packetization-mode=1', 'packetization-mode=0'), /no H.264 constrained baseline/],
     ['high profile', offer.replace('42e01f', '640c1f'), /no H.264 constrained baseline/],
     ['no fingerprint', offer.replace(/a=fingerprint:[^\r\n]*\r\n/, ''), /no sha-256 DTLS fingerprint/],
-    ['audio sendrecv', offer.replace(/(m=audio[\s\S]*?)a=recvonly/, '$1a=sendrecv'), /audio must be recvonly/],
+    ['two audio m-lines', `${offer}${offer.slice(offer.indexOf('m=audio'))}`, /at most one audio m-line/],
   ];
   for (const [name, sdp, message] of cases) {
     t.throws(() => inspectOffer(sdp), { constructor: OfferError, code: 'unsupported_offer', message }, name);
   }
   t.equal(inspectOffer(offer.replace(/m=audio[\s\S]*$/, '')).audio, false, 'no audio m-line: video only');
+  // Talk-back (issue 19): the console's push-to-talk offer is accepted; whether the camera listens
+  // is the token's grant's to decide (session.ts), not the offer's.
+  t.match(inspectOffer(offer.replace(/(m=audio[\s\S]*?)a=recvonly/, '$1a=sendrecv')), { audio: true, talk: true }, 'audio sendrecv: a talk offer');
+  t.match(inspectOffer(offer.replace(/(m=audio[\s\S]*?)a=recvonly/, '$1a=sendonly')), { audio: false, talk: true }, 'audio sendonly: talk, no listening');
+  t.match(inspectOffer(offer), { talk: false }, 'audio recvonly: no talk');
 });
 
 t.test('ICE settings', async (t) => {

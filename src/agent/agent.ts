@@ -38,6 +38,7 @@ import { ServiceNotifier } from '../systemd/service-notifier.ts';
 import { GpsExtension } from '../telemetry/gps-extension.ts';
 import { HealthExtension } from '../telemetry/health-extension.ts';
 import { StreamManager } from '../stream/stream-manager.ts';
+import { Talkback } from '../stream/talkback.ts';
 import { agentVersion } from '../version.ts';
 import type { Extension } from './extension.ts';
 import { errorMessage } from '../errors.ts';
@@ -288,6 +289,17 @@ export class Agent {
       refusals: this.#refusals,
       logger,
     });
+    // Talk-back (issue 19): the supervisor's voice to the wearer, within a view that grants it.
+    const talkback = config.talkback.enabled
+      ? new Talkback({
+          config: config.talkback,
+          audit: this.#audit,
+          sendEvent: (body) => this.#link.send('event', body),
+          wearerCue: () => firmware.talkStarting(),
+          evidence: recorder.talkEvidence(),
+          logger,
+        })
+      : undefined;
     const stream = new StreamManager({
       config: config.stream,
       audio: config.capture.audio,
@@ -304,6 +316,7 @@ export class Agent {
       wearer: { streamStarted: () => firmware.streamStarted(), streamStopped: () => firmware.streamStopped(), streaming: (active) => firmware.streaming(active) },
       publishRestartOffer: (sid, generation, offer, cause) => iceSignalling.publishOffer(sid, generation, offer, cause),
       beforeStart: (sid, command) => officer.beforeStream(sid, command),
+      ...(talkback ? { talkback } : {}),
       logger,
     });
     // One object: a live config.apply changes it in place (src/fleet/fleet-management.ts).
@@ -403,7 +416,7 @@ export class Agent {
     // Started in this order, stopped in reverse: commands first (nothing new), then the live view
     // (audited as agent_shutdown) while capture and firmware still run, so the wearer feels the stop.
     // Offload stops before capture, so a recording closing at stop waits for the next start.
-    this.#extensions = [health, gps, firmware, officer, captureExtension, ...(offload ? [offload] : []), networkExtension, stream, iceSignalling, fleet, updater, commands];
+    this.#extensions = [health, gps, firmware, officer, captureExtension, ...(offload ? [offload] : []), networkExtension, ...(talkback ? [{ name: 'talkback', start: () => undefined, stop: () => talkback.stop() }] : []), stream, iceSignalling, fleet, updater, commands];
 
     // Routes that are events.
     recorder.on('state', (s) => {

@@ -41,6 +41,8 @@ export interface AuthorisedCommandFields {
   offerSha256?: string;
   /** stream.stop only: the stream session to stop. */
   sid?: string;
+  /** stream.start only: talk-back granted (claim talk: true from a key holding stream.talk). */
+  talk?: boolean;
   /** config.apply, trust.update, diag.collect: the signed claim of the action (`config`, `trust`, `diag`), deep-frozen. */
   params?: Readonly<Record<string, unknown>>;
   /** agent.update only: the release, its shape checked (its signature is the updater's to check). */
@@ -77,6 +79,7 @@ export class AuthorisedCommand {
   readonly offer: string | undefined;
   readonly offerSha256: string | undefined;
   readonly sid: string | undefined;
+  readonly talk: boolean;
   readonly params: Readonly<Record<string, unknown>> | undefined;
   readonly release: ReleaseClaim | undefined;
   readonly force: boolean;
@@ -107,6 +110,7 @@ export class AuthorisedCommand {
     this.clear = fields.clear ?? false;
     this.note = fields.note;
     this.sid = fields.sid;
+    this.talk = fields.talk ?? false;
     // A copy the executor cannot change under the audit's feet, nor the caller after minting.
     this.params = fields.params === undefined ? undefined : deepFreeze(structuredClone(fields.params));
     this.release = fields.release === undefined ? undefined : Object.freeze({ ...fields.release });

@@ -18,10 +18,16 @@ export const commandActions = [
   // acknowledges (and may clear) an officer's emergency; a signed bookmark marks the recording.
   'alert.ack',
   'recording.bookmark',
+  // Talk-back (docs/protocol.md, "Talk-back"): a GRANT in a key's bwc_actions, never a token's act.
+  // A stream.start claiming `talk: true` is honoured only from a key that holds it.
+  'stream.talk',
 ] as const;
 
 /** recording.bookmark: the longest `note`, characters (it goes into the signed manifest as it is). */
 export const bookmarkNoteMaxChars = 200;
+
+/** Actions a trust-store key may hold that no token may name as its act (grants on another action). */
+export const grantOnlyActions: readonly CommandAction[] = ['stream.talk'];
 
 /**
  * audit.fetch (docs/protocol.md): the most entries one command may ask to be published again, so a
@@ -136,4 +142,6 @@ export interface CommandClaims extends TokenClaims {
   clear?: boolean;
   /** recording.bookmark only: a short note, at most bookmarkNoteMaxChars characters. */
   note?: string;
+  /** stream.start only: the supervisor may speak to the wearer (needs the key's `stream.talk` grant). */
+  talk?: boolean;
 }

@@ -17,7 +17,7 @@ import { mintAuthorisedCommand, type AuthorisedCommand } from './authorised-comm
 import type { ReplayCache } from './replay-cache.ts';
 import { clip, decodeUtf8, describe, nonEmptyString, sha256, SignedTokenVerifier, TokenRefusal, type TokenAudit, type TokenExpectation } from './signed-token.ts';
 import type { TrustStore } from './trust-store.ts';
-import { auditFetchMaxEntries, bookmarkNoteMaxChars, commandActions, commandTokenType, type CommandAction, type CommandClaims, type CommandPolicy, type RejectionCode } from './types.ts';
+import { auditFetchMaxEntries, bookmarkNoteMaxChars, commandActions, grantOnlyActions, commandTokenType, type CommandAction, type CommandClaims, type CommandPolicy, type RejectionCode } from './types.ts';
 import type { CommandClock } from './clock.ts';
 import { parseReleaseClaim, type ReleaseClaim } from '../update/release.ts';
 
@@ -124,6 +124,10 @@ export class CommandVerifier {
     const verified = await this.#tokens.verify(token, expect, audit);
     if (verified instanceof TokenRefusal) return verified;
     const { claims, key } = verified;
+    // Talk-back is a grant on top of stream.start: the key must hold stream.talk as well.
+    if (claims.talk === true && !key.actions.has('stream.talk')) {
+      return new TokenRefusal('action_not_permitted', `key "${key.kid}" may not grant talk-back (claim talk: true needs stream.talk in its bwc_actions; it has ${[...key.actions].join(', ')})`);
+    }
 
     if (claims.reason === undefined || claims.reason === '') return new TokenRefusal('reason_missing', 'token has no reason code');
     // The allowed reasons justify a live view or a recording; audit.fetch only publishes again what
@@ -162,7 +166,7 @@ export class CommandVerifier {
       expiresAt: claims.exp * 1000,
       issuedAt: claims.iat * 1000,
       receivedAt: verified.receivedMs,
-      ...(claims.act === 'stream.start' ? { maxDurationS: claims.max_s!, offer: offer!, offerSha256: claims.offer_sha256! } : {}),
+      ...(claims.act === 'stream.start' ? { maxDurationS: claims.max_s!, offer: offer!, offerSha256: claims.offer_sha256!, talk: claims.talk === true } : {}),
       ...(claims.act === 'stream.stop' ? { sid: claims.sid! } : {}),
       ...(claims.act === 'config.apply' ? { params: claims.config as Record<string, unknown> } : {}),
       ...(claims.act === 'trust.update' ? { params: claims.trust as Record<string, unknown> } : {}),
@@ -248,6 +252,7 @@ function objectOfStringsKeys(text: string): string[] | undefined {
  * - from_seq, to_seq: audit.fetch only and required there: whole numbers, 1 <= from_seq <= to_seq,
  *   at most auditFetchMaxEntries entries.
  * - an envelope `offer` only with stream.start.
+ * - act: never a grant-only action (stream.talk); talk: stream.start only, a boolean.
  * - release: agent.update only and required there: {version, url, sha256, signature}
  *   (src/update/release.ts); force: agent.update only, a boolean.
  * - alert_id: alert.ack only and required there: a non-empty string of at most 64 characters (the
@@ -267,6 +272,11 @@ function checkClaims(c: Record<string, unknown>, offer: string | undefined): Com
     return bad(`act must be one of ${commandActions.join(', ')}`);
   }
   const act = c.act as CommandAction;
+  if (grantOnlyActions.includes(act)) return bad(`act ${act} is a grant a key holds, not a command: ask for it with claim talk: true on a stream.start`);
+  if (c.talk !== undefined) {
+    if (act !== 'stream.start') return bad(`talk is only for stream.start, not ${act}`);
+    if (typeof c.talk !== 'boolean') return bad('talk must be true or false');
+  }
   if (c.reason !== undefined && typeof c.reason !== 'string') return bad('reason must be a string');
   if (act === 'stream.start') {
     if (c.max_s === undefined) return bad('max_s is required with stream.start');

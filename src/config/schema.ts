@@ -325,6 +325,27 @@ export const configSchema = z.strictObject({
       watchMeExpiry: seconds('A watch-me request shows in `state` until a live view with reason officer-request connects, or this long.', 10, 3600, 600),
     })
     .prefault({}),
+  talkback: z
+    .strictObject({
+      enabled: z.boolean().default(true).meta({
+        description:
+          'Talk-back (docs/protocol.md, "Talk-back"): within a live view whose stream.start grants it (claim talk: true from a key holding stream.talk) the supervisor\'s voice is played to the wearer. false: every view is receive-only, whatever the token says.',
+      }),
+      sink: z.string().min(1).default('autoaudiosink').meta({
+        description:
+          'GStreamer sink description the decoded talk-back audio goes to, e.g. "alsasink device=plughw:CARD=Headphones" on the Raspberry Pi rig (the earpiece), "autoaudiosink" elsewhere; tests use "wavenc ! filesink location=FILE". Only the device changes it: it is a pipeline description, and a remote one could write files.',
+        localOnly: true,
+      }),
+      idleMs: z.number().int().min(200).max(10_000).default(1500).meta({
+        description: 'A talk spurt ends (stream.talk_stopped) when the supervisor has sent no audio for this long; the next audio starts a new spurt, with the wearer\'s talk-start tone.',
+        unit: 'ms',
+      }),
+      jitterMs: z.number().int().min(0).max(500).default(20).meta({
+        description: 'Latency of the playback\'s jitter buffer (rtpjitterbuffer): more smooths a bad link, less is heard sooner. bench/talkback.ts, loopback on a loaded 2-core machine, p50 mouth-to-ear: 149 ms at 20, 200 ms at 40, 131 ms at 0 (goal 150); Opus concealment covers a late packet.',
+        unit: 'ms',
+      }),
+    })
+    .prefault({}),
 });
 
 export type AgentConfigInput = z.input<typeof configSchema>;

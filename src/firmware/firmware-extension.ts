@@ -102,6 +102,11 @@ export class FirmwareExtension implements Extension {
     void this.#play(pattern);
   }
 
+  /** Talk-back (src/stream/talkback.ts): the cue before a supervisor's words, played in covert mode too (the wearer hears the words anyway). */
+  talkStarting(): void {
+    void this.#play('talk-start');
+  }
+
   streaming(active: boolean): void {
     this.#leds = { ...this.#leds, streaming: active };
     this.#o.bridge.setLeds(this.#leds).catch((err: unknown) => this.#failed('LEDs', err));

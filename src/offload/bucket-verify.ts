@@ -130,6 +130,16 @@ export async function verifyFromBucket(a: BucketVerifyArgs): Promise<{ ok: boole
       if (body.length !== s.bytes || sha !== s.sha256) p('modified', key, `the store's object is ${body.length} bytes with SHA-256 ${sha.slice(0, 12)}…, the signed manifest says ${s.bytes} bytes, ${s.sha256.slice(0, 12)}…`);
     }
     if (m.chainHead !== prev) p('chain_broken', prefix + manifestFile, `the manifest's chainHead is not the last segment's sha256`);
+    // Talk-back spurts the manifest lists (issue 19): there, as hashed.
+    for (const s of m.talk ?? []) {
+      const key = prefix + s.file.split('/').at(-1)!;
+      expected.add(key);
+      const body = await get(key);
+      if (!body) continue;
+      bytes += body.length;
+      const sha = createHash('sha256').update(body).digest('hex');
+      if (body.length !== s.bytes || sha !== s.sha256) p('modified', key, `the store's talk-back object is ${body.length} bytes with SHA-256 ${sha.slice(0, 12)}…, the signed manifest says ${s.bytes} bytes, ${s.sha256.slice(0, 12)}…`);
+    }
     for (const key of await listKeys(store, prefix)) if (!expected.has(key)) p('unlisted', key, 'an object under the recording prefix that the signed manifest does not list');
     if (!pinned) p('key_not_pinned', prefix + deviceKeyObject, `the device key ${kid ?? '(none)'} was taken from the store itself: pin it with --public-key FILE or --kid KID (the fleet's registered key for the device)`);
     const fatal = problems.filter((x) => x.kind !== 'key_not_pinned');

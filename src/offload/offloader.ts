@@ -312,6 +312,8 @@ export class Offloader implements Extension {
       // The segments with the hashes the index and the signed manifest hold: what is uploaded is
       // what was sealed (a file changed since shows as a checksum the store's HEAD cannot match).
       for (const s of m.segments) objects.push({ key: prefix + path.posix.basename(s.file), source: s.file, sha256: s.sha256, bytes: s.bytes });
+      // Talk-back spurts (what the wearer was told) go with the evidence, as the manifest hashed them.
+      for (const s of m.talk ?? []) objects.push({ key: prefix + path.posix.basename(s.file), source: s.file, sha256: s.sha256, bytes: s.bytes });
       for (const name of [manifestFile, signatureFile, ...offloadedExtraFiles]) {
         const rel = `${dirRel}/${name}`;
         const abs = this.#abs(rel);

@@ -24,6 +24,11 @@ export const trackFile = 'track.json.age';
  */
 export const offloadedExtraFiles: readonly string[] = [trackFile];
 
+/** A talk-back spurt's file in a recording folder (listed in the manifest's `talk`): talk-<spurt>.ogg[.age]. */
+export function isTalkFileName(name: string): boolean {
+  return /^talk-t-[0-9a-f-]{36}\.ogg(\.age)?$/.test(name);
+}
+
 /** The manifest, its signature, the encrypted track, and the temporary names they are written under. */
 export function isManifestName(name: string): boolean {
   return [manifestFile, signatureFile, trackFile].some((n) => name === n || name === `.${n}.tmp`);

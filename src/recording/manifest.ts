@@ -72,11 +72,25 @@ export interface Manifest {
   track?: { file: string; sha256: string; bytes: number } | null;
   /** Bookmarks, in time order (manifests sealed before schema version 7 have none). */
   marks?: ManifestMark[];
+  /** Talk-back (issue 19): what a supervisor told the wearer during the recording, one Ogg/Opus file per talk spurt, as stored. */
+  talk?: ManifestTalk[];
+}
+
+export interface ManifestTalk {
+  file: string;
+  sha256: string;
+  bytes: number;
+  spurt: string;
+  sid: string;
+  operator: string;
+  startedAt: string;
+  endedAt: string;
 }
 
 export interface ManifestExtras {
   encryption?: Manifest['encryption'];
   track?: Manifest['track'];
+  talk?: ManifestTalk[];
 }
 
 export interface RecordingRow {
@@ -182,6 +196,7 @@ export function buildManifest(
     kid,
     ...(extras.encryption ? { encryption: extras.encryption, track: extras.track ?? null } : {}),
     marks: marks.map(manifestMark),
+    ...(extras.talk !== undefined && extras.talk.length > 0 ? { talk: extras.talk } : {}),
   };
 }
 

@@ -58,7 +58,8 @@ import type { SegmentInfo } from '../capture/protocol.ts';
 import type { DeviceKey } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
 import { bufferDirOf, isManifestName, manifestFile, newRecordingId, parseSegmentFileName, plaintextSegmentsDirOf, recordingsDirOf, segmentExt, segmentFileName, segmentRelPath, signatureFile, trackFile } from './layout.ts';
-import { buildManifest, genesisSha256, hashFile, manifestDigest, markRows, segmentRows, type Manifest, type ManifestExtras, type RecordingRow } from './manifest.ts';
+import { buildManifest, genesisSha256, hashFile, manifestDigest, markRows, segmentRows, type Manifest, type ManifestExtras, type ManifestTalk, type RecordingRow } from './manifest.ts';
+import type { TalkEvidence, TalkSpurtDetail } from '../stream/talkback.ts';
 import { ageSuffix, EncryptionThread, encryptTextFile } from './encryption.ts';
 import { errorMessage } from '../errors.ts';
 
@@ -200,6 +201,8 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
   readonly #onOpened = (s: OpenedSegment) => this.#opened(s);
   /** Opened by the capture and not yet reported closed. */
   #openFiles = new Map<string, string>();
+  /** Talk-back spurts stored in each recording not yet sealed (its manifest's `talk`). */
+  readonly #talk = new Map<string, ManifestTalk[]>();
 
   constructor(o: RecorderOptions) {
     super();
@@ -557,15 +560,65 @@ export class Recorder extends EventEmitter<{ state: [RecorderStatus] }> {
     return true;
   }
 
+  /**
+   * Talk-back evidence (src/stream/talkback.ts): a spurt that begins while this records is written
+   * as Ogg/Opus by the playback (in RAM with encryption, else straight into the recording folder),
+   * then encrypted like a segment, hashed, audited (`recording.talk_stored`) and listed in the
+   * recording's manifest. A spurt still running when the manifest is sealed is audited with its
+   * hash but not in the manifest (inManifest: false).
+   */
+  talkEvidence(): TalkEvidence {
+    return {
+      open: (spurt) => {
+        const rec = this.#active;
+        if (!rec) return null;
+        const plainDir = this.#o.encryption ? path.join(this.#o.encryption.plaintextDir, 'talk') : rec.dir;
+        mkdirSync(plainDir, { recursive: true, mode: 0o700 });
+        return { recordingId: rec.id, file: path.join(plainDir, `talk-${spurt}.ogg`) };
+      },
+      store: (recordingId, file, detail) =>
+        new Promise<void>((resolve) => {
+          this.#enqueue(async () => {
+            await this.#storeTalk(recordingId, file, detail);
+            resolve();
+          });
+        }),
+    };
+  }
+
+  async #storeTalk(recordingId: string, plain: string, d: TalkSpurtDetail): Promise<void> {
+    const dir = path.join(this.recordingsDir, recordingId);
+    const name = `talk-${d.spurt}.ogg${this.#o.encryption ? ageSuffix : ''}`;
+    const dest = path.join(dir, name);
+    try {
+      if (!existsSync(plain)) throw new Error('the playback wrote no file');
+      if (this.#o.encryption) {
+        await this.#encryptor!.encrypt(plain, dest, this.#o.encryption.recipients);
+        await unlink(plain);
+      }
+      await fsyncDir(dir);
+      const { sha256, bytes } = await hashFile(dest);
+      const entry: ManifestTalk = { file: segmentRelPath(recordingId, name), sha256, bytes, ...d };
+      const sealed = this.#o.db.prepare<[string], { manifest: string | null }>('SELECT manifest FROM recording WHERE id = ?').get(recordingId)?.manifest != null;
+      if (!sealed) this.#talk.set(recordingId, [...(this.#talk.get(recordingId) ?? []), entry]);
+      this.#appendAudit({ type: 'recording.talk_stored', operator: d.operator, detail: { recordingId, ...entry, inManifest: !sealed } });
+    } catch (err) {
+      this.#log.error({ err: errorMessage(err), recordingId, file: plain }, 'talk-back audio could not be stored with the recording');
+      this.#event({ type: 'recording.segment_failed', time: this.#now().toISOString(), recordingId, file: plain, error: `talk-back: ${errorMessage(err)}` });
+    }
+  }
+
   /** What the manifest says about encryption and the track: hashed as stored. */
   async #manifestExtras(id: string): Promise<ManifestExtras> {
-    if (!this.#o.encryption) return {};
+    const talk = this.#talk.get(id);
+    this.#talk.delete(id);
+    if (!this.#o.encryption) return talk ? { talk } : {};
     const encryption = { format: 'age-v1' as const, recipients: [...this.#o.encryption.recipients] };
     await this.#writeTrack(id);
     const file = path.join(this.recordingsDir, id, trackFile);
-    if (!existsSync(file)) return { encryption, track: null };
+    if (!existsSync(file)) return { encryption, track: null, ...(talk ? { talk } : {}) };
     const { sha256, bytes } = await hashFile(file);
-    return { encryption, track: { file: segmentRelPath(id, trackFile), sha256, bytes } };
+    return { encryption, track: { file: segmentRelPath(id, trackFile), sha256, bytes }, ...(talk ? { talk } : {}) };
   }
 
   async #deleteBuffered(files: string[]): Promise<void> {

@@ -28,7 +28,7 @@ import type { JWK } from 'jose';
 import { jwkThumbprint, verifyAuditDatabase, type AuditHead } from '../audit/verify.ts';
 import { deviceKeyFile } from '../keys/device-key.ts';
 import type { Db } from '../store/database.ts';
-import { isManifestName, manifestFile, recordingsDirOf, signatureFile } from './layout.ts';
+import { isManifestName, isTalkFileName, manifestFile, recordingsDirOf, signatureFile } from './layout.ts';
 import { TsVideoCheck, ageSuffix, decryptFileTo, decryptSmallFile } from './encryption.ts';
 import { genesisSha256, hashFile, manifestDigest, manifestMark, manifestSegment, markRows, segmentRows, type Manifest, type ManifestMark, type ManifestSegment, type RecordingRow } from './manifest.ts';
 import { canonicalJson } from '../audit/canonical-json.ts';
@@ -100,6 +100,8 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
   // (src/offload/, audited as offload.delete): their files are checked in the store
   // (`evidence verify --bucket`), their rows and manifests here.
   const offloaded = offloadedRecordings(o.db);
+  // Talk-back files the signed manifests list (checked below), so the folder scan does not call them unindexed.
+  const listedTalk = new Set<string>();
   let segments = 0;
   let bytes = 0;
   const decrypted = { segments: 0, tracks: 0 };
@@ -152,9 +154,20 @@ export async function verifyEvidence(o: EvidenceVerifyOptions): Promise<Evidence
       if (m?.track && !offloaded.has(rec.id)) {
         if (await checkTrack(o, m.track, p)) decrypted.tracks += 1;
       }
+      // Talk-back spurts (issue 19): there, as the signed manifest hashed them.
+      for (const s of offloaded.has(rec.id) ? [] : (m?.talk ?? [])) {
+        listedTalk.add(s.file);
+        const abs = path.join(o.evidenceDir, ...s.file.split('/'));
+        if (!existsSync(abs)) {
+          p('missing', 'a talk-back file the manifest lists is gone', s.file);
+          continue;
+        }
+        const h = await hashFile(abs);
+        if (h.sha256 !== s.sha256 || h.bytes !== s.bytes) p('modified', `the talk-back file's SHA-256 is ${h.sha256.slice(0, 12)}… (${h.bytes} bytes), the manifest says ${s.sha256.slice(0, 12)}… (${s.bytes} bytes)`, s.file);
+      }
     }
   }
-  problems.push(...unindexed(o, allRecordings).filter(concerns));
+  problems.push(...unindexed(o, allRecordings, listedTalk).filter(concerns));
   const audit = auditCrossCheck(o, allRecordings);
   problems.push(...audit.problems.filter(concerns));
   return {
@@ -312,7 +325,7 @@ function checkManifest(
   return m;
 }
 
-function unindexed(o: EvidenceVerifyOptions, recordings: RecordingRow[]): EvidenceProblem[] {
+function unindexed(o: EvidenceVerifyOptions, recordings: RecordingRow[], listedTalk: ReadonlySet<string>): EvidenceProblem[] {
   const out: EvidenceProblem[] = [];
   const dir = recordingsDirOf(o.evidenceDir);
   if (!existsSync(dir)) return out;
@@ -326,7 +339,12 @@ function unindexed(o: EvidenceVerifyOptions, recordings: RecordingRow[]): Eviden
     }
     if (!statSync(path.join(dir, name)).isDirectory()) continue;
     for (const f of readdirSync(path.join(dir, name)).sort()) {
-      if (isManifestName(f) || indexed.has(`${rel}/${f}`)) continue;
+      if (isManifestName(f) || indexed.has(`${rel}/${f}`) || listedTalk.has(`${rel}/${f}`)) continue;
+      // A spurt still running when its recording was sealed: audited (recording.talk_stored, with its hash), not in the manifest.
+      if (isTalkFileName(f)) {
+        out.push({ kind: 'unindexed', recordingId: name, file: `${rel}/${f}`, message: 'a talk-back file the manifest does not list (its hash is in the audit trail: recording.talk_stored)' });
+        continue;
+      }
       out.push({ kind: 'unindexed', recordingId: name, file: `${rel}/${f}`, message: 'a file in the recording folder that the index does not list' });
     }
   }

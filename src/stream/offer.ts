@@ -1,15 +1,19 @@
-// What the camera accepts as a viewer's offer, checked before any socket is opened: a receive-only
-// viewer (it must not send media to the camera), a DTLS fingerprint (the identity the token binds
-// through offer_sha256), and H.264 constrained baseline with packetization-mode 1, the one stream
-// the capture pipeline makes. Audio is answered only if the viewer asks for Opus.
+// What the camera accepts as a viewer's offer, checked before any socket is opened: a viewer that
+// sends the camera no video, a DTLS fingerprint (the identity the token binds through
+// offer_sha256), and H.264 constrained baseline with packetization-mode 1, the one stream the
+// capture pipeline makes. Audio is answered only if the viewer asks for Opus. The viewer's audio
+// may be sendrecv (the console's push-to-talk offer, issue 19): whether the camera ever receives
+// it is the session's decision from the token's talk grant, not the offer's (session.ts).
 import { SessionDescription } from 'werift';
 import { errorMessage } from '../errors.ts';
 
 export interface OfferSummary {
   /** sha-256 DTLS fingerprint of the viewer: recorded in the audit so the view names its receiver. */
   fingerprint: string;
-  /** Whether the viewer also asks for (receive-only) Opus audio. */
+  /** Whether the viewer also asks to receive Opus audio (recvonly or sendrecv). */
   audio: boolean;
+  /** Whether the viewer offers to send Opus audio (sendrecv or sendonly): talk-back, if granted. */
+  talk: boolean;
 }
 
 export class OfferError extends Error {
@@ -56,13 +60,14 @@ export function inspectOffer(sdp: string): OfferSummary {
   });
   if (!h264) throw new OfferError('the offer has no H.264 constrained baseline with packetization-mode=1 (profile-level-id 42e01f)');
   const fingerprint = viewerFingerprint(sdp, 'the offer');
-  for (const m of parsed.media) {
-    if (m.kind === 'audio' && m.port !== 0 && m.direction !== 'recvonly' && m.direction !== 'inactive') {
-      throw new OfferError(`the viewer's audio must be recvonly, it is ${m.direction ?? 'unset'}`);
-    }
-  }
-  const audio = parsed.media.some((m) => m.kind === 'audio' && m.port !== 0 && m.direction === 'recvonly' && m.rtp.codecs.some((c) => c.mimeType.toLowerCase() === 'audio/opus'));
-  return { fingerprint, audio };
+  const audioLines = parsed.media.filter((m) => m.kind === 'audio' && m.port !== 0);
+  if (audioLines.length > 1) throw new OfferError(`the offer may have at most one audio m-line, it has ${audioLines.length}`);
+  const a = audioLines[0];
+  const opus = a !== undefined && a.rtp.codecs.some((c) => c.mimeType.toLowerCase() === 'audio/opus' && c.clockRate === 48_000);
+  const direction = a?.direction ?? 'sendrecv';
+  const audio = opus && (direction === 'recvonly' || direction === 'sendrecv');
+  const talk = opus && (direction === 'sendrecv' || direction === 'sendonly');
+  return { fingerprint, audio, talk };
 }
 
 /**

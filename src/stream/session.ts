@@ -3,6 +3,13 @@
 // the capture worker's RTP packets to the sender untouched, and reports what it hears of the
 // viewer (RTCP, ICE) so the stream manager can tell when the viewer has gone.
 //
+// Talk-back (issue 19): the camera receives the viewer's audio only when the command grants it
+// (claim talk: true, verified against the key's stream.talk grant), talkback is enabled, and the
+// offer sends Opus; its audio m-line is then answered sendrecv (recvonly without capture.audio).
+// Otherwise it is answered sendonly (or rejected), and every RTP packet the viewer sends anyway is
+// dropped where werift's SRTP hands it to its router, before any receiver, jitter buffer or
+// decoder: counted (talkRefusedPackets) and reported once (TalkHooks.refused).
+//
 // Hot path: sendVideo/sendAudio get the UDP datagram Buffer as the capture socket delivered it and
 // pass it straight to werift's sender, which parses it once per session (RtpPacket.deSerialize) to
 // rewrite SSRC, payload type and sequence for this viewer; nothing here copies or allocates.
@@ -20,6 +27,8 @@ import {
   useTransportWideCC,
   useTWCC,
   type RTCRtpSender,
+  type RTCRtpTransceiver,
+  type RtpPacket,
 } from 'werift';
 import type { PathSample } from './bitrate.ts';
 import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authorised-command.ts';
@@ -44,12 +53,26 @@ export interface StreamSessionOptions {
   /** Whether the camera sends audio (capture.audio); the viewer must also ask for it. */
   audio: boolean;
   logger: Logger;
+  /** Where granted talk-back audio goes and refused audio is reported (talkback.ts); none: never receive. */
+  talk?: TalkHooks;
+}
+
+/** The talk-back side of a session (Talkback implements it; talkback.enabled: false passes none). */
+export interface TalkHooks {
+  /** One RTP packet of granted talk-back audio, as decrypted (Opus, the offer's payload type). */
+  audio(sid: string, operator: string, packet: Buffer, payloadType: number): void;
+  /** The first RTP packet the viewer sent without a talk grant (once per session). */
+  refused(sid: string, operator: string, why: string): void;
 }
 
 export interface SessionCounters {
   videoPackets: number;
   audioPackets: number;
   videoBytes: number;
+  /** Talk-back RTP from the viewer handed to the playback (granted). */
+  talkPackets: number;
+  /** RTP from the viewer dropped before any decoder: no talk grant, or not the talk audio. */
+  talkRefusedPackets: number;
 }
 
 // Fewer packets than this between two samples' reports give no loss figure.
@@ -78,10 +101,12 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   readonly command: AuthorisedCommand;
   readonly offer: OfferSummary;
   readonly audio: boolean;
+  /** Whether the camera receives the viewer's audio: granted, enabled, and offered. */
+  readonly talk: boolean;
   /** Date.now() of the last RTCP packet or ICE connection from the viewer. */
   lastHeardAt = 0;
   connection: ViewerConnectionState = 'connecting';
-  readonly counters: SessionCounters = { videoPackets: 0, audioPackets: 0, videoBytes: 0 };
+  readonly counters: SessionCounters = { videoPackets: 0, audioPackets: 0, videoBytes: 0, talkPackets: 0, talkRefusedPackets: 0 };
   // The link since the last sample(): bytes sent, werift's delivered-rate estimates, a new loss report.
   #sampledAt = Date.now();
   #sampledBytes = 0;
@@ -93,6 +118,11 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   readonly #pc: RTCPeerConnection;
   readonly #video: RTCRtpSender;
   readonly #audio: RTCRtpSender | undefined;
+  readonly #audioTransceiver: RTCRtpTransceiver | undefined;
+  readonly #talkHooks: TalkHooks | undefined;
+  /** The viewer's Opus payload type (its offer's), the only RTP accepted with a talk grant. */
+  #talkPayloadType = -1;
+  #talkRefusedReported = false;
   readonly #log: Logger;
   #closed = false;
   /** Screens what reaches werift's DTLS (see werift-guard.ts); set once the transports exist. */
@@ -130,10 +160,12 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     this.command = o.command;
     this.offer = offer;
     this.audio = o.audio && offer.audio;
+    this.talk = o.talk !== undefined && o.command.talk && offer.talk;
+    this.#talkHooks = o.talk;
     this.#stunConfigured = o.ice.servers.some((server) => server.urls.some((u) => /^stuns?:/i.test(u)));
     this.#log = o.logger.child({ module: 'stream', sid: o.sid });
     this.#pc = new RTCPeerConnection({
-      codecs: { video: [h264(), rtx()], audio: this.audio ? [useOPUS()] : [] },
+      codecs: { video: [h264(), rtx()], audio: this.audio || this.talk ? [useOPUS()] : [] },
       headerExtensions: { video: [useTransportWideCC()], audio: [] },
       // Never werift's default public STUN server: only what the force configured.
       iceServers: o.ice.servers,
@@ -148,9 +180,19 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     // The tracks exist before the offer is applied so werift negotiates their exact codec
     // (42e01f, not the first H.264 the browser lists) on the transceivers they already have.
     this.#video = this.#pc.addTransceiver(new MediaStreamTrack({ kind: 'video', codec: h264() }), { direction: 'sendonly' }).sender;
-    this.#audio = this.audio
-      ? this.#pc.addTransceiver(new MediaStreamTrack({ kind: 'audio', codec: useOPUS() }), { direction: 'sendonly' }).sender
-      : undefined;
+    // The audio m-line's direction is the camera's: it receives only with the talk grant.
+    const audioDirection = this.audio ? (this.talk ? 'sendrecv' : 'sendonly') : this.talk ? 'recvonly' : undefined;
+    this.#audioTransceiver =
+      audioDirection === undefined ? undefined : this.#pc.addTransceiver(new MediaStreamTrack({ kind: 'audio', codec: useOPUS() }), { direction: audioDirection });
+    this.#audio = this.audio ? this.#audioTransceiver?.sender : undefined;
+    if (this.talk) {
+      // werift adds a remote track per SSRC the viewer's offer names (during setRemoteDescription):
+      // its onReceiveRtp is the decrypted, SSRC-routed talk audio.
+      this.#audioTransceiver!.onTrack.subscribe((track) => {
+        track.onReceiveRtp.subscribe((packet) => this.#talkAudio(packet));
+      });
+    }
+    this.#screenViewerRtp();
     this.#video.onPictureLossIndication.subscribe(() => this.emit('pictureLoss'));
     const heard = () => {
       this.lastHeardAt = Date.now();
@@ -257,7 +299,44 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     }
   }
 
+  /**
+   * Every RTP packet from the viewer passes here first (werift's router, fed by its SRTP session):
+   * only talk audio with a grant goes on to werift's receiver; anything else is dropped and
+   * counted, before any jitter buffer or decoder sees it.
+   */
+  #screenViewerRtp(): void {
+    const router = (this.#pc as unknown as { router: { routeRtp: (packet: RtpPacket) => void } }).router;
+    const route = router.routeRtp;
+    router.routeRtp = (packet: RtpPacket) => {
+      if (this.talk && packet.header.payloadType === this.#talkPayloadType) {
+        route(packet);
+        return;
+      }
+      this.counters.talkRefusedPackets++;
+      if (!this.#talkRefusedReported) {
+        this.#talkRefusedReported = true;
+        const why = this.talk
+          ? `RTP with payload type ${packet.header.payloadType}, not the offer's Opus ${this.#talkPayloadType}`
+          : this.command.talk
+            ? 'talk granted but not offered (or talkback disabled): the camera does not receive'
+            : 'the stream.start did not grant talk-back (claim talk: true from a key with stream.talk)';
+        this.#log.warn({ why, payloadType: packet.header.payloadType }, 'RTP from the viewer dropped: no talk-back');
+        this.#talkHooks?.refused(this.sid, this.command.operator, why);
+      }
+    };
+  }
+
+  #talkAudio(packet: RtpPacket): void {
+    this.counters.talkPackets++;
+    this.#talkHooks?.audio(this.sid, this.command.operator, packet.serialize(), packet.header.payloadType);
+  }
+
   async #answer(offer: string): Promise<string> {
+    if (this.talk) {
+      const m = /^m=audio [^\r\n]*?RTP\/[A-Z/]+ ([\d ]+)\r?$/m.exec(offer);
+      const opus = /^a=rtpmap:(\d+) opus\/48000/im.exec(offer.slice(offer.indexOf('m=audio')));
+      if (m && opus) this.#talkPayloadType = Number(opus[1]);
+    }
     await this.#pc.setRemoteDescription({ type: 'offer', sdp: offer });
     this.#noDefaultStun();
     // Before any socket exists (gathering is in setLocalDescription): only the viewer's ICE pairs

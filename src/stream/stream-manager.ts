@@ -17,6 +17,7 @@ import { resolveIce, type ResolvedIce } from './ice.ts';
 import { auditRefusedAnswer, IceRestart, type RestartableSession, type RestartCause } from './ice-restart.ts';
 import type { IceAnswer, IceAnswerOutcome, IceAnswerRefusal } from './ice-signalling.ts';
 import type { ViewerConnectionState, StreamSessionOptions } from './session.ts';
+import type { Talkback } from './talkback.ts';
 import { newSessionId } from './session-id.ts';
 import { errorMessage } from '../errors.ts';
 
@@ -53,7 +54,9 @@ export interface LiveSession extends RestartableSession {
   readonly command: AuthorisedCommand;
   readonly audio: boolean;
   connection: ViewerConnectionState;
-  readonly counters: { videoPackets: number; audioPackets: number };
+  readonly counters: { videoPackets: number; audioPackets: number; talkPackets?: number; talkRefusedPackets?: number };
+  /** Talk-back granted (and enabled and offered): the camera receives the viewer's audio. */
+  readonly talk?: boolean;
   on(event: 'connection', listener: (s: ViewerConnectionState) => void): unknown;
   on(event: 'pictureLoss', listener: () => void): unknown;
   sendVideo(packet: Buffer): void;
@@ -112,6 +115,8 @@ export interface StreamManagerOptions {
   beforeStart?: (sid: string, command: AuthorisedCommand) => { ok: false; code: 'not_recording'; message: string } | { ok: true } | undefined;
   /** Sends an ICE restart offer to the viewer (IceSignalling.publishOffer). */
   publishRestartOffer?: (sid: string, generation: number, offer: string, cause: RestartCause) => void;
+  /** Talk-back (talkback.ts); absent or talkback.enabled false: every view is receive-only. */
+  talkback?: Pick<Talkback, 'audio' | 'refused' | 'warm' | 'sessionEnded'>;
 }
 
 
@@ -239,7 +244,7 @@ export class StreamManager implements Extension {
     this.#opening += 1;
     try {
       ice = await this.#resolveIce(this.#o.config.ice);
-      opened = await this.#open({ sid, command, ice, audio: this.#o.audio, logger: this.#o.logger });
+      opened = await this.#open({ sid, command, ice, audio: this.#o.audio, logger: this.#o.logger, ...(this.#o.talkback ? { talk: this.#o.talkback } : {}) });
     } catch (err) {
       const errCode = (err as { code?: unknown }).code;
       const code = isOpenRefusalCode(errCode) ? errCode : 'internal_error';
@@ -272,6 +277,7 @@ export class StreamManager implements Extension {
           endsBy: new Date(endsBy).toISOString(),
           viewerFingerprint: session.offer.fingerprint,
           audio: session.audio,
+          talk: session.talk ?? false,
           covert,
           wearerNotified: !covert,
         },
@@ -299,6 +305,7 @@ export class StreamManager implements Extension {
       ),
     };
     this.#sessions.set(sid, running);
+    if (session.talk) this.#o.talkback?.warm();
     session.on('connection', (s) => this.#onConnection(sid, s));
     session.on('pictureLoss', () => this.#o.capture.requestKeyframe());
     this.#log.info({ sid, operator: command.operator, reason: command.reason, maxDurationS: command.maxDurationS, covert, audio: session.audio }, 'live view accepted');
@@ -388,8 +395,11 @@ export class StreamManager implements Extension {
       lastHeardS: session.lastHeardAt ? Math.round((now - session.lastHeardAt) / 100) / 10 : null,
       videoPackets: session.counters.videoPackets,
       audioPackets: session.counters.audioPackets,
+      talkPackets: session.counters.talkPackets ?? 0,
+      talkRefusedPackets: session.counters.talkRefusedPackets ?? 0,
       iceRestarts: session.iceRestarts,
     };
+    this.#o.talkback?.sessionEnded(sid);
     try {
       this.#o.audit.append({
         type: 'stream.stop',

@@ -30,6 +30,11 @@ export interface OfferOptions {
   audio?: boolean;
   /** The viewer's own STUN/TURN servers (none by default). */
   iceServers?: { urls: string[]; username?: string; credential?: string }[];
+  /**
+   * Talk-back (issue 19): the audio m-line is sendrecv, as the console's push-to-talk offers it;
+   * the microphone goes on the sender only with pressToTalk (RTCRtpSender.replaceTrack).
+   */
+  talk?: boolean;
 }
 
 export interface SelectedPath {
@@ -57,9 +62,18 @@ export class ChromiumViewers {
     return new ChromiumViewers(browser);
   }
 
-  async open(): Promise<Viewer> {
+  /**
+   * secureOrigin: the page is http://localhost/ (served by playwright's routing, no server), a
+   * secure context, so getUserMedia exists (talk-back's microphone); about:blank has none.
+   */
+  async open(options: { secureOrigin?: boolean } = {}): Promise<Viewer> {
     const page = await this.#browser.newPage();
-    await page.goto('about:blank');
+    if (options.secureOrigin) {
+      await page.route('http://localhost/', (route) => route.fulfill({ status: 200, contentType: 'text/html', body: '<!doctype html><title>viewer</title>' }));
+      await page.goto('http://localhost/');
+    } else {
+      await page.goto('about:blank');
+    }
     return new Viewer(page);
   }
 
@@ -77,9 +91,9 @@ export class Viewer {
 
   /** A recvonly offer with every candidate gathered (no trickle: the command carries one SDP). */
   async createOffer(options: OfferOptions = {}): Promise<string> {
-    const { video = true, audio = false, iceServers = [] } = options;
+    const { video = true, audio = false, iceServers = [], talk = false } = options;
     return this.page.evaluate(
-      async ({ video, audio, iceServers }) => {
+      async ({ video, audio, iceServers, talk }) => {
         const pc = new RTCPeerConnection({ iceServers });
         (globalThis as unknown as { pc: RTCPeerConnection }).pc = pc;
         // Epoch ms of the milestones, for the first-frame benchmark.
@@ -89,7 +103,8 @@ export class Viewer {
           if (pc.connectionState === 'connected') marks.connected ??= Date.now();
         });
         if (video) pc.addTransceiver('video', { direction: 'recvonly' });
-        if (audio) pc.addTransceiver('audio', { direction: 'recvonly' });
+        if (talk) (globalThis as unknown as { talk: RTCRtpTransceiver }).talk = pc.addTransceiver('audio', { direction: 'sendrecv' });
+        else if (audio) pc.addTransceiver('audio', { direction: 'recvonly' });
         pc.ontrack = (e: RTCTrackEvent) => {
           const el = document.createElement(e.track.kind === 'video' ? 'video' : 'audio');
           el.autoplay = true;
@@ -105,7 +120,7 @@ export class Viewer {
         });
         return pc.localDescription!.sdp;
       },
-      { video, audio, iceServers },
+      { video, audio, iceServers, talk },
     );
   }
 
@@ -229,5 +244,37 @@ export class Viewer {
   /** Closes the peer connection politely (DTLS close alert) but keeps the page. */
   async hangUp(): Promise<void> {
     await this.page.evaluate(() => (globalThis as unknown as { pc: RTCPeerConnection }).pc.close());
+  }
+
+  /**
+   * Push-to-talk pressed: the (fake) microphone on the talk sender, as the console does it
+   * (replaceTrack, no renegotiation). Chromium must run with --use-fake-device-for-media-stream
+   * (and --use-file-for-fake-audio-capture=WAV for a known sound).
+   */
+  async pressToTalk(): Promise<void> {
+    await this.page.evaluate(async () => {
+      const g = globalThis as unknown as { talk: RTCRtpTransceiver; mic?: MediaStreamTrack };
+      g.mic ??= (await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } })).getAudioTracks()[0]!;
+      await g.talk.sender.replaceTrack(g.mic);
+    });
+  }
+
+  /** Push-to-talk released: replaceTrack(null), the viewer stops sending audio. */
+  async releaseTalk(): Promise<void> {
+    await this.page.evaluate(async () => {
+      await (globalThis as unknown as { talk: RTCRtpTransceiver }).talk.sender.replaceTrack(null);
+    });
+  }
+
+  /** Audio RTP packets this viewer has sent (outbound-rtp), 0 before any. */
+  async outboundAudioPackets(): Promise<number> {
+    return this.page.evaluate(async () => {
+      const pc = (globalThis as unknown as { pc: RTCPeerConnection }).pc;
+      let n = 0;
+      (await pc.getStats()).forEach((s: Record<string, unknown>) => {
+        if (s.type === 'outbound-rtp' && s.kind === 'audio' && typeof s.packetsSent === 'number') n = s.packetsSent;
+      });
+      return n;
+    });
   }
 }

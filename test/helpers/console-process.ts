@@ -52,8 +52,8 @@ export interface ConsoleProcess {
 
 export async function startConsole(brokerUrl: string, users: ConsoleUser[], extraArgs: string[] = []): Promise<ConsoleProcess> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'bwc-console-'));
-  // The console's everyday key: live views, and the officer's emergencies answered (alert.ack, recording.bookmark).
-  const keys = await generateIssuerKeys(path.join(dir, 'issuer'), ['stream.start', 'stream.stop', 'alert.ack', 'recording.bookmark']);
+  // The console's everyday key: live views, and the officer's emergencies answered (alert.ack, recording.bookmark) and talk-back (stream.talk).
+  const keys = await generateIssuerKeys(path.join(dir, 'issuer'), ['stream.start', 'stream.stop', 'alert.ack', 'recording.bookmark', 'stream.talk']);
   const usersFile = path.join(dir, 'users.json');
   await writeFile(usersFile, JSON.stringify(users.map(({ password, ...u }) => ({ name: u.user, ...u, password: hashPassword(password) }))), { mode: 0o600 });
   const child: ChildProcess = spawn(process.execPath, [
