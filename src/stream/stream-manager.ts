@@ -16,7 +16,8 @@ import type { StreamConfig } from './config.ts';
 import { resolveIce, type ResolvedIce } from './ice.ts';
 import { auditRefusedAnswer, IceRestart, type RestartableSession, type RestartCause } from './ice-restart.ts';
 import type { IceAnswer, IceAnswerOutcome, IceAnswerRefusal } from './ice-signalling.ts';
-import type { ViewerConnectionState, StreamSessionOptions } from './session.ts';
+import type { ViewerConnectionState, StreamSessionOptions, SessionTimings } from './session.ts';
+import { GopCache, isKeyframeStart } from './gop-cache.ts';
 import { newSessionId } from './session-id.ts';
 import { errorMessage } from '../errors.ts';
 
@@ -63,8 +64,45 @@ export interface LiveSession extends RestartableSession {
   sample(now: number): PathSample;
   readonly rttMs: number | undefined;
   readonly iceRestarts: number;
+  /** When its first steps happened (StreamSession has them; a test double may not). */
+  readonly timings?: SessionTimings;
   close(): Promise<void>;
 }
+
+/**
+ * The first-frame breakdown of one session (issue 18), epoch ms, 0 until reached; logged once as
+ * "live view first keyframe sent" with each step's offset from the command's arrival.
+ */
+interface FirstFrameSteps {
+  /** The command reached the agent (before verification). */
+  receivedAt: number;
+  /** Verified and queued: the stream.start action began. */
+  startedAt: number;
+  /** Answer made (gathering done). */
+  answeredAt: number;
+  /** stream.start audit entry committed; the reply goes out next. */
+  auditedAt: number;
+  /** The viewer's DTLS handshake completed. */
+  dtlsConnectedAt: number;
+  /** First RTP packet handed to werift for this viewer. */
+  firstPacketAt: number;
+  /** First keyframe packet handed to werift for this viewer. */
+  keyframeAt: number;
+  /** Where that keyframe came from. */
+  keyframeSource: 'gop-cache' | 'encoder' | undefined;
+  /** Age of the cached GOP when it was sent. */
+  gopAgeMs: number | undefined;
+}
+
+// The most a cached GOP may hold: a 1 s GOP at the 2000 kbit/s ceiling is ~250 KB; past this the
+// cache waits for the next keyframe rather than keep an ever longer run of P-frames.
+const gopCacheMaxBytes = 512 * 1024;
+// A cached GOP older than this is not sent: the viewer would start that far behind and catch up
+// in a burst; it gets a keyframe asked of the encoder instead (the old way).
+const gopFlushMaxAgeMs = 1000;
+// A cached GOP older than this is sent, and a fresh keyframe asked for as well, so the viewer is
+// at the live edge within one keyframe rather than one GOP.
+const gopFreshMs = 300;
 
 export type OpenSession = (o: StreamSessionOptions) => Promise<{ session: LiveSession; answer: string }>;
 
@@ -124,6 +162,7 @@ interface Running {
   bitrate: PathBitrate;
   /** Mends the session's path (ice-restart.ts). */
   iceRestart: IceRestart;
+  steps: FirstFrameSteps;
 }
 
 export class StreamManager implements Extension {
@@ -142,6 +181,12 @@ export class StreamManager implements Extension {
   #audioSsrc = -1;
   #stopped = false;
   readonly #bitrate: LiveBitrateLoop;
+  /** stream.firstFrame "gop-cache": the latest GOP, kept while the valve is open. */
+  readonly #gop: GopCache | undefined;
+  /** Whether the capture's live valve is open (viewers connected, or, with the GOP cache, views opening). */
+  #live = false;
+  /** Connected sessions still waiting for their first keyframe from the encoder. */
+  #awaitingKeyframe: Running[] = [];
 
   constructor(options: StreamManagerOptions) {
     this.#o = options;
@@ -149,6 +194,7 @@ export class StreamManager implements Extension {
     this.#open = options.openSession ?? openStreamSession;
     this.#resolveIce = options.resolveIce ?? resolveIce;
     this.#bitrate = new LiveBitrateLoop(options.config.bitrate, options.capture, this.#log);
+    this.#gop = options.config.firstFrame === 'gop-cache' ? new GopCache(gopCacheMaxBytes) : undefined;
   }
 
   /** The device's addresses changed: every connected session restarts ICE on the new ones. */
@@ -170,7 +216,9 @@ export class StreamManager implements Extension {
     this.#checkTimer = setInterval(() => this.#check(), this.#o.checkIntervalMs ?? 500);
     this.#checkTimer.unref();
     this.#publish();
-    if (!this.#o.openSession) setTimeout(() => void loadSessionModule(), 1000).unref();
+    // werift, and its DTLS certificate (made once per process, ~10-30 ms of crypto the first view
+    // would otherwise wait for), ready before the first stream.start.
+    if (!this.#o.openSession) setTimeout(() => void loadSessionModule().then((m) => m.prepareDtlsCertificate()), 1000).unref();
   }
 
   async stop(): Promise<void> {
@@ -185,7 +233,59 @@ export class StreamManager implements Extension {
     const r = this.#receivers;
     const ssrc = packet.readUInt32BE(8);
     if (ssrc !== this.#videoSsrc) this.#videoSsrc = this.#sourceChanged('video', this.#videoSsrc, ssrc);
+    const keyframe = (this.#gop !== undefined || this.#awaitingKeyframe.length > 0) && isKeyframeStart(packet);
+    this.#gop?.push(packet, keyframe, Date.now());
     for (let i = 0; i < r.length; i++) r[i]!.sendVideo(packet);
+    if (this.#awaitingKeyframe.length > 0) this.#noteSent(keyframe);
+  }
+
+  /** First-frame breakdown of the viewers waiting for a keyframe from the encoder. */
+  #noteSent(keyframe: boolean): void {
+    const now = Date.now();
+    const waiting: Running[] = [];
+    for (const r of this.#awaitingKeyframe) {
+      if (!this.#sessions.has(r.session.sid)) continue;
+      if (r.session.connection !== 'connected') {
+        waiting.push(r);
+        continue;
+      }
+      if (r.steps.firstPacketAt === 0) r.steps.firstPacketAt = now;
+      if (!keyframe) {
+        waiting.push(r);
+        continue;
+      }
+      r.steps.keyframeAt = now;
+      r.steps.keyframeSource = 'encoder';
+      this.#logFirstFrame(r);
+    }
+    this.#awaitingKeyframe = waiting;
+  }
+
+  #logFirstFrame(r: Running): void {
+    const s = r.steps;
+    const t = r.session.timings;
+    const at = (ms: number) => (ms > 0 ? ms - s.receivedAt : null);
+    this.#log.info(
+      {
+        sid: r.session.sid,
+        firstFrame: this.#o.config.firstFrame,
+        source: s.keyframeSource,
+        gopAgeMs: s.gopAgeMs ?? null,
+        // ms after the command reached the agent
+        steps: {
+          verified: at(s.startedAt),
+          gatherStarted: at(t?.gatherStartedAt ?? 0),
+          gathered: at(t?.gatheredAt ?? 0),
+          answered: at(s.answeredAt),
+          audited: at(s.auditedAt),
+          iceConnected: at(t?.iceConnectedAt ?? 0),
+          dtlsConnected: at(s.dtlsConnectedAt),
+          firstPacket: at(s.firstPacketAt),
+          keyframe: at(s.keyframeAt),
+        },
+      },
+      'live view first keyframe sent',
+    );
   }
 
   onAudio(packet: Buffer): void {
@@ -199,6 +299,7 @@ export class StreamManager implements Extension {
   #sourceChanged(kind: 'video' | 'audio', was: number, now: number): number {
     if (was !== -1) {
       this.#log.info({ kind, ssrc: now }, 'capture RTP source changed (worker restarted): rebasing the live streams');
+      if (kind === 'video') this.#gop?.clear();
       for (const r of this.#sessions.values()) r.session.sourceChanged(kind);
     }
     return now;
@@ -225,11 +326,15 @@ export class StreamManager implements Extension {
       return { ok: false, code: 'capture_unavailable', message: 'the camera is not capturing (see state.capture); try again when it runs' };
     }
     const sid = newSessionId();
+    const startedAt = Date.now();
     let ice: ResolvedIce;
     let opened: { session: LiveSession; answer: string };
     // The slot is taken before the first await and handed to #sessions in the same synchronous
     // step as it is given back, so activeCount never drops in between.
     this.#opening += 1;
+    // GOP cache: the live encoder starts now and is asked for a keyframe, so the picture is
+    // cached while ICE and DTLS run (the valve closes again if the view is not opened).
+    if (this.#gop && !this.#updateLive()) this.#o.capture.requestKeyframe();
     try {
       ice = await this.#resolveIce(this.#o.config.ice);
       opened = await this.#open({ sid, command, ice, audio: this.#o.audio, logger: this.#o.logger });
@@ -237,13 +342,16 @@ export class StreamManager implements Extension {
       const errCode = (err as { code?: unknown }).code;
       const code = isOpenRefusalCode(errCode) ? errCode : 'internal_error';
       this.#log.warn({ sid, code, reason: errorMessage(err) }, 'live view not opened');
-      return { ok: false, code, message: errorMessage(err) };
-    } finally {
       this.#opening -= 1;
+      this.#updateLive();
+      return { ok: false, code, message: errorMessage(err) };
     }
+    this.#opening -= 1;
+    const answeredAt = Date.now();
     const { session, answer } = opened;
     if (this.#stopped) {
       // The agent began stopping while this view was gathering: no view outlives it.
+      this.#updateLive();
       await session.close();
       return { ok: false, code: 'unavailable', message: 'the agent is shutting down' };
     }
@@ -271,6 +379,7 @@ export class StreamManager implements Extension {
       });
     } catch (err) {
       // No audit entry, no live view: authority that cannot be accounted for is not used.
+      this.#updateLive();
       await session.close();
       this.#log.error({ sid, err: errorMessage(err) }, 'stream.start could not be audited; live view refused');
       return { ok: false, code: 'audit_failed', message: `the live view could not be audited: ${errorMessage(err)}` };
@@ -290,6 +399,17 @@ export class StreamManager implements Extension {
         { config: this.#o.config, resolveIce: this.#resolveIce, audit: this.#o.audit, sendEvent: this.#o.sendEvent, publishRestartOffer: this.#o.publishRestartOffer, logger: this.#o.logger },
         this.#log,
       ),
+      steps: {
+        receivedAt: command.receivedAt,
+        startedAt,
+        answeredAt,
+        auditedAt: now,
+        dtlsConnectedAt: 0,
+        firstPacketAt: 0,
+        keyframeAt: 0,
+        keyframeSource: undefined,
+        gopAgeMs: undefined,
+      },
     };
     this.#sessions.set(sid, running);
     session.on('connection', (s) => this.#onConnection(sid, s));
@@ -312,8 +432,10 @@ export class StreamManager implements Extension {
     const r = this.#sessions.get(sid);
     if (!r) return;
     if (state === 'connected') {
+      const first = r.connectedAt === undefined;
       if (r.connectedAt === undefined) {
         r.connectedAt = Date.now();
+        r.steps.dtlsConnectedAt = r.connectedAt;
         this.#log.info({ sid, afterMs: r.connectedAt - r.startedAt }, 'viewer connected');
         this.#o.sendEvent({ type: 'stream.connected', time: new Date(r.connectedAt).toISOString(), sid });
         if (!this.#o.config.covert && !r.notified) {
@@ -322,9 +444,23 @@ export class StreamManager implements Extension {
         }
       }
       r.session.sample(Date.now());
-      this.#refreshReceivers();
-      // A viewer joining mid-stream sees a picture now, not at the next GOP.
-      this.#o.capture.requestKeyframe();
+      // A viewer starts with the cached GOP if there is a recent one, sent before any live packet
+      // (same tick); werift renumbers sequence and timestamps per viewer, continuing from it.
+      const cached = first && this.#gop ? this.#gop.snapshot(Date.now()) : undefined;
+      if (cached && cached.ageMs <= gopFlushMaxAgeMs) {
+        for (const packet of cached.packets) r.session.sendVideo(packet);
+        r.steps.firstPacketAt = r.steps.keyframeAt = Date.now();
+        r.steps.keyframeSource = 'gop-cache';
+        r.steps.gopAgeMs = cached.ageMs;
+        this.#logFirstFrame(r);
+        this.#refreshReceivers();
+        if (cached.ageMs > gopFreshMs) this.#o.capture.requestKeyframe();
+      } else {
+        if (first) this.#awaitingKeyframe.push(r);
+        this.#refreshReceivers();
+        // A viewer joining mid-stream sees a picture now, not at the next GOP.
+        this.#o.capture.requestKeyframe();
+      }
     } else if (state === 'closed') {
       void this.#end(sid, 'viewer_closed');
     } else {
@@ -408,10 +544,29 @@ export class StreamManager implements Extension {
     const was = this.#receivers.length > 0;
     this.#receivers = next;
     if (was !== next.length > 0) {
-      if (next.length > 0) this.#bitrate.firstViewer();
-      this.#o.capture.setLive(next.length > 0);
       if (!this.#o.config.covert) this.#o.wearer.streaming(next.length > 0);
     }
+    this.#updateLive();
+  }
+
+  /**
+   * Opens the capture's live valve while a viewer is connected or, with the GOP cache, while a
+   * view is opening (gathering or waiting for the viewer's DTLS); closes it otherwise. Returns
+   * true when this call opened it (the capture then asks for a keyframe itself).
+   */
+  #updateLive(): boolean {
+    let wanted = this.#receivers.length > 0;
+    if (!wanted && this.#gop) {
+      wanted = this.#opening > 0;
+      for (const r of this.#sessions.values()) if (r.connectedAt === undefined) wanted = true;
+    }
+    if (wanted === this.#live) return false;
+    this.#live = wanted;
+    // The live encoder idled while the valve was closed, so a view starts at the starting rate.
+    if (wanted) this.#bitrate.firstViewer();
+    else this.#gop?.clear();
+    this.#o.capture.setLive(wanted);
+    return wanted;
   }
 
   #publish(): void {
