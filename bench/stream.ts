@@ -152,6 +152,7 @@ async function main(): Promise<void> {
       turnRuns,
       turn,
       log: (line) => process.stderr.write(`stream: ${line}\n`),
+      onRound: (views, done) => writeResult('stream-first-frame-partial', { roundsDone: done, views }),
     });
     firstFrame = summariseFirstFrame(firstFrameViews, rounds);
   } finally {

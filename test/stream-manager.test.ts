@@ -87,7 +87,7 @@ t.test('GOP cache: the encoder starts at stream.start, the viewer gets the cache
   };
   const reply = await r.manager.startStream(await authorised('stream.start'));
   t.match(reply, { ok: true });
-  t.same(r.live, [true], 'valve open from stream.start, while ICE and DTLS run');
+  t.same(r.live, [true], 'valve open from the accepted stream.start, while ICE and DTLS run');
   t.same(r.bitrates, [800], 'the live encoder at its starting bitrate');
   send(h264Frame({ ssrc, seq, ts: 0, keyframe: false }));
   const keyframe = h264Frame({ ssrc, seq, ts: 3000, keyframe: true });
@@ -127,10 +127,17 @@ t.test('GOP cache: the encoder starts at stream.start, the viewer gets the cache
   await r.manager.stop();
 });
 
-t.test('GOP cache: a view that does not open closes the valve it opened', async (t) => {
+t.test('GOP cache: a view that does not open never starts the live encoder', async (t) => {
   const r = rig({}, { open: async () => Promise.reject(Object.assign(new Error('bad offer'), { code: 'unsupported_offer' })) });
   t.match(await r.manager.startStream(await authorised('stream.start')), { ok: false, code: 'unsupported_offer' });
-  t.same(r.live, [true, false], 'opened for the gathering, closed with the refusal');
+  t.same(r.live, [], 'valve left closed');
+  t.equal(r.keyframes, 0, 'no keyframe asked for');
+  const ok = rig();
+  await ok.manager.startStream(await authorised('stream.start'));
+  ok.sessions[0]!.setConnection('closed');
+  await until('valve closed', () => ok.live.at(-1) === false);
+  t.same(ok.live, [true, false], 'an accepted view that ends before connecting closes the valve it opened');
+  await ok.manager.stop();
   await r.manager.stop();
 });
 

@@ -218,6 +218,8 @@ export interface FirstFrameRunOptions {
   turnRuns: number;
   turn: Coturn | undefined;
   log: (line: string) => void;
+  /** After each round, with every view so far (a long run keeps what it measured). */
+  onRound?: (views: ViewTiming[], roundsDone: number) => void;
 }
 
 /** Rounds of cold, warm (loopback) and TURN views, the two modes alternating. */
@@ -268,6 +270,7 @@ export async function runFirstFrame(o: FirstFrameRunOptions): Promise<ViewTiming
         await Promise.all(turnAgents.map((a) => a.stop()));
       }
     }
+    o.onRound?.(out, roundNo);
   }
   return out;
 }

@@ -338,9 +338,6 @@ export class StreamManager implements Extension {
     // The slot is taken before the first await and handed to #sessions in the same synchronous
     // step as it is given back, so activeCount never drops in between.
     this.#opening += 1;
-    // GOP cache: the live encoder starts now and is asked for a keyframe, so the picture is
-    // cached while ICE and DTLS run (the valve closes again if the view is not opened).
-    if (this.#gop && !this.#updateLive()) this.#o.capture.requestKeyframe();
     try {
       ice = await this.#resolveIce(this.#o.config.ice);
       opened = await this.#open({ sid, command, ice, audio: this.#o.audio, logger: this.#o.logger });
@@ -349,7 +346,6 @@ export class StreamManager implements Extension {
       const code = isOpenRefusalCode(errCode) ? errCode : 'internal_error';
       this.#log.warn({ sid, code, reason: errorMessage(err) }, 'live view not opened');
       this.#opening -= 1;
-      this.#updateLive();
       return { ok: false, code, message: errorMessage(err) };
     }
     this.#opening -= 1;
@@ -357,7 +353,6 @@ export class StreamManager implements Extension {
     const { session, answer } = opened;
     if (this.#stopped) {
       // The agent began stopping while this view was gathering: no view outlives it.
-      this.#updateLive();
       await session.close();
       return { ok: false, code: 'unavailable', message: 'the agent is shutting down' };
     }
@@ -385,7 +380,6 @@ export class StreamManager implements Extension {
       });
     } catch (err) {
       // No audit entry, no live view: authority that cannot be accounted for is not used.
-      this.#updateLive();
       await session.close();
       this.#log.error({ sid, err: errorMessage(err) }, 'stream.start could not be audited; live view refused');
       return { ok: false, code: 'audit_failed', message: `the live view could not be audited: ${errorMessage(err)}` };
@@ -418,6 +412,10 @@ export class StreamManager implements Extension {
       },
     };
     this.#sessions.set(sid, running);
+    // GOP cache: the live encoder starts now (or, already running, is asked for a keyframe), so a
+    // picture is cached while the reply travels and ICE and DTLS run. Not earlier: on a busy board
+    // the encoder would take CPU from verification and gathering, and a refused view never needs it.
+    if (this.#gop && !this.#updateLive()) this.#o.capture.requestKeyframe();
     session.on('connection', (s) => this.#onConnection(sid, s));
     session.on('pictureLoss', () => this.#o.capture.requestKeyframe());
     this.#log.info({ sid, operator: command.operator, reason: command.reason, maxDurationS: command.maxDurationS, covert, audio: session.audio }, 'live view accepted');
@@ -567,14 +565,13 @@ export class StreamManager implements Extension {
   }
 
   /**
-   * Opens the capture's live valve while a viewer is connected or, with the GOP cache, while a
-   * view is opening (gathering or waiting for the viewer's DTLS); closes it otherwise. Returns
+   * Opens the capture's live valve while a viewer is connected or, with the GOP cache, while an
+   * accepted view waits for the viewer's ICE and DTLS; closes it otherwise. Returns
    * true when this call opened it (the capture then asks for a keyframe itself).
    */
   #updateLive(): boolean {
     let wanted = this.#receivers.length > 0;
     if (!wanted && this.#gop) {
-      wanted = this.#opening > 0;
       for (const r of this.#sessions.values()) if (r.connectedAt === undefined) wanted = true;
     }
     if (wanted === this.#live) return false;
