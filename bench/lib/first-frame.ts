@@ -115,8 +115,8 @@ export async function startAgents(setup: AgentSetup, tag: string): Promise<LiveA
           BWC_LOG_LEVEL: 'info',
         });
         trackChild(agent.child);
-        const timeout = sleep(60_000).then(() => {
-          throw new Error(`${deviceId} not online and capturing within 60 s:\n${agent.output.slice(-2000)}`);
+        const timeout = sleep(180_000).then(() => {
+          throw new Error(`${deviceId} not online and capturing within 180 s:\n${agent.output.slice(-2000)}`);
         });
         await Promise.race([readyNow, timeout]);
         return { mode, deviceId, agent, stop: async () => void (await agent.stop('SIGTERM')) };
