@@ -31,7 +31,7 @@ import { FleetClient } from '../test/helpers/fleet-client.ts';
 import { startBroker } from '../test/helpers/mosquitto.ts';
 import { installCleanup, intFlag, machineFacts, machineLine, markdownTable, parseFlags, repoRoot, round, sleep, trackChild, writeResult } from './lib/common.ts';
 import { cpuMs, threadCpuMs } from './lib/proc.ts';
-import { firstFrameMarkdown, runFirstFrame, summariseFirstFrame } from './lib/first-frame.ts';
+import { failedViews, firstFrameMarkdown, runFirstFrame, summariseFirstFrame } from './lib/first-frame.ts';
 import { startCoturn } from '../test/helpers/coturn.ts';
 
 const width = 1280;
@@ -152,7 +152,7 @@ async function main(): Promise<void> {
       turnRuns,
       turn,
       log: (line) => process.stderr.write(`stream: ${line}\n`),
-      onRound: (views, done) => writeResult('stream-first-frame-partial', { roundsDone: done, views }),
+      onRound: (views, done) => writeResult('stream-first-frame-partial', { roundsDone: done, views, failedViews }),
     });
     firstFrame = summariseFirstFrame(firstFrameViews, rounds);
   } finally {
@@ -168,7 +168,7 @@ async function main(): Promise<void> {
     `Machine: ${machineLine(machineFacts(sqliteVersion))}. Two agents (one per mode) and Chromium share 2 cores with other work: expect noise.`,
   ].join('\n');
   if (firstOnly) {
-    writeResult('stream-first-frame', { machine: machineFacts(sqliteVersion), width, height, fps, bitrateKbps, runs, rounds, turnRuns, firstFrame, views: firstFrameViews, markdown: firstMd });
+    writeResult('stream-first-frame', { machine: machineFacts(sqliteVersion), width, height, fps, bitrateKbps, runs, rounds, turnRuns, firstFrame, views: firstFrameViews, failedViews, markdown: firstMd });
     process.stdout.write(`${firstMd}\n`);
     await broker.dispose();
     return;
@@ -293,7 +293,7 @@ async function main(): Promise<void> {
       '',
       `Machine: ${machineLine(machine)}. Chromium decodes on the same 2 cores: single runs, expect noise.`,
     ].join('\n');
-    writeResult('stream', { machine, width, height, fps, bitrateKbps, runs, windowS: windowMs / 1000, firstFrame, firstFrameViews, agentWindows, agentAfterViewers: afterWindow, webrtcbinEncodeOnly: encodeWindow, webrtcbinWindows: gstWindows, perViewer: rows, markdown: md });
+    writeResult('stream', { machine, width, height, fps, bitrateKbps, runs, windowS: windowMs / 1000, firstFrame, firstFrameViews, failedViews, agentWindows, agentAfterViewers: afterWindow, webrtcbinEncodeOnly: encodeWindow, webrtcbinWindows: gstWindows, perViewer: rows, markdown: md });
     process.stdout.write(`${md}\n`);
   } finally {
     await fleet.close();

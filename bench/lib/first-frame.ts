@@ -159,7 +159,7 @@ export async function timeView(ctx: ViewContext, a: LiveAgent, kind: ViewTiming[
     if (reply.ok !== true) throw new Error(`stream.start refused by ${a.deviceId}: ${JSON.stringify(reply)}`);
     await viewer.applyAnswer(reply.answer as string);
     const answerAppliedAt = Date.now();
-    const { firstFrameAt, iceConnectedAt: viewerIceAt } = await viewer.firstFrame(20_000);
+    const { firstFrameAt, iceConnectedAt: viewerIceAt } = await viewer.firstFrame(60_000);
     const sid = reply.sid as string;
     await a.agent.waitForOutput(new RegExp(`"sid":"${sid}"[^\\n]*live view first keyframe sent`), 10_000);
     const log = firstKeyframeLog(a.agent, sid);
@@ -222,6 +222,26 @@ export interface FirstFrameRunOptions {
   onRound?: (views: ViewTiming[], roundsDone: number) => void;
 }
 
+/** A view that failed (no frame within the bound, a refusal): counted, not timed. */
+export interface FailedView {
+  mode: FirstFrameMode;
+  round: number;
+  kind: ViewTiming['kind'];
+  error: string;
+}
+export const failedViews: FailedView[] = [];
+
+async function tryView(ctx: ViewContext, a: LiveAgent, kind: ViewTiming['kind'], roundNo: number, log: (line: string) => void): Promise<ViewTiming | undefined> {
+  try {
+    return await timeView(ctx, a, kind, roundNo);
+  } catch (err) {
+    const error = err instanceof Error ? err.message.split('\n')[0]! : String(err);
+    failedViews.push({ mode: a.mode, round: roundNo, kind, error });
+    log(`first frame: ${a.mode} ${kind} view failed: ${error}; agent log tail:\n${a.agent.output.slice(-1500)}`);
+    return undefined;
+  }
+}
+
 /** Rounds of cold, warm (loopback) and TURN views, the two modes alternating. */
 export async function runFirstFrame(o: FirstFrameRunOptions): Promise<ViewTiming[]> {
   const out: ViewTiming[] = [];
@@ -232,12 +252,13 @@ export async function runFirstFrame(o: FirstFrameRunOptions): Promise<ViewTiming
       // Alternate which mode goes first, so neither always has the other's start-up behind it.
       const order = (i: number) => (i % 2 === 0 ? agents : [...agents].reverse());
       o.log(`first frame: round ${roundNo}: cold views`);
-      for (const a of order(roundNo)) out.push(await timeView(ctx, a, 'cold', roundNo));
-      for (const a of agents) await timeView(ctx, a, 'warm', roundNo); // warm-up, not kept
+      const keep = (v: ViewTiming | undefined) => void (v && out.push(v));
+      for (const a of order(roundNo)) keep(await tryView(ctx, a, 'cold', roundNo, o.log));
+      for (const a of agents) await tryView(ctx, a, 'warm', roundNo, o.log); // warm-up, not kept
       o.log(`first frame: round ${roundNo}: ${o.runs} views each on loopback`);
       for (let i = 0; i < o.runs; i++) {
         for (const a of order(i)) {
-          out.push(await timeView(ctx, a, 'warm', roundNo));
+          keep(await tryView(ctx, a, 'warm', roundNo, o.log));
           await sleep(200);
         }
       }
@@ -259,10 +280,11 @@ export async function runFirstFrame(o: FirstFrameRunOptions): Promise<ViewTiming
       const turnCtx: ViewContext = { ...ctx, offer: { iceServers: [{ urls: [turn.urls.udp], username: turn.username, credential: turn.password }], iceTransportPolicy: 'relay' } };
       try {
         o.log(`first frame: round ${roundNo}: ${o.turnRuns} views each through TURN only`);
-        for (const a of turnAgents) await timeView(turnCtx, a, 'turn', roundNo); // warm-up
+        for (const a of turnAgents) await tryView(turnCtx, a, 'turn', roundNo, o.log); // warm-up
         for (let i = 0; i < o.turnRuns; i++) {
           for (const a of i % 2 === 0 ? turnAgents : [...turnAgents].reverse()) {
-            out.push(await timeView(turnCtx, a, 'turn', roundNo));
+            const v = await tryView(turnCtx, a, 'turn', roundNo, o.log);
+            if (v) out.push(v);
             await sleep(200);
           }
         }
@@ -321,6 +343,9 @@ export function movingStep(s: FirstFrameSummary[string][string]): { step: StepNa
 
 export function firstFrameMarkdown(sum: FirstFrameSummary, runs: number, turnRuns: number, rounds: number): string {
   const lines: string[] = [];
+  if (failedViews.length > 0) {
+    lines.push(`Failed views (no decoded frame within 60 s, or refused), left out of the figures: ${failedViews.map((f) => `${f.mode} ${f.kind} round ${f.round} (${f.error})`).join('; ')}.`, '');
+  }
   const kinds: [string, string][] = [
     ['warm', `loopback, ${runs} views per mode per round after a warm-up`],
     ['cold', 'the first view after agent start-up (online and capturing), one per mode per round'],
