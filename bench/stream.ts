@@ -137,7 +137,8 @@ async function main(): Promise<void> {
   // (a) first picture, new and old side by side.
   const ffViewers = await ChromiumViewers.launch();
   const ffFleet = await FleetClient.connect(broker.url);
-  const turn = turnRuns > 0 ? await startCoturn({ listenAddress: '127.0.0.1' }) : undefined;
+  // coturn's own upper bound (600 s by default) is shorter than a loaded run: round 2's TURN views all failed when it expired.
+  const turn = turnRuns > 0 ? await startCoturn({ listenAddress: '127.0.0.1', maxSeconds: 7200 }) : undefined;
   let firstFrame: ReturnType<typeof summariseFirstFrame>;
   let firstFrameViews: Awaited<ReturnType<typeof runFirstFrame>>;
   try {
