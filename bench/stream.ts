@@ -1,8 +1,10 @@
 // The live view, measured against a real headless Chromium through a real mosquitto and the real
 // agent process (test preset, 1280x720@30, 2000 kbit/s):
 //  (a) time to first picture: the fleet publishes a signed stream.start -> the viewer decodes its
-//      first frame, over --runs (20) views one after another; split into publish -> answer,
-//      answer -> DTLS connected and connected -> first decoded frame.
+//      first frame, broken into its steps (bench/lib/first-frame.ts): --rounds (3) rounds, each with
+//      fresh agents for stream.firstFrame "gop-cache" and the old "keyframe-on-connect" side by
+//      side, views alternating: the first view after start-up (cold), --runs (20) views each on
+//      loopback, then --turn-runs (10) each through TURN only (coturn on loopback).
 //  (b) CPU per viewer, side by side with GStreamer's webrtcbin sending the same stream (same
 //      source, encoder settings and payloader, bench/lib/webrtcbin-sender.py) to the same
 //      Chromium: for 0, 1 and 2 viewers, --window-s (15) seconds each. The agent's cost is its
@@ -12,7 +14,8 @@
 //  (c) RSS added per viewer, the same way.
 // Writes bench/results/stream.json and a markdown table.
 //
-// Usage: node bench/stream.ts [--runs 20] [--window-s 15]
+// Usage: node bench/stream.ts [--runs 20] [--rounds 3] [--turn-runs 10] [--window-s 15] [--first-only]
+// (--first-only: (a) alone, writing bench/results/stream-first-frame.json)
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -26,8 +29,10 @@ import { makeCommand, makeIssuer, writeTrustStore } from '../test/helpers/comman
 import { freeLoopbackPort } from '../test/helpers/gpsfake.ts';
 import { FleetClient } from '../test/helpers/fleet-client.ts';
 import { startBroker } from '../test/helpers/mosquitto.ts';
-import { installCleanup, intFlag, machineFacts, machineLine, markdownTable, parseFlags, repoRoot, round, sleep, summarise, trackChild, writeResult, type Summary } from './lib/common.ts';
+import { installCleanup, intFlag, machineFacts, machineLine, markdownTable, parseFlags, repoRoot, round, sleep, trackChild, writeResult } from './lib/common.ts';
 import { cpuMs, threadCpuMs } from './lib/proc.ts';
+import { failedViews, firstFrameMarkdown, runFirstFrame, summariseFirstFrame } from './lib/first-frame.ts';
+import { startCoturn } from '../test/helpers/coturn.ts';
 
 const width = 1280;
 const height = 720;
@@ -122,10 +127,55 @@ async function main(): Promise<void> {
   installCleanup();
   const flags = parseFlags(process.argv.slice(2));
   const runs = intFlag(flags, 'runs', 20);
+  const rounds = intFlag(flags, 'rounds', 3);
+  const turnRuns = flags.get('turn-runs') === '0' ? 0 : intFlag(flags, 'turn-runs', 10);
+  const firstOnly = flags.has('first-only');
   const windowMs = intFlag(flags, 'window-s', 15) * 1000;
   const issuer = await makeIssuer({ iss: 'bench-fleet' });
-  const stateDir = await tempStateDir('bwc-bench-live-');
   const broker = await startBroker();
+
+  // (a) first picture, new and old side by side.
+  const ffViewers = await ChromiumViewers.launch();
+  const ffFleet = await FleetClient.connect(broker.url);
+  // coturn's own upper bound (600 s by default) is shorter than a loaded run: round 2's TURN views all failed when it expired.
+  const turn = turnRuns > 0 ? await startCoturn({ listenAddress: '127.0.0.1', maxSeconds: 7200 }) : undefined;
+  let firstFrame: ReturnType<typeof summariseFirstFrame>;
+  let firstFrameViews: Awaited<ReturnType<typeof runFirstFrame>>;
+  try {
+    firstFrameViews = await runFirstFrame({
+      brokerUrl: broker.url,
+      issuer,
+      viewers: ffViewers,
+      fleet: ffFleet,
+      capture: { width, height, framerate: fps, bitrateKbps },
+      rounds,
+      runs,
+      turnRuns,
+      turn,
+      log: (line) => process.stderr.write(`stream: ${line}\n`),
+      onRound: (views, done) => writeResult('stream-first-frame-partial', { roundsDone: done, views, failedViews }),
+    });
+    firstFrame = summariseFirstFrame(firstFrameViews, rounds);
+  } finally {
+    await ffFleet.close();
+    await ffViewers.close();
+    await turn?.stop();
+  }
+  const sqliteVersion = (new Database(':memory:').prepare('select sqlite_version() v').get() as { v: string }).v;
+  const firstMd = [
+    `### Live view first frame: ${width}x${height}@${fps}, ${bitrateKbps} kbit/s, headless Chromium`,
+    '',
+    firstFrameMarkdown(firstFrame, runs, turnRuns, rounds),
+    `Machine: ${machineLine(machineFacts(sqliteVersion))}. Two agents (one per mode) and Chromium share 2 cores with other work: expect noise.`,
+  ].join('\n');
+  if (firstOnly) {
+    writeResult('stream-first-frame', { machine: machineFacts(sqliteVersion), width, height, fps, bitrateKbps, runs, rounds, turnRuns, firstFrame, views: firstFrameViews, failedViews, markdown: firstMd });
+    process.stdout.write(`${firstMd}\n`);
+    await broker.dispose();
+    return;
+  }
+
+  const stateDir = await tempStateDir('bwc-bench-live-');
   const config = await writeAgentConfig(stateDir, {
     commands: { trustStore: writeTrustStore(stateDir, [issuer]), unsynchronisedClock: 'accept', maxConcurrentStreams: 2 },
     capture: { width, height, framerate: fps, bitrateKbps },
@@ -149,21 +199,15 @@ async function main(): Promise<void> {
     const workerPid = (ready.capture as { pid: number }).pid;
     await sleep(2000);
 
-    const open = async (): Promise<{ viewer: Viewer; sid: string; timings: { answerMs: number; connectMs: number; frameMs: number; totalMs: number } }> => {
+    const open = async (): Promise<{ viewer: Viewer; sid: string }> => {
       const viewer = await viewers.open();
       const offer = await viewer.createOffer();
       const command = makeCommand({ issuer, deviceId, action: 'stream.start', offer, overrides: { sub: 'bench', reason: 'officer-safety' } });
-      const publishedAt = Date.now();
       const reply = await fleet.request(deviceId, command.payload);
-      const answeredAt = Date.now();
       if (reply.ok !== true) throw new Error(`stream.start refused: ${JSON.stringify(reply)}`);
       await viewer.applyAnswer(reply.answer as string);
-      const { connectedAt, firstFrameAt } = await viewer.firstFrame(20_000);
-      return {
-        viewer,
-        sid: reply.sid as string,
-        timings: { answerMs: answeredAt - publishedAt, connectMs: connectedAt - answeredAt, frameMs: firstFrameAt - connectedAt, totalMs: firstFrameAt - publishedAt },
-      };
+      await viewer.firstFrame(20_000);
+      return { viewer, sid: reply.sid as string };
     };
     const close = async (v: { viewer: Viewer; sid: string }) => {
       const reply = await fleet.request(deviceId, makeCommand({ issuer, deviceId, action: 'stream.stop', overrides: { sid: v.sid, sub: 'bench' } }).payload);
@@ -171,15 +215,7 @@ async function main(): Promise<void> {
       await v.viewer.vanish();
     };
 
-    // (a) first picture.
-    process.stderr.write(`stream: ${runs} views, stream.start -> first decoded frame\n`);
-    const firsts: { answerMs: number; connectMs: number; frameMs: number; totalMs: number }[] = [];
-    for (let i = 0; i < runs + 1; i++) {
-      const v = await open();
-      if (i > 0) firsts.push(v.timings); // the first warms the JIT, DTLS and Chromium's decoder
-      await close(v);
-      await sleep(300);
-    }
+    await close(await open()); // warms the JIT, DTLS and Chromium's decoder
 
     // (b), (c): 0, 1, 2 viewers on the agent.
     process.stderr.write('stream: agent CPU and RSS with 0, 1, 2 viewers\n');
@@ -242,28 +278,11 @@ async function main(): Promise<void> {
       };
     };
     const rows = agentWindows.slice(1).map(perViewer);
-    const summary = (k: keyof (typeof firsts)[number]): Summary => {
-      const s = summarise(firsts.map((f) => f[k]));
-      return { ...s, p50: round(s.p50), p95: round(s.p95), min: round(s.min), max: round(s.max), mean: round(s.mean) };
-    };
-    const first = { totalMs: summary('totalMs'), answerMs: summary('answerMs'), connectMs: summary('connectMs'), frameMs: summary('frameMs') };
-    const sqlite = (new Database(':memory:').prepare('select sqlite_version() v').get() as { v: string }).v;
-    const machine = machineFacts(sqlite);
+    const machine = machineFacts(sqliteVersion);
     const md = [
       `### Live view: ${width}x${height}@${fps}, ${bitrateKbps} kbit/s, headless Chromium on loopback`,
       '',
-      `(a) Signed stream.start published -> first frame decoded in Chromium (${first.totalMs.n} views, one after another; the viewer's offer made beforehand):`,
-      '',
-      markdownTable(
-        ['step', 'p50 ms', 'p95 ms', 'min ms', 'max ms'],
-        [
-          ['publish -> answer in the fleet\'s hands (verify, audit, ICE gathering)', first.answerMs.p50, first.answerMs.p95, first.answerMs.min, first.answerMs.max],
-          ['answer -> DTLS connected in Chromium', first.connectMs.p50, first.connectMs.p95, first.connectMs.min, first.connectMs.max],
-          ['connected -> first frame decoded (keyframe on connect)', first.frameMs.p50, first.frameMs.p95, first.frameMs.min, first.frameMs.max],
-          ['**total: publish -> first decoded frame**', first.totalMs.p50, first.totalMs.p95, first.totalMs.min, first.totalMs.max],
-        ],
-      ),
-      '',
+      firstFrameMarkdown(firstFrame, runs, turnRuns, rounds),
       `(b, c) Cost per viewer, ${windowMs / 1000} s windows, (cost(N) - cost(0)) / N; % of one core. webrtcbin (bench/lib/webrtcbin-sender.py) sends the same source with the same encoder and payloader settings to the same Chromium (one payloader per viewer, which webrtcbin needs); its base is its own encoding alone.`,
       '',
       markdownTable(
@@ -275,7 +294,7 @@ async function main(): Promise<void> {
       '',
       `Machine: ${machineLine(machine)}. Chromium decodes on the same 2 cores: single runs, expect noise.`,
     ].join('\n');
-    writeResult('stream', { machine, width, height, fps, bitrateKbps, runs, windowS: windowMs / 1000, firstFrame: first, firstFrameRuns: firsts, agentWindows, agentAfterViewers: afterWindow, webrtcbinEncodeOnly: encodeWindow, webrtcbinWindows: gstWindows, perViewer: rows, markdown: md });
+    writeResult('stream', { machine, width, height, fps, bitrateKbps, runs, windowS: windowMs / 1000, firstFrame, firstFrameViews, failedViews, agentWindows, agentAfterViewers: afterWindow, webrtcbinEncodeOnly: encodeWindow, webrtcbinWindows: gstWindows, perViewer: rows, markdown: md });
     process.stdout.write(`${md}\n`);
   } finally {
     await fleet.close();

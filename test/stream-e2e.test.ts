@@ -92,6 +92,13 @@ t.test('live view through a real broker to a real Chromium', async (t) => {
 
   await t.test('a viewer decodes the configured picture and audio; stream.stop ends it', async (t) => {
     const { viewer, sid } = await watch();
+    // The default stream.firstFrame, "gop-cache": the agent breaks the first frame into its steps;
+    // the keyframe came from the cache, or (the encoder slower than ICE and DTLS) from the encoder.
+    await agent.waitForOutput(new RegExp(`"sid":"${sid}"[^\\n]*live view first keyframe sent`), 10_000);
+    const firstFrame = agent.output.split('\n').filter((l) => l.includes('live view first keyframe sent') && l.includes(sid)).map((l) => JSON.parse(l) as { firstFrame: string; source: string; steps: { verified: number; answered: number; dtlsConnected: number; keyframe: number } })[0]!;
+    t.equal(firstFrame.firstFrame, 'gop-cache', 'the GOP cache is the default');
+    t.match(firstFrame.source, /^(gop-cache|encoder)$/, `first keyframe from: ${firstFrame.source}`);
+    t.ok(firstFrame.steps.verified <= firstFrame.steps.answered && firstFrame.steps.answered <= firstFrame.steps.dtlsConnected && firstFrame.steps.dtlsConnected <= firstFrame.steps.keyframe, `steps in order: ${JSON.stringify(firstFrame.steps)}`);
     const answer = auditEntries();
     t.ok(answer.some((e) => e.type === 'command.decision' && e.operator === 'insp-0042'), 'the decision names the operator');
     const first = await viewer.waitForVideo((v) => v.framesDecoded > 20, 20_000, 'frames keep coming');

@@ -28,11 +28,12 @@ import { StreamManager } from '../src/stream/stream-manager.ts';
 import { newSessionId } from '../src/stream/session-id.ts';
 import { openDatabase } from '../src/store/database.ts';
 import { makeCommand, makeIssuer, sdpOffer, signToken, testPolicy, trustStoreJwks } from './helpers/command-tokens.ts';
-import { answerSdp, authorised, deviceId, FakeSession, logger, rig, rtp, until } from './helpers/stream-rig.ts';
+import { answerSdp, authorised, deviceId, FakeSession, h264Frame, logger, rig, rtp, until } from './helpers/stream-rig.ts';
 
 
 t.test('a session: valve, keyframes, wearer, state, audit; stream.stop ends it', async (t) => {
-  const r = rig();
+  // The valve and keyframe as they were before the GOP cache (stream.firstFrame keyframe-on-connect).
+  const r = rig({ firstFrame: 'keyframe-on-connect' });
   const start = await authorised('stream.start', { sub: 'sgt-7' });
   const reply = await r.manager.startStream(start);
   t.match(reply, { ok: true, sid: /^s-/, answer: 'v=0\r\n', endsBy: /Z$/ });
@@ -73,6 +74,70 @@ t.test('a session: valve, keyframes, wearer, state, audit; stream.stop ends it',
   t.same(r.state(), { sessions: 0, bitrateKbps: null, list: [] });
   t.match(r.events.map((e) => e.type), ['stream.started', 'stream.connected', 'stream.stopped']);
   t.match(await r.manager.stopStream(stop), { ok: false, code: 'unknown_session' }, 'the same sid again');
+  await r.manager.stop();
+});
+
+t.test('GOP cache: the encoder starts at stream.start, the viewer gets the cached keyframe at DTLS connect', async (t) => {
+  const r = rig();
+  const ssrc = 0x1234;
+  let seq = 0;
+  const send = (frames: Buffer[]) => {
+    for (const p of frames) r.manager.onVideo(p);
+    seq += frames.length;
+  };
+  const reply = await r.manager.startStream(await authorised('stream.start'));
+  t.match(reply, { ok: true });
+  t.same(r.live, [true], 'valve open from the accepted stream.start, while ICE and DTLS run');
+  t.same(r.bitrates, [800], 'the live encoder at its starting bitrate');
+  send(h264Frame({ ssrc, seq, ts: 0, keyframe: false }));
+  const keyframe = h264Frame({ ssrc, seq, ts: 3000, keyframe: true });
+  send(keyframe);
+  const after = h264Frame({ ssrc, seq, ts: 6000, keyframe: false });
+  send(after);
+  const session = r.sessions[0]!;
+  t.equal(session.video.length, 0, 'nothing sent before the viewer connects');
+  const keyframesAsked = r.keyframes;
+  session.setConnection('connected');
+  t.same(session.video, [...keyframe, ...after], 'on connect: the cached keyframe and what followed it, in order, the P-frame before it left out');
+  t.equal(r.keyframes, keyframesAsked, 'no keyframe asked of the encoder: the cached one was fresh');
+  const live = h264Frame({ ssrc, seq, ts: 9000, keyframe: false });
+  send(live);
+  t.same(session.video.slice(-live.length), live, 'then the live packets');
+
+  // A second viewer joins while the first watches: it starts from the cache too.
+  const second = await r.manager.startStream(await authorised('stream.start'));
+  t.match(second, { ok: true });
+  t.same(r.live, [true], 'the valve stays open');
+  r.sessions[1]!.setConnection('connected');
+  t.same(r.sessions[1]!.video, [...keyframe, ...after, ...live], 'the second viewer gets the same GOP');
+
+  // Both leave: the valve closes and the cache is emptied (the encoder's next frames need a new keyframe).
+  for (const s of r.sessions) s.setConnection('closed');
+  await until('valve closed', () => r.live.at(-1) === false);
+  t.same(r.live, [true, false]);
+  await r.manager.startStream(await authorised('stream.start'));
+  const third = r.sessions[2]!;
+  const asked = r.keyframes;
+  third.setConnection('connected');
+  t.same(third.video, [], 'no stale GOP after the valve closed');
+  t.equal(r.keyframes, asked + 1, 'so a keyframe is asked of the encoder, as before');
+  const fresh = h264Frame({ ssrc, seq, ts: 12000, keyframe: true });
+  send(fresh);
+  t.same(third.video, fresh);
+  await r.manager.stop();
+});
+
+t.test('GOP cache: a view that does not open never starts the live encoder', async (t) => {
+  const r = rig({}, { open: async () => Promise.reject(Object.assign(new Error('bad offer'), { code: 'unsupported_offer' })) });
+  t.match(await r.manager.startStream(await authorised('stream.start')), { ok: false, code: 'unsupported_offer' });
+  t.same(r.live, [], 'valve left closed');
+  t.equal(r.keyframes, 0, 'no keyframe asked for');
+  const ok = rig();
+  await ok.manager.startStream(await authorised('stream.start'));
+  ok.sessions[0]!.setConnection('closed');
+  await until('valve closed', () => ok.live.at(-1) === false);
+  t.same(ok.live, [true, false], 'an accepted view that ends before connecting closes the valve it opened');
+  await ok.manager.stop();
   await r.manager.stop();
 });
 

@@ -72,6 +72,10 @@ export const streamConfigSchema = z
         path: ['startKbps'],
       })
       .prefault({}),
+    firstFrame: z.enum(['gop-cache', 'keyframe-on-connect']).default('gop-cache').meta({
+      description:
+        'How a new viewer gets its first picture. "gop-cache": the live encoder starts (and is asked for a keyframe) when the stream.start is accepted, the agent keeps its latest keyframe and what follows, and sends that the moment the viewer\'s DTLS completes. "keyframe-on-connect" (the behaviour before issue 18, kept for comparison): the encoder starts and is asked for a keyframe only once the viewer has connected.',
+    }),
     covert: z.boolean().default(false).meta({
       description:
         'Covert live view: the wearer is NOT told (no haptic, tone or LED) when a live view starts or stops. Only where the force\'s policy allows it; every stream started under it says so in the audit.',

@@ -18,6 +18,7 @@ import type { Logger } from 'pino';
 import {
   MediaStreamTrack,
   RTCPeerConnection,
+  RTCDtlsTransport,
   RTCRtpCodecParameters,
   RtcpRrPacket,
   useH264,
@@ -36,6 +37,14 @@ import type { ResolvedIce } from './ice.ts';
 import { inspectOffer, type OfferSummary } from './offer.ts';
 import { guardDtlsTransports, type SessionGuard } from './werift-guard.ts';
 import { errorMessage } from '../errors.ts';
+
+/**
+ * Makes werift's DTLS certificate (one per process, made by the first peer connection that needs
+ * it) ahead of the first view. Failure is not fatal: the first view then makes it itself.
+ */
+export async function prepareDtlsCertificate(): Promise<void> {
+  await RTCDtlsTransport.SetupCertificate().catch(() => undefined);
+}
 
 /** The viewer's connection (ICE and DTLS) as the stream manager sees it. */
 export type ViewerConnectionState = 'connecting' | 'connected' | 'failed' | 'closed';
@@ -63,6 +72,16 @@ export interface TalkHooks {
   audio(sid: string, operator: string, packet: Buffer, payloadType: number): void;
   /** The first RTP packet the viewer sent without a talk grant (once per session). */
   refused(sid: string, operator: string, why: string): void;
+}
+
+/** Epoch ms of this session's first steps (0: not yet), for the first-frame breakdown (issue 18). */
+export interface SessionTimings {
+  /** The viewer's offer applied; gathering starts. */
+  gatherStartedAt: number;
+  /** Every candidate gathered: the answer is ready. */
+  gatheredAt: number;
+  /** ICE connectivity checks succeeded (DTLS starts). */
+  iceConnectedAt: number;
 }
 
 export interface SessionCounters {
@@ -107,6 +126,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   lastHeardAt = 0;
   connection: ViewerConnectionState = 'connecting';
   readonly counters: SessionCounters = { videoPackets: 0, audioPackets: 0, videoBytes: 0, talkPackets: 0, talkRefusedPackets: 0 };
+  readonly timings: SessionTimings = { gatherStartedAt: 0, gatheredAt: 0, iceConnectedAt: 0 };
   // The link since the last sample(): bytes sent, werift's delivered-rate estimates, a new loss report.
   #sampledAt = Date.now();
   #sampledBytes = 0;
@@ -218,6 +238,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     });
     this.#pc.iceConnectionStateChange.subscribe((state) => {
       this.#log.debug({ ice: state }, 'ICE state');
+      if ((state === 'connected' || state === 'completed') && this.timings.iceConnectedAt === 0) this.timings.iceConnectedAt = Date.now();
       if (state === 'failed' || state === 'disconnected') this.#setConnection('failed');
       // ICE back within the grace: werift's connection state never left "connected", so no event
       // of its own says so.
@@ -363,9 +384,11 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     // own ICE check succeeds. As client, werift's ClientHello arrives before that and the browser
     // sits on it: measured here, connected 110 ms after ICE as client, 55 ms as server.
     const answer = await this.#pc.createAnswer();
+    this.timings.gatherStartedAt = Date.now();
     await this.#pc.setLocalDescription({ type: 'answer', sdp: answer.sdp.replace(/^a=setup:active\r?$/gm, (line) => line.replace('active', 'passive')) });
     // The command carries one SDP each way (no trickle over MQTT): wait for every candidate.
     await this.#gathered();
+    this.timings.gatheredAt = Date.now();
     const sdp = this.#pc.localDescription?.sdp;
     if (!sdp) throw new Error('werift made no local description');
     return sdp;

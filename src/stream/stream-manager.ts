@@ -16,8 +16,9 @@ import type { StreamConfig } from './config.ts';
 import { resolveIce, type ResolvedIce } from './ice.ts';
 import { auditRefusedAnswer, IceRestart, type RestartableSession, type RestartCause } from './ice-restart.ts';
 import type { IceAnswer, IceAnswerOutcome, IceAnswerRefusal } from './ice-signalling.ts';
-import type { ViewerConnectionState, StreamSessionOptions } from './session.ts';
+import type { ViewerConnectionState, StreamSessionOptions, SessionTimings } from './session.ts';
 import type { Talkback } from './talkback.ts';
+import { GopCache, isKeyframeStart } from './gop-cache.ts';
 import { newSessionId } from './session-id.ts';
 import { errorMessage } from '../errors.ts';
 
@@ -66,8 +67,46 @@ export interface LiveSession extends RestartableSession {
   sample(now: number): PathSample;
   readonly rttMs: number | undefined;
   readonly iceRestarts: number;
+  /** When its first steps happened (StreamSession has them; a test double may not). */
+  readonly timings?: SessionTimings;
   close(): Promise<void>;
 }
+
+/**
+ * The first-frame breakdown of one session (issue 18), epoch ms, 0 until reached; logged once as
+ * "live view first keyframe sent" with each step's offset from the command's arrival.
+ */
+interface FirstFrameSteps {
+  /** The command reached the agent (before verification). */
+  receivedAt: number;
+  /** Verified and queued: the stream.start action began. */
+  startedAt: number;
+  /** Answer made (gathering done). */
+  answeredAt: number;
+  /** stream.start audit entry committed; the reply goes out next. */
+  auditedAt: number;
+  /** The viewer's DTLS handshake completed. */
+  dtlsConnectedAt: number;
+  /** First RTP packet handed to werift for this viewer. */
+  firstPacketAt: number;
+  /** First keyframe packet handed to werift for this viewer. */
+  keyframeAt: number;
+  /** Where that keyframe came from. */
+  keyframeSource: 'gop-cache' | 'encoder' | undefined;
+  /** Age of the cached GOP when it was sent. */
+  gopAgeMs: number | undefined;
+}
+
+// The most a cached GOP may hold: a 1 s GOP at the 2000 kbit/s ceiling is ~250 KB; past this the
+// cache waits for the next keyframe rather than keep an ever longer run of P-frames.
+const gopCacheMaxBytes = 512 * 1024;
+// A cached GOP older than this is not sent: the viewer would start that far behind and catch up
+// in a burst; it gets a keyframe asked of the encoder instead (the old way). Above the default
+// 1 s keyframe interval (capture.keyframeIntervalS) with room for a loaded encoder's late frames.
+const gopFlushMaxAgeMs = 1500;
+// A cached GOP older than this is sent, and a fresh keyframe asked for as well, so the viewer is
+// at the live edge within one keyframe rather than one GOP.
+const gopFreshMs = 300;
 
 export type OpenSession = (o: StreamSessionOptions) => Promise<{ session: LiveSession; answer: string }>;
 
@@ -134,6 +173,7 @@ interface Running {
   bitrate: PathBitrate;
   /** Mends the session's path (ice-restart.ts). */
   iceRestart: IceRestart;
+  steps: FirstFrameSteps;
 }
 
 export class StreamManager implements Extension {
@@ -152,6 +192,12 @@ export class StreamManager implements Extension {
   #audioSsrc = -1;
   #stopped = false;
   readonly #bitrate: LiveBitrateLoop;
+  /** stream.firstFrame "gop-cache": the latest GOP, kept while the valve is open. */
+  readonly #gop: GopCache | undefined;
+  /** Whether the capture's live valve is open (viewers connected, or, with the GOP cache, views opening). */
+  #live = false;
+  /** Connected sessions still waiting for their first keyframe from the encoder. */
+  #awaitingKeyframe: Running[] = [];
 
   constructor(options: StreamManagerOptions) {
     this.#o = options;
@@ -159,6 +205,7 @@ export class StreamManager implements Extension {
     this.#open = options.openSession ?? openStreamSession;
     this.#resolveIce = options.resolveIce ?? resolveIce;
     this.#bitrate = new LiveBitrateLoop(options.config.bitrate, options.capture, this.#log);
+    this.#gop = options.config.firstFrame === 'gop-cache' ? new GopCache(gopCacheMaxBytes) : undefined;
   }
 
   /** The device's addresses changed: every connected session restarts ICE on the new ones. */
@@ -180,7 +227,13 @@ export class StreamManager implements Extension {
     this.#checkTimer = setInterval(() => this.#check(), this.#o.checkIntervalMs ?? 500);
     this.#checkTimer.unref();
     this.#publish();
-    if (!this.#o.openSession) setTimeout(() => void loadSessionModule(), 1000).unref();
+    // werift, and its DTLS certificate (made once per process, ~10-30 ms of crypto the first view
+    // would otherwise wait for), ready before the first stream.start.
+    // 1 s after start (before issue 18) kept the load off the way to the first `online`, but a
+    // stream.start soon after start-up then waited for it; with the GOP cache it starts at 200 ms,
+    // after the link is under way (its connect is mostly waiting on the network).
+    const preloadMs = this.#gop ? 200 : 1000;
+    if (!this.#o.openSession) setTimeout(() => void loadSessionModule().then((m) => m.prepareDtlsCertificate()), preloadMs).unref();
   }
 
   async stop(): Promise<void> {
@@ -195,7 +248,60 @@ export class StreamManager implements Extension {
     const r = this.#receivers;
     const ssrc = packet.readUInt32BE(8);
     if (ssrc !== this.#videoSsrc) this.#videoSsrc = this.#sourceChanged('video', this.#videoSsrc, ssrc);
+    const keyframe = (this.#gop !== undefined || this.#awaitingKeyframe.length > 0) && isKeyframeStart(packet);
+    this.#gop?.push(packet, keyframe, Date.now());
     for (let i = 0; i < r.length; i++) r[i]!.sendVideo(packet);
+    if (this.#awaitingKeyframe.length > 0) this.#noteSent(keyframe);
+  }
+
+  /** First-frame breakdown of the viewers waiting for a keyframe from the encoder. */
+  #noteSent(keyframe: boolean): void {
+    const now = Date.now();
+    const waiting: Running[] = [];
+    for (const r of this.#awaitingKeyframe) {
+      if (!this.#sessions.has(r.session.sid)) continue;
+      if (r.session.connection !== 'connected') {
+        waiting.push(r);
+        continue;
+      }
+      if (r.steps.firstPacketAt === 0) r.steps.firstPacketAt = now;
+      if (!keyframe) {
+        waiting.push(r);
+        continue;
+      }
+      r.steps.keyframeAt = now;
+      r.steps.keyframeSource = 'encoder';
+      this.#logFirstFrame(r);
+    }
+    this.#awaitingKeyframe = waiting;
+  }
+
+  #logFirstFrame(r: Running): void {
+    const s = r.steps;
+    const t = r.session.timings;
+    const at = (ms: number) => (ms > 0 ? ms - s.receivedAt : null);
+    this.#log.info(
+      {
+        sid: r.session.sid,
+        firstFrame: this.#o.config.firstFrame,
+        source: s.keyframeSource,
+        gopAgeMs: s.gopAgeMs ?? null,
+        receivedAt: s.receivedAt,
+        // ms after the command reached the agent
+        steps: {
+          verified: at(s.startedAt),
+          gatherStarted: at(t?.gatherStartedAt ?? 0),
+          gathered: at(t?.gatheredAt ?? 0),
+          answered: at(s.answeredAt),
+          audited: at(s.auditedAt),
+          iceConnected: at(t?.iceConnectedAt ?? 0),
+          dtlsConnected: at(s.dtlsConnectedAt),
+          firstPacket: at(s.firstPacketAt),
+          keyframe: at(s.keyframeAt),
+        },
+      },
+      'live view first keyframe sent',
+    );
   }
 
   onAudio(packet: Buffer): void {
@@ -209,6 +315,7 @@ export class StreamManager implements Extension {
   #sourceChanged(kind: 'video' | 'audio', was: number, now: number): number {
     if (was !== -1) {
       this.#log.info({ kind, ssrc: now }, 'capture RTP source changed (worker restarted): rebasing the live streams');
+      if (kind === 'video') this.#gop?.clear();
       for (const r of this.#sessions.values()) r.session.sourceChanged(kind);
     }
     return now;
@@ -235,6 +342,7 @@ export class StreamManager implements Extension {
       return { ok: false, code: 'capture_unavailable', message: 'the camera is not capturing (see state.capture); try again when it runs' };
     }
     const sid = newSessionId();
+    const startedAt = Date.now();
     const policy = this.#o.beforeStart?.(sid, command);
     if (policy && !policy.ok) return policy;
     let ice: ResolvedIce;
@@ -249,10 +357,11 @@ export class StreamManager implements Extension {
       const errCode = (err as { code?: unknown }).code;
       const code = isOpenRefusalCode(errCode) ? errCode : 'internal_error';
       this.#log.warn({ sid, code, reason: errorMessage(err) }, 'live view not opened');
-      return { ok: false, code, message: errorMessage(err) };
-    } finally {
       this.#opening -= 1;
+      return { ok: false, code, message: errorMessage(err) };
     }
+    this.#opening -= 1;
+    const answeredAt = Date.now();
     const { session, answer } = opened;
     if (this.#stopped) {
       // The agent began stopping while this view was gathering: no view outlives it.
@@ -303,9 +412,24 @@ export class StreamManager implements Extension {
         { config: this.#o.config, resolveIce: this.#resolveIce, audit: this.#o.audit, sendEvent: this.#o.sendEvent, publishRestartOffer: this.#o.publishRestartOffer, logger: this.#o.logger },
         this.#log,
       ),
+      steps: {
+        receivedAt: command.receivedAt,
+        startedAt,
+        answeredAt,
+        auditedAt: Date.now(),
+        dtlsConnectedAt: 0,
+        firstPacketAt: 0,
+        keyframeAt: 0,
+        keyframeSource: undefined,
+        gopAgeMs: undefined,
+      },
     };
     this.#sessions.set(sid, running);
     if (session.talk) this.#o.talkback?.warm();
+    // GOP cache: the live encoder starts now (or, already running, is asked for a keyframe), so a
+    // picture is cached while the reply travels and ICE and DTLS run. Not earlier: on a busy board
+    // the encoder would take CPU from verification and gathering, and a refused view never needs it.
+    if (this.#gop && !this.#updateLive()) this.#o.capture.requestKeyframe();
     session.on('connection', (s) => this.#onConnection(sid, s));
     session.on('pictureLoss', () => this.#o.capture.requestKeyframe());
     this.#log.info({ sid, operator: command.operator, reason: command.reason, maxDurationS: command.maxDurationS, covert, audio: session.audio }, 'live view accepted');
@@ -326,19 +450,22 @@ export class StreamManager implements Extension {
     const r = this.#sessions.get(sid);
     if (!r) return;
     if (state === 'connected') {
-      if (r.connectedAt === undefined) {
-        r.connectedAt = Date.now();
-        this.#log.info({ sid, afterMs: r.connectedAt - r.startedAt }, 'viewer connected');
-        this.#o.sendEvent({ type: 'stream.connected', time: new Date(r.connectedAt).toISOString(), sid });
+      const first = r.connectedAt === undefined;
+      if (first) r.connectedAt = r.steps.dtlsConnectedAt = Date.now();
+      // With the GOP cache the picture goes first: the event below is a durable outbox write and
+      // the wearer's notice a serial or GPIO write, measured at 50-700 ms on a loaded machine
+      // between DTLS connected and the first packet when they came first (keyframe-on-connect
+      // keeps that order, as before).
+      if (this.#gop) this.#startMedia(r, first);
+      if (first) {
+        this.#log.info({ sid, afterMs: r.connectedAt! - r.startedAt }, 'viewer connected');
+        this.#o.sendEvent({ type: 'stream.connected', time: new Date(r.connectedAt!).toISOString(), sid });
         if (!this.#o.config.covert && !r.notified) {
           r.notified = true;
           this.#o.wearer.streamStarted();
         }
       }
-      r.session.sample(Date.now());
-      this.#refreshReceivers();
-      // A viewer joining mid-stream sees a picture now, not at the next GOP.
-      this.#o.capture.requestKeyframe();
+      if (!this.#gop) this.#startMedia(r, first);
     } else if (state === 'closed') {
       void this.#end(sid, 'viewer_closed');
     } else {
@@ -346,6 +473,30 @@ export class StreamManager implements Extension {
     }
     this.#publish();
   }
+
+  /** A viewer (re)connected: media to it from now on, starting with a decodable picture. */
+  #startMedia(r: Running, first: boolean): void {
+    r.session.sample(Date.now());
+    // A viewer starts with the cached GOP if there is a recent one, sent before any live packet
+    // (same tick); werift renumbers sequence and timestamps per viewer, continuing from it.
+    const cached = first && this.#gop ? this.#gop.snapshot(Date.now()) : undefined;
+    if (cached) r.steps.gopAgeMs = cached.ageMs;
+    if (cached && cached.ageMs <= gopFlushMaxAgeMs) {
+      // Stamped before the burst: its first packets are the keyframe's.
+      r.steps.firstPacketAt = r.steps.keyframeAt = Date.now();
+      for (const packet of cached.packets) r.session.sendVideo(packet);
+      r.steps.keyframeSource = 'gop-cache';
+      this.#refreshReceivers();
+      if (cached.ageMs > gopFreshMs) this.#o.capture.requestKeyframe();
+      this.#logFirstFrame(r);
+    } else {
+      if (first) this.#awaitingKeyframe.push(r);
+      this.#refreshReceivers();
+      // A viewer joining mid-stream sees a picture now, not at the next GOP.
+      this.#o.capture.requestKeyframe();
+    }
+  }
+
 
   #check(): void {
     const now = Date.now();
@@ -425,10 +576,28 @@ export class StreamManager implements Extension {
     const was = this.#receivers.length > 0;
     this.#receivers = next;
     if (was !== next.length > 0) {
-      if (next.length > 0) this.#bitrate.firstViewer();
-      this.#o.capture.setLive(next.length > 0);
       if (!this.#o.config.covert) this.#o.wearer.streaming(next.length > 0);
     }
+    this.#updateLive();
+  }
+
+  /**
+   * Opens the capture's live valve while a viewer is connected or, with the GOP cache, while an
+   * accepted view waits for the viewer's ICE and DTLS; closes it otherwise. Returns
+   * true when this call opened it (the capture then asks for a keyframe itself).
+   */
+  #updateLive(): boolean {
+    let wanted = this.#receivers.length > 0;
+    if (!wanted && this.#gop) {
+      for (const r of this.#sessions.values()) if (r.connectedAt === undefined) wanted = true;
+    }
+    if (wanted === this.#live) return false;
+    this.#live = wanted;
+    // The live encoder idled while the valve was closed, so a view starts at the starting rate.
+    if (wanted) this.#bitrate.firstViewer();
+    else this.#gop?.clear();
+    this.#o.capture.setLive(wanted);
+    return wanted;
   }
 
   #publish(): void {

@@ -35,6 +35,8 @@ export interface OfferOptions {
    * the microphone goes on the sender only with pressToTalk (RTCRtpSender.replaceTrack).
    */
   talk?: boolean;
+  /** "relay": only TURN-relayed candidates (default "all"). */
+  iceTransportPolicy?: 'all' | 'relay';
 }
 
 export interface SelectedPath {
@@ -91,16 +93,19 @@ export class Viewer {
 
   /** A recvonly offer with every candidate gathered (no trickle: the command carries one SDP). */
   async createOffer(options: OfferOptions = {}): Promise<string> {
-    const { video = true, audio = false, iceServers = [], talk = false } = options;
+    const { video = true, audio = false, iceServers = [], talk = false, iceTransportPolicy = 'all' } = options;
     return this.page.evaluate(
-      async ({ video, audio, iceServers, talk }) => {
-        const pc = new RTCPeerConnection({ iceServers });
+      async ({ video, audio, iceServers, talk, iceTransportPolicy }) => {
+        const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy });
         (globalThis as unknown as { pc: RTCPeerConnection }).pc = pc;
         // Epoch ms of the milestones, for the first-frame benchmark.
         const marks: Record<string, number> = {};
         (globalThis as unknown as { marks: Record<string, number> }).marks = marks;
         pc.addEventListener('connectionstatechange', () => {
           if (pc.connectionState === 'connected') marks.connected ??= Date.now();
+        });
+        pc.addEventListener('iceconnectionstatechange', () => {
+          if (pc.iceConnectionState === 'connected' || pc.iceConnectionState === 'completed') marks.iceConnected ??= Date.now();
         });
         if (video) pc.addTransceiver('video', { direction: 'recvonly' });
         if (talk) (globalThis as unknown as { talk: RTCRtpTransceiver }).talk = pc.addTransceiver('audio', { direction: 'sendrecv' });
@@ -111,6 +116,8 @@ export class Viewer {
           el.muted = true;
           el.srcObject = new MediaStream([e.track]);
           document.body.appendChild(el);
+          // When the first frame is handed to the compositor (the first-frame benchmark's last step).
+          if (el instanceof HTMLVideoElement) el.requestVideoFrameCallback(() => (marks.presented ??= Date.now()));
         };
         await pc.setLocalDescription(await pc.createOffer());
         await new Promise<void>((resolve) => {
@@ -120,7 +127,7 @@ export class Viewer {
         });
         return pc.localDescription!.sdp;
       },
-      { video, audio, iceServers, talk },
+      { video, audio, iceServers, talk, iceTransportPolicy },
     );
   }
 
@@ -173,7 +180,7 @@ export class Viewer {
    * Polls getStats in the page every 5 ms until the first frame is decoded; returns the epoch ms
    * (this machine's clock, shared with the test) of DTLS connected and of that first frame.
    */
-  async firstFrame(timeoutMs: number): Promise<{ connectedAt: number; firstFrameAt: number }> {
+  async firstFrame(timeoutMs: number): Promise<{ connectedAt: number; firstFrameAt: number; iceConnectedAt: number }> {
     return this.page.evaluate(async (timeoutMs) => {
       const g = globalThis as unknown as { pc: RTCPeerConnection; marks: Record<string, number> };
       const deadline = Date.now() + timeoutMs;
@@ -182,11 +189,16 @@ export class Viewer {
         (await g.pc.getStats()).forEach((s: Record<string, unknown>) => {
           if (s.type === 'inbound-rtp' && s.kind === 'video' && typeof s.framesDecoded === 'number') decoded = s.framesDecoded;
         });
-        if (decoded > 0) return { connectedAt: g.marks.connected ?? NaN, firstFrameAt: Date.now() };
+        if (decoded > 0) return { connectedAt: g.marks.connected ?? NaN, firstFrameAt: Date.now(), iceConnectedAt: g.marks.iceConnected ?? NaN };
         if (Date.now() > deadline) throw new Error(`no decoded frame within ${timeoutMs} ms`);
         await new Promise((r) => setTimeout(r, 5));
       }
     }, timeoutMs);
+  }
+
+  /** Epoch ms of the page's milestones so far (connected, iceConnected, presented). */
+  async marks(): Promise<Record<string, number>> {
+    return this.page.evaluate(() => ({ ...(globalThis as unknown as { marks: Record<string, number> }).marks }));
   }
 
   async state(): Promise<ViewerState> {

@@ -187,3 +187,31 @@ export const until = async (what: string, predicate: () => boolean, timeoutMs = 
 /** A viewer's SDP answer naming the DTLS certificate `fingerprint` (sha-256). */
 export const answerSdp = (fingerprint: string) =>
   ['v=0', 'o=- 1 2 IN IP4 127.0.0.1', 's=-', 't=0 0', `a=fingerprint:sha-256 ${fingerprint}`, 'm=video 9 UDP/TLS/RTP/SAVPF 96', 'c=IN IP4 0.0.0.0', 'a=mid:0', 'a=recvonly', 'a=rtpmap:96 H264/90000', ''].join('\r\n');
+
+/** An H.264 RTP packet (RFC 6184) whose payload is `nal` as given: single NAL, STAP-A or FU-A bytes. */
+export function h264Rtp(o: { ssrc?: number; seq: number; ts: number; marker?: boolean; nal: number[]; size?: number }): Buffer {
+  const payload = Buffer.alloc(Math.max(o.nal.length, o.size ?? 0));
+  Buffer.from(o.nal).copy(payload);
+  const b = Buffer.alloc(12 + payload.length);
+  b[0] = 0x80;
+  b[1] = (o.marker ? 0x80 : 0) | 96;
+  b.writeUInt16BE(o.seq & 0xffff, 2);
+  b.writeUInt32BE(o.ts >>> 0, 4);
+  b.writeUInt32BE(o.ssrc ?? 1, 8);
+  payload.copy(b, 12);
+  return b;
+}
+
+/** One frame as x264 + rtph264pay send it: a keyframe is SPS+PPS in a STAP-A, then the IDR in FU-A fragments. */
+export function h264Frame(o: { ssrc?: number; seq: number; ts: number; keyframe: boolean; fragments?: number }): Buffer[] {
+  const n = o.fragments ?? 2;
+  const out: Buffer[] = [];
+  let seq = o.seq;
+  if (o.keyframe) out.push(h264Rtp({ ssrc: o.ssrc, seq: seq++, ts: o.ts, nal: [24, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce] }));
+  const type = o.keyframe ? 5 : 1;
+  for (let i = 0; i < n; i++) {
+    const fuHeader = (i === 0 ? 0x80 : 0) | (i === n - 1 ? 0x40 : 0) | type;
+    out.push(h264Rtp({ ssrc: o.ssrc, seq: seq++, ts: o.ts, marker: i === n - 1, nal: [0x60 | 28, fuHeader], size: 1000 }));
+  }
+  return out;
+}
