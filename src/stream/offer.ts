@@ -10,6 +10,15 @@ export interface OfferSummary {
   fingerprint: string;
   /** Whether the viewer also asks for (receive-only) Opus audio. */
   audio: boolean;
+  /** The viewer's video RED and ULPFEC payload types, when it offers both (session.ts, ulpfec.ts). */
+  redUlpfec: RedFecOffer | undefined;
+}
+
+export interface RedFecOffer {
+  red: number;
+  ulpfec: number;
+  /** Its RTX for RED (apt=red), if offered. */
+  rtx: number | undefined;
 }
 
 export class OfferError extends Error {
@@ -62,7 +71,12 @@ export function inspectOffer(sdp: string): OfferSummary {
     }
   }
   const audio = parsed.media.some((m) => m.kind === 'audio' && m.port !== 0 && m.direction === 'recvonly' && m.rtp.codecs.some((c) => c.mimeType.toLowerCase() === 'audio/opus'));
-  return { fingerprint, audio };
+  const named = (mime: string) => v.rtp.codecs.find((c) => c.mimeType.toLowerCase() === mime && c.clockRate === 90_000);
+  const red = named('video/red');
+  const ulpfec = named('video/ulpfec');
+  const rtxForRed = red && v.rtp.codecs.find((c) => c.mimeType.toLowerCase() === 'video/rtx' && fmtp(c.parameters).get('apt') === String(red.payloadType));
+  const redUlpfec = red && ulpfec ? { red: red.payloadType, ulpfec: ulpfec.payloadType, rtx: rtxForRed?.payloadType } : undefined;
+  return { fingerprint, audio, redUlpfec };
 }
 
 /**
