@@ -24,7 +24,8 @@ const benches: Bench[] = [
   { name: 'encryption', file: 'bench/encryption.ts', flags: ['window-s', 'rounds'] },
   { name: 'stream', file: 'bench/stream.ts', flags: ['runs', 'window-s'] },
   { name: 'live-encoder', file: 'bench/live-encoder.ts', flags: ['window-s'] },
-  { name: 'bad-link', file: 'bench/bad-link.ts', flags: ['moves', 'window-s'] },
+  { name: 'bad-link', file: 'bench/bad-link.ts', flags: ['moves', 'window-s', 'variants'] },
+  { name: 'glass-to-glass', file: 'bench/glass-to-glass.ts', flags: ['window-s', 'rounds'] },
   { name: 'offload', file: 'bench/offload.ts', flags: ['window-s'] },
   { name: 'update', file: 'bench/update.ts', flags: ['runs'] },
 ];

@@ -95,12 +95,30 @@ export function h264Level(s: Pick<CaptureConfig, 'width' | 'height' | 'framerate
   return '4.2'; // 1920x1080@60, the Pi encoder's ceiling
 }
 
+/**
+ * Glass-to-glass measurement (bench/glass-to-glass.ts), test preset only, when the worker's
+ * environment has BWC_TEST_CLOCK_MARK=1: the capture time (epoch ms modulo 2^24) drawn into each
+ * frame as 24 black and white squares at the bottom left, which the viewer's page reads back. The
+ * worker keeps the element's pattern-data at the time now (worker.ts); gstreamer-superficial sets
+ * numbers as single-precision floats, exact to 2^24, hence the 24 bits.
+ */
+export const clockMark = { element: 'clockmark', bits: 24, squarePx: 12 } as const;
+
+function clockMarkElement(): string {
+  const size = `pattern-width=${clockMark.squarePx} pattern-height=${clockMark.squarePx}`;
+  return `simplevideomark name=${clockMark.element} ${size} pattern-count=0 pattern-data-count=${clockMark.bits}`;
+}
+
 /** Source up to raw frames; undefined for a camera that delivers H.264 itself. */
 function rawSource(s: CaptureConfig): string | undefined {
   const raw = `width=${s.width},height=${s.height},framerate=${s.framerate}/1`;
   switch (s.preset) {
     case 'test':
-      return [`videotestsrc is-live=true pattern=${s.testPattern}`, `video/x-raw,format=I420,${raw}`].join(' ! ');
+      return [
+        `videotestsrc is-live=true pattern=${s.testPattern}`,
+        `video/x-raw,format=I420,${raw}`,
+        ...(process.env.BWC_TEST_CLOCK_MARK === '1' ? [clockMarkElement()] : []),
+      ].join(' ! ');
     case 'rpi':
       return ['libcamerasrc', `video/x-raw,format=NV12,${raw}`].join(' ! ');
     case 'v4l2':
