@@ -167,7 +167,14 @@ function audioBranch(s: CaptureSettings): string[] {
   ];
 }
 
-const rtpPayloader = 'rtph264pay config-interval=-1 mtu=1200 pt=96 aggregate-mode=zero-latency';
+// SPS and PPS come from h264parse (config-interval=-1, once per access unit, before an IDR), never
+// from the payloader: rtph264pay's config-interval=-1 puts them before every IDR *slice*, and x264
+// with tune=zerolatency cuts each frame into slices (sliced threads), so a keyframe went out as
+// "SPS PPS slice1 SPS PPS slice2". A parameter set after a slice starts a new access unit (H.264
+// 7.4.1.2.3): Chromium decoded half a keyframe, dropped a frame and sent a PLI, and our answer
+// (another keyframe) did the same again: ~225 PLIs a minute at 0 % loss on a busy picture
+// (bench/bad-link.ts; the packets seen with a UDP dump of this pipeline).
+const rtpPayloader = 'rtph264pay config-interval=0 mtu=1200 pt=96 aggregate-mode=zero-latency';
 
 export function buildPipeline(s: CaptureSettings): BuiltPipeline {
   const segmentNs = Math.round(s.segmentSeconds * 1e9);
@@ -188,6 +195,7 @@ export function buildPipeline(s: CaptureSettings): BuiltPipeline {
           'vt. ! queue leaky=downstream max-size-buffers=2 max-size-bytes=0 max-size-time=0',
           liveValve,
           encoder(s, elements.liveEncoder, elements.liveKeyframe, s.liveBitrateKbps),
+          'h264parse config-interval=-1',
           rtpPayloader,
           rtpSink,
         ].join(' ! '),

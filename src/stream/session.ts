@@ -202,7 +202,10 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
       if (packet instanceof RtcpRrPacket) {
         const report = packet.reports.find((r) => r.ssrc === this.#video.ssrc);
         if (report) {
-          this.#report = { lost: report.packetsLost, highest: report.highestSequence };
+          // The cumulative count is signed 24-bit (RFC 3550 §6.4.1): duplicates (a retransmission
+          // of a packet that came after all) make it negative, which werift reads as ~16.7 million.
+          const lost = report.packetsLost > 0x7f_ffff ? report.packetsLost - 0x100_0000 : report.packetsLost;
+          this.#report = { lost, highest: report.highestSequence };
           this.#followLoss(this.#report);
         }
       }
