@@ -108,12 +108,30 @@ export function h264Level(s: Pick<CaptureConfig, 'width' | 'height' | 'framerate
   return '4.2'; // 1920x1080@60, the Pi encoder's ceiling
 }
 
+/**
+ * Glass-to-glass measurement (bench/glass-to-glass.ts), test preset only, when the worker's
+ * environment has BWC_TEST_CLOCK_MARK=1: the capture time (epoch ms modulo 2^24) drawn into each
+ * frame as 24 black and white squares at the bottom left, which the viewer's page reads back. The
+ * worker keeps the element's pattern-data at the time now (worker.ts); gstreamer-superficial sets
+ * numbers as single-precision floats, exact to 2^24, hence the 24 bits.
+ */
+export const clockMark = { element: 'clockmark', bits: 24, squarePx: 12 } as const;
+
+function clockMarkElement(): string {
+  const size = `pattern-width=${clockMark.squarePx} pattern-height=${clockMark.squarePx}`;
+  return `simplevideomark name=${clockMark.element} ${size} pattern-count=0 pattern-data-count=${clockMark.bits}`;
+}
+
 /** Source up to raw frames; undefined for a camera that delivers H.264 itself. */
 function rawSource(s: CaptureConfig): string | undefined {
   const raw = `width=${s.width},height=${s.height},framerate=${s.framerate}/1`;
   switch (s.preset) {
     case 'test':
-      return [`videotestsrc is-live=true pattern=${s.testPattern}`, `video/x-raw,format=I420,${raw}`].join(' ! ');
+      return [
+        `videotestsrc is-live=true pattern=${s.testPattern}`,
+        `video/x-raw,format=I420,${raw}`,
+        ...(process.env.BWC_TEST_CLOCK_MARK === '1' ? [clockMarkElement()] : []),
+      ].join(' ! ');
     case 'rpi':
     case 'rpi5':
       return ['libcamerasrc', `video/x-raw,format=NV12,${raw}`].join(' ! ');
@@ -165,7 +183,14 @@ function audioBranch(s: CaptureSettings): string[] {
   ];
 }
 
-const rtpPayloader = 'rtph264pay config-interval=-1 mtu=1200 pt=96 aggregate-mode=zero-latency';
+// SPS and PPS come from h264parse (config-interval=-1, once per access unit, before an IDR), never
+// from the payloader: rtph264pay's config-interval=-1 puts them before every IDR *slice*, and x264
+// with tune=zerolatency cuts each frame into slices (sliced threads), so a keyframe went out as
+// "SPS PPS slice1 SPS PPS slice2". A parameter set after a slice starts a new access unit (H.264
+// 7.4.1.2.3): Chromium decoded half a keyframe, dropped a frame and sent a PLI, and our answer
+// (another keyframe) did the same again: ~225 PLIs a minute at 0 % loss on a busy picture
+// (bench/bad-link.ts; the packets seen with a UDP dump of this pipeline).
+const rtpPayloader = 'rtph264pay config-interval=0 mtu=1200 pt=96 aggregate-mode=zero-latency';
 
 export function buildPipeline(s: CaptureSettings): BuiltPipeline {
   const segmentNs = Math.round(s.segmentSeconds * 1e9);
@@ -186,6 +211,7 @@ export function buildPipeline(s: CaptureSettings): BuiltPipeline {
           'vt. ! queue leaky=downstream max-size-buffers=2 max-size-bytes=0 max-size-time=0',
           liveValve,
           encoder(s, elements.liveEncoder, elements.liveKeyframe, s.liveBitrateKbps),
+          'h264parse config-interval=-1',
           rtpPayloader,
           rtpSink,
         ].join(' ! '),

@@ -4,7 +4,7 @@
 // The supervisor (supervisor.ts) starts it with an IPC channel and drives it with protocol.ts messages.
 import { statSync, unlinkSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { buildPipeline, liveBitrateChange, type CaptureSettings, type PipelineElements } from './presets.ts';
+import { buildPipeline, clockMark, liveBitrateChange, type CaptureSettings, type PipelineElements } from './presets.ts';
 import { isParentMessage, type ParentMessage, type WorkerMessage } from './protocol.ts';
 import { V4L2_CID_MPEG_VIDEO_BITRATE, V4l2Control } from './v4l2-control.ts';
 import { errorMessage } from '../errors.ts';
@@ -171,6 +171,9 @@ function start(message: Extract<ParentMessage, { type: 'start' }>): void {
   if (liveValve) liveValve.drop = !message.live;
   if (liveAudioValve) liveAudioValve.drop = !message.live;
   pipeline.pollBus(onBus);
+  // The glass-to-glass mark (presets.ts clockMark): the time now, kept to within a few ms.
+  const mark = pipeline.findChild(clockMark.element);
+  if (mark) setInterval(() => (mark['pattern-data'] = Date.now() % 2 ** clockMark.bits), 2).unref();
   pipeline.play();
   startMeter(pipeline.findChild(names.meter));
   setTimeout(() => notStarted(message.startTimeoutMs), message.startTimeoutMs).unref();

@@ -76,6 +76,10 @@ export const streamConfigSchema = z
       description:
         'How a new viewer gets its first picture. "gop-cache": the live encoder starts (and is asked for a keyframe) when the stream.start is accepted, the agent keeps its latest keyframe and what follows, and sends that the moment the viewer\'s DTLS completes. "keyframe-on-connect" (the behaviour before issue 18, kept for comparison): the encoder starts and is asked for a keyframe only once the viewer has connected.',
     }),
+    fec: z.enum(['auto', 'off']).default('off').meta({
+      description:
+        '"auto": forward error correction for a viewer that offers it (RED + ULPFEC, as Chromium does): FEC packets in proportion to the loss the viewer reports (none on a clean link, which pays one byte a packet), so a lost packet can be rebuilt at once instead of waiting a round trip for its retransmission. "off" (default until bench/bad-link.ts shows it pays): NACK and retransmission only.',
+    }),
     covert: z.boolean().default(false).meta({
       description:
         'Covert live view: the wearer is NOT told (no haptic, tone or LED) when a live view starts or stops. Only where the force\'s policy allows it; every stream started under it says so in the audit.',

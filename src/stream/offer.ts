@@ -14,6 +14,15 @@ export interface OfferSummary {
   audio: boolean;
   /** Whether the viewer offers to send Opus audio (sendrecv or sendonly): talk-back, if granted. */
   talk: boolean;
+  /** The viewer's video RED and ULPFEC payload types, when it offers both (session.ts, ulpfec.ts). */
+  redUlpfec: RedFecOffer | undefined;
+}
+
+export interface RedFecOffer {
+  red: number;
+  ulpfec: number;
+  /** Its RTX for RED (apt=red), if offered. */
+  rtx: number | undefined;
 }
 
 export class OfferError extends Error {
@@ -67,7 +76,12 @@ export function inspectOffer(sdp: string): OfferSummary {
   const direction = a?.direction ?? 'sendrecv';
   const audio = opus && (direction === 'recvonly' || direction === 'sendrecv');
   const talk = opus && (direction === 'sendrecv' || direction === 'sendonly');
-  return { fingerprint, audio, talk };
+  const named = (mime: string) => v.rtp.codecs.find((c) => c.mimeType.toLowerCase() === mime && c.clockRate === 90_000);
+  const red = named('video/red');
+  const ulpfec = named('video/ulpfec');
+  const rtxForRed = red && v.rtp.codecs.find((c) => c.mimeType.toLowerCase() === 'video/rtx' && fmtp(c.parameters).get('apt') === String(red.payloadType));
+  const redUlpfec = red && ulpfec ? { red: red.payloadType, ulpfec: ulpfec.payloadType, rtx: rtxForRed?.payloadType } : undefined;
+  return { fingerprint, audio, talk, redUlpfec };
 }
 
 /**

@@ -34,8 +34,9 @@ import {
 import type { PathSample } from './bitrate.ts';
 import { isAuthorisedCommand, type AuthorisedCommand } from '../command/authorised-command.ts';
 import type { ResolvedIce } from './ice.ts';
-import { inspectOffer, type OfferSummary } from './offer.ts';
+import { inspectOffer, type OfferSummary, type RedFecOffer } from './offer.ts';
 import { guardDtlsTransports, type SessionGuard } from './werift-guard.ts';
+import { extensionBlock, fecRateFor, UlpfecEncoder } from './ulpfec.ts';
 import { errorMessage } from '../errors.ts';
 
 /**
@@ -61,6 +62,8 @@ export interface StreamSessionOptions {
   ice: ResolvedIce;
   /** Whether the camera sends audio (capture.audio); the viewer must also ask for it. */
   audio: boolean;
+  /** stream.fec "auto": RED + ULPFEC when the viewer offers them (ulpfec.ts). */
+  fec?: boolean;
   logger: Logger;
   /** Where granted talk-back audio goes and refused audio is reported (talkback.ts); none: never receive. */
   talk?: TalkHooks;
@@ -114,6 +117,38 @@ const h264 = () =>
 // Retransmissions on their own SSRC and payload type (RFC 4588): the viewer's jitter buffer tells a
 // resent packet from a late one, and its loss statistics stay true.
 const rtx = () => new RTCRtpCodecParameters({ mimeType: 'video/rtx', clockRate: 90_000, payloadType: 97, parameters: `apt=${h264PayloadType}` });
+// How far the FEC rate follows each receiver report's loss (over at least minPacketsForFec packets).
+const fecLossSmoothing = 0.3;
+const minPacketsForFec = 50;
+
+/** The parts of werift's RTCRtpSender that RED touches (fields its types call private). */
+interface RedSender {
+  codec?: RTCRtpCodecParameters;
+  rtxPayloadType?: number;
+  headerExtensions: { id: number; uri: string }[];
+  prepareSend(params: unknown): void;
+}
+
+/**
+ * The SDP werift wrote (an answer, or an ICE restart offer) with the viewer's RED, ULPFEC and
+ * RTX-for-RED payload types added to the video m-line, each with its rtpmap (and the RTX its apt).
+ */
+export function withRedFec(sdp: string, pts: RedFecOffer): string {
+  const nl = sdp.includes('\r\n') ? '\r\n' : '\n';
+  const lines = sdp.split(nl);
+  const m = lines.findIndex((l) => l.startsWith('m=video '));
+  if (m < 0) return sdp;
+  let end = lines.findIndex((l, i) => i > m && l.startsWith('m='));
+  if (end < 0) end = lines.length;
+  const added = [pts.red, pts.ulpfec, ...(pts.rtx === undefined ? [] : [pts.rtx])];
+  lines[m] = `${lines[m]} ${added.join(' ')}`;
+  let last = m;
+  for (let i = m + 1; i < end; i++) if (/^a=(rtpmap|fmtp|rtcp-fb):/.test(lines[i]!)) last = i;
+  const maps = [`a=rtpmap:${pts.red} red/90000`, `a=rtpmap:${pts.ulpfec} ulpfec/90000`];
+  if (pts.rtx !== undefined) maps.push(`a=rtpmap:${pts.rtx} rtx/90000`, `a=fmtp:${pts.rtx} apt=${pts.red}`);
+  lines.splice(last + 1, 0, ...maps);
+  return lines.join(nl);
+}
 
 export class StreamSession extends EventEmitter<StreamSessionEvents> {
   readonly sid: string;
@@ -143,6 +178,12 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   /** The viewer's Opus payload type (its offer's), the only RTP accepted with a talk grant. */
   #talkPayloadType = -1;
   #talkRefusedReported = false;
+  /** RED + ULPFEC for this viewer, when it offered them and stream.fec is "auto" (set once answered). */
+  #fec: UlpfecEncoder | undefined;
+  /** The viewer's red, ulpfec and RTX-for-RED payload types, when it offered them and stream.fec is "auto". */
+  readonly #redFec: RedFecOffer | undefined;
+  #fecLoss = 0;
+  #fecReport: { lost: number; highest: number } | undefined;
   readonly #log: Logger;
   #closed = false;
   /** Screens what reaches werift's DTLS (see werift-guard.ts); set once the transports exist. */
@@ -184,6 +225,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     this.#talkHooks = o.talk;
     this.#stunConfigured = o.ice.servers.some((server) => server.urls.some((u) => /^stuns?:/i.test(u)));
     this.#log = o.logger.child({ module: 'stream', sid: o.sid });
+    this.#redFec = o.fec === true ? offer.redUlpfec : undefined;
     this.#pc = new RTCPeerConnection({
       codecs: { video: [h264(), rtx()], audio: this.audio || this.talk ? [useOPUS()] : [] },
       headerExtensions: { video: [useTransportWideCC()], audio: [] },
@@ -221,7 +263,13 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
       heard();
       if (packet instanceof RtcpRrPacket) {
         const report = packet.reports.find((r) => r.ssrc === this.#video.ssrc);
-        if (report) this.#report = { lost: report.packetsLost, highest: report.highestSequence };
+        if (report) {
+          // The cumulative count is signed 24-bit (RFC 3550 §6.4.1): duplicates (a retransmission
+          // of a packet that came after all) make it negative, which werift reads as ~16.7 million.
+          const lost = report.packetsLost > 0x7f_ffff ? report.packetsLost - 0x100_0000 : report.packetsLost;
+          this.#report = { lost, highest: report.highestSequence };
+          this.#followLoss(this.#report);
+        }
       }
     });
     this.#video.senderBWE.onAvailableBitrate.subscribe((bps) => {
@@ -273,7 +321,7 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     this.#log.debug({ afterMs: Date.now() - began }, 'ICE restart candidates gathered');
     const sdp = this.#pc.localDescription?.sdp;
     if (!sdp) throw new Error('werift made no restart offer');
-    return sdp;
+    return this.#fec && this.#redFec ? withRedFec(sdp, this.#redFec) : sdp;
   }
 
   /** The viewer's answer to restartIce's offer (already verified as the viewer's). */
@@ -391,13 +439,76 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
     this.timings.gatheredAt = Date.now();
     const sdp = this.#pc.localDescription?.sdp;
     if (!sdp) throw new Error('werift made no local description');
-    return sdp;
+    return this.#redFec ? this.#startFec(sdp) : sdp;
+  }
+
+  /**
+   * RED + ULPFEC for a viewer that offered them. werift 0.25.2 cannot negotiate them itself: it
+   * matches a RED by the payload types its fmtp names, and reads a RED with no fmtp (how Chromium
+   * offers video RED) as naming payload type 0 (transceiverManager.js resolveRemoteCodecSet,
+   * `(codec.parameters ?? "").split("/").map(Number)` gives [0]), so it drops it; without a
+   * track it would also pick the viewer's first H.264 rather than ours. So werift negotiates
+   * H.264 + RTX as without FEC, and the viewer's own red, ulpfec and RTX-for-RED payload types
+   * are added to the answer (and to each ICE restart offer) here; the sender stamps RED on every
+   * packet and resends NACKed ones as RTX-for-RED (withRedFec below, after each negotiation).
+   */
+  #startFec(answer: string): string {
+    const pts = this.#redFec;
+    const sender = this.#video as unknown as RedSender;
+    const h264Pt = sender.codec?.payloadType;
+    if (!pts || h264Pt === undefined) return answer;
+    const known: Record<string, number> = { [useTransportWideCC().uri]: 2 };
+    const extensions = sender.headerExtensions.map((e) => ({ id: e.id, length: known[e.uri] ?? -1 }));
+    this.#fec = new UlpfecEncoder({
+      payloadTypes: { red: pts.red, media: h264Pt, ulpfec: pts.ulpfec },
+      extensionBlock: extensionBlock(extensions.filter((e) => e.length > 0)),
+      send: (packet) => void this.#video.sendRtp(packet).catch(this.#onSendError),
+    });
+    // FEC only where the XOR can match what the viewer receives: every extension werift writes is one we know.
+    this.#fecUsable = extensions.every((e) => e.length > 0);
+    const prepareSend = sender.prepareSend.bind(sender);
+    const stampRed = () => {
+      sender.codec = new RTCRtpCodecParameters({ mimeType: 'video/red', clockRate: 90_000, payloadType: pts.red });
+      sender.rtxPayloadType = pts.rtx;
+    };
+    // werift sets the codec again on every negotiation (an ICE restart): RED stays.
+    sender.prepareSend = (params) => {
+      prepareSend(params);
+      stampRed();
+    };
+    stampRed();
+    this.#log.debug({ ...pts, h264: h264Pt, fec: this.#fecUsable }, 'RED and ULPFEC negotiated');
+    return withRedFec(answer, pts);
+  }
+
+  #fecUsable = false;
+
+  /** The FEC rate follows the viewer's loss (its receiver reports' cumulative counters, smoothed). */
+  #followLoss(report: { lost: number; highest: number }): void {
+    if (!this.#fec || !this.#fecUsable) return;
+    const previous = this.#fecReport;
+    if (!previous) {
+      this.#fecReport = report;
+      return;
+    }
+    const expected = report.highest - previous.highest;
+    if (expected < minPacketsForFec) return;
+    const loss = Math.min(1, Math.max(0, (report.lost - previous.lost) / expected));
+    this.#fecReport = report;
+    this.#fecLoss += fecLossSmoothing * (loss - this.#fecLoss);
+    this.#fec.rate = fecRateFor(this.#fecLoss);
+  }
+
+  /** RED and FEC on this view: whether RED was negotiated, the FEC rate now, packets sent. */
+  get fec(): { red: boolean; rate: number; mediaPackets: number; fecPackets: number } {
+    return { red: this.#fec !== undefined, rate: this.#fec?.rate ?? 0, mediaPackets: this.#fec?.counters.mediaPackets ?? 0, fecPackets: this.#fec?.counters.fecPackets ?? 0 };
   }
 
   sendVideo(packet: Buffer): void {
     this.counters.videoPackets++;
     this.counters.videoBytes += packet.length;
-    this.#video.sendRtp(packet).catch(this.#onSendError);
+    if (this.#fec) this.#fec.push(packet);
+    else this.#video.sendRtp(packet).catch(this.#onSendError);
   }
 
   sendAudio(packet: Buffer): void {
@@ -446,6 +557,8 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
    * take for loss or reordering.
    */
   sourceChanged(kind: 'video' | 'audio'): void {
+    // With RED the encoder numbers the packets itself (werift's offsets must stay 0: FEC XORs them).
+    if (kind === 'video' && this.#fec) return this.#fec.sourceChanged();
     const sender = kind === 'video' ? this.#video : this.#audio;
     sender?.replaceRTP({ sequenceNumber: 0, timestamp: 0 });
   }
@@ -453,6 +566,12 @@ export class StreamSession extends EventEmitter<StreamSessionEvents> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // What the viewer asked of this view and what repaired it (bench/bad-link.ts reads this line).
+    const sent = this.#video as unknown as { pliCount: number; nackCount: number; retransmittedPacketsSent: number };
+    this.#log.info(
+      { plis: sent.pliCount, nacks: sent.nackCount, retransmitted: sent.retransmittedPacketsSent, videoPackets: this.counters.videoPackets, fec: this.fec, lossEstimate: Math.round(this.#fecLoss * 1000) / 1000 },
+      'live view totals',
+    );
     try {
       await this.#pc.close();
     } catch (err) {

@@ -352,7 +352,7 @@ export class StreamManager implements Extension {
     this.#opening += 1;
     try {
       ice = await this.#resolveIce(this.#o.config.ice);
-      opened = await this.#open({ sid, command, ice, audio: this.#o.audio, logger: this.#o.logger, ...(this.#o.talkback ? { talk: this.#o.talkback } : {}) });
+      opened = await this.#open({ sid, command, ice, audio: this.#o.audio, fec: this.#o.config.fec === 'auto', logger: this.#o.logger, ...(this.#o.talkback ? { talk: this.#o.talkback } : {}) });
     } catch (err) {
       const errCode = (err as { code?: unknown }).code;
       const code = isOpenRefusalCode(errCode) ? errCode : 'internal_error';

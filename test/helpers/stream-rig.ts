@@ -23,7 +23,8 @@ import { makeCommand, makeIssuer, testPolicy, trustStoreJwks } from './command-t
 export const logger = pino({ level: 'silent' });
 export const deviceId = 'cam-unit';
 
-export async function authorised(action: 'stream.start' | 'stream.stop', overrides: Record<string, unknown> = {}): Promise<AuthorisedCommand> {
+/** A command through the real verifier; `offer`: the stream.start's SDP (default a fresh sdpOffer()). */
+export async function authorised(action: 'stream.start' | 'stream.stop', overrides: Record<string, unknown> = {}, offer?: string): Promise<AuthorisedCommand> {
   const issuer = await makeIssuer();
   const dir = await mkdtemp(path.join(os.tmpdir(), 'bwc-stream-unit-'));
   const db = openDatabase({ stateDir: dir });
@@ -36,7 +37,7 @@ export async function authorised(action: 'stream.start' | 'stream.stop', overrid
     activeStreams: () => 0,
     logger,
   });
-  const verdict = await verifier.verify(makeCommand({ issuer, deviceId, action, overrides }).payload);
+  const verdict = await verifier.verify(makeCommand({ issuer, deviceId, action, overrides, ...(offer === undefined ? {} : { offer }) }).payload);
   db.close();
   if (!verdict.ok) throw new Error(`test command refused: ${verdict.code} ${verdict.message}`);
   return verdict.command;
