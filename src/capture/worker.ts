@@ -141,8 +141,31 @@ function startMeter(meter: GstElement | undefined): void {
   pull(onSample);
 }
 
+// PR_SET_THP_DISABLE from <linux/prctl.h>.
+const prSetThpDisable = 41;
+
+/**
+ * Turns transparent huge pages off for this process (issue 18). x264 madvises its frame buffers
+ * MADV_HUGEPAGE, so where THP is "madvise" or "always" each is rounded up to 2 MiB pages, all
+ * resident: 24 MiB of the worker's RSS at 720p with two encoders, 9-14 MiB more than without
+ * (bench/shift-memory.ts). Node has no prctl, hence koffi (already the agent's way to adjtimex).
+ * Unless BWC_MEMORY_FLAGS=off (the old behaviour, the benchmark's baseline). A failure (an old
+ * kernel, qemu-user) costs only the memory, so it is reported on stdout (the agent's debug log).
+ */
+function disableTransparentHugePages(): void {
+  if (process.env.BWC_MEMORY_FLAGS === 'off' || process.platform !== 'linux') return;
+  try {
+    const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');
+    const prctl = koffi.load('libc.so.6').func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)') as (...a: number[]) => number;
+    if (prctl(prSetThpDisable, 1, 0, 0, 0) !== 0) process.stdout.write('capture worker: prctl(PR_SET_THP_DISABLE) refused; huge pages stay on\n');
+  } catch (err) {
+    process.stdout.write(`capture worker: cannot turn transparent huge pages off: ${errorMessage(err)}\n`);
+  }
+}
+
 function start(message: Extract<ParentMessage, { type: 'start' }>): void {
   if (pipeline) return;
+  disableTransparentHugePages();
   const built = buildPipeline(message.settings);
   names = built.elements;
   settings = message.settings;
