@@ -24,7 +24,7 @@ export type WorkerMessage =
   | { type: 'ready'; pid: number }
   | { type: 'segment-opened'; file: string; startedAt: string }
   | ({ type: 'segment-closed' } & SegmentInfo)
-  | { type: 'stats'; frames: number; bytes: number }
+  | { type: 'stats'; frames: number }
   | { type: 'error'; message: string; debug?: string }
   | { type: 'eos' };
 

@@ -10,7 +10,6 @@ import { errorMessage } from '../errors.ts';
 
 interface GstElement {
   [property: string]: unknown;
-  pull?: (cb: (buf: Buffer | null, caps: Record<string, unknown>) => void) => void;
 }
 
 interface BusMessage {
@@ -46,8 +45,7 @@ let liveValve: GstElement | undefined;
 let liveAudioValve: GstElement | undefined;
 let liveEncoder: GstElement | undefined;
 let settings: CaptureSettings | undefined;
-let frames = 0;
-let bytes = 0;
+let meter: GstElement | undefined;
 let statsTimer: NodeJS.Timeout | undefined;
 let shuttingDown = false;
 let playing = false;
@@ -129,16 +127,10 @@ function onBus(msg: BusMessage): void {
   }
 }
 
-function startMeter(meter: GstElement | undefined): void {
-  if (!meter?.pull) return;
-  const pull = meter.pull.bind(meter);
-  const onSample = (buf: Buffer | null): void => {
-    if (!buf) return; // EOS or flushing: the pipeline is going down
-    frames++;
-    bytes += buf.length;
-    pull(onSample);
-  };
-  pull(onSample);
+/** Encoded frames so far: the meter's count (see presets.ts for why not an appsink). */
+function framesSoFar(): number {
+  const count = meter?.['frames-rendered'];
+  return typeof count === 'number' ? count : 0;
 }
 
 // PR_SET_THP_DISABLE from <linux/prctl.h>.
@@ -185,9 +177,9 @@ function start(message: Extract<ParentMessage, { type: 'start' }>): void {
   if (liveAudioValve) liveAudioValve.drop = !message.live;
   pipeline.pollBus(onBus);
   pipeline.play();
-  startMeter(pipeline.findChild(names.meter));
+  meter = pipeline.findChild(names.meter);
   setTimeout(() => notStarted(message.startTimeoutMs), message.startTimeoutMs).unref();
-  statsTimer = setInterval(() => void send({ type: 'stats', frames, bytes }), message.statsIntervalMs);
+  statsTimer = setInterval(() => void send({ type: 'stats', frames: framesSoFar() }), message.statsIntervalMs);
 }
 
 /**
