@@ -12,6 +12,8 @@ interface Bench {
   name: string;
   file: string;
   flags: string[];
+  /** Always passed. */
+  args?: string[];
 }
 
 const benches: Bench[] = [
@@ -30,6 +32,9 @@ const benches: Bench[] = [
   { name: 'offload', file: 'bench/offload.ts', flags: ['window-s'] },
   { name: 'update', file: 'bench/update.ts', flags: ['runs'] },
   { name: 'talkback', file: 'bench/talkback.ts', flags: ['rounds', 'talk-s', 'jitter'] },
+  // 8 minutes here (--short: 4 with a viewer, 2 of warm-up, the baseline beside it); the full shift
+  // (60 min, 30 with a viewer) is `node bench/shift-memory.ts`, run on its own (README, Performance).
+  { name: 'shift-memory-short', file: 'bench/shift-memory.ts', flags: [], args: ['--short'] },
 ];
 
 function run(file: string, args: string[]): Promise<number | null> {
@@ -76,11 +81,11 @@ async function main(argv: string[]): Promise<number> {
   const sections: string[] = [];
   let failed = 0;
   for (const bench of benches) {
-    const args = bench.flags.flatMap((f) => {
+    const args = [...(bench.args ?? [])].concat(...bench.flags.map((f) => {
       const v = flags.get(f);
       if (v === undefined) return [];
       return v === 'true' ? [`--${f}`] : [`--${f}`, v];
-    });
+    }));
     process.stderr.write(`\n== ${bench.name} ==\n`);
     const t0 = performance.now();
     const code = await run(bench.file, args);

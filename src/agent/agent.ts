@@ -12,7 +12,7 @@ import { createFirmwareBridge } from '../firmware/create-bridge.ts';
 import { FirmwareExtension } from '../firmware/firmware-extension.ts';
 import { OfficerExtension } from '../officer/officer-extension.ts';
 import { NetworkWatcher } from '../net/network-watcher.ts';
-import { Offloader } from '../offload/offloader.ts';
+import type { Offloader } from '../offload/offloader.ts';
 import { IceSignalling } from '../stream/ice-signalling.ts';
 import { checkPlaintextDir, recipientProblem } from '../recording/encryption.ts';
 import { bufferDirOf, evidenceDirOf, plaintextSegmentsDirOf } from '../recording/layout.ts';
@@ -66,6 +66,12 @@ interface AgentParts {
   deviceKey: DeviceKey;
   trustStore: TrustStore;
   releaseKeys: ReleaseKeys | undefined;
+  /**
+   * The offloader class, loaded only when offload.enabled: its object store client (the AWS SDK)
+   * is ~6 MB of source and code on the V8 heap that a camera without offload never needs (issue 18,
+   * measured in bench/shift-memory.ts with a heap snapshot).
+   */
+  Offloader: typeof Offloader | undefined;
 }
 
 /** Coalesces bursts of state changes into one retained publish. */
@@ -117,7 +123,8 @@ export class Agent {
       const shared = keysSharedWithIssuers(releaseKeys, config.commands.trustStore);
       if (shared.length) throw new ConfigError([`update.releaseKeys: key(s) ${shared.join(', ')} are also in commands.trustStore (same kid or same public key); a release key must not be a command issuer key`]);
     }
-    return new Agent(options, { deviceKey, trustStore, releaseKeys });
+    const OffloaderClass = config.offload.enabled ? (await import('../offload/offloader.ts')).Offloader : undefined;
+    return new Agent(options, { deviceKey, trustStore, releaseKeys, Offloader: OffloaderClass });
   }
 
   private constructor(options: AgentOptions, parts: AgentParts) {
@@ -398,8 +405,8 @@ export class Agent {
     // The ctl verbs (src/control/ctl-handlers.ts): status, record by hand, simulated hardware input.
     // Evidence offload (src/offload/): sealed recordings to the object store; held while a live
     // view runs (state.streaming.sessions, below), woken when a recording closes or the network changes.
-    const offload = (this.#offload = config.offload.enabled
-      ? new Offloader({
+    const offload = (this.#offload = parts.Offloader
+      ? new parts.Offloader({
           config: config.offload,
           deviceId: config.deviceId,
           db: this.#db,

@@ -4,7 +4,7 @@
 //   <source> ! tee name=vt
 //     vt. ! <encoder enc> ! capsfilter name=kf ! h264parse ! tee name=t
 //       t. ! recording: splitmuxsink (MPEG-TS segments; survives a kill -9 up to the last packets written)
-//       t. ! meter: appsink the worker counts, so the supervisor can tell a stalled camera from a quiet one
+//       t. ! meter: fpsdisplaysink whose frame count the worker reads, so the supervisor can tell a stalled camera from a quiet one
 //     vt. ! live: valve (closed unless someone watches) ! <encoder liveenc> ! capsfilter name=livekf
 //           ! rtph264pay ! udpsink to the main process
 // The live encoder's bitrate follows the viewer's network path while the recording keeps its own, and a
@@ -35,7 +35,7 @@ export interface PipelineElements {
   segments: string;
   /** valve of the live branch: `drop` opens and closes it. */
   live: string;
-  /** appsink counting encoded frames for stall detection. */
+  /** fpsdisplaysink counting encoded frames for stall detection (its frames-rendered property). */
   meter: string;
   /** The element handing RTP to the main process. */
   rtpSink: string;
@@ -230,9 +230,13 @@ export function buildPipeline(s: CaptureSettings): BuiltPipeline {
       't. ! queue max-size-buffers=0 max-size-bytes=0 max-size-time=3000000000',
       `splitmuxsink name=${elements.segments} muxer=mpegtsmux sink=${quote('filesink buffer-mode=unbuffered')} send-keyframe-requests=true max-size-time=${segmentNs} location=${quote(location)}`,
     ].join(' ! '),
+    // The frame count is read from fpsdisplaysink's frames-rendered each stats interval. An appsink
+    // pulled per frame made gstreamer-superficial copy every encoded frame into the worker's heap and
+    // leak two strings a frame (it turns the caps' fractions into strings and never frees them:
+    // ~7 MB an hour at 30 fps; issue 18, bench/shift-memory.ts).
     [
       't. ! queue leaky=downstream max-size-buffers=30 max-size-bytes=0 max-size-time=0',
-      `appsink name=${elements.meter} sync=false async=false max-buffers=4 drop=true`,
+      `fpsdisplaysink name=${elements.meter} text-overlay=false signal-fps-measurements=false sync=false video-sink=${quote('fakesink sync=false async=false')}`,
     ].join(' ! '),
   );
   if (s.audio) parts.push(...audioBranch(s));

@@ -24,7 +24,7 @@ export type WorkerMessage =
   | { type: 'ready'; pid: number }
   | { type: 'segment-opened'; file: string; startedAt: string }
   | ({ type: 'segment-closed' } & SegmentInfo)
-  | { type: 'stats'; frames: number; bytes: number }
+  | { type: 'stats'; frames: number }
   | { type: 'error'; message: string; debug?: string }
   /** The Pi encoder took a live bitrate (VIDIOC_S_CTRL), as the driver read it back. */
   | { type: 'live-bitrate-set'; kbps: number; device: string; appliedBps: number }

@@ -81,6 +81,20 @@ export interface CaptureSupervisorOptions {
   piEncoderPresent?: boolean;
 }
 
+/**
+ * Memory settings of the capture worker's node (issue 18; bench/shift-memory.ts measures them, the
+ * baseline with BWC_MEMORY_FLAGS=off, which restores the old launch). The worker's JavaScript is
+ * small (a bus reader and a frame counter), so V8's young generation needs no more than 1 MiB;
+ * glibc would otherwise give each of GStreamer's ~25 streaming threads an arena of its own, kept
+ * resident: two serve them all. The worker also turns off transparent huge pages for itself
+ * (worker.ts): x264 asks for them for its frame buffers, which rounds each up to 2 MiB resident.
+ * test/memory-settings.test.ts fails if these are lost.
+ */
+export function workerMemoryFlags(env: NodeJS.ProcessEnv = process.env): { nodeArgs: string[]; env: Record<string, string> } {
+  if (env.BWC_MEMORY_FLAGS === 'off') return { nodeArgs: [], env: {} };
+  return { nodeArgs: ['--max-semi-space-size=1'], env: { MALLOC_ARENA_MAX: env.MALLOC_ARENA_MAX ?? '2' } };
+}
+
 function defaultWorkerPath(): string {
   // Under type stripping this module is worker.ts's sibling; built, it is dist/src/capture/supervisor.js.
   const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
@@ -325,13 +339,14 @@ export class CaptureSupervisor extends EventEmitter<CaptureSupervisorEvents> {
       liveBitrateKbps: this.#liveBitrateKbps,
     };
     const launcher = this.#opts.settings.workerLauncher;
-    const argv = [...launcher, process.execPath, this.#opts.workerPath];
+    const memory = workerMemoryFlags();
+    const argv = [...launcher, process.execPath, ...memory.nodeArgs, this.#opts.workerPath];
     let child: ChildProcess;
     try {
       child = spawn(argv[0]!, argv.slice(1), {
         stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
         // Each pollBus and appsink pull parks a pool thread for good; 4 would leave too few for fs/dns.
-        env: { ...process.env, UV_THREADPOOL_SIZE: '8' },
+        env: { ...process.env, UV_THREADPOOL_SIZE: '8', ...memory.env },
       });
     } catch (err) {
       // spawn throws synchronously only for bad arguments; treat like a failed start.

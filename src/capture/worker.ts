@@ -11,7 +11,6 @@ import { errorMessage } from '../errors.ts';
 
 interface GstElement {
   [property: string]: unknown;
-  pull?: (cb: (buf: Buffer | null, caps: Record<string, unknown>) => void) => void;
 }
 
 interface BusMessage {
@@ -47,8 +46,7 @@ let liveValve: GstElement | undefined;
 let liveAudioValve: GstElement | undefined;
 let liveEncoder: GstElement | undefined;
 let settings: CaptureSettings | undefined;
-let frames = 0;
-let bytes = 0;
+let meter: GstElement | undefined;
 let statsTimer: NodeJS.Timeout | undefined;
 let shuttingDown = false;
 let playing = false;
@@ -139,20 +137,37 @@ function onBus(msg: BusMessage): void {
   }
 }
 
-function startMeter(meter: GstElement | undefined): void {
-  if (!meter?.pull) return;
-  const pull = meter.pull.bind(meter);
-  const onSample = (buf: Buffer | null): void => {
-    if (!buf) return; // EOS or flushing: the pipeline is going down
-    frames++;
-    bytes += buf.length;
-    pull(onSample);
-  };
-  pull(onSample);
+/** Encoded frames so far: the meter's count (see presets.ts for why not an appsink). */
+function framesSoFar(): number {
+  const count = meter?.['frames-rendered'];
+  return typeof count === 'number' ? count : 0;
+}
+
+// PR_SET_THP_DISABLE from <linux/prctl.h>.
+const prSetThpDisable = 41;
+
+/**
+ * Turns transparent huge pages off for this process (issue 18). x264 madvises its frame buffers
+ * MADV_HUGEPAGE, so where THP is "madvise" or "always" each is rounded up to 2 MiB pages, all
+ * resident: 24 MiB of the worker's RSS at 720p with two encoders, 9-14 MiB more than without
+ * (bench/shift-memory.ts). Node has no prctl, hence koffi (already the agent's way to adjtimex).
+ * Unless BWC_MEMORY_FLAGS=off (the old behaviour, the benchmark's baseline). A failure (an old
+ * kernel, qemu-user) costs only the memory, so it is reported on stdout (the agent's debug log).
+ */
+function disableTransparentHugePages(): void {
+  if (process.env.BWC_MEMORY_FLAGS === 'off' || process.platform !== 'linux') return;
+  try {
+    const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');
+    const prctl = koffi.load('libc.so.6').func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)') as (...a: number[]) => number;
+    if (prctl(prSetThpDisable, 1, 0, 0, 0) !== 0) process.stdout.write('capture worker: prctl(PR_SET_THP_DISABLE) refused; huge pages stay on\n');
+  } catch (err) {
+    process.stdout.write(`capture worker: cannot turn transparent huge pages off: ${errorMessage(err)}\n`);
+  }
 }
 
 function start(message: Extract<ParentMessage, { type: 'start' }>): void {
   if (pipeline) return;
+  disableTransparentHugePages();
   const built = buildPipeline(message.settings);
   names = built.elements;
   settings = message.settings;
@@ -175,9 +190,9 @@ function start(message: Extract<ParentMessage, { type: 'start' }>): void {
   const mark = pipeline.findChild(clockMark.element);
   if (mark) setInterval(() => (mark['pattern-data'] = Date.now() % 2 ** clockMark.bits), 2).unref();
   pipeline.play();
-  startMeter(pipeline.findChild(names.meter));
+  meter = pipeline.findChild(names.meter);
   setTimeout(() => notStarted(message.startTimeoutMs), message.startTimeoutMs).unref();
-  statsTimer = setInterval(() => void send({ type: 'stats', frames, bytes }), message.statsIntervalMs);
+  statsTimer = setInterval(() => void send({ type: 'stats', frames: framesSoFar() }), message.statsIntervalMs);
 }
 
 /**

@@ -100,6 +100,10 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       reconnectPeriod: 0,
       resubscribe: true,
       queueQoSZero: false,
+      // mqtt-packet otherwise builds a Buffer for each of the 65,536 two-byte numbers on the first
+      // write (6.7 MB of V8 heap, 65k objects, in a heap snapshot of the agent; issue 18): the
+      // agent writes a few packets a second, so making the two bytes when needed costs nothing.
+      writeCache: false,
       properties: { sessionExpiryInterval: o.sessionExpiryS, ...(o.maximumPacketSize === undefined ? {} : { maximumPacketSize: o.maximumPacketSize }) },
       will: { topic: o.will.topic, payload: Buffer.from(o.will.payload()), qos: 1, retain: true },
     };

@@ -20,7 +20,7 @@ const send = (m: WorkerMessage) => process.send?.(m);
 let frames = 0;
 const run = () => {
   send({ type: 'ready', pid: process.pid });
-  timer = setInterval(() => send({ type: 'stats', frames: mode === 'count' ? keyframes : mode === 'slow-start' ? ++frames : 1, bytes: 0 }), 50);
+  timer = setInterval(() => send({ type: 'stats', frames: mode === 'count' ? keyframes : mode === 'slow-start' ? ++frames : 1 }), 50);
 };
 
 function whenReleased(then: () => void): void {
