@@ -20,6 +20,7 @@ import { StreamSession } from '../../src/stream/session.ts';
 const fields = {
   action: 'stream.start' as const, operator: 'sgt-1', issuer: 'console', reason: 'officer-safety', jti: 'j1', kid: 'k1',
   tokenDigest: 'd', expiresAt: 0, issuedAt: 0, receivedAt: 0, maxDurationS: 60, offer: 'v=0', offerSha256: 'x', sid: undefined, params: undefined, release: undefined, force: false, fromSeq: undefined, toSeq: undefined,
+  talk: false, alertId: undefined, clear: false, note: undefined,
   toJSON() { return {} as ReturnType<AuthorisedCommand['toJSON']>; },
 };
 export function use(command: AuthorisedCommand): AuthorisedCommand { return command; }

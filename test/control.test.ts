@@ -34,7 +34,7 @@ t.test('ctl status, one agent per state folder, clean shutdown', async (t) => {
   t.equal(status.deviceId, 'cam-ctl');
   t.equal(status.online, true);
   t.equal((status.link as { connected: boolean }).connected, true);
-  t.same(status.extensions, ['health', 'gps', 'firmware', 'capture', 'network', 'stream', 'ice-signalling', 'fleet-management', 'update', 'commands']);
+  t.same(status.extensions, ['health', 'gps', 'firmware', 'officer', 'capture', 'network', 'talkback', 'stream', 'ice-signalling', 'fleet-management', 'update', 'commands']);
   const viaFlag = await run(agentBin, ['ctl', 'status', '--state-dir', stateDir], { env: { ...process.env, BWC_STATE_DIR: '' } });
   t.equal((JSON.parse(viaFlag.stdout) as { deviceId: string }).deviceId, 'cam-ctl', '--state-dir works too');
 
