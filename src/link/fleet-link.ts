@@ -49,6 +49,8 @@ export class FleetLink {
   readonly #offlineState: (reason: string) => object;
   #latestState: string | undefined;
   #disconnectedAt: number | undefined;
+  /** Set when stop() begins: from then on the offline state is the last state this link sends. */
+  #stopping = false;
   /** Counts connections, so a subscription that completes after its connection dropped does nothing. */
   #connections = 0;
 
@@ -93,7 +95,7 @@ export class FleetLink {
       void subscribed.then(() => {
         if (connection !== this.#connections || !this.#session.connected) return; // dropped meanwhile: the next connection does this
         // State first: a map that sees the camera come back should not wait for the backlog.
-        if (this.#latestState !== undefined) this.#publishRetained('state', this.#latestState);
+        if (this.#latestState !== undefined && !this.#stopping) this.#publishRetained('state', this.#latestState);
         this.#drain.resume(info.receiveMaximum);
         if (this.#disconnectedAt !== undefined) {
           const outageS = Math.round((Date.now() - this.#disconnectedAt) / 100) / 10;
@@ -142,6 +144,10 @@ export class FleetLink {
 
   /** The retained state: sent now when connected, and again on every reconnect. */
   publishState(doc: DeviceStateDoc): void {
+    // Refused once stopping: a state sent after the offline one would leave the camera "online" on
+    // the map after it exited (the agent's coalesced state timer, armed again by an extension that
+    // changed the state while it stopped, did this; test/fleet-link-stop.test.ts).
+    if (this.#stopping) return;
     this.#latestState = JSON.stringify(doc);
     if (this.#session.connected) this.#publishRetained('state', this.#latestState);
   }
@@ -190,6 +196,7 @@ export class FleetLink {
 
   /** Publishes the retained offline state, then disconnects cleanly (no Last Will). */
   async stop(reason: string, drainTimeoutMs = 5000): Promise<void> {
+    this.#stopping = true;
     // Give queued messages (the shutdown event among them) a moment to leave; what does not
     // stays in the outbox for the next start. 5 s: 2 s proved too short on a loaded 2-core board
     // (a full test run), and systemd allows 45 s (TimeoutStopSec).

@@ -95,7 +95,10 @@ t.test('the arm64 agent, emulated: online at a native broker, a 5 s recording th
     new Promise<{ code: number }>((resolve) => setTimeout(() => resolve({ code: -1 }), slow).unref()),
   ]);
   t.equal(stopped.code, 0, 'clean stop (SIGTERM): exit 0');
-  await recorder.waitFor(() => recorder.on('state').at(-1)?.json?.online === false, 30_000, 'the offline state');
+  await recorder.waitFor(() => recorder.on('state').at(-1)?.json?.online === false, 30_000, 'the offline state').catch((err: Error) => {
+    // What the broker sent last and how the agent stopped, so a failure here can be diagnosed from CI's log.
+    throw new Error(`${err.message}; last state: ${recorder.on('state').at(-1)?.payload}; agent log tail:\n${agent.output.slice(-4000)}`);
+  });
   t.pass('offline state published on the clean stop');
 
   const root = path.join(stateDir, 'evidence', 'recordings');
