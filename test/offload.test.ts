@@ -8,13 +8,11 @@ import path from 'node:path';
 import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import t from 'tap';
 import { runCli, tempStateDir } from './helpers/agent-process.ts';
-import { startAgentOnBroker } from './helpers/agent-on-broker.ts';
+import { startAgentOnBroker, startLiveViewRig } from './helpers/agent-on-broker.ts';
 import { auditEntries, createBucket, offloadConfig, offloadStates, recordSegments, s3Client, waitAudit, waitOffloadState, writeCredentials } from './helpers/offload-rig.ts';
 import { StoreProxy } from './helpers/store-proxy.ts';
 import { startSwift, swiftInstalled } from './helpers/swift.ts';
-import { ChromiumViewers } from './helpers/chromium-viewer.ts';
 import { makeCommand, makeIssuer } from './helpers/command-tokens.ts';
-import { FleetClient } from './helpers/fleet-client.ts';
 
 t.setTimeout(600_000);
 if (!swiftInstalled()) {
@@ -115,16 +113,11 @@ if (!swiftInstalled()) {
 
   t.test('a live view holds uploads until it ends (offload.pauseDuringLiveView)', async (t) => {
     const issuer = await makeIssuer({ iss: 'bwc-fleet' });
-    const a = await startAgentOnBroker(t, { deviceId: 'cam-live', issuers: [issuer], capturing: true, config: offloadConfig({ endpoint: swift.endpoint, bucket, credentialsFile: creds }) });
+    const a = await startLiveViewRig(t, { deviceId: 'cam-live', issuers: [issuer], config: offloadConfig({ endpoint: swift.endpoint, bucket, credentialsFile: creds }) });
+    const { viewers, fleet } = a;
     await runCli(['ctl', 'offload', 'pause', '--state-dir', a.stateDir]);
     const rec = await recordSegments(a.stateDir, 1);
     await waitAudit(a.recorder, (e) => e.type === 'recording.sealed' && e.detail.recordingId === rec.id, 'sealed');
-    const viewers = await ChromiumViewers.launch();
-    const fleet = await FleetClient.connect(a.broker.url);
-    t.teardown(async () => {
-      await viewers.close();
-      await fleet.close();
-    });
     const viewer = await viewers.open();
     const reply = await fleet.request('cam-live', makeCommand({ issuer, deviceId: 'cam-live', action: 'stream.start', offer: await viewer.createOffer(), overrides: { sub: 'insp-0042', reason: 'public-safety' } }).payload);
     t.ok(reply.ok, 'the live view starts');

@@ -4,13 +4,9 @@
 // checked in the reply, `state`, the audit trail and the wearer's notifications.
 import { readdirSync, readlinkSync, readFileSync } from 'node:fs';
 import t from 'tap';
-import { spawnAgent, tempStateDir, type AgentProcess } from './helpers/agent-process.ts';
-import { writeAgentConfig } from './helpers/agent-config.ts';
-import { ChromiumViewers, type Viewer } from './helpers/chromium-viewer.ts';
-import { makeCommand, makeIssuer, writeTrustStore, type Command } from './helpers/command-tokens.ts';
-import { FleetClient } from './helpers/fleet-client.ts';
-import { startBroker } from './helpers/mosquitto.ts';
-import { MqttRecorder } from './helpers/mqtt-recorder.ts';
+import { startLiveViewRig } from './helpers/agent-on-broker.ts';
+import { type Viewer } from './helpers/chromium-viewer.ts';
+import { makeCommand, makeIssuer, type Command } from './helpers/command-tokens.ts';
 
 const deviceId = 'cam-live';
 const width = 640;
@@ -41,31 +37,16 @@ function udpSockets(pid: number): Set<string> {
 
 t.test('live view through a real broker to a real Chromium', async (t) => {
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
-  const stateDir = await tempStateDir();
-  const broker = await startBroker();
-  const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/#`);
-  const config = await writeAgentConfig(stateDir, {
-    commands: { trustStore: writeTrustStore(stateDir, [issuer]), unsynchronisedClock: 'accept', maxConcurrentStreams: 2 },
-    capture: { width, height, framerate: 15, bitrateKbps: 600, audio: true },
-    // One machine: the viewer reaches the camera on loopback. Short grace so the test is quick.
-    stream: { ice: { interfaces: ['lo'] }, viewerLostGrace: 3, connectTimeout: 20 },
+  const { recorder, agent, viewers, fleet } = await startLiveViewRig(t, {
+    deviceId,
+    issuers: [issuer],
+    config: {
+      commands: { maxConcurrentStreams: 2 },
+      capture: { width, height, framerate: 15, bitrateKbps: 600, audio: true },
+      // One machine: the viewer reaches the camera on loopback. Short grace so the test is quick.
+      stream: { ice: { interfaces: ['lo'] }, viewerLostGrace: 3, connectTimeout: 20 },
+    },
   });
-  const agent: AgentProcess = spawnAgent(['run', '--config', config], {
-    BWC_DEVICE_ID: deviceId,
-    BWC_MQTT_URL: broker.url,
-    BWC_STATE_DIR: stateDir,
-    BWC_GPSD: '127.0.0.1:9',
-  });
-  const viewers = await ChromiumViewers.launch();
-  const fleet = await FleetClient.connect(broker.url);
-  t.teardown(async () => {
-    await agent.stop('SIGKILL');
-    await viewers.close();
-    await fleet.close();
-    await recorder.close();
-    await broker.dispose();
-  });
-  await recorder.waitFor(() => recorder.on('state').some((m) => m.json?.online === true && (m.json?.capture as { status?: string } | null)?.status === 'running'), 60_000, 'online and capturing');
 
   const request = (payload: Buffer) => fleet.request(deviceId, payload);
   const startCommand = (offer: string, overrides: Record<string, unknown> = {}): Command =>

@@ -9,14 +9,10 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { runCli, spawnAgent, tempStateDir, type AgentProcess } from './helpers/agent-process.ts';
-import { writeAgentConfig } from './helpers/agent-config.ts';
+import { runCli, tempStateDir } from './helpers/agent-process.ts';
 import { decryptedCopy } from './helpers/age-keys.ts';
-import { ChromiumViewers } from './helpers/chromium-viewer.ts';
-import { makeCommand, makeIssuer, writeTrustStore } from './helpers/command-tokens.ts';
-import { FleetClient } from './helpers/fleet-client.ts';
-import { startBroker } from './helpers/mosquitto.ts';
-import { MqttRecorder } from './helpers/mqtt-recorder.ts';
+import { startLiveViewRig } from './helpers/agent-on-broker.ts';
+import { makeCommand, makeIssuer } from './helpers/command-tokens.ts';
 import { dominantFrequency, makeToneWav, readWav } from './helpers/talkback-audio.ts';
 
 const deviceId = 'cam-talk';
@@ -28,25 +24,17 @@ t.test('a supervisor speaks to the wearer', async (t) => {
   const stateDir = await tempStateDir();
   const sinkFile = path.join(stateDir, 'earpiece.wav');
   const tone = makeToneWav(path.join(stateDir, 'tone-1k.wav'), toneHz, 3);
-  const broker = await startBroker();
-  const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/#`);
-  const config = await writeAgentConfig(stateDir, {
-    commands: { trustStore: writeTrustStore(stateDir, [issuer]), unsynchronisedClock: 'accept' },
-    capture: { width: 320, height: 180, framerate: 15, bitrateKbps: 300, audio: true },
-    stream: { ice: { interfaces: ['lo'] }, viewerLostGrace: 5, connectTimeout: 20 },
-    talkback: { sink: `wavenc ! filesink location=${sinkFile}`, idleMs: 1500 },
+  const { recorder, agent, viewers, fleet } = await startLiveViewRig(t, {
+    deviceId,
+    issuers: [issuer],
+    stateDir,
+    config: {
+      capture: { width: 320, height: 180, framerate: 15, bitrateKbps: 300, audio: true },
+      stream: { ice: { interfaces: ['lo'] }, viewerLostGrace: 5, connectTimeout: 20 },
+      talkback: { sink: `wavenc ! filesink location=${sinkFile}`, idleMs: 1500 },
+    },
+    chromiumArgs: ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', `--use-file-for-fake-audio-capture=${tone}`],
   });
-  const agent: AgentProcess = spawnAgent(['run', '--config', config], { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: broker.url, BWC_STATE_DIR: stateDir, BWC_GPSD: '127.0.0.1:9' });
-  const viewers = await ChromiumViewers.launch(['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', `--use-file-for-fake-audio-capture=${tone}`]);
-  const fleet = await FleetClient.connect(broker.url);
-  t.teardown(async () => {
-    await agent.stop('SIGKILL');
-    await viewers.close();
-    await fleet.close();
-    await recorder.close();
-    await broker.dispose();
-  });
-  await recorder.waitFor(() => recorder.on('state').some((m) => m.json?.online === true && (m.json?.capture as { status?: string } | null)?.status === 'running'), 60_000, 'online and capturing');
   const audit = () => recorder.on('audit').map((m) => m.json?.entry as AuditEntry | undefined).filter((e): e is AuditEntry => e !== undefined);
   const events = () => recorder.on('event').map((m) => m.json as Record<string, unknown> | null).filter((e): e is Record<string, unknown> => e !== null);
   const lastPattern = () => (recorder.on('state').at(-1)?.json as { firmware?: { lastPattern?: string | null } } | undefined)?.firmware?.lastPattern;

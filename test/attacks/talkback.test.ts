@@ -11,13 +11,9 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { spawnAgent, tempStateDir, type AgentProcess } from '../helpers/agent-process.ts';
-import { writeAgentConfig } from '../helpers/agent-config.ts';
-import { ChromiumViewers } from '../helpers/chromium-viewer.ts';
-import { makeCommand, makeIssuer, writeTrustStore } from '../helpers/command-tokens.ts';
-import { FleetClient } from '../helpers/fleet-client.ts';
-import { startBroker } from '../helpers/mosquitto.ts';
-import { MqttRecorder } from '../helpers/mqtt-recorder.ts';
+import { tempStateDir } from '../helpers/agent-process.ts';
+import { startLiveViewRig } from '../helpers/agent-on-broker.ts';
+import { makeCommand, makeIssuer } from '../helpers/command-tokens.ts';
 import { makeToneWav } from '../helpers/talkback-audio.ts';
 
 const deviceId = 'cam-talk-attack';
@@ -30,25 +26,18 @@ t.test('talk-back without the grant', async (t) => {
   const stateDir = await tempStateDir();
   const sinkFile = path.join(stateDir, 'played.wav');
   const tone = makeToneWav(path.join(stateDir, 'tone-1k.wav'), 1000, 3);
-  const broker = await startBroker();
-  const recorder = await MqttRecorder.connect(broker.url, `bwc/v1/${deviceId}/#`);
-  const config = await writeAgentConfig(stateDir, {
-    commands: { trustStore: writeTrustStore(stateDir, [viewOnly, fullKey]), unsynchronisedClock: 'accept', maxConcurrentStreams: 2 },
-    capture: { width: 320, height: 180, framerate: 15, bitrateKbps: 300, audio: true },
-    stream: { ice: { interfaces: ['lo'] }, viewerLostGrace: 5, connectTimeout: 20 },
-    talkback: { sink: `wavenc ! filesink location=${sinkFile}`, idleMs: 500 },
+  const { recorder, agent, viewers, fleet } = await startLiveViewRig(t, {
+    deviceId,
+    issuers: [viewOnly, fullKey],
+    stateDir,
+    config: {
+      commands: { maxConcurrentStreams: 2 },
+      capture: { width: 320, height: 180, framerate: 15, bitrateKbps: 300, audio: true },
+      stream: { ice: { interfaces: ['lo'] }, viewerLostGrace: 5, connectTimeout: 20 },
+      talkback: { sink: `wavenc ! filesink location=${sinkFile}`, idleMs: 500 },
+    },
+    chromiumArgs: ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', `--use-file-for-fake-audio-capture=${tone}`],
   });
-  const agent: AgentProcess = spawnAgent(['run', '--config', config], { BWC_DEVICE_ID: deviceId, BWC_MQTT_URL: broker.url, BWC_STATE_DIR: stateDir, BWC_GPSD: '127.0.0.1:9' });
-  const viewers = await ChromiumViewers.launch(['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', `--use-file-for-fake-audio-capture=${tone}`]);
-  const fleet = await FleetClient.connect(broker.url);
-  t.teardown(async () => {
-    await agent.stop('SIGKILL');
-    await viewers.close();
-    await fleet.close();
-    await recorder.close();
-    await broker.dispose();
-  });
-  await recorder.waitFor(() => recorder.on('state').some((m) => m.json?.online === true && (m.json?.capture as { status?: string } | null)?.status === 'running'), 60_000, 'online and capturing');
   const audit = () => recorder.on('audit').map((m) => m.json?.entry as AuditEntry | undefined).filter((e): e is AuditEntry => e !== undefined);
   const events = () => recorder.on('event').map((m) => m.json as { type?: string } | null);
 

@@ -11,11 +11,10 @@ import dgram from 'node:dgram';
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { Message } from 'werift';
-import { ChromiumViewers, type Viewer } from '../helpers/chromium-viewer.ts';
+import { type Viewer } from '../helpers/chromium-viewer.ts';
 import { makeCommand, makeIssuer } from '../helpers/command-tokens.ts';
-import { FleetClient } from '../helpers/fleet-client.ts';
 import { dtlsRecord } from '../helpers/dtls-record.ts';
-import { startAgentOnBroker } from '../helpers/agent-on-broker.ts';
+import { startLiveViewRig } from '../helpers/agent-on-broker.ts';
 
 const deviceId = 'cam-udp-attack';
 
@@ -81,21 +80,14 @@ function icePort(answer: string): number {
 
 t.test('spoofed UDP to the ICE port neither ends nor disturbs a live view', async (t) => {
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
-  const { broker, recorder, agent } = await startAgentOnBroker(t, {
+  const { recorder, agent, viewers, fleet } = await startLiveViewRig(t, {
     deviceId,
     issuers: [issuer],
-    capturing: true,
     config: {
       commands: { maxConcurrentStreams: 2 },
       capture: { width: 320, height: 240, framerate: 15, bitrateKbps: 300 },
       stream: { ice: { interfaces: ['lo'] }, viewerLostGrace: 10, connectTimeout: 20 },
     },
-  });
-  const viewers = await ChromiumViewers.launch();
-  const fleet = await FleetClient.connect(broker.url);
-  t.teardown(async () => {
-    await viewers.close();
-    await fleet.close();
   });
 
   const auditEntries = () => recorder.on('audit').map((m) => m.json?.entry as AuditEntry | undefined).filter((e): e is AuditEntry => e !== undefined);

@@ -5,7 +5,9 @@
 import type { Test } from 'tap';
 import { spawnAgent, tempStateDir, type AgentProcess } from './agent-process.ts';
 import { writeAgentConfig } from './agent-config.ts';
+import { ChromiumViewers } from './chromium-viewer.ts';
 import { writeTrustStore, type Issuer } from './command-tokens.ts';
+import { FleetClient } from './fleet-client.ts';
 import { startBroker, type Broker } from './mosquitto.ts';
 import { MqttRecorder } from './mqtt-recorder.ts';
 
@@ -62,4 +64,24 @@ export async function startAgentOnBroker(t: Test, o: AgentOnBrokerOptions): Prom
     m.json?.online === true && (!o.capturing || (m.json?.capture as { status?: string } | null)?.status === 'running');
   await recorder.waitFor(() => recorder.on('state').some(ready), 60_000, o.capturing ? 'the agent online and capturing' : 'the agent online');
   return { broker, recorder, agent, stateDir };
+}
+
+export interface LiveViewRig extends AgentOnBroker {
+  viewers: ChromiumViewers;
+  fleet: FleetClient;
+}
+
+/**
+ * The live-view tests' rig: the agent on its broker, online and capturing (a view needs frames),
+ * a headless Chromium to view it (with `chromiumArgs`, e.g. a fake microphone) and a fleet client
+ * to send it signed commands; all torn down with the test.
+ */
+export async function startLiveViewRig(t: Test, o: Omit<AgentOnBrokerOptions, 'capturing'> & { chromiumArgs?: string[] }): Promise<LiveViewRig> {
+  const { chromiumArgs, ...agentOptions } = o;
+  const rig = await startAgentOnBroker(t, { ...agentOptions, capturing: true });
+  const viewers = await ChromiumViewers.launch(chromiumArgs);
+  t.teardown(() => viewers.close());
+  const fleet = await FleetClient.connect(rig.broker.url);
+  t.teardown(() => fleet.close());
+  return { ...rig, viewers, fleet };
 }
