@@ -14,6 +14,7 @@ import t from 'tap';
 import { agentBin, spawnAgent, tempStateDir } from './helpers/agent-process.ts';
 import { writeAgentConfig } from './helpers/agent-config.ts';
 import { ChromiumViewers } from './helpers/chromium-viewer.ts';
+import { signInToConsole } from './helpers/console-page.ts';
 import { startConsole } from './helpers/console-process.ts';
 import { startBroker } from './helpers/mosquitto.ts';
 import { MqttRecorder } from './helpers/mqtt-recorder.ts';
@@ -58,15 +59,7 @@ t.test('watch-me and emergency from the wearer\'s buttons to the console and bac
   // A fleet admin pins the camera's key at issue; here it is taken from the agent's first state.
   await console_.enrol(cam, state()!.devicePublicKey!);
 
-  const page = (await viewers.open()).page;
-  page.setDefaultTimeout(60_000);
-  const errors: string[] = [];
-  page.on('pageerror', (err) => errors.push(err.message));
-  await page.goto(console_.url);
-  await page.getByTestId('login-user').fill('sgt1');
-  await page.getByTestId('login-password').fill('pw-1');
-  await page.getByTestId('login-submit').click();
-  await page.getByTestId(`camera-${cam}`).waitFor();
+  const { page, errors } = await signInToConsole(viewers, { base: console_.url, user: 'sgt1', password: 'pw-1', camera: cam, timeoutMs: 60_000 });
 
   await t.test('watch-me -> alert -> one click -> live view playing, reason officer-request in the audit', async (t) => {
     await ctl('button', 'function', 'double');

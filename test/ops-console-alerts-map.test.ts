@@ -18,6 +18,7 @@ import { Fleet } from '../ops-console/fleet.ts';
 import { ConsoleServer } from '../ops-console/server.ts';
 import { hashPassword, UserStore } from '../ops-console/users.ts';
 import { ChromiumViewers } from './helpers/chromium-viewer.ts';
+import { signInToConsole } from './helpers/console-page.ts';
 import { startBroker } from './helpers/mosquitto.ts';
 
 const cam = 'cam-0090';
@@ -93,18 +94,7 @@ t.test('alerts in the list and on the map, acknowledged; the base map and its fa
   });
   for (const entry of entries) await device.publishAsync(`bwc/v1/${cam}/audit`, JSON.stringify({ kind: 'entry', entry }), { qos: 1 });
 
-  const signIn = async (base: string, user: string, password: string) => {
-    const page = (await viewers.open()).page;
-    page.setDefaultTimeout(20_000);
-    const errors: string[] = [];
-    page.on('pageerror', (err) => errors.push(err.message));
-    await page.goto(base);
-    await page.getByTestId('login-user').fill(user);
-    await page.getByTestId('login-password').fill(password);
-    await page.getByTestId('login-submit').click();
-    await page.getByTestId(`camera-${cam}`).waitFor();
-    return { page, errors };
-  };
+  const signIn = (base: string, user: string, password: string) => signInToConsole(viewers, { base, user, password, camera: cam, timeoutMs: 20_000 });
 
   await t.test('a standards user sees the alert in the list and on the base map, and acknowledges it', async (t) => {
     const { page, errors } = await signIn(consoles[0]!.base, 'psd1', 'pw-2');

@@ -19,6 +19,7 @@ import { hashPassword, UserStore } from '../ops-console/users.ts';
 import { runCli, tempStateDir } from './helpers/agent-process.ts';
 import { startAgentOnBroker } from './helpers/agent-on-broker.ts';
 import { ChromiumViewers } from './helpers/chromium-viewer.ts';
+import { signInToConsole } from './helpers/console-page.ts';
 
 const cam = 'cam-panel';
 const other = 'cam-updating';
@@ -56,18 +57,7 @@ t.test('a fleet admin runs the Fleet panel against the real agent', async (t) =>
     await fleet.close();
   });
 
-  const signIn = async (user: string, password: string) => {
-    const page = (await viewers.open()).page;
-    page.setDefaultTimeout(30_000);
-    const errors: string[] = [];
-    page.on('pageerror', (err) => errors.push(err.message));
-    await page.goto(base);
-    await page.getByTestId('login-user').fill(user);
-    await page.getByTestId('login-password').fill(password);
-    await page.getByTestId('login-submit').click();
-    await page.getByTestId(`camera-${cam}`).waitFor();
-    return { page, errors };
-  };
+  const signIn = (user: string, password: string) => signInToConsole(viewers, { base, user, password, camera: cam, timeoutMs: 30_000 });
 
   const { page, errors } = await signIn('admin1', 'pw-1');
   const row = (id: string) => page.getByTestId(`fleet-row-${id}`);

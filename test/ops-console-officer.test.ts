@@ -15,6 +15,7 @@ import mqtt from 'mqtt';
 import t from 'tap';
 import { liveChain } from './helpers/audit-fixtures.ts';
 import { ChromiumViewers } from './helpers/chromium-viewer.ts';
+import { openCanvasCamera, signInToConsole } from './helpers/console-page.ts';
 import { startConsole } from './helpers/console-process.ts';
 import { startBroker } from './helpers/mosquitto.ts';
 
@@ -61,19 +62,7 @@ t.test('officer alerts, watch-me, acknowledgement, push-to-talk, playout delay a
   await device.publishAsync(`bwc/v1/${cam}/state`, state(), { qos: 1, retain: true });
   const event = (body: Record<string, unknown>) => device.publishAsync(`bwc/v1/${cam}/event`, JSON.stringify({ time: new Date().toISOString(), seq: 1, ...body }), { qos: 1 });
 
-  const cameraPage = (await viewers.open()).page;
-  await cameraPage.evaluate(() => {
-    const canvas = document.createElement('canvas');
-    Object.assign(canvas, { width: 320, height: 240 });
-    document.body.append(canvas);
-    const ctx = canvas.getContext('2d')!;
-    let n = 0;
-    setInterval(() => {
-      ctx.fillStyle = `hsl(${(n++ * 7) % 360} 80% 50%)`;
-      ctx.fillRect(0, 0, 320, 240);
-    }, 33);
-    (globalThis as unknown as { track: MediaStreamTrack }).track = canvas.captureStream(30).getVideoTracks()[0]!;
-  });
+  const cameraPage = await openCanvasCamera(viewers);
   /** The camera's WebRTC answer: video out; the talk-back m-line received only when the token grants talk. */
   const cameraAnswers = (offer: string, talk: boolean) => cameraPage.evaluate(async ({ offer, talk }) => {
     const g = globalThis as unknown as { pc?: RTCPeerConnection; track: MediaStreamTrack };
@@ -140,19 +129,15 @@ t.test('officer alerts, watch-me, acknowledgement, push-to-talk, playout delay a
   });
 
   /** plainMap: Leaflet is kept from loading, so the page falls back to its own SVG map (the other map kind). */
-  const signIn = async (base: string, user: string, password: string, plainMap = false) => {
-    const page = (await viewers.open()).page;
-    page.setDefaultTimeout(20_000);
-    if (plainMap) await page.route('**/vendor/leaflet.js', (route) => route.abort());
-    const errors: string[] = [];
-    page.on('pageerror', (err) => errors.push(err.message));
-    await page.goto(base);
-    await page.getByTestId('login-user').fill(user);
-    await page.getByTestId('login-password').fill(password);
-    await page.getByTestId('login-submit').click();
-    await page.getByTestId(`camera-${cam}`).waitFor();
-    return { page, errors };
-  };
+  const signIn = (base: string, user: string, password: string, plainMap = false) =>
+    signInToConsole(viewers, {
+      base,
+      user,
+      password,
+      camera: cam,
+      timeoutMs: 20_000,
+      beforeLoad: plainMap ? (page) => page.route('**/vendor/leaflet.js', (route) => route.abort()) : undefined,
+    });
   const beeps = async (page: Awaited<ReturnType<typeof signIn>>['page']) => Number(await page.getByTestId('officer-banner').getAttribute('data-beeps'));
   t.comment(`set up in ${Math.round(performance.now() - t0)} ms`);
   const { page, errors } = await signIn(console_.url, 'sgt1', 'pw-1', true);

@@ -19,6 +19,7 @@ import { ConsoleServer } from '../ops-console/server.ts';
 import { hashPassword, UserStore, verifyPassword } from '../ops-console/users.ts';
 import { buildAuditChain, clone, entryIndex, entryOf } from './helpers/audit-fixtures.ts';
 import { ChromiumViewers } from './helpers/chromium-viewer.ts';
+import { openCanvasCamera, signInToConsole } from './helpers/console-page.ts';
 import { startBroker } from './helpers/mosquitto.ts';
 
 t.test('passwords', async (t) => {
@@ -351,18 +352,8 @@ t.test('in Chromium: the page answers a camera\'s ICE restart on the same connec
   });
 
   // The camera's WebRTC side: a Chromium page sending a canvas, answering and then offering.
-  const camera = (await viewers.open()).page;
+  const camera = await openCanvasCamera(viewers);
   await camera.evaluate(() => {
-    const canvas = document.createElement('canvas');
-    Object.assign(canvas, { width: 320, height: 240 });
-    document.body.append(canvas);
-    const ctx = canvas.getContext('2d')!;
-    let n = 0;
-    setInterval(() => {
-      ctx.fillStyle = `hsl(${(n++ * 7) % 360} 80% 50%)`;
-      ctx.fillRect(0, 0, 320, 240);
-    }, 33);
-    (globalThis as unknown as { track: MediaStreamTrack }).track = canvas.captureStream(30).getVideoTracks()[0]!;
     // No trickle: every candidate in the one SDP.
     // (After an ICE restart's setLocalDescription the state may still say "complete" from before.)
     (globalThis as unknown as { gathered: (pc: RTCPeerConnection) => Promise<void> }).gathered = (pc) => new Promise<void>((resolve) => {
@@ -415,12 +406,7 @@ t.test('in Chromium: the page answers a camera\'s ICE restart on the same connec
     });
   });
 
-  const page = (await viewers.open()).page;
-  page.setDefaultTimeout(20_000);
-  await page.goto(base);
-  await page.getByTestId('login-user').fill('sgt1');
-  await page.getByTestId('login-password').fill('pw-1');
-  await page.getByTestId('login-submit').click();
+  const { page } = await signInToConsole(viewers, { base, user: 'sgt1', password: 'pw-1', camera: cam, timeoutMs: 20_000 });
   await page.getByTestId(`camera-${cam}`).getByRole('button').click();
   await page.getByTestId('reason-select').selectOption('public-safety');
   await page.getByTestId('request-live').click();

@@ -18,6 +18,7 @@ import { Fleet } from '../../ops-console/fleet.ts';
 import { defaultLimits } from '../../ops-console/message-shapes.ts';
 import { buildAuditChain } from '../helpers/audit-fixtures.ts';
 import { ChromiumViewers } from '../helpers/chromium-viewer.ts';
+import { signInToConsole } from '../helpers/console-page.ts';
 import { startConsole } from '../helpers/console-process.ts';
 import { startBroker } from '../helpers/mosquitto.ts';
 
@@ -116,15 +117,7 @@ t.test('the console survives what a hostile publisher sends it', async (t) => {
     await publisher.publishAsync('bwc/v1/cam-bad/state', JSON.stringify(bad), { qos: 1, retain: true });
     const viewers = await ChromiumViewers.launch();
     t.teardown(() => viewers.close());
-    const page = (await viewers.open()).page;
-    page.setDefaultTimeout(20_000);
-    const errors: string[] = [];
-    page.on('pageerror', (err) => errors.push(err.message));
-    await page.goto(console_.url);
-    await page.getByTestId('login-user').fill('sgt1');
-    await page.getByTestId('login-password').fill('pw-1');
-    await page.getByTestId('login-submit').click();
-    await page.getByTestId('camera-cam-good').waitFor();
+    const { page, errors } = await signInToConsole(viewers, { base: console_.url, user: 'sgt1', password: 'pw-1', camera: 'cam-good', timeoutMs: 20_000 });
     t.pass('the good camera is in the table');
     // A state published after the bad one reaches the page too: the table keeps rendering.
     await publisher.publishAsync('bwc/v1/cam-later/state', JSON.stringify({ ...good, deviceId: 'cam-later' }), { qos: 1, retain: true });
