@@ -24,7 +24,7 @@ const benches: Bench[] = [
   { name: 'command-roundtrip', file: 'bench/command-roundtrip.ts', flags: ['runs'] },
   { name: 'capture', file: 'bench/capture.ts', flags: ['preset', 'seconds', 'requests'] },
   { name: 'encryption', file: 'bench/encryption.ts', flags: ['window-s', 'rounds'] },
-  { name: 'stream', file: 'bench/stream.ts', flags: ['runs', 'rounds', 'turn-runs', 'window-s'] },
+  { name: 'stream', file: 'bench/stream.ts', flags: ['runs', 'rounds', 'turn-runs', 'window-s', 'cpu-viewers', 'cpu-rounds'] },
   { name: 'live-encoder', file: 'bench/live-encoder.ts', flags: ['window-s'] },
   { name: 'pi5-encoder', file: 'bench/pi5-encoder.ts', flags: ['frames', 'rounds'] },
   { name: 'bad-link', file: 'bench/bad-link.ts', flags: ['moves', 'window-s', 'variants'] },

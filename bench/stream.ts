@@ -7,15 +7,18 @@
 //      loopback, then --turn-runs (10) each through TURN only (coturn on loopback).
 //  (b) CPU per viewer, side by side with GStreamer's webrtcbin sending the same stream (same
 //      source, encoder settings and payloader, bench/lib/webrtcbin-sender.py) to the same
-//      Chromium: for 0, 1 and 2 viewers, --window-s (15) seconds each. The agent's cost is its
+//      Chromium: for 0 and --cpu-viewers (1,2,4) viewers, --window-s (15) seconds each, in
+//      --cpu-rounds (3) rounds (the goal asks for stability across three runs: median and min-max). The agent's cost is its
 //      JS (main) thread and its whole process (the capture worker encodes once for any number of
 //      viewers); webrtcbin's is its process over its own encoding alone (--encode-only, which has
 //      no payloader: webrtcbin needs one per viewer). Per viewer: (cost(N) - cost(0)) / N.
 //  (c) RSS added per viewer, the same way.
 // Writes bench/results/stream.json and a markdown table.
 //
-// Usage: node bench/stream.ts [--runs 20] [--rounds 3] [--turn-runs 10] [--window-s 15] [--first-only]
-// (--first-only: (a) alone, writing bench/results/stream-first-frame.json)
+// Usage: node bench/stream.ts [--runs 20] [--rounds 3] [--turn-runs 10] [--window-s 15]
+//        [--cpu-viewers 1,2,4] [--cpu-rounds 3] [--first-only | --cpu-only]
+// (--first-only: (a) alone, writing bench/results/stream-first-frame.json; --cpu-only: (b), (c)
+// alone, writing bench/results/stream-cpu.json)
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -25,7 +28,7 @@ import mqtt from 'mqtt';
 import { spawnAgent, tempStateDir, type AgentProcess } from '../test/helpers/agent-process.ts';
 import { writeAgentConfig } from '../test/helpers/agent-config.ts';
 import { ChromiumViewers, type Viewer } from '../test/helpers/chromium-viewer.ts';
-import { makeCommand, makeIssuer, writeTrustStore } from '../test/helpers/command-tokens.ts';
+import { makeCommand, makeIssuer, writeTrustStore, type Issuer } from '../test/helpers/command-tokens.ts';
 import { freeLoopbackPort } from '../test/helpers/gpsfake.ts';
 import { FleetClient } from '../test/helpers/fleet-client.ts';
 import { startBroker } from '../test/helpers/mosquitto.ts';
@@ -54,6 +57,27 @@ interface Window {
   /** frames the viewers decoded during the window, each. */
   framesDecoded: number[];
 }
+
+interface PerViewer {
+  viewers: number;
+  agentJsThreadPct: number;
+  agentProcessPct: number;
+  webrtcbinOverEncodingPct: number;
+  ratioJsThread: number;
+  ratioProcess: number;
+  agentRssAddedMiB: number;
+  webrtcbinRssAddedMiB: number;
+}
+
+interface CpuRound {
+  agentWindows: Window[];
+  afterWindow: Window;
+  encodeWindow: Window;
+  gstWindows: Window[];
+  perViewer: PerViewer[];
+}
+
+const round2 = (x: number) => round(x, 2);
 
 /** Samples CPU and RSS of the named pids (and threads) over windowMs while the viewers play. */
 async function measureWindow(viewers: Viewer[], targets: Record<string, { pid: number; tid?: number; rss?: boolean }>, windowMs: number): Promise<Window> {
@@ -123,26 +147,15 @@ async function waitForState(recorderClient: mqtt.MqttClient, predicate: (s: Reco
   });
 }
 
-async function main(): Promise<void> {
-  installCleanup();
-  const flags = parseFlags(process.argv.slice(2));
-  const runs = intFlag(flags, 'runs', 20);
-  const rounds = intFlag(flags, 'rounds', 3);
-  const turnRuns = flags.get('turn-runs') === '0' ? 0 : intFlag(flags, 'turn-runs', 10);
-  const firstOnly = flags.has('first-only');
-  const windowMs = intFlag(flags, 'window-s', 15) * 1000;
-  const issuer = await makeIssuer({ iss: 'bench-fleet' });
-  const broker = await startBroker();
-
-  // (a) first picture, new and old side by side.
+/** (a): the first picture, new and old side by side, warm, cold and through TURN. */
+async function measureFirstFrame(o: { broker: { url: string }; issuer: Issuer; runs: number; rounds: number; turnRuns: number }): Promise<{ firstFrame: ReturnType<typeof summariseFirstFrame>; firstFrameViews: Awaited<ReturnType<typeof runFirstFrame>> }> {
+  const { broker, issuer, runs, rounds, turnRuns } = o;
   const ffViewers = await ChromiumViewers.launch();
   const ffFleet = await FleetClient.connect(broker.url);
   // coturn's own upper bound (600 s by default) is shorter than a loaded run: round 2's TURN views all failed when it expired.
   const turn = turnRuns > 0 ? await startCoturn({ listenAddress: '127.0.0.1', maxSeconds: 7200 }) : undefined;
-  let firstFrame: ReturnType<typeof summariseFirstFrame>;
-  let firstFrameViews: Awaited<ReturnType<typeof runFirstFrame>>;
   try {
-    firstFrameViews = await runFirstFrame({
+    const firstFrameViews = await runFirstFrame({
       brokerUrl: broker.url,
       issuer,
       viewers: ffViewers,
@@ -155,20 +168,42 @@ async function main(): Promise<void> {
       log: (line) => process.stderr.write(`stream: ${line}\n`),
       onRound: (views, done) => writeResult('stream-first-frame-partial', { roundsDone: done, views, failedViews }),
     });
-    firstFrame = summariseFirstFrame(firstFrameViews, rounds);
+    return { firstFrame: summariseFirstFrame(firstFrameViews, rounds), firstFrameViews };
   } finally {
     await ffFleet.close();
     await ffViewers.close();
     await turn?.stop();
   }
+}
+
+async function main(): Promise<void> {
+  installCleanup();
+  const flags = parseFlags(process.argv.slice(2));
+  const runs = intFlag(flags, 'runs', 20);
+  const rounds = intFlag(flags, 'rounds', 3);
+  const turnRuns = flags.get('turn-runs') === '0' ? 0 : intFlag(flags, 'turn-runs', 10);
+  const firstOnly = flags.has('first-only');
+  const cpuOnly = flags.has('cpu-only');
+  const windowMs = intFlag(flags, 'window-s', 15) * 1000;
+  // The goal: per-viewer CPU at 1, 2 and 4 viewers, stable across three runs.
+  const cpuViewers = (flags.get('cpu-viewers') ?? '1,2,4').split(',').map(Number);
+  if (cpuViewers.some((n) => !Number.isInteger(n) || n < 1 || n > 8)) throw new Error(`--cpu-viewers: whole numbers 1-8, got ${flags.get('cpu-viewers')}`);
+  const cpuRoundCount = intFlag(flags, 'cpu-rounds', 3);
+  const issuer = await makeIssuer({ iss: 'bench-fleet' });
+  const broker = await startBroker();
+
+  // (a) first picture, new and old side by side (skipped with --cpu-only).
+  let firstFrame: ReturnType<typeof summariseFirstFrame> | undefined;
+  let firstFrameViews: Awaited<ReturnType<typeof runFirstFrame>> = [];
+  if (!cpuOnly) ({ firstFrame, firstFrameViews } = await measureFirstFrame({ broker, issuer, runs, rounds, turnRuns }));
   const sqliteVersion = (new Database(':memory:').prepare('select sqlite_version() v').get() as { v: string }).v;
-  const firstMd = [
-    `### Live view first frame: ${width}x${height}@${fps}, ${bitrateKbps} kbit/s, headless Chromium`,
-    '',
-    firstFrameMarkdown(firstFrame, runs, turnRuns, rounds),
-    `Machine: ${machineLine(machineFacts(sqliteVersion))}. Two agents (one per mode) and Chromium share 2 cores with other work: expect noise.`,
-  ].join('\n');
-  if (firstOnly) {
+  if (firstOnly && firstFrame) {
+    const firstMd = [
+      `### Live view first frame: ${width}x${height}@${fps}, ${bitrateKbps} kbit/s, headless Chromium`,
+      '',
+      firstFrameMarkdown(firstFrame, runs, turnRuns, rounds),
+      `Machine: ${machineLine(machineFacts(sqliteVersion))}. Two agents (one per mode) and Chromium share 2 cores: expect noise.`,
+    ].join('\n');
     writeResult('stream-first-frame', { machine: machineFacts(sqliteVersion), width, height, fps, bitrateKbps, runs, rounds, turnRuns, firstFrame, views: firstFrameViews, failedViews, markdown: firstMd });
     process.stdout.write(`${firstMd}\n`);
     await broker.dispose();
@@ -177,7 +212,7 @@ async function main(): Promise<void> {
 
   const stateDir = await tempStateDir('bwc-bench-live-');
   const config = await writeAgentConfig(stateDir, {
-    commands: { trustStore: writeTrustStore(stateDir, [issuer]), unsynchronisedClock: 'accept', maxConcurrentStreams: 2 },
+    commands: { trustStore: writeTrustStore(stateDir, [issuer]), unsynchronisedClock: 'accept', maxConcurrentStreams: Math.max(...cpuViewers) },
     capture: { width, height, framerate: fps, bitrateKbps },
     stream: { ice: { interfaces: ['lo'] } },
   });
@@ -217,84 +252,100 @@ async function main(): Promise<void> {
 
     await close(await open()); // warms the JIT, DTLS and Chromium's decoder
 
-    // (b), (c): 0, 1, 2 viewers on the agent.
-    process.stderr.write('stream: agent CPU and RSS with 0, 1, 2 viewers\n');
     const agentTargets = { agentJsThread: { pid: agentPid, tid: agentPid }, agentProcess: { pid: agentPid, rss: true }, captureWorker: { pid: workerPid, rss: true } };
-    const agentWindows: Window[] = [await measureWindow([], agentTargets, windowMs)];
-    const watching: Awaited<ReturnType<typeof open>>[] = [];
-    for (let n = 1; n <= 2; n++) {
-      watching.push(await open());
-      await sleep(3000);
-      agentWindows.push(await measureWindow(watching.map((w) => w.viewer), agentTargets, windowMs));
-    }
-    for (const w of watching) await close(w);
-    // 0 viewers again: what the agent keeps after its viewers left (V8 heap it does not give back).
-    await sleep(3000);
-    const afterWindow = await measureWindow([], agentTargets, windowMs);
+    /** One round of (b), (c): the agent at 0 and each viewer count, then webrtcbin the same way. */
+    const cpuRound = async (round: number): Promise<CpuRound> => {
+      process.stderr.write(`stream: CPU round ${round}: the agent with 0, ${cpuViewers.join(', ')} viewers\n`);
+      const agentWindows: Window[] = [await measureWindow([], agentTargets, windowMs)];
+      for (const n of cpuViewers) {
+        const watching: Awaited<ReturnType<typeof open>>[] = [];
+        for (let i = 0; i < n; i++) watching.push(await open());
+        await sleep(3000);
+        agentWindows.push(await measureWindow(watching.map((w) => w.viewer), agentTargets, windowMs));
+        for (const w of watching) await close(w);
+        await sleep(2000);
+      }
+      // 0 viewers again: what the agent keeps after its viewers left (V8 heap it does not give back).
+      const afterWindow = await measureWindow([], agentTargets, windowMs);
 
-    // The same with webrtcbin.
-    process.stderr.write('stream: webrtcbin CPU and RSS, encoding alone, then 1 and 2 viewers\n');
-    const encodeOnly = new WebrtcbinSender(true);
-    await encodeOnly.ready;
-    await sleep(3000);
-    const encodeWindow = await measureWindow([], { webrtcbin: { pid: encodeOnly.child.pid!, rss: true } }, windowMs);
-    await encodeOnly.stop();
-    const sender = new WebrtcbinSender(false);
-    await sender.ready;
-    await sleep(2000);
-    const gstWindows: Window[] = [];
-    const gstViewers: Viewer[] = [];
-    for (let n = 1; n <= 2; n++) {
-      const viewer = await viewers.open();
-      const answer = await sender.answer(`v${n}`, await viewer.createOffer());
-      await viewer.applyAnswer(answer);
-      await viewer.waitForVideo((v) => v.framesDecoded > 0, 20_000, `webrtcbin viewer ${n} decodes`);
-      gstViewers.push(viewer);
+      process.stderr.write(`stream: CPU round ${round}: webrtcbin encoding alone, then ${cpuViewers.join(', ')} viewers\n`);
+      const encodeOnly = new WebrtcbinSender(true);
+      await encodeOnly.ready;
       await sleep(3000);
-      gstWindows.push(await measureWindow(gstViewers, { webrtcbin: { pid: sender.child.pid!, rss: true } }, windowMs));
-    }
-    for (const v of gstViewers) await v.vanish();
-    await sender.stop();
+      const encodeWindow = await measureWindow([], { webrtcbin: { pid: encodeOnly.child.pid!, rss: true } }, windowMs);
+      await encodeOnly.stop();
+      const gstWindows: Window[] = [];
+      for (const n of cpuViewers) {
+        // A fresh sender per count, as the agent's views are fresh per count.
+        const sender = new WebrtcbinSender(false);
+        await sender.ready;
+        await sleep(2000);
+        const gstViewers: Viewer[] = [];
+        for (let i = 0; i < n; i++) {
+          const viewer = await viewers.open();
+          await viewer.applyAnswer(await sender.answer(`r${round}-n${n}-v${i}`, await viewer.createOffer()));
+          await viewer.waitForVideo((v) => v.framesDecoded > 0, 20_000, `webrtcbin viewer ${i + 1} of ${n} decodes`);
+          gstViewers.push(viewer);
+        }
+        await sleep(3000);
+        gstWindows.push(await measureWindow(gstViewers, { webrtcbin: { pid: sender.child.pid!, rss: true } }, windowMs));
+        for (const v of gstViewers) await v.vanish();
+        await sender.stop();
+      }
 
-    // Results.
-    const base = agentWindows[0]!;
-    const perViewer = (w: Window) => {
-      const n = w.viewers;
-      const js = (w.cpu.agentJsThread! - base.cpu.agentJsThread!) / n;
-      // The capture worker is left out: it encodes and payloads once whatever the number of viewers
-      // (its figures are in the absolute line); the fan-out to viewers is all in the agent process.
-      const whole = (w.cpu.agentProcess! - base.cpu.agentProcess!) / n;
-      const gst = gstWindows[n - 1]!;
-      const gstPer = (gst.cpu.webrtcbin! - encodeWindow.cpu.webrtcbin!) / n;
-      return {
-        viewers: n,
-        agentJsThreadPct: round(js),
-        agentProcessPct: round(whole),
-        webrtcbinOverEncodingPct: round(gstPer),
-        ratioJsThread: round(js / gstPer, 2),
-        ratioProcess: round(whole / gstPer, 2),
-        agentRssAddedMiB: round((w.rssMiB.agentProcess! - base.rssMiB.agentProcess!) / n),
-        webrtcbinRssAddedMiB: round((gst.rssMiB.webrtcbin! - encodeWindow.rssMiB.webrtcbin!) / n),
-      };
+      const base = agentWindows[0]!;
+      const perViewer = agentWindows.slice(1).map((w, i): PerViewer => {
+        const n = w.viewers;
+        const js = (w.cpu.agentJsThread! - base.cpu.agentJsThread!) / n;
+        // The capture worker is left out: it encodes and payloads once whatever the number of viewers
+        // (its figures are in the absolute line); the fan-out to viewers is all in the agent process.
+        const whole = (w.cpu.agentProcess! - base.cpu.agentProcess!) / n;
+        const gst = gstWindows[i]!;
+        const gstPer = (gst.cpu.webrtcbin! - encodeWindow.cpu.webrtcbin!) / n;
+        return {
+          viewers: n,
+          agentJsThreadPct: round2(js),
+          agentProcessPct: round2(whole),
+          webrtcbinOverEncodingPct: round2(gstPer),
+          ratioJsThread: round2(js / gstPer),
+          ratioProcess: round2(whole / gstPer),
+          agentRssAddedMiB: round2((w.rssMiB.agentProcess! - base.rssMiB.agentProcess!) / n),
+          webrtcbinRssAddedMiB: round2((gst.rssMiB.webrtcbin! - encodeWindow.rssMiB.webrtcbin!) / n),
+        };
+      });
+      return { agentWindows, afterWindow, encodeWindow, gstWindows, perViewer };
     };
-    const rows = agentWindows.slice(1).map(perViewer);
+    const cpuRounds: CpuRound[] = [];
+    for (let r = 1; r <= cpuRoundCount; r++) cpuRounds.push(await cpuRound(r));
+
+    // Results: each figure as the median over the rounds with its min-max, the spread the goal asks for.
+    const spread = (values: number[]) => {
+      const sorted = [...values].sort((x, y) => x - y);
+      return { median: round2(sorted[Math.floor((sorted.length - 1) / 2)]!), min: round2(sorted[0]!), max: round2(sorted.at(-1)!), values };
+    };
+    const show = (sp: { median: number; min: number; max: number }) => (cpuRounds.length > 1 ? `${sp.median} (${sp.min}–${sp.max})` : String(sp.median));
+    const keys = ['agentJsThreadPct', 'agentProcessPct', 'webrtcbinOverEncodingPct', 'ratioJsThread', 'ratioProcess', 'agentRssAddedMiB', 'webrtcbinRssAddedMiB'] as const;
+    const rows = cpuViewers.map((n, i) => ({ viewers: n, ...Object.fromEntries(keys.map((k) => [k, spread(cpuRounds.map((c) => c.perViewer[i]![k]))])) }) as { viewers: number } & Record<(typeof keys)[number], ReturnType<typeof spread>>);
     const machine = machineFacts(sqliteVersion);
     const md = [
       `### Live view: ${width}x${height}@${fps}, ${bitrateKbps} kbit/s, headless Chromium on loopback`,
       '',
-      firstFrameMarkdown(firstFrame, runs, turnRuns, rounds),
-      `(b, c) Cost per viewer, ${windowMs / 1000} s windows, (cost(N) - cost(0)) / N; % of one core. webrtcbin (bench/lib/webrtcbin-sender.py) sends the same source with the same encoder and payloader settings to the same Chromium (one payloader per viewer, which webrtcbin needs); its base is its own encoding alone.`,
+      ...(firstFrame ? [firstFrameMarkdown(firstFrame, runs, turnRuns, rounds)] : ['(a) first frame: not measured in this run (--cpu-only).', '']),
+      `(b, c) Cost per viewer, ${windowMs / 1000} s windows, (cost(N) - cost(0)) / N; % of one core; median (min–max) over ${cpuRounds.length} rounds, each measuring the agent and then webrtcbin. webrtcbin (bench/lib/webrtcbin-sender.py) sends the same source with the same encoder and payloader settings to the same Chromium (one payloader per viewer, which webrtcbin needs); its base is its own encoding alone.`,
       '',
       markdownTable(
         ['viewers', 'agent JS thread %', 'agent process (all threads) %', 'webrtcbin over encoding %', 'ratio JS thread / webrtcbin', 'ratio agent process / webrtcbin', 'agent RSS added MiB', 'webrtcbin RSS added MiB'],
-        rows.map((r) => [r.viewers, r.agentJsThreadPct, r.agentProcessPct, r.webrtcbinOverEncodingPct, r.ratioJsThread, r.ratioProcess, r.agentRssAddedMiB, r.webrtcbinRssAddedMiB]),
+        rows.map((r) => [r.viewers, ...keys.map((k) => show(r[k]))]),
       ),
       '',
-      `Absolute: agent JS thread ${agentWindows.map((w) => w.cpu.agentJsThread).join(' / ')} %, agent process ${agentWindows.map((w) => w.cpu.agentProcess).join(' / ')} %, capture worker ${agentWindows.map((w) => w.cpu.captureWorker).join(' / ')} %, agent RSS ${agentWindows.map((w) => w.rssMiB.agentProcess).join(' / ')} MiB at 0 / 1 / 2 viewers and ${afterWindow.rssMiB.agentProcess} MiB (CPU ${afterWindow.cpu.agentProcess} %) once they left; webrtcbin ${encodeWindow.cpu.webrtcbin} % encoding alone, ${gstWindows.map((w) => w.cpu.webrtcbin).join(' / ')} % at 1 / 2 viewers, RSS ${encodeWindow.rssMiB.webrtcbin} / ${gstWindows.map((w) => w.rssMiB.webrtcbin).join(' / ')} MiB. Frames decoded per viewer per window: agent ${agentWindows.slice(1).map((w) => w.framesDecoded.join('+')).join(', ')}; webrtcbin ${gstWindows.map((w) => w.framesDecoded.join('+')).join(', ')}.`,
+      ...cpuRounds.map(
+        (c, i) =>
+          `Round ${i + 1}, absolute: agent JS thread ${c.agentWindows.map((w) => w.cpu.agentJsThread).join(' / ')} %, agent process ${c.agentWindows.map((w) => w.cpu.agentProcess).join(' / ')} %, capture worker ${c.agentWindows.map((w) => w.cpu.captureWorker).join(' / ')} %, agent RSS ${c.agentWindows.map((w) => w.rssMiB.agentProcess).join(' / ')} MiB at 0 / ${cpuViewers.join(' / ')} viewers and ${c.afterWindow.rssMiB.agentProcess} MiB (CPU ${c.afterWindow.cpu.agentProcess} %) once they left; webrtcbin ${c.encodeWindow.cpu.webrtcbin} % encoding alone, ${c.gstWindows.map((w) => w.cpu.webrtcbin).join(' / ')} % at ${cpuViewers.join(' / ')} viewers. Frames decoded per viewer per window: agent ${c.agentWindows.slice(1).map((w) => w.framesDecoded.join('+')).join(', ')}; webrtcbin ${c.gstWindows.map((w) => w.framesDecoded.join('+')).join(', ')}.`,
+      ),
       '',
-      `Machine: ${machineLine(machine)}. Chromium decodes on the same 2 cores: single runs, expect noise.`,
+      `Machine: ${machineLine(machine)}. Chromium decodes on the same 2 cores.`,
     ].join('\n');
-    writeResult('stream', { machine, width, height, fps, bitrateKbps, runs, windowS: windowMs / 1000, firstFrame, firstFrameViews, failedViews, agentWindows, agentAfterViewers: afterWindow, webrtcbinEncodeOnly: encodeWindow, webrtcbinWindows: gstWindows, perViewer: rows, markdown: md });
+    writeResult(cpuOnly ? 'stream-cpu' : 'stream', { machine, width, height, fps, bitrateKbps, runs, windowS: windowMs / 1000, cpuViewers, firstFrame, firstFrameViews, failedViews, cpuRounds, perViewer: rows, markdown: md });
     process.stdout.write(`${md}\n`);
   } finally {
     await fleet.close();
