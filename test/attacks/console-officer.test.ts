@@ -54,13 +54,18 @@ t.test('officer alerts, watch-me and talk-back cannot be misused', async (t) => 
     t.equal(camera.commands.length, 1, 'only the one acknowledgement was signed');
   });
 
+  /** Enrols a camera with the console and returns how to append records to its signed audit chain, published as the camera would. */
+  const enrolledAuditChain = async (deviceId: string) => {
+    const chain = await liveChain(deviceId);
+    await console_.enrol(deviceId, chain.key.publicJwk);
+    return async (record: Parameters<typeof chain.append>[0]) => {
+      for (const m of chain.append(record)) await device.publishAsync(`bwc/v1/${deviceId}/audit`, JSON.stringify(m), { qos: 1 });
+    };
+  };
+
   await t.test('a forged officer.watch_me on the event topic does not cover an officer-request view', async (t) => {
     const forged = 'cam-0201';
-    const chain = await liveChain(forged);
-    await console_.enrol(forged, chain.key.publicJwk);
-    const publish = async (record: Parameters<typeof chain.append>[0]) => {
-      for (const m of chain.append(record)) await device.publishAsync(`bwc/v1/${forged}/audit`, JSON.stringify(m), { qos: 1 });
-    };
+    const publish = await enrolledAuditChain(forged);
     await publish({ type: 'agent.start', detail: { version: 'test' } });
     // The bare event, with no audit entry behind it: what anyone with the camera's topics can send.
     await device.publishAsync(`bwc/v1/${forged}/event`, JSON.stringify({ type: 'officer.watch_me', time: new Date().toISOString(), seq: 7, requestId: 'wm-forged', position: null, recordingId: null }), { qos: 1 });
@@ -71,11 +76,7 @@ t.test('officer alerts, watch-me and talk-back cannot be misused', async (t) => 
 
   await t.test('the camera\'s own signed officer.watch_me does cover it', async (t) => {
     const genuine = 'cam-0202';
-    const chain = await liveChain(genuine);
-    await console_.enrol(genuine, chain.key.publicJwk);
-    const publish = async (record: Parameters<typeof chain.append>[0]) => {
-      for (const m of chain.append(record)) await device.publishAsync(`bwc/v1/${genuine}/audit`, JSON.stringify(m), { qos: 1 });
-    };
+    const publish = await enrolledAuditChain(genuine);
     await publish({ type: 'agent.start', detail: { version: 'test' } });
     const watchMe = { requestId: 'wm-1', position: { lat: 51.5, lon: -0.14, accuracyM: 6 }, recordingId: 'rec-1' };
     await publish({ type: 'officer.watch_me', detail: watchMe });
