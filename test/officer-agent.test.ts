@@ -184,12 +184,17 @@ t.test('watch-me, emergencies, triggers, bookmarks and stream-started recording 
     t.match(await send('alert.ack', { alert_id: e.alertId }), { ok: true, alertId: e.alertId, cleared: false }, 'signed alert.ack accepted');
     await notified('emergency-acknowledged', ackFrom);
     t.pass('the MCU played emergency-acknowledged (the haptic output)');
+    // The MCU's NOTIFY and the command's reply can both beat the event and the audit entry, which leave
+    // through the outbox: a clean-clone run read them too early. Wait for both to reach the broker.
+    await recorder.waitFor(() => events('officer.emergency_acknowledged').length > 0 && audits('officer.emergency_acknowledged').length > 0, 15_000, 'the acknowledgement event and audit entry');
     t.match(events('officer.emergency_acknowledged').at(-1), { alertId: e.alertId, operator: 'operator:PC-4711' });
     t.match(audits('officer.emergency_acknowledged').at(-1), { operator: 'operator:PC-4711', detail: { alertId: e.alertId } }, 'audited with the operator');
     await recorder.waitFor(() => state()?.officer?.emergency?.acknowledgedBy === 'operator:PC-4711', 15_000, 'acknowledgedBy in state');
 
     t.match(await send('alert.ack', { alert_id: e.alertId, clear: true }), { ok: true, cleared: true }, 'acknowledged and cleared');
     await recorder.waitFor(() => state()?.officer?.emergency === null, 15_000, 'cleared in state');
+    // The retained state is published directly; the event follows through the outbox.
+    await recorder.waitFor(() => events('officer.emergency_cleared').at(-1)?.by === 'operator', 15_000, 'the operator clear event');
     t.match(events('officer.emergency_cleared').at(-1), { alertId: e.alertId, by: 'operator', operator: 'operator:PC-4711' });
     // Back to the recording interval: two consecutive reports from the clear on are that far apart.
     const after = recorder.on('gps').length;
