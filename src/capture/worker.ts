@@ -207,7 +207,13 @@ function notStarted(timeoutMs: number): void {
   let reason = `pipeline did not reach PLAYING within ${timeoutMs} ms`;
   let debug: string | undefined;
   let left = 32;
+  // An empty bus blocks the read for good: give up on naming the cause once the bus has been quiet
+  // for a moment. Quiet, not a fixed 500 ms from here: each message is its own pool round trip, ~20
+  // state changes come before v4l2src's error, and on a loaded machine a fixed window ran out first
+  // and the fault said "did not reach PLAYING" instead of naming the missing device.
+  const quiet = setTimeout(() => void fail(reason, debug), 500).unref();
   const drain = (msg: BusMessage): void => {
+    quiet.refresh();
     if (msg.type === 'error' && debug === undefined) {
       reason = msg.message ?? reason;
       debug = msg.name ?? msg._src_element_name;
@@ -219,8 +225,6 @@ function notStarted(timeoutMs: number): void {
     }
   };
   p.pollBus(drain);
-  // An empty bus blocks that read for good: give up on naming the cause after a moment.
-  setTimeout(() => void fail(reason, debug), 500).unref();
 }
 
 function queueV4l2Bitrate(kbps: number): void {
