@@ -43,7 +43,9 @@ t.test('bandwidth: the manager sets the live encoder from its viewers', async (t
   t.equal(r.bitrates.at(-1), 360);
   t.equal(r.state().bitrateKbps, 360, 'state shows the live bitrate');
   s.nextSample = { sendKbps: 360, lossFraction: 0, deliveredKbps: 360, intervalMs: 1000 };
-  await until('the bitrate back up', () => r.bitrates.at(-1)! > 400, 20_000);
+  // Congestion is remembered for 10 s of wall clock and the climb is 1 % a tick: ~11 s at best, so 60 s
+  // is a hang guard, not an expectation.
+  await until('the bitrate back up', () => r.bitrates.at(-1)! > 400, 60_000);
   t.ok(r.bitrates.every((b) => b >= 150 && b <= 2000), 'within the floor and ceiling');
   t.match(r.state().list[0], { rttMs: 42, iceRestarts: 0 });
 

@@ -89,7 +89,9 @@ t.test('commands through a real broker', async (t) => {
   t.match(await request(stopIt.payload), { ok: true, sid: accepted.sid }, 'stream.stop of the accepted one');
 
   // 3. Replay, before and after an agent restart (the replay cache is in SQLite).
-  const once = makeCommand({ issuer: real, deviceId, action: 'record.stop' });
+  // The longest lifetime the policy allows: it must outlive the restart below on a loaded machine, or
+  // the answer after it would be "expired", not "replayed" (expiry is checked first).
+  const once = makeCommand({ issuer: real, deviceId, action: 'record.stop', lifetimeS: 300 });
   t.match(await request(once.payload), { ok: true }, 'first use accepted');
   t.match(await request(once.payload), { ok: false, code: 'replayed' }, 'second use: replayed');
   t.equal((await agent.stop('SIGTERM')).code, 0);

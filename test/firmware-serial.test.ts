@@ -32,6 +32,10 @@ async function rig(t: Test, opts: Partial<SerialBackendOptions> = {}, dir?: stri
     keepaliveMs: 0,
     reconnectInitialMs: 50,
     reconnectMaxMs: 200,
+    // Each frame crosses three processes here (backend, socat, the simulator): the default 200 ms x 4
+    // attempts let one 800 ms stall of a loaded machine drop the link mid-test. The tests that mute the
+    // simulator still see it fail, after 4 x 1 s.
+    ackTimeoutMs: 1000,
     ...opts,
   });
   const links: LinkEvent[] = [];

@@ -46,7 +46,9 @@ t.test('a live keyframe carries SPS and PPS once, before its first slice, none b
   const live = /vt\. ! (queue leaky=downstream[^]*?udpsink name=rtpsink [^ ]+ [^ ]+ sync=false async=false)/.exec(description)?.[1];
   t.ok(live, 'the live branch found in the pipeline');
   const source = description.split(' ! tee name=vt')[0]!.replace('is-live=true', 'is-live=true num-buffers=45');
-  const args = `${source} ! ${live!.replace('drop=true', 'drop=false')}`.split(' ').filter(Boolean);
+  // Not leaky here: the leak drops frames when x264 falls behind (a loaded machine), which would leave
+  // fewer keyframes to judge; it has nothing to do with where SPS and PPS go.
+  const args = `${source} ! ${live!.replace('drop=true', 'drop=false').replace('queue leaky=downstream', 'queue')}`.split(' ').filter(Boolean);
   const packets: Packet[] = [];
   socket.on('message', (p: Buffer) => packets.push({ ts: p.readUInt32BE(4), nals: nalsOf(p) }));
   const gst = spawn('gst-launch-1.0', ['-q', ...args.map((a) => a.replace(/^caps="(.*)"$/, 'caps=$1'))], { stdio: ['ignore', 'ignore', 'pipe'] });

@@ -120,6 +120,9 @@ async function rootEcho(address: string): Promise<{ port: number; received(): nu
  * Sends count numbered datagrams to dest (paced), waits until every one came back or settleMs
  * passed with nothing new, and returns the ids that came back, in arrival order.
  */
+/** Where every echo is expected back, the wait ends when they are: a long settle is only a hang guard. */
+const ALL_BACK_SETTLE_MS = 10_000;
+
 async function echoes(dest: { address: string; port: number }, count: number, settleMs = 1500): Promise<number[]> {
   const s = dgram.createSocket('udp4');
   s.on('error', () => {});
@@ -136,7 +139,12 @@ async function echoes(dest: { address: string; port: number }, count: number, se
   }
   last = performance.now();
   const hardStop = performance.now() + 30_000;
-  while (got.length < count && performance.now() - last < settleMs && performance.now() < hardStop) await sleep(20);
+  while (got.length < count && performance.now() - last < settleMs && performance.now() < hardStop) {
+    await sleep(20);
+    // After a stall, Node runs due timers before reading the socket: let the poll phase read what
+    // arrived first, or a stall longer than settleMs would end the wait with echoes still unread.
+    await new Promise((resolve) => setImmediate(resolve));
+  }
   await new Promise<void>((resolve) => s.close(() => resolve()));
   return got;
 }
@@ -168,7 +176,7 @@ t.test('camera namespace: veth, loss, bandwidth cap, UDP block, change of addres
   t.match(routes.stdout, `default via ${net.hostAddress}`, 'default route via the root side');
 
   await t.test('UDP echo across the veth, both ways', async (t) => {
-    const ids = await echoes({ address: net.cameraAddress, port: echo.port }, 50);
+    const ids = await echoes({ address: net.cameraAddress, port: echo.port }, 50, ALL_BACK_SETTLE_MS);
     t.equal(ids.length, 50, 'root → namespace → root: all 50 echoed');
     const rEcho = await rootEcho(net.hostAddress);
     await sendFromNs(net, [{ address: net.hostAddress, port: rEcho.port, count: 20 }]);
@@ -195,7 +203,7 @@ t.test('camera namespace: veth, loss, bandwidth cap, UDP block, change of addres
     t.match(rules.stdout, /statistic --mode random --probability 1/, 'the rule lives in the namespace');
 
     await net.clearLoss();
-    const clear = await echoes({ address: net.cameraAddress, port: echo.port }, N);
+    const clear = await echoes({ address: net.cameraAddress, port: echo.port }, N, ALL_BACK_SETTLE_MS);
     t.equal(clear.length, N, 'after clearLoss all come back');
   });
 
@@ -273,7 +281,7 @@ t.test('camera namespace: veth, loss, bandwidth cap, UDP block, change of addres
     t.notMatch(addrs.stdout, `${old.camera}/`, 'old camera address removed');
     t.match((await net.run('ip', ['route', 'show', 'default'])).stdout, `via ${next.hostAddress}`);
 
-    t.equal((await echoes({ address: next.cameraAddress, port: echo.port }, 20)).length, 20, 'reachable at the new address');
+    t.equal((await echoes({ address: next.cameraAddress, port: echo.port }, 20, ALL_BACK_SETTLE_MS)).length, 20, 'reachable at the new address');
     t.equal((await echoes({ address: old.camera, port: echo.port }, 5, 1000)).length, 0, 'not at the old one');
     // The old host address stays, so a server on it (a TURN server, say) is still reachable.
     const rEcho = await rootEcho(old.host);
@@ -334,17 +342,22 @@ t.test('coturn: TURN over UDP, TCP and TLS from inside the camera namespace', { 
   t.ok(turn.allocations() >= 3, `coturn logged ${turn.allocations()} successful allocations`);
 
   await t.rejects(
-    turnProbeIn(net.prefix, { ...base, transport: 'tls', server: [net.hostAddress, turn.tlsPort], payload: 'x', timeoutMs: 5000 }),
+    // The certificate error comes at once; the deadline is a hang guard (a loaded machine's deadline
+    // could win, and the error would say "timed out" instead).
+    turnProbeIn(net.prefix, { ...base, transport: 'tls', server: [net.hostAddress, turn.tlsPort], payload: 'x', timeoutMs: 30_000 }),
     /self[- ]signed certificate/i,
     'TLS without trusting the certificate fails',
   );
 
   // Long-term credentials are enforced (werift retries a 401 until its deadline rather than failing fast).
+  // The log line is awaited alongside the probe: coturn writes it only when the credentialed Allocate
+  // arrives, which a cold probe process on a loaded machine may not reach before a short deadline.
+  const rejectedLogged = turn.waitForLog(/credentials are incorrect/, 30_000);
   await t.rejects(
-    turnProbeIn(net.prefix, { ...base, password: 'wrong', transport: 'udp', server: [net.hostAddress, turn.port], payload: 'x', timeoutMs: 2000 }),
+    turnProbeIn(net.prefix, { ...base, password: 'wrong', transport: 'udp', server: [net.hostAddress, turn.port], payload: 'x', timeoutMs: 10_000 }),
     'a wrong password gets no allocation',
   );
-  await turn.waitForLog(/credentials are incorrect/, 5000);
+  await rejectedLogged;
   t.pass('coturn logged the rejected credentials');
 
   // TURN-only: direct UDP blocked, the TURN server's UDP port excepted.
@@ -445,7 +458,7 @@ t.test('UdpDelayRelay: delay lower bound, order, loss, stop', { timeout: 120_000
     t.equal(c2.downstream.forwarded - c1.downstream.forwarded, down.length, 'downstream forwarded = echoes received');
     t.ok(c2.downstream.dropped > c1.downstream.dropped);
     relay.setLoss(0);
-    t.equal((await echoes(at, 100)).length, 100, 'no loss: all back');
+    t.equal((await echoes(at, 100, ALL_BACK_SETTLE_MS)).length, 100, 'no loss: all back');
     t.ok(relay.counters().clients >= 1, 'one upstream socket per client');
     t.throws(() => relay.setLoss(1.5));
   });

@@ -224,7 +224,17 @@ t.test('officer alerts, watch-me, acknowledgement, push-to-talk, playout delay a
     t.pass('held: the camera receives the microphone\'s audio');
     await page.mouse.up();
     await page.getByTestId('talk-state').filter({ hasText: 'not talking' }).waitFor();
-    const atRelease = await cameraAudioPackets();
+    // Packets sent just before the release may still be on their way through the two pages' WebRTC
+    // threads (a loaded machine): the count at release is the one that has settled, two reads 300 ms
+    // apart equal. Audio that never stops never settles: the hang guard then fails the test.
+    let atRelease = await cameraAudioPackets();
+    for (const deadline = Date.now() + 20_000; ;) {
+      await new Promise((r) => setTimeout(r, 300));
+      const now = await cameraAudioPackets();
+      if (now === atRelease) break;
+      if (Date.now() > deadline) throw new Error(`the camera kept receiving audio 20 s after the release (${now} packets)`);
+      atRelease = now;
+    }
     // Released: let a second of video pass (30 more frames decoded by the page) and count again.
     const frames = () => page.evaluate(async () => {
       const v = document.querySelector<HTMLVideoElement>('[data-testid="live-video"]')!;

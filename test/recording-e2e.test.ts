@@ -85,7 +85,13 @@ t.test('10 s recording with a 5 s pre-event buffer, verified and decoded; tamper
     await broker.dispose();
   });
   await until('capture running', async () => (await status(stateDir)).capture?.status === 'running');
-  await sleep(7000); // fill more than the 5 s pre-event buffer
+  // Fill more than the 5 s pre-event buffer: waited for on the segments themselves, not a fixed 7 s
+  // from "running" (which the worker reports before its first segment; on a loaded machine the
+  // buffer then held less than the test counts on). Index 3 in the buffer folder means at least
+  // three 2 s segments have closed before it (four, once encrypted: a file lands there when closed).
+  const bufferDir = path.join(stateDir, 'evidence', 'buffer');
+  const newestIndex = async () => Math.max(-1, ...(await readdir(bufferDir)).map((n) => Number(/-(\d{6})\.ts(\.age)?$/.exec(n)?.[1] ?? -1)));
+  await until('three segments in the pre-event buffer', async () => (await newestIndex()) >= 3);
   t.equal((await cli(['ctl', 'record', 'start', '--state-dir', stateDir])).code, 0, 'ctl record start');
   t.equal((await status(stateDir)).recording, true, 'state says recording at once');
   await sleep(10_000);

@@ -103,7 +103,16 @@ t.test('live view through a real broker to a real Chromium', async (t) => {
       if (Date.now() > deadline) throw new Error('the viewer still connected 30 s after stream.stop');
       await new Promise((r) => setTimeout(r, 100));
     }
-    const after = (await viewer.inboundVideo()).packetsReceived;
+    // Then the count must settle (two reads 300 ms apart equal; packets received just before the end can
+    // still be in Chromium's stats under load); a camera that keeps sending video never settles.
+    let after = (await viewer.inboundVideo()).packetsReceived;
+    for (const settle = Date.now() + 20_000; ;) {
+      await new Promise((r) => setTimeout(r, 300));
+      const now = (await viewer.inboundVideo()).packetsReceived;
+      if (now === after) break;
+      if (Date.now() > settle) throw new Error(`video packets still arriving 20 s after the viewer saw the connection end (${now})`);
+      after = now;
+    }
     await new Promise((r) => setTimeout(r, 1000));
     t.equal((await viewer.inboundVideo()).packetsReceived, after, 'no video packet arrives once the viewer saw the connection end');
     await recorder.waitFor(() => latestState()?.streaming.sessions === 0, 10_000, 'the session is gone from state');
