@@ -135,7 +135,9 @@ t.test('officer alerts, watch-me, acknowledgement, push-to-talk, playout delay a
       user,
       password,
       camera: cam,
-      timeoutMs: 20_000,
+      // The page's default wait, a hang guard: the live-view waits below go through two Chromium pages
+      // and ICE (test/officer-console-e2e.test.ts gives the same flow 60 s).
+      timeoutMs: 60_000,
       beforeLoad: plainMap ? (page) => page.route('**/vendor/leaflet.js', (route) => route.abort()) : undefined,
     });
   const beeps = async (page: Awaited<ReturnType<typeof signIn>>['page']) => Number(await page.getByTestId('officer-banner').getAttribute('data-beeps'));
