@@ -5,6 +5,10 @@ import { answerSdp, authorised, rig, until } from './helpers/stream-rig.ts';
 
 /** A connected session whose device then changed address: the rig once the restart offer is out. */
 async function restartOffered(t: Test) {
+  // The manager checks an answer with werift's SDP parser, imported on first use (seconds, cold, on a
+  // loaded machine). Loaded before the offer: the stand-in's path stays failed after it, so 5 s on a
+  // second offer (generation 2) would make the test's generation-1 answer stale.
+  await import('../src/stream/offer.ts');
   const r = rig({ viewerLostGrace: 30 });
   t.teardown(() => r.manager.stop());
   const accepted = await r.manager.startStream(await authorised('stream.start'));
