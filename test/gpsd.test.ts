@@ -12,7 +12,7 @@ type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
 const logger = pino({ level: 'silent' });
 
 // Deadlines only stop a test that would otherwise hang; nothing asserts how fast things are.
-const DEADLINE_MS = 20_000;
+const DEADLINE_MS = 60_000; // up to eight gpsd and gpsfake pairs replay at once (t.jobs)
 
 // The gpsfake cases each own a port, so they can share the wall clock.
 t.jobs = 8;
