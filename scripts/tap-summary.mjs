@@ -2,8 +2,9 @@
 // "N passed, N failed, N skipped", counting leaf test points (assertions), not subtest summaries.
 // A subtest that failed without a failing assertion inside (a crash, a timeout) counts as one failure.
 // Before that line it lists every failure by its path (file > subtest > assertion) with the first
-// lines of its diagnostic, then the paths alone: CI keeps only the tail of the output, and a failure named only in the
-// middle of tap's stream could not be found afterwards (one CI run ended "1 failed" and nothing else).
+// lines of its diagnostic, then the paths alone: CI keeps only the tail of the output, and a failure
+// named only in the middle of tap's stream could not be found afterwards (one CI run ended "1 failed"
+// and nothing else).
 import { readFileSync } from 'node:fs';
 
 const DIAGNOSTIC_LINES = 24;
@@ -12,6 +13,13 @@ let passed = 0, failed = 0, skipped = 0;
 const open = []; // {indent, name, failuresAtStart}
 const failures = []; // {path, diagnostic}
 let collecting = null; // the failure whose YAML diagnostic block follows, with its indent
+
+function recordFailure(path, indent) {
+  failed += 1;
+  const failure = { path, diagnostic: [] };
+  failures.push(failure);
+  collecting = { failure, indent };
+}
 
 for (const raw of lines) {
   const indent = raw.length - raw.trimStart().length;
@@ -34,22 +42,12 @@ for (const raw of lines) {
   const names = open.map((o) => o.name);
   if (top && top.indent === indent) {
     open.pop();
-    if (m[1] === 'not ok' && failed === top.failuresAtStart && !m[4]) {
-      failed += 1;
-      const failure = { path: names.join(' > '), diagnostic: [] };
-      failures.push(failure);
-      collecting = { failure, indent };
-    }
+    if (m[1] === 'not ok' && failed === top.failuresAtStart && !m[4]) recordFailure(names.join(' > '), indent);
     continue;
   }
   if (m[4]) skipped += 1;
   else if (m[1] === 'ok') passed += 1;
-  else {
-    failed += 1;
-    const failure = { path: [...names, m[2].trim()].join(' > '), diagnostic: [] };
-    failures.push(failure);
-    collecting = { failure, indent };
-  }
+  else recordFailure([...names, m[2].trim()].join(' > '), indent);
 }
 
 if (failures.length > 0) {

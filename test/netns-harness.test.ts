@@ -116,13 +116,13 @@ async function rootEcho(address: string): Promise<{ port: number; received(): nu
   return { port: s.address().port, received: () => n, close: () => new Promise<void>((resolve) => s.close(() => resolve())) };
 }
 
+/** Where every echo is expected back, the wait ends when they are: a long settle is only a hang guard. */
+const ALL_BACK_SETTLE_MS = 10_000;
+
 /**
  * Sends count numbered datagrams to dest (paced), waits until every one came back or settleMs
  * passed with nothing new, and returns the ids that came back, in arrival order.
  */
-/** Where every echo is expected back, the wait ends when they are: a long settle is only a hang guard. */
-const ALL_BACK_SETTLE_MS = 10_000;
-
 async function echoes(dest: { address: string; port: number }, count: number, settleMs = 1500): Promise<number[]> {
   const s = dgram.createSocket('udp4');
   s.on('error', () => {});

@@ -18,6 +18,7 @@ import { ChromiumViewers } from './helpers/chromium-viewer.ts';
 import { openCanvasCamera, signInToConsole } from './helpers/console-page.ts';
 import { startConsole } from './helpers/console-process.ts';
 import { startBroker } from './helpers/mosquitto.ts';
+import { settledCount } from './helpers/settled-count.ts';
 
 const cam = 'cam-0300';
 const users = [
@@ -229,14 +230,7 @@ t.test('officer alerts, watch-me, acknowledgement, push-to-talk, playout delay a
     // Packets sent just before the release may still be on their way through the two pages' WebRTC
     // threads (a loaded machine): the count at release is the one that has settled, two reads 300 ms
     // apart equal. Audio that never stops never settles: the hang guard then fails the test.
-    let atRelease = await cameraAudioPackets();
-    for (const deadline = Date.now() + 20_000; ;) {
-      await new Promise((r) => setTimeout(r, 300));
-      const now = await cameraAudioPackets();
-      if (now === atRelease) break;
-      if (Date.now() > deadline) throw new Error(`the camera kept receiving audio 20 s after the release (${now} packets)`);
-      atRelease = now;
-    }
+    const atRelease = await settledCount(cameraAudioPackets, 'audio packets received by the camera after the release');
     // Released: let a second of video pass (30 more frames decoded by the page) and count again.
     const frames = () => page.evaluate(async () => {
       const v = document.querySelector<HTMLVideoElement>('[data-testid="live-video"]')!;

@@ -7,6 +7,7 @@ import t from 'tap';
 import { startLiveViewRig } from './helpers/agent-on-broker.ts';
 import { type Viewer } from './helpers/chromium-viewer.ts';
 import { makeCommand, makeIssuer, type Command } from './helpers/command-tokens.ts';
+import { settledCount } from './helpers/settled-count.ts';
 
 const deviceId = 'cam-live';
 const width = 640;
@@ -105,14 +106,7 @@ t.test('live view through a real broker to a real Chromium', async (t) => {
     }
     // Then the count must settle (two reads 300 ms apart equal; packets received just before the end can
     // still be in Chromium's stats under load); a camera that keeps sending video never settles.
-    let after = (await viewer.inboundVideo()).packetsReceived;
-    for (const settle = Date.now() + 20_000; ;) {
-      await new Promise((r) => setTimeout(r, 300));
-      const now = (await viewer.inboundVideo()).packetsReceived;
-      if (now === after) break;
-      if (Date.now() > settle) throw new Error(`video packets still arriving 20 s after the viewer saw the connection end (${now})`);
-      after = now;
-    }
+    const after = await settledCount(async () => (await viewer.inboundVideo()).packetsReceived, 'video packets received after the viewer saw the connection end');
     await new Promise((r) => setTimeout(r, 1000));
     t.equal((await viewer.inboundVideo()).packetsReceived, after, 'no video packet arrives once the viewer saw the connection end');
     await recorder.waitFor(() => latestState()?.streaming.sessions === 0, 10_000, 'the session is gone from state');
