@@ -1,5 +1,6 @@
 // Runs every benchmark, each in its own Node process (so one's heap and handles do not colour the
-// next), then writes bench/results/summary.md with their tables.
+// next), then writes bench/results/summary.md with their tables and the README's live view goals
+// table (bench/lib/readme-table.ts).
 //
 // Usage: node bench/run-all.ts [--runs N] [--messages N] [--configs 20:100,200:200] [--cpu-prof | --no-prof] [--preset test|rpi|v4l2]
 //        [--short-shift] (the memory-over-a-shift run in 8 minutes instead of 60)
@@ -8,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync, mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { parseFlags, repoRoot, resultsDir } from './lib/common.ts';
+import { writeReadmeTable } from './lib/readme-table.ts';
 
 interface Bench {
   name: string;
@@ -118,7 +120,11 @@ async function main(argv: string[]): Promise<number> {
     ...sections.flatMap((s) => [s, '']),
   ].join('\n');
   writeFileSync(path.join(resultsDir, 'summary.md'), summary);
-  process.stdout.write(`\nrun-all: wrote bench/results/summary.md (${totalS} s)\n`);
+  // The README's live-view goals table, from the result files (each row dated by its own file, so a
+  // benchmark that failed here leaves its older row visibly older, not silently current).
+  const rows = writeReadmeTable(path.join(repoRoot, 'README.md'), resultsDir, writeFileSync);
+  const unmet = rows.filter((r) => r.verdict !== 'met').length;
+  process.stdout.write(`\nrun-all: wrote bench/results/summary.md (${totalS} s) and README.md's live view goals table (${rows.length} rows, ${unmet} not met or not measured)\n`);
   return failed === 0 ? 0 : 1;
 }
 
