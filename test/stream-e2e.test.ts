@@ -73,6 +73,10 @@ t.test('live view through a real broker to a real Chromium', async (t) => {
   };
 
   await t.test('a viewer decodes the configured picture and audio; stream.stop ends it', async (t) => {
+    // stream.warmUp (the default): before any view, one loopback handshake inside the agent.
+    await agent.waitForOutput(/live view warm(ed up|-up)/, 30_000);
+    const warmUp = agent.output.split('\n').find((l) => /live view warm(ed up|-up)/.test(l))!;
+    t.match(JSON.parse(warmUp), { msg: /^live view warmed up/, handshakeMs: Number }, `the agent warmed werift up before the first view: ${warmUp}`);
     const { viewer, sid } = await watch();
     // The default stream.firstFrame, "gop-cache": the agent breaks the first frame into its steps;
     // the keyframe came from the cache, or (the encoder slower than ICE and DTLS) from the encoder.

@@ -103,7 +103,8 @@ export async function startAgents(setup: AgentSetup, tag: string): Promise<LiveA
         const config = await writeAgentConfig(stateDir, {
           commands: { trustStore: writeTrustStore(stateDir, [setup.issuer]), unsynchronisedClock: 'accept', maxConcurrentStreams: 2 },
           capture: setup.capture,
-          stream: { ice, firstFrame: mode },
+          // The old way in full for the baseline: keyframe on connect and no start-up warm-up (warm-up.ts).
+          stream: { ice, firstFrame: mode, warmUp: mode === 'gop-cache' },
         });
         const readyNow = new Promise<void>((resolve) => waiters.set(deviceId, resolve));
         const agent = spawnAgent(['run', '--config', config], {

@@ -76,6 +76,10 @@ export const streamConfigSchema = z
       description:
         'How a new viewer gets its first picture. "gop-cache": the live encoder starts (and is asked for a keyframe) when the stream.start is accepted, the agent keeps its latest keyframe and what follows, and sends that the moment the viewer\'s DTLS completes. "keyframe-on-connect" (the behaviour before issue 18, kept for comparison): the encoder starts and is asked for a keyframe only once the viewer has connected.',
     }),
+    warmUp: z.boolean().default(true).meta({
+      description:
+        'Once the agent is up, run one WebRTC handshake between two peer connections inside the agent over 127.0.0.1 (nothing leaves the machine), so the first live view does not wait for werift\'s code to be compiled (measured: that first view\'s DTLS handshake 583 ms at p50 against 67 ms for later ones). Costs about a second of one core once, at start-up. false: the first view pays it instead.',
+    }),
     fec: z.enum(['auto', 'off']).default('off').meta({
       description:
         '"auto": forward error correction for a viewer that offers it (RED + ULPFEC, as Chromium does): FEC packets in proportion to the loss the viewer reports (none on a clean link, which pays one byte a packet), so a lost packet can be rebuilt at once instead of waiting a round trip for its retransmission. "off" (default until bench/bad-link.ts shows it pays): NACK and retransmission only.',

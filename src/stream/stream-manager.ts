@@ -180,6 +180,8 @@ export class StreamManager implements Extension {
   readonly name = 'stream';
   readonly #o: StreamManagerOptions;
   readonly #log: Logger;
+  /** Aborts the start-up warm-up handshake (warm-up.ts) when the agent stops. */
+  #warmUp: AbortController | undefined;
   readonly #open: OpenSession;
   readonly #resolveIce: (ice: StreamConfig['ice']) => Promise<ResolvedIce>;
   readonly #sessions = new Map<string, Running>();
@@ -233,12 +235,25 @@ export class StreamManager implements Extension {
     // stream.start soon after start-up then waited for it; with the GOP cache it starts at 200 ms,
     // after the link is under way (its connect is mostly waiting on the network).
     const preloadMs = this.#gop ? 200 : 1000;
-    if (!this.#o.openSession) setTimeout(() => void loadSessionModule().then((m) => m.prepareDtlsCertificate()), preloadMs).unref();
+    if (!this.#o.openSession) setTimeout(() => void this.#prepareFirstView(), preloadMs).unref();
+  }
+
+  /** The certificate, then (stream.warmUp) one loopback handshake, unless a view is already under way. */
+  async #prepareFirstView(): Promise<void> {
+    await (await loadSessionModule()).prepareDtlsCertificate();
+    if (!this.#o.config.warmUp || this.#stopped) return;
+    if (this.activeCount > 0) {
+      this.#log.info('live view warm-up skipped: a view is already under way');
+      return;
+    }
+    this.#warmUp = new AbortController();
+    await (await import('./warm-up.ts')).warmUpAndLog(this.#log, this.#warmUp.signal);
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
     clearInterval(this.#checkTimer);
+    this.#warmUp?.abort();
     await Promise.all([...this.#sessions.keys()].map((sid) => this.#end(sid, 'agent_shutdown')));
   }
 
