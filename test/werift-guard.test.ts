@@ -5,7 +5,7 @@
 import dgram from 'node:dgram';
 import t from 'tap';
 import { DtlsClient, DtlsServer, Message, RTCDtlsTransport, StunProtocol } from 'werift';
-import { guardProtocol, screenDatagram, type Address, type DtlsSocketView, type GuardHooks, type GuardState } from '../src/stream/werift-guard.ts';
+import { guardProtocol, heldLimit, releaseEarlyDtls, screenDatagram, type Address, type DtlsSocketView, type GuardHooks, type GuardState } from '../src/stream/werift-guard.ts';
 import { dtlsRecord } from './helpers/dtls-record.ts';
 
 const viewerAddr: Address = ['192.0.2.10', 40000];
@@ -221,6 +221,71 @@ t.test('during an ICE restart (werift has no pairs yet) the last nominated pair 
   t.equal(screenDatagram(srtcp, moved, protocol, state, hooks), srtcp, 'the new nominated pair');
   t.equal(screenDatagram(srtcp, viewerAddr, protocol, state, hooks), undefined, 'once it is nominated, the old path no longer');
   t.equal(refused.length, 2);
+});
+
+t.test("the viewer's DTLS flight before werift validated its pair: held, screened again when DTLS starts", async (t) => {
+  const { refused, hooks } = recorder();
+  const protocol = {};
+  const connection: GuardState['connection'] = { candidatePairs: [pair(protocol, viewerAddr, 2)], localPassword: 'camera-password-now' };
+  let socket: DtlsSocketView | undefined;
+  const state: GuardState = { connection, dtls: () => socket };
+  const check = (password: string) => new Message(1 as never, 0 as never).setAttribute('USERNAME', 'camNow:viewer').setAttribute('PRIORITY', 1).addMessageIntegrity(Buffer.from(password, 'utf8')).addFingerprint().bytes;
+  const hello = record(22, 0, 0, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+  const delivered: [unknown, Buffer, Address][] = [];
+  const deliver = (p: unknown, data: Buffer, from: Address) => delivered.push([p, data, from]);
+
+  t.equal(screenDatagram(hello, viewerAddr, protocol, state, hooks), undefined, 'with no authenticated check from there: not passed');
+  t.match(refused, [/not from an ICE-validated pair/], '... and refused as before');
+  refused.length = 0;
+  // Attacks: a check under a guessed password earns nothing; nor does the viewer's check for a
+  // datagram from another address or another local socket.
+  screenDatagram(check('guessed'), attackerAddr, protocol, state, hooks);
+  t.equal(screenDatagram(hello, attackerAddr, protocol, state, hooks), undefined);
+  t.match(refused, [/STUN request without valid MESSAGE-INTEGRITY/, /not from an ICE-validated pair/], 'an outsider with a forged check: refused, not held');
+  refused.length = 0;
+
+  t.equal(screenDatagram(check('camera-password-now'), viewerAddr, protocol, state, hooks) !== undefined, true, "the viewer's authenticated check passes");
+  t.equal(screenDatagram(hello, viewerAddr, protocol, state, hooks), undefined, 'its ClientHello, before werift validated the pair: not passed yet');
+  t.same(refused, [], '... and not refused: held');
+  t.equal(screenDatagram(hello, viewerAddr, {}, state, hooks), undefined, 'the same address on another local socket');
+  t.match(refused, [/not from an ICE-validated pair/], '... is refused');
+  refused.length = 0;
+  const flood = Array.from({ length: 50 }, (_, i) => record(22, 0, i + 1, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])));
+  for (const d of flood) screenDatagram(d, viewerAddr, protocol, state, hooks);
+  t.equal(state.early?.held.length, heldLimit, `a flood is bounded: the last ${heldLimit} kept`);
+
+  // werift validates the pair and starts DTLS: the held datagrams go through the same screening.
+  connection.candidatePairs = [pair(protocol, viewerAddr)];
+  connection.nominated = connection.candidatePairs[0];
+  socket = { connected: false, cipher: { decryptPacket: () => Buffer.alloc(0) } };
+  releaseEarlyDtls(state, hooks, deliver);
+  t.same(delivered.map(([p, data, from]) => [p === protocol, data, from]), flood.slice(-heldLimit).map((d) => [true, d, viewerAddr]), 'delivered to their own socket, in order');
+  t.same(refused, []);
+  releaseEarlyDtls(state, hooks, deliver);
+  t.equal(delivered.length, heldLimit, 'released once');
+  t.equal(screenDatagram(record(21, 0, 99, Buffer.from([1, 0])), attackerAddr, protocol, state, hooks), undefined, 'after the release nothing is held');
+  t.match(refused, [/not from an ICE-validated pair/]);
+});
+
+t.test('a held datagram whose pair werift never validated is refused when DTLS starts', async (t) => {
+  const { refused, hooks } = recorder();
+  const protocol = {};
+  const elsewhere: Address = ['192.0.2.40', 40400];
+  const connection: GuardState['connection'] = { candidatePairs: [], localPassword: 'pw' };
+  let socket: DtlsSocketView | undefined;
+  const state: GuardState = { connection, dtls: () => socket };
+  const check = new Message(1 as never, 0 as never).setAttribute('USERNAME', 'cam:viewer').setAttribute('PRIORITY', 1).addMessageIntegrity(Buffer.from('pw', 'utf8')).addFingerprint().bytes;
+  screenDatagram(check, elsewhere, protocol, state, hooks);
+  const hello = record(22, 0, 0, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+  t.equal(screenDatagram(hello, elsewhere, protocol, state, hooks), undefined);
+  t.same(refused, [], 'held');
+  connection.nominated = pair(protocol, viewerAddr);
+  connection.candidatePairs = [connection.nominated];
+  socket = { connected: false, cipher: { decryptPacket: () => Buffer.alloc(0) } };
+  const delivered: Buffer[] = [];
+  releaseEarlyDtls(state, hooks, (_p, data) => delivered.push(data));
+  t.same(delivered, [], 'not delivered: its address is not the validated pair');
+  t.match(refused, [/not from an ICE-validated pair/], 'refused as it would have been');
 });
 
 t.test('guardProtocol on a real werift StunProtocol and UDP socket', async (t) => {

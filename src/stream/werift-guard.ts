@@ -25,6 +25,19 @@
 //     ClientHello/HelloRequest (no renegotiation), and alerts never to werift: an authenticated
 //     close_notify or fatal alert is reported to the session (`peerClosed`), which ends it.
 // Everything refused is reported with the reason (`refused`), so it can be logged and counted.
+//
+// One thing is held rather than refused: the viewer's first DTLS flight when it arrives before
+// werift has called the path validated and started DTLS. Chromium sends its ClientHello the moment
+// its own ICE check succeeds, which is before werift's triggered check back has (Chromium offers
+// mDNS candidates only, so werift learns its address from that check); werift would drop it (no
+// DTLS socket yet) and Chromium resends it only after its retransmission timer. Measured in the
+// agent's log: 2 of 4 views refused the viewer's ClientHello as "not from an ICE-validated pair"
+// (and warned of it), and the DTLS step took 55-71 ms at p50 for ~15 ms of handshake work. Such a
+// datagram is held only from an address that sent a STUN request carrying MESSAGE-INTEGRITY under
+// the camera's ICE password (the viewer: the password is in the answer it was sent), at most
+// `heldLimit` of them, and only until werift starts DTLS; then each is screened again by the same
+// rules (validated pair, handshake records) and delivered or refused. Nothing reaches werift
+// earlier or by any other rule than before; the viewer's flight just does not have to be resent.
 import { parseMessage, type RTCDtlsTransport } from 'werift';
 
 export type Address = [string, number];
@@ -82,7 +95,29 @@ export interface GuardState {
    * and the viewer's RTCP on the old path is still the viewer's meanwhile (same DTLS association).
    */
   lastNominated?: CandidatePair | undefined;
+  /**
+   * Where authenticated STUN requests came from (per local socket), and the DTLS datagrams from
+   * there held until werift starts DTLS (see the top of this file). Created on first use.
+   */
+  early?: EarlyDtls;
 }
+
+/** The viewer's DTLS flight that came before werift's DTLS socket, and who may have one held. */
+export interface EarlyDtls {
+  /** "host|port" of each authenticated STUN request's source, per local socket (protocol). */
+  checkedSources: Map<unknown, Set<string>>;
+  held: { data: Buffer; from: Address; protocol: unknown }[];
+  /** Set once werift has started DTLS and the held datagrams were screened again: none held after. */
+  released: boolean;
+}
+
+/** Datagrams held at most (Chromium's first flight is one; its retransmissions a few more). */
+export const heldLimit = 4;
+/** Sources remembered at most: a viewer's candidates, each checked from a socket or two. */
+const checkedSourceLimit = 16;
+
+const early = (state: GuardState): EarlyDtls => (state.early ??= { checkedSources: new Map(), held: [], released: false });
+const sourceKey = (from: Address) => `${from[0]}|${from[1]}`;
 
 const contentType = { changeCipherSpec: 20, alert: 21, handshake: 22, applicationData: 23 } as const;
 const recordHeaderLength = 13;
@@ -101,8 +136,9 @@ export function screenDatagram(data: Buffer, from: Address, protocol: unknown, s
   // RFC 7983 demultiplexing: 0-3 is STUN. ICE checks come from any address by design (a new
   // address is how a path is found); werift authenticates the responses it acts on, the guard
   // the requests.
-  if (first < 4) return screenStun(data, from, state, hooks);
+  if (first < 4) return screenStun(data, from, protocol, state, hooks);
   if (!fromValidatedPair(state, protocol, from)) {
+    if (first >= 20 && first <= 63 && holdEarlyDtls(data, from, protocol, state)) return undefined;
     hooks.refused('not from an ICE-validated pair', from, false);
     return undefined;
   }
@@ -113,7 +149,7 @@ export function screenDatagram(data: Buffer, from: Address, protocol: unknown, s
 
 const stunHeaderLength = 20;
 
-function screenStun(data: Buffer, from: Address, state: GuardState, hooks: GuardHooks): Buffer | undefined {
+function screenStun(data: Buffer, from: Address, protocol: unknown, state: GuardState, hooks: GuardHooks): Buffer | undefined {
   if (data.length < stunHeaderLength) return data;
   // The class bits of the message type (RFC 5389 §6): C1 is bit 8, C0 bit 4; a request is 00.
   const type = data.readUInt16BE(0);
@@ -129,7 +165,43 @@ function screenStun(data: Buffer, from: Address, state: GuardState, hooks: Guard
     hooks.refused("STUN request without valid MESSAGE-INTEGRITY under the camera's ICE password", from, false);
     return undefined;
   }
+  const e = early(state);
+  if (!e.released) {
+    let sources = e.checkedSources.get(protocol);
+    if (sources === undefined) e.checkedSources.set(protocol, (sources = new Set()));
+    const total = [...e.checkedSources.values()].reduce((n, set) => n + set.size, 0);
+    if (total < checkedSourceLimit) sources.add(sourceKey(from));
+  }
   return data;
+}
+
+/**
+ * Holds a DTLS datagram that came before werift started DTLS from a source that proved it holds
+ * the camera's ICE password (see the top of this file); false: not held (refuse it as before).
+ */
+function holdEarlyDtls(data: Buffer, from: Address, protocol: unknown, state: GuardState): boolean {
+  const e = state.early;
+  if (e === undefined || e.released || state.dtls() !== undefined) return false;
+  if (!e.checkedSources.get(protocol)?.has(sourceKey(from))) return false;
+  if (e.held.length >= heldLimit) e.held.shift();
+  e.held.push({ data, from, protocol });
+  return true;
+}
+
+/**
+ * werift has started DTLS: each held datagram is screened again (by now its pair is validated, or
+ * it is refused as it would have been) and the admitted ones delivered to their socket's handler.
+ */
+export function releaseEarlyDtls(state: GuardState, hooks: GuardHooks, deliver: (protocol: unknown, data: Buffer, from: Address) => void): void {
+  const e = early(state);
+  if (e.released) return;
+  e.released = true;
+  e.checkedSources.clear();
+  const held = e.held.splice(0);
+  for (const { data, from, protocol } of held) {
+    const admitted = screenDatagram(data, from, protocol, state, hooks);
+    if (admitted !== undefined) deliver(protocol, admitted, from);
+  }
 }
 
 /**
@@ -261,6 +333,11 @@ export function guardDtlsTransports(transports: readonly RTCDtlsTransport[], hoo
       guardProtocol(protocol, state, counted);
     };
     for (const protocol of connection.protocols) guardProtocol(protocol, state, counted);
+    // werift makes its DTLS socket synchronously right after the state turns "connecting"
+    // (RTCDtlsTransport.start): the held flight goes to it on the next turn of the event loop.
+    transport.onStateChange.subscribe((s) => {
+      if (s === 'connecting') setImmediate(() => releaseEarlyDtls(state, counted, (protocol, data, from) => delivered.get(protocol as object)?.(data, from)));
+    });
   }
   return {
     get refusedCount() {
@@ -270,6 +347,8 @@ export function guardDtlsTransports(transports: readonly RTCDtlsTransport[], hoo
 }
 
 const guarded = new WeakSet<object>();
+/** Each guarded protocol's own hand-off to werift, for the held early DTLS (releaseEarlyDtls). */
+const delivered = new WeakMap<object, (data: Buffer, addr: Address) => void>();
 
 /** Wraps the one function of an ICE protocol that still knows a datagram's source address. */
 export function guardProtocol(protocol: unknown, state: GuardState, hooks: GuardHooks): void {
@@ -286,6 +365,7 @@ export function guardProtocol(protocol: unknown, state: GuardState, hooks: Guard
     return;
   }
   const original = (p[name] as (data: Buffer, addr: Address) => void).bind(p);
+  delivered.set(p, original);
   p[name] = (data: Buffer, addr: Address) => {
     const admitted = screenDatagram(data, addr, p, state, hooks);
     if (admitted !== undefined) original(admitted, addr);
