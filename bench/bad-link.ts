@@ -19,6 +19,7 @@
 import Database from 'better-sqlite3';
 import { createBadLinkRig, type Rig } from '../test/helpers/bad-link-rig.ts';
 import type { Viewer } from '../test/helpers/chromium-viewer.ts';
+import { defaultPlayoutDelayMs } from '../ops-console/server.ts';
 import { installCleanup, intFlag, logRecord, machineFacts, machineLine, markdownTable, parseFlags, round, sleep, summarise, writeResult, type Summary } from './lib/common.ts';
 
 async function until(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
@@ -107,8 +108,9 @@ interface Variant {
 export const variants: Variant[] = [
   { name: 'baseline (NACK + RTX)', fec: 'off' },
   { name: 'RED + ULPFEC', fec: 'auto' },
-  { name: 'NACK + RTX, jitterBufferTarget 400 ms', fec: 'off', jitterTargetMs: 400 },
-  { name: 'RED + ULPFEC, jitterBufferTarget 400 ms', fec: 'auto', jitterTargetMs: 400 },
+  // The console's default playout delay (its viewer page sets jitterBufferTarget to it), as shipped.
+  { name: `NACK + RTX, the console's playout delay ${defaultPlayoutDelayMs} ms`, fec: 'off', jitterTargetMs: defaultPlayoutDelayMs },
+  { name: `RED + ULPFEC, the console's playout delay ${defaultPlayoutDelayMs} ms`, fec: 'auto', jitterTargetMs: defaultPlayoutDelayMs },
 ];
 
 async function freezes(rig: Rig, windowMs: number, lossPercent: number, testPattern: 'snow' | 'ball', variant: Variant) {

@@ -27,17 +27,18 @@
 // Everything refused is reported with the reason (`refused`), so it can be logged and counted.
 //
 // One thing is held rather than refused: the viewer's first DTLS flight when it arrives before
-// werift has called the path validated and started DTLS. Chromium sends its ClientHello the moment
-// its own ICE check succeeds, which is before werift's triggered check back has (Chromium offers
+// werift has called the path validated and started DTLS. Chromium sends its ClientHello once it has
+// selected its ICE pair, which can be before werift's triggered check back has succeeded (Chromium offers
 // mDNS candidates only, so werift learns its address from that check); werift would drop it (no
-// DTLS socket yet) and Chromium resends it only after its retransmission timer. Measured in the
-// agent's log: 2 of 4 views refused the viewer's ClientHello as "not from an ICE-validated pair"
-// (and warned of it), and the DTLS step took 55-71 ms at p50 for ~15 ms of handshake work. Such a
-// datagram is held only from an address that sent a STUN request carrying MESSAGE-INTEGRITY under
-// the camera's ICE password (the viewer: the password is in the answer it was sent), at most
-// `heldLimit` of them, and only until werift starts DTLS; then each is screened again by the same
-// rules (validated pair, handshake records) and delivered or refused. Nothing reaches werift
-// earlier or by any other rule than before; the viewer's flight just does not have to be resent.
+// DTLS socket yet) and Chromium resends it only after its retransmission timer. Seen in the agent's
+// log: 2 of 4 views refused the viewer's ClientHello as "not from an ICE-validated pair", and warned
+// of it, a false alarm for whoever reads the log. Such a datagram is held only from an address that
+// sent a STUN request carrying MESSAGE-INTEGRITY under the camera's ICE password (the viewer: the
+// password is in the answer it was sent), only the latest one, and only until werift starts DTLS;
+// then it is screened again by the same rules (validated pair, handshake records) and delivered or
+// refused. Nothing reaches werift earlier or by any other rule than before. (It did not move the
+// first frame's DTLS step, 71-73 ms at p50 before and after: werift's own log shows most of that is
+// Chromium's, whose ClientHello follows its nominating check ~40 ms after its first one.)
 import { parseMessage, type RTCDtlsTransport } from 'werift';
 
 export type Address = [string, number];
@@ -111,8 +112,12 @@ export interface EarlyDtls {
   released: boolean;
 }
 
-/** Datagrams held at most (Chromium's first flight is one; its retransmissions a few more). */
-export const heldLimit = 4;
+/**
+ * Datagrams held at most: the latest only. Chromium's first flight is one datagram and a
+ * retransmission repeats it; replaying two copies made werift answer each (two HelloVerifyRequests,
+ * then two ServerHello flights for the two cookie-bearing hellos), which can wreck the handshake.
+ */
+export const heldLimit = 1;
 /** Sources remembered at most: a viewer's candidates, each checked from a socket or two. */
 const checkedSourceLimit = 16;
 

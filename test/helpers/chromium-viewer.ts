@@ -116,8 +116,10 @@ export class Viewer {
           el.muted = true;
           el.srcObject = new MediaStream([e.track]);
           document.body.appendChild(el);
-          // When the first frame is handed to the compositor (the first-frame benchmark's last step).
-          if (el instanceof HTMLVideoElement) el.requestVideoFrameCallback(() => (marks.presented ??= Date.now()));
+          // When the first frame, decoded, was handed to the compositor (the first-frame benchmark's
+          // last step): the frame's own presentationTime, not the callback's (up to a frame later),
+          // nor getStats' framesDecoded (polled, and Chromium serves getStats from a cache).
+          if (el instanceof HTMLVideoElement) el.requestVideoFrameCallback((_now, frame) => (marks.presented ??= performance.timeOrigin + frame.presentationTime));
         };
         await pc.setLocalDescription(await pc.createOffer());
         await new Promise<void>((resolve) => {
@@ -193,6 +195,22 @@ export class Viewer {
         if (Date.now() > deadline) throw new Error(`no decoded frame within ${timeoutMs} ms`);
         await new Promise((r) => setTimeout(r, 5));
       }
+    }, timeoutMs);
+  }
+
+  /**
+   * Epoch ms at which the first video frame, decoded, was handed to the compositor
+   * (requestVideoFrameCallback's presentationTime); waits in the page for it.
+   */
+  async presented(timeoutMs: number): Promise<number> {
+    return this.page.evaluate(async (timeoutMs) => {
+      const marks = (globalThis as unknown as { marks: Record<string, number> }).marks;
+      const deadline = Date.now() + timeoutMs;
+      while (marks.presented === undefined) {
+        if (Date.now() > deadline) throw new Error(`no frame presented within ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+      return marks.presented;
     }, timeoutMs);
   }
 
