@@ -35,6 +35,7 @@ const stream = {
     ratioProcess: spread(0.92, 0.85, viewers === 1 ? 0.99 : 1.2),
     ratioJsThread: spread(1, 1, 1),
     agentJsThreadPct: spread(4.5, 4.1, 4.9),
+    agentProcessPct: spread(4, 3.5, 4.5),
     webrtcbinOverEncodingPct: spread(4.4, 4.1, 4.8),
   })),
 };
@@ -60,8 +61,26 @@ t.test('first frame and CPU rows: figures, spreads, baseline and verdict from st
   t.match(cold!.measured, /2540, 1163, 1361 ms/);
   t.equal(turn!.verdict, 'met', 'p50 280 <= 300');
   const cpu = rows.at(-1)!;
-  t.match(cpu.measured, /1 viewer \*\*0\.92 \(0\.85–0\.99\)\*\*; 2 viewers \*\*0\.92 \(0\.85–1\.2\)\*\*/);
+  t.match(cpu.measured, /ratio to webrtcbin: 1 viewer \*\*0\.92 \(0\.85–0\.99\)\*\*; 2 viewers \*\*0\.92 \(0\.85–1\.2\)\*\*/);
+  t.match(cpu.measured, /1: \*\*4 \(3\.5–4\.5\)\*\*/);
   t.equal(cpu.verdict, 'not met', 'a round over 1.0x at 2 viewers: not stable under the goal');
+});
+
+t.test("CPU: webrtcbin's per-viewer cost at or below zero makes the ratio undefined, never a pass", async (t) => {
+  const noisy = {
+    ...stream,
+    perViewer: [1, 2, 4].map((viewers) => ({
+      viewers,
+      ratioProcess: spread(-4.5, -14.5, 0.5),
+      ratioJsThread: spread(-4, -12, 0.5),
+      agentJsThreadPct: spread(3.2, 3, 3.4),
+      agentProcessPct: spread(3, 2.8, 3.3),
+      webrtcbinOverEncodingPct: spread(-0.2, -0.8, 0.6),
+    })),
+  };
+  const cpu = liveViewRows(resultsDir({ stream: noisy })).at(-1)!;
+  t.equal(cpu.verdict, 'not met', 'negative ratios are not "under 1.0x"');
+  t.match(cpu.measured, /1 viewer undefined; 2 viewers undefined; 4 viewers undefined \(webrtcbin's per-viewer cost was at or below zero in some rounds at 1, 2, 4 viewer\(s\)/);
 });
 
 t.test('the newest of stream.json and stream-first-frame.json gives the first frame', async (t) => {
