@@ -2,39 +2,18 @@
 // carries the signed commands, the agent process runs the real GStreamer pipeline (videotestsrc,
 // x264enc, Opus) and answers with werift. Every way a session can end is driven for real and
 // checked in the reply, `state`, the audit trail and the wearer's notifications.
-import { readdirSync, readlinkSync, readFileSync } from 'node:fs';
 import t from 'tap';
 import { startLiveViewRig } from './helpers/agent-on-broker.ts';
 import { type Viewer } from './helpers/chromium-viewer.ts';
 import { makeCommand, makeIssuer, type Command } from './helpers/command-tokens.ts';
 import { settledCount } from './helpers/settled-count.ts';
+import { udpSockets } from './helpers/udp-sockets.ts';
 
 const deviceId = 'cam-live';
 const width = 640;
 const height = 360;
 
 type AuditEntry = { type: string; operator: string | null; reason: string | null; detail: Record<string, unknown> };
-
-/** The agent's UDP sockets, by inode: /proc/<pid>/fd against /proc/net/udp. */
-function udpSockets(pid: number): Set<string> {
-  const inodes = new Set<string>();
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
-      if (m) inodes.add(m[1]!);
-    } catch {
-      // fd closed meanwhile
-    }
-  }
-  const udp = new Set<string>();
-  for (const table of ['/proc/net/udp', '/proc/net/udp6']) {
-    for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
-      const inode = line.trim().split(/\s+/)[9];
-      if (inode && inodes.has(inode)) udp.add(inode);
-    }
-  }
-  return udp;
-}
 
 t.test('live view through a real broker to a real Chromium', async (t) => {
   const issuer = await makeIssuer({ iss: 'bwc-fleet' });
