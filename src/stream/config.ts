@@ -78,7 +78,7 @@ export const streamConfigSchema = z
     }),
     warmUp: z.boolean().default(true).meta({
       description:
-        'Once the agent is up, run one WebRTC handshake between two peer connections inside the agent over 127.0.0.1 (nothing leaves the machine), so the first live view does not wait for werift\'s code to be compiled (measured: that first view\'s DTLS handshake 583 ms at p50 against 67 ms for later ones). Costs about a second of one core once, at start-up. false: the first view pays it instead.',
+        'Once the agent is up, run one WebRTC handshake between two peer connections inside the agent over 127.0.0.1 (nothing leaves the machine), so the first live view does not wait for werift\'s code to be compiled (measured: that first view\'s DTLS handshake 583 ms at p50 against 67 ms for later ones). Costs ~150 ms of one core once, at start-up (measured 134-172 ms here). false: the first view pays it instead.',
     }),
     fec: z.enum(['auto', 'off']).default('off').meta({
       description:
