@@ -76,7 +76,12 @@ t.test('talk-back without the grant', async (t) => {
     await viewer.pressToTalk();
     // Wait on what the camera says, not on time: the refusal is audited at the first packet.
     await recorder.waitFor(() => audit().some((e) => e.type === 'stream.talk_refused' && e.detail.sid === sid), 20_000, 'stream.talk_refused audited');
-    const sentBefore = await viewer.outboundAudioPackets();
+    // Chromium serves getStats from a cache (~50 ms): the camera can have refused the first packet
+    // before the viewer's packetsSent shows it, so read until it does (bounded), not once.
+    let sentBefore = await viewer.outboundAudioPackets();
+    for (const until = Date.now() + 10_000; sentBefore === 0 && Date.now() < until; sentBefore = await viewer.outboundAudioPackets()) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
     t.ok(sentBefore > 0, `the viewer sent ${sentBefore} audio packets`);
     t.equal(audit().filter((e) => e.type === 'stream.talk_refused' && e.detail.sid === sid).length, 1, 'audited once per session');
     t.match(audit().find((e) => e.type === 'stream.talk_refused')!, { operator: 'pc-1234', detail: { sid } }, 'the refusal names the operator');
